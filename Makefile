@@ -1,0 +1,29 @@
+# The two commands a newcomer needs: `make run` and `make test`.
+PYTHON ?= python3
+VENV := .venv
+BIN := $(VENV)/bin
+export FLASK_APP := wsgi
+
+.PHONY: run test lint bench clean
+
+# The venv is rebuilt whenever requirements.txt changes.
+$(VENV)/.installed: requirements.txt
+	$(PYTHON) -m venv $(VENV)
+	$(BIN)/pip install --quiet --disable-pip-version-check -r requirements.txt
+	touch $@
+
+run: $(VENV)/.installed  ## web + worker + cron on embedded defaults (Ctrl-C stops all)
+	$(BIN)/python -m jobs.launcher
+
+test: $(VENV)/.installed  ## the whole test suite
+	$(BIN)/python -m pytest
+
+lint: $(VENV)/.installed  ## ruff + mypy
+	$(BIN)/ruff check .
+	$(BIN)/mypy
+
+bench: $(VENV)/.installed  ## benchmarks, printed as ratios to a baseline of the same run
+	$(BIN)/python bench/orgstore.py
+
+clean:
+	rm -rf $(VENV) .pytest_cache .mypy_cache .ruff_cache

@@ -1,0 +1,5 @@
+"""RQ job entry points, the periodic schedule, the CLI commands and the `make run` launcher.
+
+Jobs are plain functions that take ids, open their own connections through
+`jobs.context.app_context()`, and let exceptions reach RQ's failed registry.
+"""

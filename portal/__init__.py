@@ -1,0 +1,47 @@
+"""CRM Sync portal: hosts CRM organizations and keeps them in sync with other CRM orgs."""
+
+import os
+from pathlib import Path
+from typing import Any
+
+from flask import Flask
+from flask_wtf.csrf import CSRFProtect
+
+from portal import config, db
+
+csrf = CSRFProtect()
+
+
+def create_app(test_config: dict[str, Any] | None = None) -> Flask:
+    """Build the portal: layered config, registry database, blueprints, CLI."""
+    instance_path = os.environ.get("PORTAL_INSTANCE_PATH") or str(
+        Path(__file__).resolve().parent.parent / "instance"
+    )
+    if test_config and "INSTANCE_PATH" in test_config:
+        instance_path = str(test_config["INSTANCE_PATH"])
+    app = Flask(__name__, instance_path=instance_path, instance_relative_config=True)
+    app.config.from_object(config.Defaults)
+    app.config.from_pyfile("config.py", silent=True)
+    app.config.from_prefixed_env("PORTAL")
+    if test_config:
+        app.config.update(test_config)
+    Path(app.instance_path).mkdir(parents=True, exist_ok=True)
+    if not app.config.get("SECRET_KEY"):
+        app.config["SECRET_KEY"] = config.load_secret_key(app.instance_path)
+    if not app.config.get("REDIS_URL"):
+        app.config["REDIS_URL"] = os.environ.get("REDIS_URL") or (
+            "unix://" + config.bundled_redis_socket(app.instance_path)
+        )
+
+    csrf.init_app(app)
+    db.init_app(app)
+
+    from portal.web import errors, public
+
+    app.register_blueprint(public.bp)
+    errors.init_app(app)
+
+    from jobs import cli
+
+    cli.init_app(app)
+    return app

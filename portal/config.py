@@ -1,0 +1,44 @@
+"""Configuration: defaults here, then instance/config.py, then PORTAL_* variables, then tests."""
+
+import os
+import secrets
+from pathlib import Path
+
+
+class Defaults:
+    """Settings every portal starts from; each can be overridden as PORTAL_<NAME>."""
+
+    # Registry database file, relative to the instance folder unless absolute.
+    DATABASE = "portal.db"
+    # Folder of the hosted orgs' SQLite files, relative to the instance folder.
+    ORGS_DIR = "orgs"
+    # Redis of the job queue; None means: the REDIS_URL variable, else the
+    # bundled redis-server started by `make run` on instance/redis.sock.
+    REDIS_URL: str | None = None
+    # Largest request body accepted by any endpoint (bytes).
+    MAX_CONTENT_LENGTH = 32 * 1024 * 1024
+    # Server URLs on loopback/private/link-local addresses are refused unless allowed.
+    ALLOW_PRIVATE_SERVERS = False
+    WTF_CSRF_TIME_LIMIT = None
+    JSON_SORT_KEYS = False
+
+
+def load_secret_key(instance_path: str) -> str:
+    """Return the instance's secret key, generating it once into instance/secret_key."""
+    path = Path(instance_path) / "secret_key"
+    if not path.exists():
+        path.parent.mkdir(parents=True, exist_ok=True)
+        # O_EXCL: two processes starting at once agree on one key.
+        try:
+            fd = os.open(path, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o600)
+        except FileExistsError:
+            pass
+        else:
+            with os.fdopen(fd, "w") as f:
+                f.write(secrets.token_hex(32))
+    return path.read_text().strip()
+
+
+def bundled_redis_socket(instance_path: str) -> str:
+    """Path of the bundled redis-server's unix socket inside the instance folder."""
+    return str(Path(instance_path) / "redis.sock")

@@ -1,0 +1,47 @@
+"""Named exceptions of the domain. Each carries the HTTP status that best answers it."""
+
+
+class PortalError(Exception):
+    """Base of every error the portal answers with a message instead of a stack trace."""
+
+    status = 400
+    code = "BadRequest"
+
+    def __init__(self, message: str, *, field: str | None = None) -> None:
+        super().__init__(message)
+        self.message = message
+        self.field = field
+
+
+class InvalidInput(PortalError):
+    """A value the caller sent is not acceptable; `field` names it."""
+
+    code = "InvalidInput"
+
+
+class NotFound(PortalError):
+    """The org, entity or record does not exist (or is not the caller's to see)."""
+
+    status = 404
+    code = "NotFound"
+
+
+class AlreadyExists(PortalError):
+    """A create named something that exists already."""
+
+    status = 409
+    code = "AlreadyExists"
+
+
+class PreconditionFailed(PortalError):
+    """An If-Match/If-None-Match condition did not hold."""
+
+    status = 412
+    code = "PreconditionFailed"
+
+
+class MetadataChangeRefused(PortalError):
+    """A metadata change would lose data silently, or break the org's schema."""
+
+    status = 409
+    code = "MetadataChangeRefused"

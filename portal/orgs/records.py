@@ -1,0 +1,350 @@
+"""Records of an org: the one write path (API, admin, sync) and single-record reads.
+
+Every write takes the org's write lock (BEGIN IMMEDIATE), gives the record a
+new org-wide `versionnumber`, and commits the record, its tombstone (on
+delete) and the version counter together. Values are checked against the
+attribute types before anything is written.
+"""
+
+import math
+from collections.abc import Callable, Iterable
+from datetime import UTC, datetime
+from typing import Any
+
+from portal.db import TIMESTAMP_FORMAT, immediate, utcnow
+from portal.errors import AlreadyExists, InvalidInput, NotFound, PreconditionFailed
+from portal.orgs.metadata import SYSTEM_ATTRIBUTES, Attribute, Entity, new_guid, normalize_guid
+from portal.orgs.store import OrgDb, next_versions
+
+INT32 = (-(2**31), 2**31 - 1)
+INT64 = (-(2**63), 2**63 - 1)
+
+Coercer = Callable[[Any], Any]
+
+
+def _fail(attr: Attribute, message: str) -> InvalidInput:
+    return InvalidInput(f"attribute {attr.logicalname}: {message}", field=attr.logicalname)
+
+
+def _coercer(attr: Attribute) -> Coercer:
+    """A function turning a JSON value of this attribute into its stored form."""
+    kind = attr.type
+    if kind in ("string", "memo"):
+        limit = attr.maxlength or 0
+
+        def text(v: Any) -> Any:
+            if type(v) is not str:
+                raise _fail(attr, f"expected text, got {type(v).__name__}")
+            if len(v) > limit:
+                raise _fail(attr, f"{len(v)} characters, at most {limit} allowed")
+            return v
+
+        return text
+    if kind in ("integer", "bigint", "picklist"):
+        low, high = INT64 if kind == "bigint" else INT32
+        allowed = {o.value for o in attr.options} if kind == "picklist" else None
+
+        def whole(v: Any) -> Any:
+            if type(v) is not int:
+                raise _fail(attr, f"expected a whole number, got {type(v).__name__}")
+            if not low <= v <= high:
+                raise _fail(attr, f"{v} is out of range")
+            if allowed is not None and v not in allowed:
+                raise _fail(attr, f"{v} is not one of the options {sorted(allowed)}")
+            return v
+
+        return whole
+    if kind in ("decimal", "double", "money"):
+
+        def number(v: Any) -> Any:
+            if type(v) is str:  # IEEE754Compatible clients send decimals as strings
+                try:
+                    v = float(v)
+                except ValueError:
+                    raise _fail(attr, f"{v!r} is not a number") from None
+            elif type(v) not in (int, float):
+                raise _fail(attr, f"expected a number, got {type(v).__name__}")
+            if not math.isfinite(v):
+                raise _fail(attr, "must be a finite number")
+            return float(v)
+
+        return number
+    if kind == "boolean":
+
+        def flag(v: Any) -> Any:
+            if type(v) is not bool:
+                raise _fail(attr, f"expected true or false, got {type(v).__name__}")
+            return int(v)
+
+        return flag
+    if kind == "datetime":
+        return lambda v: normalize_datetime(v, attr)
+    # uniqueidentifier, lookup
+
+    def guid(v: Any) -> Any:
+        if type(v) is str and len(v) == 36 and v == v.lower() and v[8] == "-":
+            return v  # already canonical: the common case on the sync path
+        return normalize_guid(v, attr.logicalname)
+
+    return guid
+
+
+def normalize_datetime(value: Any, attr: Attribute) -> str:
+    """Parse an ISO 8601 date or date-time and return it in UTC, to the second, with a Z."""
+    if type(value) is not str:
+        raise _fail(attr, f"expected an ISO 8601 date-time, got {type(value).__name__}")
+    try:
+        moment = datetime.fromisoformat(value)
+    except ValueError:
+        raise _fail(attr, f"{value!r} is not an ISO 8601 date-time") from None
+    if moment.tzinfo is None:
+        moment = moment.replace(tzinfo=UTC)
+    return moment.astimezone(UTC).strftime(TIMESTAMP_FORMAT)
+
+
+class EntityCodec:
+    """Converts between JSON records and rows of one entity (per metadata version)."""
+
+    def __init__(self, entity: Entity) -> None:
+        self.entity = entity
+        self.pk = entity.primaryidattribute
+        self.writable = {a.logicalname: a for a in entity.writable_attributes()}
+        self.coercers = {name: _coercer(a) for name, a in self.writable.items()}
+        self.booleans = [a.logicalname for a in entity.attributes if a.type == "boolean"]
+        self.required = [a.logicalname for a in self.writable.values() if a.required]
+        self.lookups = [a for a in self.writable.values() if a.type == "lookup"]
+        self.columns = [a.logicalname for a in entity.attributes]
+
+    def clean(self, values: dict[str, Any], *, keep_timestamps: bool = False) -> dict[str, Any]:
+        """Check and convert values for writing; unknown attributes are refused."""
+        if not isinstance(values, dict):
+            raise InvalidInput("a record must be an object")
+        out: dict[str, Any] = {}
+        for name, value in values.items():
+            coerce = self.coercers.get(name)
+            if coerce is not None:
+                out[name] = None if value is None else coerce(value)
+            elif name in SYSTEM_ATTRIBUTES or name == self.pk:
+                if keep_timestamps and name in ("createdon", "modifiedon") and value is not None:
+                    out[name] = normalize_datetime(value, self.entity.attribute(name))  # type: ignore[arg-type]
+            else:
+                raise InvalidInput(
+                    f"attribute {name!r} does not exist in entity {self.entity.logicalname}",
+                    field=name)
+        return out
+
+    def record(self, row: dict[str, Any]) -> dict[str, Any]:
+        """A stored row as a JSON record (booleans as true/false)."""
+        for name in self.booleans:
+            value = row.get(name)
+            if value is not None:
+                row[name] = bool(value)
+        return row
+
+
+def codec(org: OrgDb, entity_name: str) -> EntityCodec:
+    """The codec of an entity, rebuilt whenever the org's metadata changes."""
+    entity = org.entity(entity_name)
+    key = ("codec", entity_name)
+    found = org.derived.get(key)
+    if found is None:
+        found = org.derived[key] = EntityCodec(entity)
+    return found
+
+
+def get_record(org: OrgDb, entity_name: str, record_id: str) -> dict[str, Any] | None:
+    """One record by id, or None."""
+    c = codec(org, entity_name)
+    record_id = normalize_guid(record_id, c.pk)
+    rows = list(org.db.query(f"SELECT * FROM [{entity_name}] WHERE [{c.pk}] = ?", [record_id]))
+    return c.record(rows[0]) if rows else None
+
+
+def create_record(org: OrgDb, entity_name: str, values: dict[str, Any], *,
+                  record_id: str | None = None) -> dict[str, Any]:
+    """Create a record; its id may be given by the caller (AlreadyExists if taken)."""
+    record, _ = upsert_record(org, entity_name, record_id, values, mode="create")
+    return record
+
+
+def update_record(org: OrgDb, entity_name: str, record_id: str, values: dict[str, Any], *,
+                  if_version: int | None = None) -> dict[str, Any]:
+    """Update an existing record (NotFound if missing; PreconditionFailed if stale)."""
+    record, _ = upsert_record(org, entity_name, record_id, values, mode="update",
+                              if_version=if_version)
+    return record
+
+
+def upsert_record(org: OrgDb, entity_name: str, record_id: str | None,
+                  values: dict[str, Any], *, mode: str = "upsert",
+                  if_version: int | None = None) -> tuple[dict[str, Any], bool]:
+    """Create or update one record as Dataverse's PATCH does; returns (record, created).
+
+    mode "create" refuses an existing id, "update" a missing one; `if_version`
+    is optimistic concurrency: the write happens only if the stored
+    versionnumber is still that one.
+    """
+    c = codec(org, entity_name)
+    record_id = normalize_guid(record_id, c.pk) if record_id else new_guid()
+    if c.pk in values and values[c.pk] is not None and \
+            normalize_guid(values[c.pk], c.pk) != record_id:
+        raise InvalidInput(f"{c.pk} in the body differs from the record's id", field=c.pk)
+    clean = c.clean(values)
+    db = org.db
+    with immediate(db):
+        found = db.execute(f"SELECT versionnumber FROM [{entity_name}] WHERE [{c.pk}] = ?",
+                           [record_id]).fetchone()
+        if found is None:
+            if mode == "update":
+                raise NotFound(f"{entity_name} {record_id} does not exist")
+            if if_version is not None:
+                raise PreconditionFailed(f"{entity_name} {record_id} does not exist")
+            missing = [n for n in c.required if clean.get(n) is None]
+            if missing:
+                raise InvalidInput(f"attribute {missing[0]} is required", field=missing[0])
+        else:
+            if mode == "create":
+                raise AlreadyExists(f"{entity_name} {record_id} exists already", field=c.pk)
+            if if_version is not None and found[0] != if_version:
+                raise PreconditionFailed(
+                    f"{entity_name} {record_id} has changed (version {found[0]}, "
+                    f"expected {if_version})")
+            nulled = [n for n in c.required if n in clean and clean[n] is None]
+            if nulled:
+                raise InvalidInput(f"attribute {nulled[0]} is required", field=nulled[0])
+        _check_lookups(org, c, clean)
+        now = utcnow()
+        version = next_versions(db)
+        if found is None:
+            row = {**clean, c.pk: record_id, "createdon": now, "modifiedon": now,
+                   "versionnumber": version}
+            db.table(entity_name).insert(row)
+            db.execute("DELETE FROM _tombstones WHERE entity = ? AND id = ?",
+                       [entity_name, record_id])
+        else:
+            changes = {**clean, "modifiedon": now, "versionnumber": version}
+            sets = ", ".join(f"[{name}] = ?" for name in changes)
+            db.execute(f"UPDATE [{entity_name}] SET {sets} WHERE [{c.pk}] = ?",
+                       [*changes.values(), record_id])
+        rows = list(db.query(f"SELECT * FROM [{entity_name}] WHERE [{c.pk}] = ?", [record_id]))
+    return c.record(rows[0]), found is None
+
+
+def delete_record(org: OrgDb, entity_name: str, record_id: str, *,
+                  if_version: int | None = None) -> int:
+    """Delete a record, leaving a tombstone; returns the tombstone's version."""
+    c = codec(org, entity_name)
+    record_id = normalize_guid(record_id, c.pk)
+    db = org.db
+    with immediate(db):
+        found = db.execute(f"SELECT versionnumber FROM [{entity_name}] WHERE [{c.pk}] = ?",
+                           [record_id]).fetchone()
+        if found is None:
+            raise NotFound(f"{entity_name} {record_id} does not exist")
+        if if_version is not None and found[0] != if_version:
+            raise PreconditionFailed(f"{entity_name} {record_id} has changed")
+        return _delete(org, entity_name, c.pk, [record_id])
+
+
+def save_records(org: OrgDb, entity_name: str, records: Iterable[dict[str, Any]], *,
+                 keep_timestamps: bool = True) -> int:
+    """Upsert many records in one transaction (the replication path); returns the count.
+
+    Types are checked as for single writes; required attributes and lookup
+    targets are not, because a replica takes the server's records as they are
+    and children may arrive before their parents. With `keep_timestamps` the
+    records' own createdon/modifiedon are kept (a copy keeps the server's).
+    """
+    c = codec(org, entity_name)
+    rows = []
+    now = utcnow()
+    for values in records:
+        record_id = values.get(c.pk)
+        if record_id is None:
+            raise InvalidInput(f"each record needs its {c.pk}", field=c.pk)
+        row = c.clean(values, keep_timestamps=keep_timestamps)
+        row[c.pk] = normalize_guid(record_id, c.pk)
+        row.setdefault("createdon", now)
+        row.setdefault("modifiedon", now)
+        rows.append(row)
+    if not rows:
+        return 0
+    db = org.db
+    with immediate(db):
+        first = next_versions(db, len(rows))
+        columns = list(dict.fromkeys(name for row in rows for name in row))
+        columns.append("versionnumber")
+        updates = ", ".join(f"[{n}] = excluded.[{n}]" for n in columns
+                            if n not in (c.pk, "createdon"))
+        sql = (f"INSERT INTO [{entity_name}] ({', '.join(f'[{n}]' for n in columns)}) "
+               f"VALUES ({', '.join('?' * len(columns))}) "
+               f"ON CONFLICT([{c.pk}]) DO UPDATE SET {updates}")
+        # A record missing a key keeps its stored value: the upsert writes only the
+        # columns the batch names, so give such records their stored values first.
+        names = columns[:-1]
+        if any(len(row) != len(names) for row in rows):
+            _fill_partial_rows(org, entity_name, c.pk, rows, names)
+        db.conn.executemany(
+            sql, [(*(row.get(n) for n in names), first + i) for i, row in enumerate(rows)])
+        if db.execute("SELECT 1 FROM _tombstones WHERE entity = ? LIMIT 1",
+                      [entity_name]).fetchone():
+            db.conn.executemany("DELETE FROM _tombstones WHERE entity = ? AND id = ?",
+                                [(entity_name, row[c.pk]) for row in rows])
+    return len(rows)
+
+
+def delete_records(org: OrgDb, entity_name: str, record_ids: Iterable[str]) -> int:
+    """Delete many records in one transaction, leaving tombstones; missing ids are skipped."""
+    c = codec(org, entity_name)
+    ids = [normalize_guid(i, c.pk) for i in record_ids]
+    with immediate(org.db):
+        marks = ",".join("?" * len(ids))
+        sql = f"SELECT [{c.pk}] FROM [{entity_name}] WHERE [{c.pk}] IN ({marks})"
+        present = [r[0] for r in org.db.execute(sql, ids)] if ids else []
+        if present:
+            _delete(org, entity_name, c.pk, present)
+    return len(present)
+
+
+def _delete(org: OrgDb, entity_name: str, pk: str, ids: list[str]) -> int:
+    db = org.db
+    first = next_versions(db, len(ids))
+    now = utcnow()
+    db.conn.executemany(f"DELETE FROM [{entity_name}] WHERE [{pk}] = ?", [(i,) for i in ids])
+    db.conn.executemany(
+        "INSERT INTO _tombstones (entity, id, versionnumber, deletedon) VALUES (?, ?, ?, ?) "
+        "ON CONFLICT(entity, id) DO UPDATE SET versionnumber = excluded.versionnumber, "
+        "deletedon = excluded.deletedon",
+        [(entity_name, i, first + n, now) for n, i in enumerate(ids)])
+    return first + len(ids) - 1
+
+
+def _fill_partial_rows(org: OrgDb, entity_name: str, pk: str, rows: list[dict[str, Any]],
+                       names: list[str]) -> None:
+    for row in rows:
+        if len(row) == len(names):
+            continue
+        stored = list(org.db.query(f"SELECT * FROM [{entity_name}] WHERE [{pk}] = ?", [row[pk]]))
+        base = stored[0] if stored else {}
+        for name in names:
+            if name not in row:
+                row[name] = base.get(name)
+
+
+def _check_lookups(org: OrgDb, c: EntityCodec, values: dict[str, Any]) -> None:
+    """Refuse a lookup that points to no record of its target entities."""
+    entities = org.entities()
+    for attr in c.lookups:
+        target_id = values.get(attr.logicalname)
+        if target_id is None:
+            continue
+        for target in attr.targets:
+            entity = entities.get(target)
+            if entity is not None and org.db.execute(
+                f"SELECT 1 FROM [{target}] WHERE [{entity.primaryidattribute}] = ?", [target_id]
+            ).fetchone():
+                break
+        else:
+            raise InvalidInput(
+                f"attribute {attr.logicalname}: no {' or '.join(attr.targets)} "
+                f"with id {target_id}", field=attr.logicalname)

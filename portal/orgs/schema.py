@@ -1,0 +1,307 @@
+"""Metadata changes of an org: add, alter and remove entities and attributes.
+
+Each change runs in one write transaction: the definition, the entity table
+(created and altered with sqlite-utils from the definition) and a line in
+`_metadata_log` commit together. A change that would lose data silently is
+refused with the reason (MetadataChangeRefused); removing an attribute or an
+entity is explicit and therefore allowed.
+"""
+
+import json
+from typing import Any
+
+from sqlite_utils import Database
+
+from portal.db import immediate, utcnow
+from portal.errors import AlreadyExists, InvalidInput, MetadataChangeRefused, NotFound
+from portal.orgs.metadata import (
+    COLUMN_TYPES,
+    Attribute,
+    Entity,
+    check_attribute,
+    check_entity,
+)
+from portal.orgs.store import (
+    OrgDb,
+    attribute_row,
+    bump_metadata_version,
+    entity_row,
+    load_entities,
+)
+
+PYTHON_TYPES = {"TEXT": str, "INTEGER": int, "REAL": float}
+
+# Type changes that keep every value exactly.
+WIDENINGS = {
+    ("string", "memo"),
+    ("memo", "string"),  # still checked against maxlength
+    ("integer", "bigint"),
+    ("integer", "decimal"),
+    ("integer", "double"),
+    ("integer", "money"),
+    ("decimal", "double"),
+    ("decimal", "money"),
+    ("money", "decimal"),
+    ("money", "double"),
+    ("picklist", "integer"),
+    ("picklist", "bigint"),
+    ("boolean", "integer"),
+    ("boolean", "bigint"),
+}
+
+
+def add_entity(org: OrgDb, entity: Entity) -> Entity:
+    """Create one entity with its table."""
+    return add_entities(org, [entity])[0]
+
+
+def add_entities(org: OrgDb, entities: list[Entity]) -> list[Entity]:
+    """Create several entities at once, so lookups between them are valid."""
+    db = org.db
+    with immediate(db):
+        existing = load_entities(db)
+        new_names = {e.logicalname for e in entities}
+        names = set(existing) | new_names
+        set_names = {e.entitysetname for e in existing.values()}
+        position = len(existing)
+        for entity in entities:
+            if entity.logicalname in existing:
+                raise AlreadyExists(f"entity {entity.logicalname!r} exists already",
+                                    field="logicalname")
+            check_entity(entity, names)
+            if entity.entitysetname in set_names:
+                raise AlreadyExists(f"entity set name {entity.entitysetname!r} is taken",
+                                    field="entitysetname")
+            set_names.add(entity.entitysetname)
+        if len(new_names) != len(entities):
+            raise InvalidInput("an entity appears twice", field="logicalname")
+        for entity in entities:
+            _create_table(db, entity)
+            db.table("_entities").insert(entity_row(entity, position))
+            position += 1
+            db.table("_attributes").insert_all(
+                attribute_row(entity.logicalname, a, i) for i, a in enumerate(entity.attributes)
+            )
+            _log(db, "add entity", entity.logicalname, None,
+                 {"attributes": [a.logicalname for a in entity.attributes]})
+        bump_metadata_version(db)
+    return entities
+
+
+def update_entity(org: OrgDb, name: str, *, displayname: str | None = None,
+                  labels: dict[str, str] | None = None,
+                  primarynameattribute: str | None = None) -> Entity:
+    """Change an entity's display name, labels or primary name attribute."""
+    db = org.db
+    with immediate(db):
+        entity = _entity(db, name)
+        before = {"displayname": entity.displayname, "labels": entity.labels,
+                  "primarynameattribute": entity.primarynameattribute}
+        if displayname is not None:
+            entity.displayname = displayname
+        if labels is not None:
+            _check_labels(labels)
+            entity.labels = labels
+        if primarynameattribute is not None:
+            attr = entity.attribute(primarynameattribute)
+            if attr is None or attr.type not in ("string", "memo"):
+                raise InvalidInput("the primary name attribute must be a string attribute",
+                                   field="primarynameattribute")
+            entity.primarynameattribute = primarynameattribute
+        position = db.execute("SELECT position FROM _entities WHERE logicalname = ?",
+                              [name]).fetchone()[0]
+        db.table("_entities").upsert(entity_row(entity, position), pk="logicalname")
+        _log(db, "update entity", name, None, {"before": before})
+        bump_metadata_version(db)
+    return entity
+
+
+def remove_entity(org: OrgDb, name: str) -> None:
+    """Drop an entity, its records and tombstones, and the lookups that only pointed to it."""
+    db = org.db
+    with immediate(db):
+        entities = load_entities(db)
+        if name not in entities:
+            raise NotFound(f"entity {name!r} does not exist")
+        for other in entities.values():
+            if other.logicalname == name:
+                continue
+            for attr in other.attributes:
+                if attr.type != "lookup" or name not in attr.targets:
+                    continue
+                if attr.targets == [name]:
+                    _drop_attribute(db, other, attr)
+                else:
+                    attr.targets = [t for t in attr.targets if t != name]
+                    _save_attribute(db, other.logicalname, attr)
+                    _log(db, "alter attribute", other.logicalname, attr.logicalname,
+                         {"targets": attr.targets, "reason": f"entity {name} removed"})
+        db.table(name).drop()
+        db.execute("DELETE FROM _attributes WHERE entity = ?", [name])
+        db.execute("DELETE FROM _entities WHERE logicalname = ?", [name])
+        db.execute("DELETE FROM _tombstones WHERE entity = ?", [name])
+        _log(db, "remove entity", name, None, {})
+        bump_metadata_version(db)
+
+
+def add_attribute(org: OrgDb, entity_name: str, attr: Attribute) -> Attribute:
+    """Add an attribute (a column) to an entity; existing records get null."""
+    db = org.db
+    with immediate(db):
+        entities = load_entities(db)
+        entity = entities.get(entity_name)
+        if entity is None:
+            raise NotFound(f"entity {entity_name!r} does not exist")
+        if entity.attribute(attr.logicalname) is not None:
+            raise AlreadyExists(f"attribute {attr.logicalname!r} exists already in {entity_name}",
+                                field="logicalname")
+        check_attribute(attr, set(entities))
+        db.table(entity_name).add_column(attr.logicalname, PYTHON_TYPES[COLUMN_TYPES[attr.type]])
+        _save_attribute(db, entity_name, attr)
+        _log(db, "add attribute", entity_name, attr.logicalname, {"type": attr.type})
+        bump_metadata_version(db)
+    return attr
+
+
+def alter_attribute(org: OrgDb, entity_name: str, attr: Attribute) -> Attribute:
+    """Change an attribute's definition; refused when records would lose data."""
+    db = org.db
+    with immediate(db):
+        entities = load_entities(db)
+        entity = entities.get(entity_name)
+        if entity is None:
+            raise NotFound(f"entity {entity_name!r} does not exist")
+        old = entity.attribute(attr.logicalname)
+        if old is None:
+            raise NotFound(f"attribute {attr.logicalname!r} does not exist in {entity_name}")
+        if old.issystem:
+            raise MetadataChangeRefused(f"{entity_name}.{old.logicalname} is a system attribute",
+                                        field="logicalname")
+        check_attribute(attr, set(entities))
+        _check_lossless(db, entity_name, old, attr)
+        if COLUMN_TYPES[old.type] != COLUMN_TYPES[attr.type]:
+            db.table(entity_name).transform(types={attr.logicalname:
+                                             PYTHON_TYPES[COLUMN_TYPES[attr.type]]})
+        _save_attribute(db, entity_name, attr)
+        _log(db, "alter attribute", entity_name, attr.logicalname,
+             {"before": _describe(old), "after": _describe(attr)})
+        bump_metadata_version(db)
+    return attr
+
+
+def remove_attribute(org: OrgDb, entity_name: str, name: str) -> None:
+    """Drop an attribute and its column."""
+    db = org.db
+    with immediate(db):
+        entity = _entity(db, entity_name)
+        attr = entity.attribute(name)
+        if attr is None:
+            raise NotFound(f"attribute {name!r} does not exist in {entity_name}")
+        if attr.issystem:
+            raise MetadataChangeRefused(f"{entity_name}.{name} is a system attribute",
+                                        field="logicalname")
+        if entity.primarynameattribute == name:
+            raise MetadataChangeRefused(
+                f"{entity_name}.{name} is the primary name attribute; choose another first",
+                field="logicalname")
+        _drop_attribute(db, entity, attr)
+        bump_metadata_version(db)
+
+
+def metadata_log(org: OrgDb, limit: int = 200) -> list[dict[str, Any]]:
+    """The newest metadata changes of the org, newest first."""
+    rows = org.db.query("SELECT * FROM _metadata_log ORDER BY id DESC LIMIT ?", [limit])
+    return [dict(r, detail=json.loads(r["detail"] or "{}")) for r in rows]
+
+
+def _create_table(db: Database, entity: Entity) -> None:
+    columns = {a.logicalname: PYTHON_TYPES[COLUMN_TYPES[a.type]] for a in entity.attributes}
+    db.table(entity.logicalname).create(columns, pk=entity.primaryidattribute,
+                                  not_null={"versionnumber", "createdon", "modifiedon"})
+    db.table(entity.logicalname).create_index(["versionnumber"], unique=True)
+
+
+def _entity(db: Database, name: str) -> Entity:
+    entity = load_entities(db).get(name)
+    if entity is None:
+        raise NotFound(f"entity {name!r} does not exist")
+    return entity
+
+
+def _drop_attribute(db: Database, entity: Entity, attr: Attribute) -> None:
+    db.table(entity.logicalname).transform(drop={attr.logicalname})
+    db.execute("DELETE FROM _attributes WHERE entity = ? AND logicalname = ?",
+               [entity.logicalname, attr.logicalname])
+    _log(db, "remove attribute", entity.logicalname, attr.logicalname, {"type": attr.type})
+
+
+def _save_attribute(db: Database, entity_name: str, attr: Attribute) -> None:
+    row = db.execute("SELECT position FROM _attributes WHERE entity = ? AND logicalname = ?",
+                     [entity_name, attr.logicalname]).fetchone()
+    if row is not None:
+        position = row[0]
+    else:
+        # New attributes go before the system columns, which stay last.
+        position = db.execute(
+            "SELECT coalesce(max(position), 0) FROM _attributes WHERE entity = ? AND issystem = 0",
+            [entity_name]).fetchone()[0] + 1
+        db.execute("UPDATE _attributes SET position = position + 1 "
+                   "WHERE entity = ? AND position >= ?", [entity_name, position])
+    db.table("_attributes").upsert(attribute_row(entity_name, attr, position),
+                                   pk=("entity", "logicalname"))
+
+
+def _check_lossless(db: Database, table: str, old: Attribute, new: Attribute) -> None:
+    """Refuse a change that would silently lose or alter stored values."""
+    column = old.logicalname
+    where = f"{table}.{column}"
+
+    def count(sql: str, params: list[Any] | None = None) -> int:
+        return int(db.execute(f"SELECT count(*) FROM [{table}] WHERE {sql}", params or []
+                              ).fetchone()[0])
+
+    if old.type != new.type and (old.type, new.type) not in WIDENINGS:
+        used = count(f"[{column}] IS NOT NULL")
+        if used:
+            raise MetadataChangeRefused(
+                f"changing {where} from {old.type} to {new.type} would lose data: "
+                f"{used} record(s) have a value", field="type")
+    if new.type in ("string", "memo") and new.maxlength is not None:
+        longer = count(f"length([{column}]) > ?", [new.maxlength])
+        if longer:
+            raise MetadataChangeRefused(
+                f"narrowing {where} to {new.maxlength} characters would cut {longer} record(s)",
+                field="maxlength")
+    if old.type == "picklist" and new.type == "picklist":
+        removed = {o.value for o in old.options} - {o.value for o in new.options}
+        if removed:
+            marks = ",".join("?" * len(removed))
+            used = count(f"[{column}] IN ({marks})", sorted(removed))
+            if used:
+                raise MetadataChangeRefused(
+                    f"removing option(s) {sorted(removed)} of {where} would orphan "
+                    f"{used} record(s)", field="options")
+    if (old.type in ("decimal", "money") and new.type in ("decimal", "money")
+            and (new.precision or 0) < (old.precision or 0)):
+        raise MetadataChangeRefused(
+            f"lowering the precision of {where} from {old.precision} to {new.precision} "
+            "would round stored values", field="precision")
+
+
+def _check_labels(labels: Any) -> None:
+    if not isinstance(labels, dict) or not all(
+        isinstance(k, str) and isinstance(v, str) for k, v in labels.items()
+    ):
+        raise InvalidInput("labels must map language codes to text", field="labels")
+
+
+def _describe(attr: Attribute) -> dict[str, Any]:
+    return {"type": attr.type, "maxlength": attr.maxlength, "precision": attr.precision,
+            "required": attr.required, "options": [o.value for o in attr.options],
+            "targets": attr.targets, "labels": attr.labels}
+
+
+def _log(db: Database, change: str, entity: str, attribute: str | None,
+         detail: dict[str, Any]) -> None:
+    db.table("_metadata_log").insert({"at": utcnow(), "change": change, "entity": entity,
+                                "attribute": attribute, "detail": json.dumps(detail)})

@@ -1,0 +1,244 @@
+"""An org's own SQLite file: its system tables, version counter and cached metadata.
+
+Layout of instance/orgs/{org}.db:
+  _org            key/value: the org-wide version counter and metadata version
+  _entities       one row per entity definition
+  _attributes     one row per attribute definition
+  _tombstones     (entity, id) of deleted records, with the version of the delete
+  _metadata_log   every metadata change applied to the org
+  {entity}        one table per entity: primary id, attributes, createdon,
+                  modifiedon, versionnumber (unique, org-wide, strictly increasing)
+"""
+
+import json
+from pathlib import Path
+from typing import Any
+
+from sqlite_utils import Database
+from sqlite_utils.migrations import Migrations
+
+from portal.db import connect, immediate
+from portal.errors import NotFound
+from portal.orgs.metadata import Attribute, Entity, Option
+
+org_migrations = Migrations("org")
+
+
+@org_migrations()
+def m001_system_tables(db: Database) -> None:
+    db.table("_org").create({"key": str, "value": int}, pk="key")
+    db.table("_org").insert_all(
+        [{"key": "version", "value": 0}, {"key": "metadata_version", "value": 0}])
+    db.table("_entities").create(
+        {
+            "logicalname": str,
+            "displayname": str,
+            "labels": str,
+            "primaryidattribute": str,
+            "primarynameattribute": str,
+            "entitysetname": str,
+            "isintersect": int,
+            "position": int,
+        },
+        pk="logicalname",
+    )
+    db.table("_attributes").create(
+        {
+            "entity": str,
+            "logicalname": str,
+            "type": str,
+            "displayname": str,
+            "labels": str,
+            "maxlength": int,
+            "precision": int,
+            "required": int,
+            "options": str,
+            "targets": str,
+            "issystem": int,
+            "position": int,
+        },
+        pk=("entity", "logicalname"),
+    )
+    db.table("_tombstones").create(
+        {"entity": str, "id": str, "versionnumber": int, "deletedon": str},
+        pk=("entity", "id"),
+    )
+    db.table("_tombstones").create_index(["entity", "versionnumber"], unique=True)
+    db.table("_metadata_log").create(
+        {"id": int, "at": str, "change": str, "entity": str, "attribute": str, "detail": str},
+        pk="id",
+    )
+
+
+class OrgDb:
+    """An open org file: its connection plus its metadata, cached until it changes."""
+
+    def __init__(self, db: Database, name: str) -> None:
+        self.db = db
+        self.name = name
+        self._metadata_version = -1
+        self._entities: dict[str, Entity] = {}
+        # Things derived from the metadata (codecs, CSDL...), dropped when it changes.
+        self.derived: dict[Any, Any] = {}
+
+    def close(self) -> None:
+        """Close the org's connection."""
+        self.db.close()
+
+    def __enter__(self) -> "OrgDb":
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        self.close()
+
+    def entities(self) -> dict[str, Entity]:
+        """All entity definitions by logical name, in creation order."""
+        version = metadata_version(self.db)
+        if version != self._metadata_version:
+            self._entities = load_entities(self.db)
+            self._metadata_version = version
+            self.derived = {}
+        return self._entities
+
+    def entity(self, name: str) -> Entity:
+        """One entity definition; NotFound when the org has no such entity."""
+        entity = self.entities().get(name)
+        if entity is None:
+            raise NotFound(f"entity {name!r} does not exist in org {self.name}")
+        return entity
+
+    def entity_by_set(self, set_name: str) -> Entity:
+        """The entity whose OData entity set is `set_name`."""
+        for entity in self.entities().values():
+            if entity.entitysetname == set_name:
+                return entity
+        raise NotFound(f"entity set {set_name!r} does not exist in org {self.name}")
+
+
+def org_file(orgs_dir: str | Path, name: str) -> Path:
+    """Path of an org's SQLite file."""
+    return Path(orgs_dir) / f"{name}.db"
+
+
+def create_org_file(orgs_dir: str | Path, name: str) -> OrgDb:
+    """Create a new, empty org file (replacing a stale one left by a failed create)."""
+    path = org_file(orgs_dir, name)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    remove_org_file(orgs_dir, name)
+    return open_org(orgs_dir, name, create=True)
+
+
+def open_org(orgs_dir: str | Path, name: str, *, create: bool = False) -> OrgDb:
+    """Open an org's file and bring its system tables up to date."""
+    path = org_file(orgs_dir, name)
+    if not create and not path.exists():
+        raise NotFound(f"org {name!r} does not exist")
+    db = connect(path)
+    if org_migrations.pending(db):
+        with immediate(db):
+            org_migrations.apply(db)
+    return OrgDb(db, name)
+
+
+def remove_org_file(orgs_dir: str | Path, name: str) -> None:
+    """Delete an org's file with its WAL and shared-memory files."""
+    path = org_file(orgs_dir, name)
+    for suffix in ("", "-wal", "-shm"):
+        Path(str(path) + suffix).unlink(missing_ok=True)
+
+
+def metadata_version(db: Database) -> int:
+    """Counter bumped by every metadata change; caches compare against it."""
+    row = db.execute("SELECT value FROM _org WHERE key = 'metadata_version'").fetchone()
+    return int(row[0])
+
+
+def current_version(db: Database) -> int:
+    """The highest versionnumber given out so far in this org."""
+    row = db.execute("SELECT value FROM _org WHERE key = 'version'").fetchone()
+    return int(row[0])
+
+
+def next_versions(db: Database, count: int = 1) -> int:
+    """Reserve `count` versionnumbers; returns the first. Call inside immediate()."""
+    # The write lock is held from BEGIN IMMEDIATE to COMMIT, so versions are
+    # given out in commit order: a reader that sees version V sees every
+    # version below V too. The change feed relies on that.
+    row = db.execute(
+        "UPDATE _org SET value = value + ? WHERE key = 'version' RETURNING value", [count]
+    ).fetchone()
+    return int(row[0]) - count + 1
+
+
+def bump_metadata_version(db: Database) -> None:
+    """Mark the metadata as changed, so every open OrgDb reloads it."""
+    db.execute("UPDATE _org SET value = value + 1 WHERE key = 'metadata_version'")
+
+
+def load_entities(db: Database) -> dict[str, Entity]:
+    """Read every entity definition of the org from its metadata tables."""
+    entities: dict[str, Entity] = {}
+    for row in db.query("SELECT * FROM _entities ORDER BY position, logicalname"):
+        entities[row["logicalname"]] = Entity(
+            logicalname=row["logicalname"],
+            displayname=row["displayname"],
+            labels=json.loads(row["labels"] or "{}"),
+            primaryidattribute=row["primaryidattribute"],
+            primarynameattribute=row["primarynameattribute"],
+            entitysetname=row["entitysetname"],
+            isintersect=bool(row["isintersect"]),
+        )
+    for row in db.query("SELECT * FROM _attributes ORDER BY entity, position"):
+        entity = entities.get(row["entity"])
+        if entity is not None:
+            entity.attributes.append(_attribute_from_row(row))
+    return entities
+
+
+def _attribute_from_row(row: dict[str, Any]) -> Attribute:
+    return Attribute(
+        logicalname=row["logicalname"],
+        type=row["type"],
+        displayname=row["displayname"],
+        labels=json.loads(row["labels"] or "{}"),
+        maxlength=row["maxlength"],
+        precision=row["precision"],
+        required=bool(row["required"]),
+        options=[Option(**o) for o in json.loads(row["options"] or "[]")],
+        targets=json.loads(row["targets"] or "[]"),
+        issystem=bool(row["issystem"]),
+    )
+
+
+def entity_row(entity: Entity, position: int) -> dict[str, Any]:
+    """The `_entities` row of an entity definition."""
+    return {
+        "logicalname": entity.logicalname,
+        "displayname": entity.displayname,
+        "labels": json.dumps(entity.labels, sort_keys=True),
+        "primaryidattribute": entity.primaryidattribute,
+        "primarynameattribute": entity.primarynameattribute,
+        "entitysetname": entity.entitysetname,
+        "isintersect": int(entity.isintersect),
+        "position": position,
+    }
+
+
+def attribute_row(entity: str, attr: Attribute, position: int) -> dict[str, Any]:
+    """The `_attributes` row of an attribute definition."""
+    return {
+        "entity": entity,
+        "logicalname": attr.logicalname,
+        "type": attr.type,
+        "displayname": attr.displayname,
+        "labels": json.dumps(attr.labels, sort_keys=True),
+        "maxlength": attr.maxlength,
+        "precision": attr.precision,
+        "required": int(attr.required),
+        "options": json.dumps(
+            [{"value": o.value, "label": o.label, "labels": o.labels} for o in attr.options]
+        ),
+        "targets": json.dumps(attr.targets),
+        "issystem": int(attr.issystem),
+        "position": position,
+    }

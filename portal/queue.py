@@ -1,0 +1,59 @@
+"""The job queue: one Redis client per app, and the one helper that enqueues jobs.
+
+Jobs are referred to by their dotted name ("jobs.maintenance.count_orgs"), so
+the web layer enqueues work without importing the jobs package.
+"""
+
+from collections.abc import Callable
+from typing import Any
+
+from flask import current_app
+from redis import Redis
+from redis.backoff import NoBackoff
+from redis.retry import Retry as RedisRetry
+from rq import Queue, Retry
+from rq.exceptions import DuplicateJobError
+from rq.job import Job
+
+DEFAULT_QUEUE = "default"
+DEFAULT_TIMEOUT_S = 3600
+RESULT_TTL_S = 24 * 3600
+FAILURE_TTL_S = 7 * 24 * 3600
+
+
+def connect_redis(url: str) -> Redis:
+    """A Redis client for this URL (redis://, rediss:// or unix://)."""
+    # No backoff: a missing server is reported at once (health checks, shutdown)
+    # instead of after redis-py's default retries.
+    return Redis.from_url(url, retry=RedisRetry(NoBackoff(), 0), socket_connect_timeout=5)
+
+
+def get_redis() -> Redis:
+    """The app's Redis client, created on first use and shared by its requests."""
+    client = current_app.extensions.get("redis")
+    if client is None:
+        client = current_app.extensions["redis"] = connect_redis(current_app.config["REDIS_URL"])
+    return client
+
+
+def enqueue(redis: Redis, func: str | Callable[..., Any], *args: Any,
+            queue: str = DEFAULT_QUEUE, job_id: str | None = None, unique: bool = False,
+            retries: int = 0, retry_intervals: list[int] | None = None,
+            timeout: int = DEFAULT_TIMEOUT_S, result_ttl: int = RESULT_TTL_S,
+            failure_ttl: int = FAILURE_TTL_S, meta: dict[str, Any] | None = None) -> Job:
+    """Enqueue a job the one way the portal does it; returns the job.
+
+    With `unique`, a job whose id is already queued, running or kept is not
+    enqueued again: the existing job is returned instead. Singleton jobs
+    should pass result_ttl=0 and a short failure_ttl so the id frees up.
+    """
+    q = Queue(queue, connection=redis)
+    try:
+        retry = Retry(max=retries, interval=retry_intervals or [10, 60, 300]) if retries else None
+        return q.enqueue(  # type: ignore[type-var]
+            func, *args, job_id=job_id, unique=unique, job_timeout=timeout,
+            result_ttl=result_ttl, failure_ttl=failure_ttl, meta=meta or {}, retry=retry,
+        )
+    except DuplicateJobError:
+        assert job_id is not None
+        return Job.fetch(job_id, connection=redis)

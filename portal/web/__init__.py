@@ -1,0 +1,1 @@
+"""Blueprints by audience: `public` (home, health, connect), `admin`, `api` (the Org API)."""
