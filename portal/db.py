@@ -5,6 +5,7 @@ organizations, their users, and (added by later migrations) connections, runs,
 logs. Each hosted org's own data lives in its own file (portal.orgs.store).
 """
 
+import itertools
 import sqlite3
 from collections.abc import Iterator
 from contextlib import contextmanager
@@ -35,8 +36,21 @@ def immediate(db: Database) -> Iterator[Database]:
 
     A deferred transaction that reads and then writes fails with "database is
     locked" under concurrent writers (measured: 900 of 1,200); IMMEDIATE waits
-    for the lock instead.
+    for the lock instead. Nested inside another transaction it becomes a
+    savepoint, so several writes can be made all-or-nothing by wrapping them.
     """
+    if db.conn.in_transaction:
+        name = f"sp{next(_savepoints)}"
+        db.conn.execute(f"SAVEPOINT {name}")
+        try:
+            yield db
+        except BaseException:
+            if db.conn.in_transaction:
+                db.conn.execute(f"ROLLBACK TO {name}")
+                db.conn.execute(f"RELEASE {name}")
+            raise
+        db.conn.execute(f"RELEASE {name}")
+        return
     db.conn.execute("BEGIN IMMEDIATE")
     try:
         yield db
@@ -45,6 +59,9 @@ def immediate(db: Database) -> Iterator[Database]:
             db.conn.execute("ROLLBACK")
         raise
     db.conn.execute("COMMIT")
+
+
+_savepoints = itertools.count(1)
 
 
 @contextmanager
