@@ -1,4 +1,4 @@
-"""`flask` commands: init-db, orgs create/list/delete.
+"""`flask` commands: init-db, orgs create/list/delete, tokens create/list/revoke.
 
 Every command calls the same data-layer functions as the web; a refused input
 prints its reason and exits with code 1, having written nothing.
@@ -9,13 +9,14 @@ from pathlib import Path
 
 import click
 from flask import Flask, current_app
-from flask.cli import AppGroup
+from flask.cli import AppGroup, with_appcontext
 
 from portal.db import get_db
 from portal.errors import PortalError
-from portal.orgs import registry
+from portal.orgs import registry, tokens
 
 orgs_cli = AppGroup("orgs", help="Create, list and delete hosted organizations.")
+tokens_cli = AppGroup("tokens", help="Create, list and revoke API tokens of an organization.")
 
 
 def orgs_dir() -> Path:
@@ -30,6 +31,7 @@ def fail(error: PortalError) -> None:
 
 
 @click.command("init-db")
+@with_appcontext
 def init_db() -> None:
     """Create or migrate the registry database."""
     get_db()
@@ -79,7 +81,48 @@ def delete_org(name: str) -> None:
     click.echo(f"Deleted organization {name}")
 
 
+@tokens_cli.command("create")
+@click.argument("org")
+@click.option("--email", required=True, help="E-mail of the org user the token acts as.")
+def create_token(org: str, email: str) -> None:
+    """Create an API token for an org user and print it (it is shown only once)."""
+    try:
+        token_id, token = tokens.create_token(get_db(), org, email)
+    except PortalError as error:
+        fail(error)
+    click.echo(f"Token {token_id} for {email} in {org} (shown only once):")
+    click.echo(token)
+
+
+@tokens_cli.command("revoke")
+@click.argument("org")
+@click.argument("token_id", type=int)
+def revoke_token(org: str, token_id: int) -> None:
+    """Revoke an API token of an organization."""
+    try:
+        tokens.revoke_token(get_db(), org, token_id)
+    except PortalError as error:
+        fail(error)
+    click.echo(f"Revoked token {token_id} of {org}")
+
+
+@tokens_cli.command("list")
+@click.argument("org")
+def list_tokens(org: str) -> None:
+    """List an organization's API tokens (ids and users, never the tokens)."""
+    try:
+        rows = tokens.list_tokens(get_db(), org)
+    except PortalError as error:
+        fail(error)
+    if not rows:
+        click.echo("No tokens.")
+    for row in rows:
+        state = f"revoked={row['revoked']}" if row["revoked"] else "active"
+        click.echo(f"{row['id']:<6} {row['email']:<40} created={row['created']} {state}")
+
+
 def init_app(app: Flask) -> None:
     """Register the commands on the app's CLI."""
     app.cli.add_command(init_db)
     app.cli.add_command(orgs_cli)
+    app.cli.add_command(tokens_cli)

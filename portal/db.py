@@ -122,6 +122,23 @@ def m001_orgs_and_users(db: Database) -> None:
     db.execute("CREATE UNIQUE INDEX idx_org_users_email ON org_users (org_id, lower(email))")
 
 
+@migrations()
+def m002_api_tokens(db: Database) -> None:
+    # Bearer tokens of the Org API: only a SHA-256 of the token is kept (it is
+    # random and long, so a fast hash is enough); revoked tokens stay listed.
+    # ON DELETE CASCADE: deleting an org's users takes their tokens along.
+    db.execute("""
+        CREATE TABLE api_tokens (
+            id INTEGER PRIMARY KEY,
+            org_id INTEGER NOT NULL REFERENCES orgs(id) ON DELETE CASCADE,
+            user_id INTEGER NOT NULL REFERENCES org_users(id) ON DELETE CASCADE,
+            token_hash TEXT NOT NULL,
+            created TEXT NOT NULL,
+            revoked TEXT
+        )""")
+    db.execute("CREATE UNIQUE INDEX idx_api_tokens_hash ON api_tokens (token_hash)")
+
+
 def registry_path(app: Flask) -> Path:
     """Where this app's registry database lives."""
     return Path(app.instance_path) / app.config["DATABASE"]

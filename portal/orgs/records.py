@@ -7,6 +7,7 @@ attribute types before anything is written.
 """
 
 import math
+import re
 from collections.abc import Callable, Iterable
 from datetime import UTC, datetime
 from typing import Any
@@ -89,6 +90,76 @@ def _coercer(attr: Attribute) -> Coercer:
     return guid
 
 
+GUID_RE = re.compile(r"[0-9a-f]{8}-[0-9a-f]{4}-[0-9a-f]{4}-[0-9a-f]{4}-[0-9a-f]{12}")
+
+ColumnCheck = Callable[[list[Any]], list[Any]]
+
+
+def _column_check(attr: Attribute) -> ColumnCheck:
+    """A check of a whole column of values for the bulk path; returns the stored values.
+
+    The common case (every value already well-typed and canonical) costs one
+    list comprehension; otherwise the column goes value by value through the
+    attribute's coercer, which normalizes or raises the precise error.
+    """
+    kind = attr.type
+    coerce = _coercer(attr) if not (attr.issystem and kind == "datetime") else (
+        lambda v: normalize_datetime(v, attr))
+    if kind == "uniqueidentifier" and attr.issystem:
+        coerce = _coercer(Attribute(attr.logicalname, "lookup", targets=["x"]))
+    bad: Callable[[list[Any]], bool]
+    if kind in ("string", "memo"):
+        limit = attr.maxlength or 0
+
+        def bad(vs: list[Any]) -> bool:
+            return any([v for v in vs if v is not None and (type(v) is not str or len(v) > limit)])
+    elif kind in ("integer", "bigint", "picklist"):
+        low, high = INT64 if kind == "bigint" else INT32
+        allowed = {o.value for o in attr.options} if kind == "picklist" else None
+
+        def bad(vs: list[Any]) -> bool:
+            if allowed is not None:
+                return any([1 for v in vs if v is not None and v not in allowed])
+            return any([1 for v in vs
+                        if v is not None and (type(v) is not int or not low <= v <= high)])
+    elif kind in ("decimal", "double", "money"):
+
+        def bad(vs: list[Any]) -> bool:
+            return any([1 for v in vs if v is not None and (
+                type(v) not in (int, float) or v != v or v in (math.inf, -math.inf))])
+    elif kind == "boolean":
+
+        def bad(vs: list[Any]) -> bool:
+            return any([1 for v in vs if v is not None and type(v) is not bool])
+    elif kind == "datetime":
+
+        def bad(vs: list[Any]) -> bool:
+            return any([1 for v in vs if v is not None and not _canonical_datetime(v)])
+    else:
+        match = GUID_RE.fullmatch
+
+        def bad(vs: list[Any]) -> bool:
+            return any([1 for v in vs if v is not None and (type(v) is not str or not match(v))])
+
+    def check(values: list[Any]) -> list[Any]:
+        if bad(values):
+            return [None if v is None else coerce(v) for v in values]
+        return values
+
+    return check
+
+
+def _canonical_datetime(value: Any) -> bool:
+    """True for a valid date-time already in the stored form YYYY-MM-DDTHH:MM:SSZ."""
+    if type(value) is not str or len(value) != 20 or value[19] != "Z" or value[10] != "T":
+        return False
+    try:
+        datetime.fromisoformat(value)
+    except ValueError:
+        return False
+    return True
+
+
 def normalize_datetime(value: Any, attr: Attribute) -> str:
     """Parse an ISO 8601 date or date-time and return it in UTC, to the second, with a Z."""
     if type(value) is not str:
@@ -114,6 +185,8 @@ class EntityCodec:
         self.required = [a.logicalname for a in self.writable.values() if a.required]
         self.lookups = [a for a in self.writable.values() if a.type == "lookup"]
         self.columns = [a.logicalname for a in entity.attributes]
+        self.bulk_checks = {a.logicalname: _column_check(a) for a in entity.attributes
+                            if a.logicalname != "versionnumber"}
 
     def clean(self, values: dict[str, Any], *, keep_timestamps: bool = False) -> dict[str, Any]:
         """Check and convert values for writing; unknown attributes are refused."""
@@ -256,40 +329,51 @@ def save_records(org: OrgDb, entity_name: str, records: Iterable[dict[str, Any]]
     records' own createdon/modifiedon are kept (a copy keeps the server's).
     """
     c = codec(org, entity_name)
-    rows = []
-    now = utcnow()
-    for values in records:
-        record_id = values.get(c.pk)
-        if record_id is None:
-            raise InvalidInput(f"each record needs its {c.pk}", field=c.pk)
-        row = c.clean(values, keep_timestamps=keep_timestamps)
-        row[c.pk] = normalize_guid(record_id, c.pk)
-        row.setdefault("createdon", now)
-        row.setdefault("modifiedon", now)
-        rows.append(row)
+    rows = list(records)
     if not rows:
         return 0
+    keys: set[str] = set().union(*rows)
+    # Every row names the same attributes when each has as many keys as the union.
+    complete = all([len(row) == len(keys) for row in rows])
+    names = [n for n in rows[0] if n in keys] + sorted(keys - rows[0].keys())
+    if not keep_timestamps:
+        names = [n for n in names if n not in ("createdon", "modifiedon")]
+    names = [n for n in names if n != "versionnumber"]
+    for name in names:
+        if name not in c.bulk_checks:
+            c.clean({name: None})  # raises the unknown-attribute error
     db = org.db
     with immediate(db):
-        first = next_versions(db, len(rows))
-        columns = list(dict.fromkeys(name for row in rows for name in row))
-        columns.append("versionnumber")
-        updates = ", ".join(f"[{n}] = excluded.[{n}]" for n in columns
-                            if n not in (c.pk, "createdon"))
-        sql = (f"INSERT INTO [{entity_name}] ({', '.join(f'[{n}]' for n in columns)}) "
-               f"VALUES ({', '.join('?' * len(columns))}) "
-               f"ON CONFLICT([{c.pk}]) DO UPDATE SET {updates}")
-        # A record missing a key keeps its stored value: the upsert writes only the
-        # columns the batch names, so give such records their stored values first.
-        names = columns[:-1]
-        if any(len(row) != len(names) for row in rows):
+        # A record missing a key keeps its stored value: the upsert writes every
+        # column the batch names, so give such records their stored values first.
+        if not complete:
+            rows = [dict(row) for row in rows]
             _fill_partial_rows(org, entity_name, c.pk, rows, names)
-        db.conn.executemany(
-            sql, [(*(row.get(n) for n in names), first + i) for i, row in enumerate(rows)])
+        columns = [c.bulk_checks[n]([row.get(n) for row in rows]) for n in names]
+        if c.pk not in names or None in columns[names.index(c.pk)]:
+            raise InvalidInput(f"each record needs its {c.pk}", field=c.pk)
+        now = utcnow()
+        for stamp in ("createdon", "modifiedon"):
+            if stamp not in names:
+                names.append(stamp)
+                columns.append([now] * len(rows))
+            else:
+                column = columns[names.index(stamp)]
+                columns[names.index(stamp)] = [now if v is None else v for v in column]
+        first = next_versions(db, len(rows))
+        columns.append(range(first, first + len(rows)))  # type: ignore[arg-type]
+        names.append("versionnumber")
+        updates = ", ".join(f"[{n}] = excluded.[{n}]" for n in names
+                            if n not in (c.pk, "createdon"))
+        sql = (f"INSERT INTO [{entity_name}] ({', '.join(f'[{n}]' for n in names)}) "
+               f"VALUES ({', '.join('?' * len(names))}) "
+               f"ON CONFLICT([{c.pk}]) DO UPDATE SET {updates}")
+        db.conn.executemany(sql, zip(*columns, strict=True))
         if db.execute("SELECT 1 FROM _tombstones WHERE entity = ? LIMIT 1",
                       [entity_name]).fetchone():
+            ids = columns[names.index(c.pk)]
             db.conn.executemany("DELETE FROM _tombstones WHERE entity = ? AND id = ?",
-                                [(entity_name, row[c.pk]) for row in rows])
+                                [(entity_name, i) for i in ids])
     return len(rows)
 
 
@@ -322,9 +406,10 @@ def _delete(org: OrgDb, entity_name: str, pk: str, ids: list[str]) -> int:
 def _fill_partial_rows(org: OrgDb, entity_name: str, pk: str, rows: list[dict[str, Any]],
                        names: list[str]) -> None:
     for row in rows:
-        if len(row) == len(names):
+        if all(n in row for n in names) or row.get(pk) is None:
             continue
-        stored = list(org.db.query(f"SELECT * FROM [{entity_name}] WHERE [{pk}] = ?", [row[pk]]))
+        stored = list(org.db.query(f"SELECT * FROM [{entity_name}] WHERE [{pk}] = ?",
+                                   [normalize_guid(row[pk], pk)]))
         base = stored[0] if stored else {}
         for name in names:
             if name not in row:
