@@ -36,9 +36,10 @@ def create_app(test_config: dict[str, Any] | None = None) -> Flask:
     csrf.init_app(app)
     db.init_app(app)
 
-    from portal.web import errors, public
+    from portal.web import api, errors, public
 
     app.register_blueprint(public.bp)
+    app.register_blueprint(api.bp)
     errors.init_app(app)
 
     from jobs import cli

@@ -17,6 +17,8 @@ class Defaults:
     REDIS_URL: str | None = None
     # Largest request body accepted by any endpoint (bytes).
     MAX_CONTENT_LENGTH = 32 * 1024 * 1024
+    # Largest request body the Org API (/odata/v4/) accepts, $batch included (bytes).
+    API_MAX_CONTENT_LENGTH = 16 * 1024 * 1024
     # Server URLs on loopback/private/link-local addresses are refused unless allowed.
     ALLOW_PRIVATE_SERVERS = False
     WTF_CSRF_TIME_LIMIT = None

@@ -90,3 +90,23 @@ def sales_org(app: Flask) -> Iterator[store.OrgDb]:
     org = store.open_org(orgs_dir(app), "sales")
     yield org
     org.close()
+
+
+@pytest.fixture
+def portal_process(redis_url: str):  # type: ignore[no-untyped-def]
+    """Start real portal processes (gunicorn on 127.0.0.1): call it with an instance folder.
+
+    Every process started is stopped at teardown.
+    """
+    from tests.portal_process import PortalProcess
+
+    started: list[PortalProcess] = []
+
+    def start(instance_path: Path, **kwargs):  # type: ignore[no-untyped-def]
+        process = PortalProcess(instance_path, redis_url, **kwargs)
+        started.append(process)
+        return process
+
+    yield start
+    for process in started:
+        process.stop()

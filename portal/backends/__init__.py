@@ -1,0 +1,1 @@
+"""Backends: how the portal reaches a server org, one module per protocol."""

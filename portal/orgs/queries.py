@@ -1,0 +1,110 @@
+"""The fast read path of an org's records: pages of JSON made by SQLite itself.
+
+Each row comes back as one JSON text built by SQLite's json_object(), so a
+page of 1,000 records costs no Python dict per row; the caller joins the
+texts into the page. Paging is keyset-based: a page starts after the sort
+key of the previous page's last row, so deep pages cost what the first does.
+"""
+
+from typing import Any
+
+from portal.orgs.metadata import Entity
+from portal.orgs.store import OrgDb
+
+# SQLite allows 127 arguments per function call: json_object() takes the
+# attributes in chunks of this many name/value pairs, spliced into one object.
+PAIRS_PER_CALL = 60
+
+Order = list[tuple[str, bool]]  # (attribute, descending)
+
+
+def row_json_sql(entity: Entity, names: list[str]) -> str:
+    """SQL expression making one record's JSON: @odata.etag first, then the attributes."""
+    booleans = {a.logicalname for a in entity.attributes if a.type == "boolean"}
+    pairs = ["'@odata.etag', 'W/\"' || [versionnumber] || '\"'"]
+    for name in names:
+        if name in booleans:
+            value = (f"CASE WHEN [{name}] IS NULL THEN NULL WHEN [{name}] THEN json('true') "
+                     "ELSE json('false') END")
+        else:
+            value = f"[{name}]"
+        pairs.append(f"'{name}', {value}")
+    chunks = [pairs[i:i + PAIRS_PER_CALL] for i in range(0, len(pairs), PAIRS_PER_CALL)]
+    calls = [f"json_object({', '.join(chunk)})" for chunk in chunks]
+    if len(calls) == 1:
+        return calls[0]
+    # Splice the objects: drop the closing brace of each and the opening one of the next.
+    # Every value is a scalar, so each object ends in exactly one '}'.
+    parts = [f"rtrim({calls[0]}, '}}')"]
+    parts += [f"trim({call}, '{{}}')" for call in calls[1:-1]]
+    parts.append(f"ltrim({calls[-1]}, '{{')")
+    return " || ',' || ".join(parts)
+
+
+def full_order(entity: Entity, order: Order) -> Order:
+    """The requested order with the primary id appended, so every row has a unique key."""
+    pk = entity.primaryidattribute
+    return [*order, (pk, False)] if all(name != pk for name, _ in order) else list(order)
+
+
+def after_condition(order: Order, values: list[Any]) -> tuple[str, list[Any]]:
+    """Condition selecting the rows sorted after the row with these key values.
+
+    SQLite sorts NULL first ascending and last descending; the condition
+    follows that, so rows with null sort keys are neither skipped nor repeated.
+    """
+    alternatives, params = [], []
+    for i, (name, descending) in enumerate(order):
+        value = values[i]
+        if descending:
+            if value is None:
+                continue  # nothing sorts after a null in descending order
+            later, later_params = f"([{name}] < ? OR [{name}] IS NULL)", [value]
+        elif value is None:
+            later, later_params = f"[{name}] IS NOT NULL", []
+        else:
+            later, later_params = f"[{name}] > ?", [value]
+        equal = [f"[{n}] IS ?" for n, _ in order[:i]]
+        alternatives.append("(" + " AND ".join([*equal, later]) + ")")
+        params += [*values[:i], *later_params]
+    if not alternatives:
+        return "0", []
+    return "(" + " OR ".join(alternatives) + ")", params
+
+
+def read_page(org: OrgDb, entity: Entity, names: list[str], *, where: str = "",
+              params: list[Any] | None = None, order: Order | None = None,
+              after: list[Any] | None = None, offset: int = 0, limit: int = 1000
+              ) -> list[tuple[Any, ...]]:
+    """Up to `limit` rows of (record JSON text, *sort key values), in sort order."""
+    order = full_order(entity, order or [])
+    conditions, values = [], list(params or [])
+    if where:
+        conditions.append(where)
+    if after is not None:
+        sql, extra = after_condition(order, after)
+        conditions.append(sql)
+        values += extra
+    keys = ", ".join(f"[{name}]" for name, _ in order)
+    sql = (f"SELECT {row_json_sql(entity, names)}, {keys} FROM [{entity.logicalname}]"
+           + (f" WHERE {' AND '.join(conditions)}" if conditions else "")
+           + " ORDER BY " + ", ".join(f"[{n}]{' DESC' if d else ''}" for n, d in order)
+           + " LIMIT ? OFFSET ?")
+    return org.db.conn.execute(sql, [*values, limit, offset]).fetchall()
+
+
+def count(org: OrgDb, entity: Entity, *, where: str = "", params: list[Any] | None = None
+          ) -> int:
+    """How many records match a condition."""
+    sql = f"SELECT count(*) FROM [{entity.logicalname}]" + (f" WHERE {where}" if where else "")
+    return int(org.db.conn.execute(sql, params or []).fetchone()[0])
+
+
+def record_json(org: OrgDb, entity: Entity, names: list[str], record_id: str
+                ) -> tuple[str, int] | None:
+    """One record as (JSON text with @odata.etag, versionnumber), or None."""
+    pk = entity.primaryidattribute
+    row = org.db.conn.execute(
+        f"SELECT {row_json_sql(entity, names)}, versionnumber FROM [{entity.logicalname}] "
+        f"WHERE [{pk}] = ?", [record_id]).fetchone()
+    return (row[0], row[1]) if row else None

@@ -1,0 +1,83 @@
+"""The Org API: each hosted org as an OData v4 service at /odata/v4/{org}/.
+
+This module is the Flask side only: credentials, the body size limit, the
+org's connection and the error answers. The protocol itself lives in
+portal/web/odata (dispatch and the handlers), which $batch reuses.
+"""
+
+from pathlib import Path
+
+from flask import Blueprint, Response, current_app, request
+from flask.typing import ResponseReturnValue
+from werkzeug.exceptions import HTTPException
+
+from portal import csrf
+from portal.db import get_db, registry_path
+from portal.errors import PortalError
+from portal.web.odata import auth
+from portal.web.odata.connections import org_connection
+from portal.web.odata.dispatch import dispatch
+from portal.web.odata.messages import (
+    ODATA_VERSION,
+    ApiRequest,
+    ApiResponse,
+    error_response,
+    portal_error_response,
+)
+
+bp = Blueprint("api", __name__, url_prefix="/odata/v4")
+csrf.exempt(bp)
+
+METHODS = ["GET", "POST", "PATCH", "PUT", "DELETE"]
+
+
+@bp.route("/<org>/", defaults={"resource": ""}, methods=METHODS)
+@bp.route("/<org>/<path:resource>", methods=METHODS)
+def service(org: str, resource: str) -> ResponseReturnValue:
+    """Any request to an org's service: authenticate, then hand it to the OData dispatch."""
+    app = current_app
+    user = auth.authenticate(get_db, app.config["SECRET_KEY"], str(registry_path(app)), org,
+                             request.authorization)
+    # Read the body under the API's own limit: werkzeug answers 413 beyond it.
+    request.max_content_length = app.config["API_MAX_CONTENT_LENGTH"]
+    body = request.get_data(cache=False)
+    orgs_dir = Path(app.instance_path) / app.config["ORGS_DIR"]
+    req = ApiRequest(
+        method=request.method,
+        path=resource,
+        args=request.args,
+        headers=request.headers,  # type: ignore[arg-type]
+        body=body,
+        service_root=f"{request.root_url}odata/v4/{org}/",
+        org=org_connection(orgs_dir, org),
+        secret=app.config["SECRET_KEY"],
+        user=user,
+    )
+    return _flask(dispatch(req))
+
+
+def _flask(answer: ApiResponse) -> Response:
+    response = Response(answer.body, status=answer.status, headers=answer.headers)
+    response.headers["OData-Version"] = ODATA_VERSION
+    return response
+
+
+@bp.errorhandler(PortalError)
+def portal_error(error: PortalError) -> ResponseReturnValue:
+    """A refusal of the data layer or the protocol, as an OData error."""
+    return _flask(portal_error_response(error))
+
+
+@bp.errorhandler(HTTPException)
+def http_error(error: HTTPException) -> ResponseReturnValue:
+    """Werkzeug's refusals (413, 405...) in the OData error format."""
+    code = (error.name or "Error").replace(" ", "")
+    return _flask(error_response(error.code or 500, code, error.description or code))
+
+
+@bp.errorhandler(Exception)
+def unexpected(error: Exception) -> ResponseReturnValue:
+    """Anything else: logged, and a 500 without a stack trace."""
+    current_app.logger.exception("unhandled error on %s %s", request.method, request.path)
+    return _flask(error_response(500, "InternalServerError",
+                                 "Something went wrong on our side; it has been logged."))

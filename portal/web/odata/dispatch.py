@@ -1,0 +1,84 @@
+"""URL → handler for one OData request relative to an org's service root."""
+
+import re
+
+from flask import current_app
+
+from portal.errors import PortalError
+from portal.web.odata import batch, collections, customization, entities
+from portal.web.odata.csdl import metadata_document
+from portal.web.odata.entity_definitions import read_entity_definitions
+from portal.web.odata.messages import (
+    ApiRequest,
+    ApiResponse,
+    ProtocolError,
+    json_response,
+    portal_error_response,
+)
+from portal.web.odata.options import check_options
+
+RESOURCE_RE = re.compile(r"^([A-Za-z_][A-Za-z0-9_]*)(?:\((.*)\))?$")
+
+
+def dispatch(req: ApiRequest) -> ApiResponse:
+    """Answer one request; refusals become OData error bodies, never exceptions."""
+    try:
+        return route(req)
+    except PortalError as error:
+        return portal_error_response(error)
+
+
+def not_allowed(method: str, allowed: str) -> ProtocolError:
+    """405 naming the methods a resource accepts."""
+    return ProtocolError(405, "MethodNotAllowed", f"{method} is not allowed here",
+                         headers={"Allow": allowed})
+
+
+def route(req: ApiRequest) -> ApiResponse:
+    """Find the handler of a resource path and run it."""
+    path, method = req.path, req.method
+    if path in ("", "/"):
+        if method != "GET":
+            raise not_allowed(method, "GET")
+        return service_document(req)
+    if path == "$metadata":
+        if method != "GET":
+            raise not_allowed(method, "GET")
+        return ApiResponse(200, metadata_document(req.org),
+                           {"Content-Type": "application/xml; charset=utf-8"})
+    if path == "$batch":
+        if method != "POST":
+            raise not_allowed(method, "POST")
+        return batch.run_batch(req, dispatch, current_app.logger)
+    if path == "$customization" or path.startswith("$customization/"):
+        return customization.handle(req, path[len("$customization"):].strip("/"))
+    if path == "EntityDefinitions" or path.startswith("EntityDefinitions("):
+        return read_entity_definitions(req, path[len("EntityDefinitions"):])
+    match = RESOURCE_RE.match(path)
+    if match is None:
+        raise ProtocolError(404, "NotFound", f"no resource {path!r} in this service")
+    entity = req.org.entity_by_set(match.group(1))
+    key = match.group(2)
+    if key is None:
+        if method == "GET":
+            return collections.read_collection(req, entity)
+        if method == "POST":
+            return entities.create(req, entity)
+        raise not_allowed(method, "GET, POST")
+    if method == "GET":
+        return entities.read_record(req, entity, key)
+    if method == "PATCH":
+        return entities.upsert(req, entity, key)
+    if method == "DELETE":
+        return entities.delete(req, entity, key)
+    raise not_allowed(method, "GET, PATCH, DELETE")
+
+
+def service_document(req: ApiRequest) -> ApiResponse:
+    """The service document: every entity set of the org."""
+    check_options(req.args, {"$format"})
+    return json_response({
+        "@odata.context": req.service_root + "$metadata",
+        "value": [{"name": e.entitysetname, "kind": "EntitySet", "url": e.entitysetname}
+                  for e in req.org.entities().values()],
+    })

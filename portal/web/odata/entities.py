@@ -1,0 +1,127 @@
+"""Single records: read by key, create (POST), upsert (PATCH) and delete, with ETags.
+
+Every write goes through portal.orgs.records - the one write path, where the
+sync engine will record offline transactions.
+"""
+
+from typing import Any
+
+import orjson
+
+from portal.errors import AlreadyExists
+from portal.orgs import queries, records
+from portal.orgs.metadata import Entity, normalize_guid
+from portal.web.odata.bodies import read_object, record_values
+from portal.web.odata.etags import etag, parse_if_match
+from portal.web.odata.messages import (
+    ApiRequest,
+    ApiResponse,
+    ProtocolError,
+    bad_request,
+    raw_json_response,
+)
+from portal.web.odata.options import check_options, parse_select
+from portal.web.odata.prefer import parse_prefer
+
+
+def parse_key(entity: Entity, key: str) -> str:
+    """The record id in `(<guid>)`, `(<pk>=<guid>)` or `('<guid>')`; 400 if it is no GUID."""
+    text = key.strip()
+    pk = entity.primaryidattribute
+    if text.startswith(pk + "="):
+        text = text[len(pk) + 1:].strip()
+    return normalize_guid(text.strip("'"), pk)
+
+
+def entity_url(req: ApiRequest, entity: Entity, record_id: str) -> str:
+    """The canonical URL of a record."""
+    return f"{req.service_root}{entity.entitysetname}({record_id})"
+
+
+def record_body(req: ApiRequest, entity: Entity, record: dict[str, Any]) -> bytes:
+    """A record written by the data layer as an OData entity body."""
+    return orjson.dumps({
+        "@odata.context": f"{req.service_root}$metadata#{entity.entitysetname}/$entity",
+        "@odata.etag": etag(record["versionnumber"]),
+        **record})
+
+
+def write_headers(req: ApiRequest, entity: Entity, record: dict[str, Any]) -> dict[str, str]:
+    """Headers of a write's answer: the record's ETag and address."""
+    url = entity_url(req, entity, record[entity.primaryidattribute])
+    return {"ETag": etag(record["versionnumber"]), "OData-EntityId": url}
+
+
+def read_record(req: ApiRequest, entity: Entity, key: str) -> ApiResponse:
+    """GET /{set}(<id>) with $select; 304 when If-None-Match names the current version."""
+    check_options(req.args, {"$select", "$format"})
+    record_id = parse_key(entity, key)
+    names = parse_select(req.args.get("$select"), entity)
+    found = queries.record_json(req.org, entity, names, record_id)
+    if found is None:
+        raise ProtocolError(404, "NotFound", f"{entity.logicalname} {record_id} does not exist")
+    text, version = found
+    headers = {"ETag": etag(version)}
+    if req.headers.get("If-None-Match") in (etag(version), "*"):
+        return ApiResponse(304, b"", headers)
+    select = req.args.get("$select")
+    context = (f"{req.service_root}$metadata#{entity.entitysetname}"
+               f"{'(' + select.replace(' ', '') + ')' if select else ''}/$entity")
+    body = b'{"@odata.context":' + orjson.dumps(context) + b"," + text[1:].encode()
+    return raw_json_response(body, headers=headers)
+
+
+def create(req: ApiRequest, entity: Entity) -> ApiResponse:
+    """POST /{set}: create a record, with the client's own id if it sends one (409 if taken)."""
+    check_options(req.args, {"$select", "$format"})
+    values = record_values(req, entity, read_object(req))
+    pk = entity.primaryidattribute
+    record = records.create_record(req.org, entity.logicalname, values,
+                                   record_id=values.get(pk))
+    return _answer(req, entity, record, created=True)
+
+
+def upsert(req: ApiRequest, entity: Entity, key: str) -> ApiResponse:
+    """PATCH /{set}(<id>): update or create as Dataverse does, honouring If-Match/If-None-Match."""
+    check_options(req.args, {"$select", "$format"})
+    record_id = parse_key(entity, key)
+    match_any, version = parse_if_match(req.headers.get("If-Match"))
+    none_match = req.headers.get("If-None-Match")
+    if none_match is not None and none_match.strip() != "*":
+        raise bad_request("If-None-Match on a write supports only *", "If-None-Match")
+    if match_any and none_match is not None:
+        raise bad_request("If-Match and If-None-Match cannot both be given")
+    mode = "update" if match_any else "create" if none_match is not None else "upsert"
+    values = record_values(req, entity, read_object(req))
+    try:
+        record, created = records.upsert_record(req.org, entity.logicalname, record_id, values,
+                                                mode=mode, if_version=version)
+    except AlreadyExists:
+        raise ProtocolError(412, "PreconditionFailed",
+                            f"{entity.logicalname} {record_id} exists already "
+                            "(If-None-Match: *)") from None
+    return _answer(req, entity, record, created=created)
+
+
+def delete(req: ApiRequest, entity: Entity, key: str) -> ApiResponse:
+    """DELETE /{set}(<id>): remove the record, leaving a tombstone for delta readers."""
+    check_options(req.args, set())
+    record_id = parse_key(entity, key)
+    _, version = parse_if_match(req.headers.get("If-Match"))
+    records.delete_record(req.org, entity.logicalname, record_id, if_version=version)
+    return ApiResponse(204)
+
+
+def _answer(req: ApiRequest, entity: Entity, record: dict[str, Any], *, created: bool
+            ) -> ApiResponse:
+    """201 with the record for a create, 204 for an update; Prefer: return=… overrides."""
+    prefer = parse_prefer(req.headers.getlist("Prefer")).return_
+    headers = write_headers(req, entity, record)
+    if created:
+        headers["Location"] = headers["OData-EntityId"]
+    wants_body = prefer == "representation" or (created and prefer != "minimal")
+    if prefer:
+        headers["Preference-Applied"] = f"return={prefer}"
+    if not wants_body:
+        return ApiResponse(204, b"", headers)
+    return raw_json_response(record_body(req, entity, record), 201 if created else 200, headers)

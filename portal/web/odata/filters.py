@@ -1,0 +1,254 @@
+"""$filter to SQL: odata-query parses, this visitor emits a WHERE clause with bound values.
+
+Every property is looked up in the entity's metadata before any SQL is made,
+column names come only from the metadata, and every literal becomes a `?`
+parameter converted to the stored form of the property it is compared with
+(GUIDs lower-case, date-times as UTC text to the second, booleans as 0/1).
+"""
+
+import re
+import uuid
+from datetime import UTC, date, datetime
+from typing import Any
+
+from odata_query import ast
+from odata_query.exceptions import ODataException
+from odata_query.grammar import ODataLexer, ODataParser
+from odata_query.visitor import NodeVisitor
+
+from portal.db import TIMESTAMP_FORMAT
+from portal.orgs.metadata import Attribute, Entity
+from portal.web.odata.messages import ProtocolError, bad_request
+
+MAX_FILTER_LENGTH = 8192
+# Dataverse names a lookup's GUID property _{lookup}_value; accept that spelling too.
+LOOKUP_VALUE_RE = re.compile(r"^_([a-z0-9_]+)_value$")
+COMPARATORS = {ast.Eq: "=", ast.NotEq: "!=", ast.Lt: "<", ast.LtE: "<=", ast.Gt: ">",
+               ast.GtE: ">="}
+MIRRORED = {ast.Lt: ast.Gt(), ast.LtE: ast.GtE(), ast.Gt: ast.Lt(), ast.GtE: ast.LtE()}
+TEXT_FUNCTIONS = {"tolower": "lower", "toupper": "upper", "trim": "trim"}
+DATE_PARTS = {"year": (1, 4), "month": (6, 2), "day": (9, 2), "hour": (12, 2),
+              "minute": (15, 2), "second": (18, 2)}
+LIKE_FUNCTIONS = {"contains": ("%", "%"), "startswith": ("", "%"), "endswith": ("%", "")}
+
+
+class Expr:
+    """A piece of SQL, the attribute type it has (None for literals) and its parameters."""
+
+    def __init__(self, sql: str, kind: str | None, params: list[Any],
+                 literal: ast._Node | None = None) -> None:
+        self.sql = sql
+        self.kind = kind
+        self.params = params
+        self.literal = literal
+
+
+def parse_filter(text: str, entity: Entity) -> tuple[str, list[Any]]:
+    """Turn a $filter expression into (SQL condition, parameters) for one entity."""
+    if len(text) > MAX_FILTER_LENGTH:
+        raise bad_request(f"$filter is longer than {MAX_FILTER_LENGTH} characters", "$filter")
+    try:
+        tree = ODataParser().parse(ODataLexer().tokenize(text))
+    except ODataException as exc:
+        raise bad_request(f"$filter is not a valid expression: {exc}", "$filter") from None
+    if tree is None:
+        raise bad_request("$filter is empty", "$filter")
+    expr = SqlFilter(entity).visit(tree)
+    if expr.kind != "boolean":
+        raise bad_request("$filter must be a condition (true or false)", "$filter")
+    return expr.sql, expr.params
+
+
+class SqlFilter(NodeVisitor):
+    """Visitor over odata-query's AST that builds parameterised SQLite conditions."""
+
+    def __init__(self, entity: Entity) -> None:
+        self.entity = entity
+        self.attributes = {a.logicalname: a for a in entity.attributes}
+
+    def generic_visit(self, node: ast._Node) -> Expr:
+        raise ProtocolError(501, "NotImplemented",
+                            f"$filter: {type(node).__name__} is not supported")
+
+    # --- names and literals -------------------------------------------
+    def attribute(self, name: str) -> Attribute:
+        """The attribute a $filter names; 400 when the entity has none by that name."""
+        attr = self.attributes.get(name)
+        match = LOOKUP_VALUE_RE.match(name)
+        if attr is None and match:
+            attr = self.attributes.get(match.group(1))
+            if attr is not None and attr.type != "lookup":
+                attr = None
+        if attr is None:
+            raise bad_request(f"$filter: {self.entity.logicalname} has no property {name!r}",
+                              "$filter")
+        return attr
+
+    def visit_Identifier(self, node: ast.Identifier) -> Expr:
+        if node.namespace:
+            raise bad_request(f"$filter: unknown name {'.'.join(node.namespace)}.{node.name}",
+                              "$filter")
+        attr = self.attribute(node.name)
+        return Expr(f"[{attr.logicalname}]", attr.type, [])
+
+    def visit_Attribute(self, node: ast.Attribute) -> Expr:
+        raise ProtocolError(501, "NotImplemented",
+                            "$filter: navigation paths are not supported; filter on the "
+                            "lookup's GUID property instead")
+
+    def _literal(self, node: ast._Node) -> Expr:
+        return Expr("?", None, [], literal=node)
+
+    visit_Null = visit_Integer = visit_Float = visit_Boolean = visit_String = _literal
+    visit_Date = visit_DateTime = visit_GUID = _literal
+
+    # --- operators ----------------------------------------------------
+    def visit_BoolOp(self, node: ast.BoolOp) -> Expr:
+        left, right = self.condition(node.left), self.condition(node.right)
+        op = "AND" if isinstance(node.op, ast.And) else "OR"
+        return Expr(f"({left.sql} {op} {right.sql})", "boolean", left.params + right.params)
+
+    def visit_UnaryOp(self, node: ast.UnaryOp) -> Expr:
+        if isinstance(node.op, ast.Not):
+            inner = self.condition(node.operand)
+            return Expr(f"(NOT {inner.sql})", "boolean", inner.params)
+        if isinstance(node.op, ast.USub) and isinstance(node.operand, ast.Integer | ast.Float):
+            return self._literal(type(node.operand)(val="-" + node.operand.val))
+        raise ProtocolError(501, "NotImplemented", "$filter: this operator is not supported")
+
+    def condition(self, node: ast._Node) -> Expr:
+        """A sub-expression that must be true/false (a boolean property counts)."""
+        expr = self.visit(node)
+        if expr.kind == "boolean":
+            if expr.literal is not None:
+                return Expr("?", "boolean", [self.value(expr.literal, "boolean")])
+            return expr
+        raise bad_request("$filter: and/or/not need conditions on both sides", "$filter")
+
+    def visit_Compare(self, node: ast.Compare) -> Expr:
+        left, right = self.visit(node.left), self.visit(node.right)
+        op = node.comparator
+        if left.literal is not None and right.literal is None:
+            left, right = right, left
+            op = MIRRORED.get(type(op), op)
+        if isinstance(op, ast.In):
+            return self.in_list(left, node.right)
+        kind = left.kind
+        if kind is None:
+            raise bad_request("$filter: a comparison needs a property on one side", "$filter")
+        sql_op = COMPARATORS.get(type(op))
+        if sql_op is None:
+            raise ProtocolError(501, "NotImplemented", "$filter: unsupported comparison")
+        if right.literal is not None:
+            if isinstance(right.literal, ast.Null):
+                if sql_op not in ("=", "!="):
+                    raise bad_request("$filter: null can only be compared with eq or ne",
+                                      "$filter")
+                return Expr(f"({left.sql} IS {'NOT ' if sql_op == '!=' else ''}NULL)",
+                            "boolean", left.params)
+            value = self.value(right.literal, kind)
+            return Expr(f"({left.sql} {sql_op} ?)", "boolean", left.params + [value])
+        if not compatible(kind, right.kind):
+            raise bad_request(f"$filter: cannot compare {kind} with {right.kind}", "$filter")
+        # ne between columns must be true when exactly one side is null, as OData says.
+        if sql_op == "!=":
+            return Expr(f"({left.sql} IS NOT {right.sql})", "boolean", left.params + right.params)
+        if sql_op == "=":
+            return Expr(f"({left.sql} IS {right.sql})", "boolean", left.params + right.params)
+        return Expr(f"({left.sql} {sql_op} {right.sql})", "boolean", left.params + right.params)
+
+    def in_list(self, left: Expr, right_node: ast._Node) -> Expr:
+        """`property in (a, b, c)`."""
+        if left.kind is None or not isinstance(right_node, ast.List):
+            raise bad_request("$filter: 'in' needs a property and a list of values", "$filter")
+        values = [self.value(item, left.kind) for item in right_node.val]
+        if not values:
+            return Expr("(0)", "boolean", [])
+        marks = ",".join("?" * len(values))
+        return Expr(f"({left.sql} IN ({marks}))", "boolean", left.params + values)
+
+    def visit_Call(self, node: ast.Call) -> Expr:
+        name = node.func.name
+        args = [self.visit(a) for a in node.args]
+        if name in LIKE_FUNCTIONS:
+            if len(args) != 2 or args[0].kind not in ("string", "memo") or \
+                    not isinstance(args[1].literal, ast.String):
+                raise bad_request(f"$filter: {name}(text property, 'text') expected", "$filter")
+            before, after = LIKE_FUNCTIONS[name]
+            text = args[1].literal.val
+            pattern = before + re.sub(r"([\\%_])", r"\\\1", text) + after
+            return Expr(f"({args[0].sql} LIKE ? ESCAPE '\\')", "boolean",
+                        args[0].params + [pattern])
+        if name in TEXT_FUNCTIONS and len(args) == 1 and args[0].kind in ("string", "memo"):
+            return Expr(f"{TEXT_FUNCTIONS[name]}({args[0].sql})", "string", args[0].params)
+        if name == "length" and len(args) == 1 and args[0].kind in ("string", "memo"):
+            return Expr(f"length({args[0].sql})", "integer", args[0].params)
+        if name in DATE_PARTS and len(args) == 1 and args[0].kind == "datetime":
+            start, size = DATE_PARTS[name]
+            return Expr(f"CAST(substr({args[0].sql}, {start}, {size}) AS INTEGER)", "integer",
+                        args[0].params)
+        raise ProtocolError(501, "NotImplemented",
+                            f"$filter: the function {name}() is not supported here")
+
+    # --- values ---------------------------------------------------------
+    def value(self, literal: ast._Node | None, kind: str) -> Any:
+        """A literal converted to the stored form of a property of type `kind`."""
+        if literal is None:
+            raise bad_request("$filter: expected a value", "$filter")
+        try:
+            return convert(literal, kind)
+        except (ValueError, TypeError, OverflowError):
+            raise bad_request(f"$filter: {literal_text(literal)} is not a valid {kind} value",
+                              "$filter") from None
+
+
+def literal_text(node: ast._Node) -> str:
+    """How a literal was written, for error messages."""
+    return repr(getattr(node, "val", None)) if not isinstance(node, ast.Null) else "null"
+
+
+def compatible(a: str | None, b: str | None) -> bool:
+    """Whether two property types may be compared."""
+    groups = [{"string", "memo"}, {"integer", "bigint", "decimal", "double", "money", "picklist"},
+              {"uniqueidentifier", "lookup"}, {"datetime"}, {"boolean"}]
+    return any(a in g and b in g for g in groups)
+
+
+def convert(node: ast._Node, kind: str) -> Any:
+    """Convert one literal node to the stored value of a `kind` property; ValueError if it can't."""
+    if isinstance(node, ast.Null):
+        return None
+    text = node.val  # type: ignore[attr-defined]
+    if kind in ("string", "memo"):
+        if not isinstance(node, ast.String):
+            raise ValueError(text)
+        return text
+    if kind in ("integer", "bigint", "picklist"):
+        if not isinstance(node, ast.Integer):
+            raise ValueError(text)
+        number = int(text)
+        if not -(2**63) <= number < 2**63:
+            raise ValueError(text)
+        return number
+    if kind in ("decimal", "double", "money"):
+        if not isinstance(node, ast.Integer | ast.Float):
+            raise ValueError(text)
+        return float(text)
+    if kind == "boolean":
+        if not isinstance(node, ast.Boolean):
+            raise ValueError(text)
+        return 1 if text.lower() == "true" else 0
+    if kind in ("uniqueidentifier", "lookup"):
+        if not isinstance(node, ast.GUID | ast.String):
+            raise ValueError(text)
+        return str(uuid.UUID(text))
+    if kind == "datetime":
+        if isinstance(node, ast.Date):
+            return date.fromisoformat(text).strftime("%Y-%m-%dT00:00:00Z")
+        if isinstance(node, ast.DateTime | ast.String):
+            moment = datetime.fromisoformat(text.replace("Z", "+00:00"))
+            if moment.tzinfo is None:
+                moment = moment.replace(tzinfo=UTC)
+            return moment.astimezone(UTC).strftime(TIMESTAMP_FORMAT)
+        raise ValueError(text)
+    raise ValueError(text)

@@ -1,0 +1,73 @@
+"""A real portal process for tests: gunicorn on 127.0.0.1, a free port, stopped at teardown.
+
+Used by the Org API tests against real OData clients, and by the sync engine
+tests, which start two portals and sync between them over HTTP.
+"""
+
+import os
+import signal
+import socket
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+import requests
+
+ROOT = Path(__file__).resolve().parent.parent
+START_TIMEOUT_S = 20
+
+
+def free_port() -> int:
+    """A TCP port on 127.0.0.1 that nothing listens on right now."""
+    with socket.socket() as sock:
+        sock.bind(("127.0.0.1", 0))
+        return int(sock.getsockname()[1])
+
+
+class PortalProcess:
+    """One portal served by gunicorn from an instance folder; `url` is its base URL."""
+
+    def __init__(self, instance_path: Path, redis_url: str, *, workers: int = 2,
+                 env: dict[str, str] | None = None) -> None:
+        self.instance_path = Path(instance_path)
+        self.port = free_port()
+        self.url = f"http://127.0.0.1:{self.port}"
+        self.log_path = self.instance_path / "gunicorn.log"
+        self.instance_path.mkdir(parents=True, exist_ok=True)
+        environment = {**os.environ, "PORTAL_INSTANCE_PATH": str(self.instance_path),
+                       "REDIS_URL": redis_url, **(env or {})}
+        self._log = open(self.log_path, "wb")  # noqa: SIM115 - closed in stop()
+        self.process = subprocess.Popen(
+            [sys.executable, "-m", "gunicorn", "--bind", f"127.0.0.1:{self.port}",
+             "--workers", str(workers), "--graceful-timeout", "2", "wsgi:app"],
+            cwd=ROOT, env=environment, stdout=self._log, stderr=subprocess.STDOUT)
+        self._wait_until_up()
+
+    def _wait_until_up(self) -> None:
+        deadline = time.monotonic() + START_TIMEOUT_S
+        while time.monotonic() < deadline:
+            if self.process.poll() is not None:
+                break
+            try:
+                requests.get(self.url + "/health", timeout=1)
+                return
+            except requests.ConnectionError:
+                time.sleep(0.05)
+        self.stop()
+        raise RuntimeError(f"portal did not start: {self.log_path.read_text()[-2000:]}")
+
+    def odata_root(self, org: str) -> str:
+        """The service root of an org on this portal."""
+        return f"{self.url}/odata/v4/{org}/"
+
+    def stop(self) -> None:
+        """Stop gunicorn (by its PID) and wait for it; killed if it does not stop in time."""
+        if self.process.poll() is None:
+            self.process.send_signal(signal.SIGTERM)
+            try:
+                self.process.wait(10)
+            except subprocess.TimeoutExpired:
+                self.process.kill()
+                self.process.wait(5)
+        self._log.close()
