@@ -1,0 +1,1 @@
+"""The sync engine: pure logic, no Flask, no RQ."""
