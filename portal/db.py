@@ -139,6 +139,72 @@ def m002_api_tokens(db: Database) -> None:
     db.execute("CREATE UNIQUE INDEX idx_api_tokens_hash ON api_tokens (token_hash)")
 
 
+@migrations()
+def m003_connections_runs_logs(db: Database) -> None:
+    # One connection per client org. Per-entity settings and checkpoints of the
+    # data live in the client org's own file, so a page and its checkpoint
+    # commit together; here are the connection's settings and state.
+    db.execute("""
+        CREATE TABLE connections (
+            id INTEGER PRIMARY KEY,
+            org_id INTEGER NOT NULL UNIQUE REFERENCES orgs(id) ON DELETE CASCADE,
+            backend TEXT NOT NULL,
+            url TEXT NOT NULL,
+            username TEXT NOT NULL,
+            password_encrypted TEXT NOT NULL,
+            status TEXT NOT NULL DEFAULT 'pending',
+            error TEXT,
+            job_id TEXT,
+            progress TEXT,
+            write_offline INTEGER NOT NULL DEFAULT 1,
+            conflict_policy TEXT NOT NULL DEFAULT 'server-wins',
+            schedule_every_minutes INTEGER,
+            schedule_daily_at TEXT,
+            schedule_active INTEGER NOT NULL DEFAULT 0,
+            next_run_at TEXT,
+            last_run_at TEXT,
+            created TEXT NOT NULL,
+            updated TEXT NOT NULL
+        )""")
+    # The server's entities this connection syncs, with their settings.
+    db.execute("""
+        CREATE TABLE connection_entities (
+            connection_id INTEGER NOT NULL REFERENCES connections(id) ON DELETE CASCADE,
+            entity TEXT NOT NULL,
+            enabled INTEGER NOT NULL DEFAULT 1,
+            sync_deletion INTEGER NOT NULL DEFAULT 1,
+            filter TEXT,
+            PRIMARY KEY (connection_id, entity)
+        )""")
+    db.execute("""
+        CREATE TABLE sync_runs (
+            id INTEGER PRIMARY KEY,
+            connection_id INTEGER NOT NULL REFERENCES connections(id) ON DELETE CASCADE,
+            org_id INTEGER NOT NULL REFERENCES orgs(id) ON DELETE CASCADE,
+            kind TEXT NOT NULL,
+            trigger TEXT NOT NULL,
+            status TEXT NOT NULL,
+            started TEXT NOT NULL,
+            ended TEXT,
+            duration_s REAL,
+            counts TEXT,
+            error TEXT,
+            job_id TEXT
+        )""")
+    db.execute("CREATE INDEX idx_sync_runs_org ON sync_runs (org_id, id)")
+    db.execute("""
+        CREATE TABLE sync_logs (
+            id INTEGER PRIMARY KEY,
+            run_id INTEGER REFERENCES sync_runs(id) ON DELETE CASCADE,
+            org_id INTEGER NOT NULL REFERENCES orgs(id) ON DELETE CASCADE,
+            at TEXT NOT NULL,
+            level TEXT NOT NULL,
+            entity TEXT,
+            message TEXT NOT NULL
+        )""")
+    db.execute("CREATE INDEX idx_sync_logs_org ON sync_logs (org_id, id)")
+
+
 def registry_path(app: Flask) -> Path:
     """Where this app's registry database lives."""
     return Path(app.instance_path) / app.config["DATABASE"]

@@ -45,3 +45,16 @@ class MetadataChangeRefused(PortalError):
 
     status = 409
     code = "MetadataChangeRefused"
+
+
+class BackendError(PortalError):
+    """The server org answered with an error, or could not be reached; message says which."""
+
+    status = 502
+    code = "ServerError"
+
+
+class CredentialsRefused(BackendError):
+    """The server org refused the connection's user name or password."""
+
+    code = "CredentialsRefused"

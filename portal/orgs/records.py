@@ -14,6 +14,7 @@ from typing import Any
 
 from portal.db import TIMESTAMP_FORMAT, immediate, utcnow
 from portal.errors import AlreadyExists, InvalidInput, NotFound, PreconditionFailed
+from portal.orgs import transactions
 from portal.orgs.metadata import SYSTEM_ATTRIBUTES, Attribute, Entity, new_guid, normalize_guid
 from portal.orgs.store import OrgDb, next_versions
 
@@ -299,6 +300,10 @@ def upsert_record(org: OrgDb, entity_name: str, record_id: str | None,
             sets = ", ".join(f"[{name}] = ?" for name in changes)
             db.execute(f"UPDATE [{entity_name}] SET {sets} WHERE [{c.pk}] = ?",
                        [*changes.values(), record_id])
+        if transactions.is_client(db):
+            transactions.record(db, entity_name, record_id,
+                                "create" if found is None else "update",
+                                c.record(dict(clean)), version)
         rows = list(db.query(f"SELECT * FROM [{entity_name}] WHERE [{c.pk}] = ?", [record_id]))
     return c.record(rows[0]), found is None
 
@@ -316,17 +321,22 @@ def delete_record(org: OrgDb, entity_name: str, record_id: str, *,
             raise NotFound(f"{entity_name} {record_id} does not exist")
         if if_version is not None and found[0] != if_version:
             raise PreconditionFailed(f"{entity_name} {record_id} has changed")
-        return _delete(org, entity_name, c.pk, [record_id])
+        version = _delete(org, entity_name, c.pk, [record_id])
+        if transactions.is_client(db):
+            transactions.record(db, entity_name, record_id, "delete", {}, version)
+        return version
 
 
 def save_records(org: OrgDb, entity_name: str, records: Iterable[dict[str, Any]], *,
-                 keep_timestamps: bool = True) -> int:
+                 keep_timestamps: bool = True, from_server: bool = False) -> int:
     """Upsert many records in one transaction (the replication path); returns the count.
 
     Types are checked as for single writes; required attributes and lookup
     targets are not, because a replica takes the server's records as they are
     and children may arrive before their parents. With `keep_timestamps` the
     records' own createdon/modifiedon are kept (a copy keeps the server's).
+    `from_server` marks records the sync engine downloaded: on a client org
+    they are not recorded as offline transactions, so they never go back.
     """
     c = codec(org, entity_name)
     rows = list(records)
@@ -360,6 +370,9 @@ def save_records(org: OrgDb, entity_name: str, records: Iterable[dict[str, Any]]
             else:
                 column = columns[names.index(stamp)]
                 columns[names.index(stamp)] = [now if v is None else v for v in column]
+        record_changes = not from_server and transactions.is_client(db)
+        if record_changes:
+            existing = _existing_ids(org, entity_name, c.pk, columns[names.index(c.pk)])
         first = next_versions(db, len(rows))
         columns.append(range(first, first + len(rows)))  # type: ignore[arg-type]
         names.append("versionnumber")
@@ -374,11 +387,36 @@ def save_records(org: OrgDb, entity_name: str, records: Iterable[dict[str, Any]]
             ids = columns[names.index(c.pk)]
             db.conn.executemany("DELETE FROM _tombstones WHERE entity = ? AND id = ?",
                                 [(entity_name, i) for i in ids])
+        if record_changes:
+            for values in zip(*columns, strict=True):
+                row = dict(zip(names, values, strict=True))
+                record_id = row.pop(c.pk)
+                version = row.pop("versionnumber")
+                row.pop("createdon")
+                row.pop("modifiedon")
+                transactions.record(db, entity_name, record_id,
+                                    "update" if record_id in existing else "create",
+                                    c.record(row), version)
     return len(rows)
 
 
-def delete_records(org: OrgDb, entity_name: str, record_ids: Iterable[str]) -> int:
-    """Delete many records in one transaction, leaving tombstones; missing ids are skipped."""
+def _existing_ids(org: OrgDb, entity_name: str, pk: str, ids: list[str]) -> set[str]:
+    found: set[str] = set()
+    for i in range(0, len(ids), 500):
+        chunk = ids[i:i + 500]
+        marks = ",".join("?" * len(chunk))
+        found.update(r[0] for r in org.db.execute(
+            f"SELECT [{pk}] FROM [{entity_name}] WHERE [{pk}] IN ({marks})", chunk))
+    return found
+
+
+def delete_records(org: OrgDb, entity_name: str, record_ids: Iterable[str], *,
+                   from_server: bool = False) -> int:
+    """Delete many records in one transaction, leaving tombstones; missing ids are skipped.
+
+    `from_server` as for save_records: deletions the sync engine downloaded
+    are not recorded as offline transactions.
+    """
     c = codec(org, entity_name)
     ids = [normalize_guid(i, c.pk) for i in record_ids]
     with immediate(org.db):
@@ -386,7 +424,11 @@ def delete_records(org: OrgDb, entity_name: str, record_ids: Iterable[str]) -> i
         sql = f"SELECT [{c.pk}] FROM [{entity_name}] WHERE [{c.pk}] IN ({marks})"
         present = [r[0] for r in org.db.execute(sql, ids)] if ids else []
         if present:
-            _delete(org, entity_name, c.pk, present)
+            last = _delete(org, entity_name, c.pk, present)
+            if not from_server and transactions.is_client(org.db):
+                first = last - len(present) + 1
+                for n, record_id in enumerate(present):
+                    transactions.record(org.db, entity_name, record_id, "delete", {}, first + n)
     return len(present)
 
 

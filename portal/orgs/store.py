@@ -70,6 +70,48 @@ def m001_system_tables(db: Database) -> None:
     )
 
 
+@org_migrations()
+def m002_sync_client_tables(db: Database) -> None:
+    # Offline transactions (Resco's migrate_transaction): every change made to
+    # a sync client org, recorded in the same transaction as the change.
+    db.execute("""
+        CREATE TABLE _transactions (
+            id INTEGER PRIMARY KEY AUTOINCREMENT,
+            entity TEXT NOT NULL,
+            record_id TEXT NOT NULL,
+            operation TEXT NOT NULL,
+            changes TEXT NOT NULL,
+            client_version INTEGER NOT NULL,
+            status TEXT NOT NULL DEFAULT 'pending',
+            error TEXT,
+            attempts INTEGER NOT NULL DEFAULT 0,
+            created TEXT NOT NULL,
+            updated TEXT NOT NULL
+        )""")
+    db.execute("CREATE INDEX idx_transactions_status ON _transactions (status, id)")
+    db.execute("CREATE INDEX idx_transactions_record ON _transactions (entity, record_id, id)")
+    # Where each entity's download stands (the server's next or delta link),
+    # committed with the page it follows.
+    db.execute("""
+        CREATE TABLE _sync_state (
+            entity TEXT PRIMARY KEY,
+            checkpoint TEXT,
+            complete INTEGER NOT NULL DEFAULT 0,
+            filter TEXT,
+            updated TEXT NOT NULL
+        )""")
+    # The server's version (ETag) of each record as last seen, for conflict
+    # detection on upload and to recognise our own uploads coming back.
+    db.execute("""
+        CREATE TABLE _server_versions (
+            entity TEXT NOT NULL,
+            id TEXT NOT NULL,
+            version TEXT NOT NULL,
+            PRIMARY KEY (entity, id)
+        ) WITHOUT ROWID""")
+    db.table("_org").insert({"key": "sync_client", "value": 0})
+
+
 class OrgDb:
     """An open org file: its connection plus its metadata, cached until it changes."""
 

@@ -1,0 +1,85 @@
+"""The one small interface every backend implements; the sync engine sees only this.
+
+A backend reaches one server org: it checks credentials, reads metadata,
+reads changes since a link (paged, with upserts and deletions), reads all
+ids (for servers without deletion tracking), reads one record, and applies a
+batch of writes with a result per write. Records travel as our JSON form
+(attribute logical name -> value; lookups as GUIDs); each backend maps its
+protocol's form to that.
+"""
+
+from abc import ABC, abstractmethod
+from collections.abc import Iterator
+from dataclasses import dataclass, field
+from typing import Any, ClassVar
+
+from portal.orgs.metadata import Entity
+
+
+@dataclass
+class ChangesPage:
+    """One page of a server's changes to an entity and where to continue."""
+
+    upserts: list[dict[str, Any]]
+    versions: dict[str, str]  # record id -> the server's version (ETag) of it
+    deleted: list[str]
+    link: str | None  # the next page, or once `complete` the delta link for the next run
+    complete: bool
+
+
+@dataclass
+class Write:
+    """One write to the server: upsert (create or update) or delete of one record."""
+
+    entity: Entity
+    record_id: str
+    operation: str  # "upsert" | "delete"
+    values: dict[str, Any] = field(default_factory=dict)
+    if_match: str | None = None  # the server version this write expects, if any
+
+
+@dataclass
+class WriteResult:
+    """What the server said to one write."""
+
+    status: str  # "ok" | "conflict" (version changed) | "missing" (no such record) | "error"
+    version: str | None = None
+    message: str | None = None
+
+
+class Backend(ABC):
+    """A server org reached through one protocol."""
+
+    kind: ClassVar[str]
+    supports_delta: ClassVar[bool] = False  # native change and deletion tracking
+    supports_batch: ClassVar[bool] = False
+    supports_etags: ClassVar[bool] = False
+
+    @abstractmethod
+    def check_credentials(self) -> str:
+        """Verify the user name and password; returns who the server says we are."""
+
+    @abstractmethod
+    def read_metadata(self) -> list[Entity]:
+        """The server's entities and attributes."""
+
+    @abstractmethod
+    def read_changes(self, entity: Entity, link: str | None, *,
+                     page_size: int = 1000) -> Iterator[ChangesPage]:
+        """Pages of changes since `link` (None: everything), the last one `complete`."""
+
+    @abstractmethod
+    def read_ids(self, entity: Entity) -> Iterator[list[str]]:
+        """Pages of the ids of every record of the entity (deletion reconciliation)."""
+
+    @abstractmethod
+    def get_record(self, entity: Entity, record_id: str) -> tuple[dict[str, Any], str] | None:
+        """One record and its version, or None when the server has no such record."""
+
+    @abstractmethod
+    def apply_writes(self, writes: list[Write]) -> list[WriteResult]:
+        """Apply writes in order; one result per write, in the same order."""
+
+    @abstractmethod
+    def close(self) -> None:
+        """Release connections."""

@@ -1,0 +1,243 @@
+"""An OData v4 client for the sync engine, with dialects for the servers that speak it.
+
+One `requests.Session` per backend (per sync run): pooled connections,
+timeouts, and retries with backoff that honour `429`/`503` `Retry-After`, as
+Dataverse's service protection limits ask. Writes go in JSON `$batch`
+requests of independent PATCH upserts and DELETEs; retrying them is safe
+because an upsert of a record's own GUID never makes a second record, and a
+conditional write whose first answer was lost comes back as 412, which the
+sync engine recognises as its own write.
+"""
+
+import time
+from collections.abc import Iterator
+from typing import Any
+from urllib.parse import urljoin
+
+import orjson
+import requests
+from requests.adapters import HTTPAdapter
+
+from portal.backends.base import Backend, ChangesPage, Write, WriteResult
+from portal.backends.dataverse_metadata import entities_from_entity_definitions
+from portal.errors import BackendError, CredentialsRefused
+from portal.orgs.metadata import Entity
+
+TIMEOUT_S = (10, 120)  # connect, read
+RETRIES = 5
+RETRY_STATUSES = {429, 502, 503, 504}
+MAX_RETRY_AFTER_S = 120
+BATCH_LIMIT = 1000  # requests per $batch (Dataverse's limit)
+
+
+class ODataBackend(Backend):
+    """A server that speaks OData v4 with Dataverse's conventions (our own Org API is one)."""
+
+    kind = "odata"
+    supports_delta = True
+    supports_batch = True
+    supports_etags = True
+
+    def __init__(self, url: str, username: str, password: str, *,
+                 session: requests.Session | None = None) -> None:
+        self.root = url if url.endswith("/") else url + "/"
+        self.session = session or requests.Session()
+        self.session.auth = (username, password)
+        adapter = HTTPAdapter(pool_connections=2, pool_maxsize=4, max_retries=0)
+        self.session.mount("http://", adapter)
+        self.session.mount("https://", adapter)
+        self.session.headers.update({
+            "Accept": "application/json",
+            "OData-Version": "4.0",
+            "OData-MaxVersion": "4.0",
+        })
+
+    # --- transport ---------------------------------------------------------
+
+    def request(self, method: str, url: str, **kwargs: Any) -> requests.Response:
+        """One HTTP request with retries on connection errors, 429 and 5xx busy answers."""
+        url = urljoin(self.root, url)
+        delay = 0.5
+        for attempt in range(RETRIES + 1):
+            try:
+                response = self.session.request(method, url, timeout=TIMEOUT_S, **kwargs)
+            except (requests.ConnectionError, requests.Timeout) as exc:
+                if attempt == RETRIES:
+                    raise BackendError(f"the server at {self.root} cannot be reached: "
+                                       f"{exc.__class__.__name__}") from None
+                time.sleep(delay)
+                delay = min(delay * 2, 30)
+                continue
+            if response.status_code in RETRY_STATUSES and attempt < RETRIES:
+                time.sleep(_retry_after(response, delay))
+                delay = min(delay * 2, 30)
+                continue
+            if response.status_code == 401:
+                raise CredentialsRefused(
+                    f"the server refused the user name or password ({_message(response)})")
+            return response
+        raise AssertionError("unreachable")
+
+    def get_json(self, url: str, headers: dict[str, str] | None = None) -> Any:
+        """GET a JSON document; BackendError with the server's message on any error."""
+        response = self.request("GET", url, headers=headers)
+        if response.status_code != 200:
+            raise BackendError(f"GET {url} answered {response.status_code}: {_message(response)}")
+        return orjson.loads(response.content)
+
+    # --- the interface -----------------------------------------------------
+
+    def check_credentials(self) -> str:
+        """Read the service document: it needs valid credentials."""
+        document = self.get_json("")
+        if not isinstance(document, dict) or "value" not in document:
+            raise BackendError(f"{self.root} is not an OData v4 service document")
+        return str(self.session.auth[0])  # type: ignore[index]
+
+    def read_metadata(self) -> list[Entity]:
+        """Entities from Dataverse-style EntityDefinitions with their attributes."""
+        return entities_from_entity_definitions(
+            self.get_json("EntityDefinitions?$expand=Attributes"))
+
+    def read_changes(self, entity: Entity, link: str | None, *,
+                     page_size: int = 1000) -> Iterator[ChangesPage]:
+        """Follow next links then the delta link, as Dataverse change tracking works."""
+        headers = {"Prefer": f"odata.track-changes,odata.maxpagesize={page_size}"}
+        url = link or entity.entitysetname
+        while True:
+            payload = self.get_json(url, headers)
+            page = self.changes_page(entity, payload)
+            yield page
+            if page.complete or page.link is None:
+                return
+            url = page.link
+
+    def changes_page(self, entity: Entity, payload: dict[str, Any]) -> ChangesPage:
+        """Split one answer into upserts, versions and deletions."""
+        upserts, versions, deleted = [], {}, []
+        pk = entity.primaryidattribute
+        for item in payload.get("value", []):
+            if "$deletedEntity" in str(item.get("@odata.context", "")) or "@removed" in item:
+                deleted.append(_tombstone_id(item, pk))
+                continue
+            record = self.record_from_server(entity, item)
+            upserts.append(record)
+            etag = item.get("@odata.etag")
+            if etag:
+                versions[record[pk]] = etag
+        delta = payload.get("@odata.deltaLink")
+        if delta:
+            return ChangesPage(upserts, versions, deleted, delta, True)
+        return ChangesPage(upserts, versions, deleted, payload.get("@odata.nextLink"), False)
+
+    def read_ids(self, entity: Entity) -> Iterator[list[str]]:
+        """Every id of the entity, a page at a time."""
+        pk = entity.primaryidattribute
+        url: str | None = f"{entity.entitysetname}?$select={pk}"
+        while url:
+            payload = self.get_json(url, {"Prefer": "odata.maxpagesize=5000"})
+            yield [str(item[pk]).lower() for item in payload.get("value", [])]
+            url = payload.get("@odata.nextLink")
+
+    def get_record(self, entity: Entity, record_id: str) -> tuple[dict[str, Any], str] | None:
+        """One record by id with its ETag, or None on 404."""
+        response = self.request("GET", f"{entity.entitysetname}({record_id})")
+        if response.status_code == 404:
+            return None
+        if response.status_code != 200:
+            raise BackendError(f"reading {entity.logicalname} {record_id} answered "
+                               f"{response.status_code}: {_message(response)}")
+        item = orjson.loads(response.content)
+        return self.record_from_server(entity, item), str(item.get("@odata.etag") or "")
+
+    def apply_writes(self, writes: list[Write]) -> list[WriteResult]:
+        """Send writes as independent requests of JSON $batch calls, in order."""
+        results: list[WriteResult] = []
+        for start in range(0, len(writes), BATCH_LIMIT):
+            results.extend(self._batch(writes[start:start + BATCH_LIMIT]))
+        return results
+
+    def _batch(self, writes: list[Write]) -> list[WriteResult]:
+        requests_ = []
+        for n, write in enumerate(writes):
+            url = f"{write.entity.entitysetname}({write.record_id})"
+            headers = {"Content-Type": "application/json"}
+            if write.if_match:
+                headers["If-Match"] = write.if_match
+            if write.operation == "delete":
+                requests_.append({"id": str(n), "method": "DELETE", "url": url,
+                                  "headers": headers})
+            else:
+                requests_.append({"id": str(n), "method": "PATCH", "url": url, "headers": headers,
+                                  "body": self.record_to_server(write.entity, write.values)})
+        response = self.request("POST", "$batch", data=orjson.dumps({"requests": requests_}),
+                                headers={"Content-Type": "application/json"})
+        if response.status_code != 200:
+            raise BackendError(f"$batch answered {response.status_code}: {_message(response)}")
+        answers = {str(a.get("id")): a for a in orjson.loads(response.content)["responses"]}
+        return [_write_result(answers.get(str(n))) for n in range(len(writes))]
+
+    def close(self) -> None:
+        """Close the session's pooled connections."""
+        self.session.close()
+
+    # --- dialect -------------------------------------------------------------
+
+    def record_from_server(self, entity: Entity, item: dict[str, Any]) -> dict[str, Any]:
+        """The server's JSON record in our form: annotations dropped, GUIDs lower-case."""
+        record = {k: v for k, v in item.items() if "@" not in k}
+        pk = entity.primaryidattribute
+        if isinstance(record.get(pk), str):
+            record[pk] = record[pk].lower()
+        return record
+
+    def record_to_server(self, entity: Entity, values: dict[str, Any]) -> dict[str, Any]:
+        """Our record in the server's JSON form."""
+        return values
+
+
+def _retry_after(response: requests.Response, default: float) -> float:
+    value = response.headers.get("Retry-After", "")
+    try:
+        return min(max(float(value), 0.0), MAX_RETRY_AFTER_S)
+    except ValueError:
+        return default
+
+
+def _message(response: requests.Response) -> str:
+    """The server's error message (OData error body), else the start of its answer."""
+    try:
+        error = orjson.loads(response.content).get("error", {})
+        if isinstance(error, dict) and error.get("message"):
+            return str(error["message"])
+    except (orjson.JSONDecodeError, AttributeError):
+        pass
+    return response.text[:200] or response.reason or str(response.status_code)
+
+
+def _tombstone_id(item: dict[str, Any], pk: str) -> str:
+    """A deleted record's id: a GUID (Dataverse), or the URL of the entity (OData 4.01)."""
+    value = str(item.get("id") or item.get(pk) or item.get("@id") or "")
+    if value.endswith(")") and "(" in value:
+        value = value[value.rindex("(") + 1:-1]
+    return value.strip("'").lower()
+
+
+def _write_result(answer: dict[str, Any] | None) -> WriteResult:
+    if answer is None:
+        return WriteResult("error", message="the server gave no answer to this write")
+    status = int(answer.get("status", 500))
+    headers = {k.lower(): v for k, v in (answer.get("headers") or {}).items()}
+    body = answer.get("body")
+    message = None
+    if isinstance(body, dict) and isinstance(body.get("error"), dict):
+        message = str(body["error"].get("message"))
+    version = headers.get("etag") or (body.get("@odata.etag") if isinstance(body, dict) else None)
+    if status < 300:
+        return WriteResult("ok", version=version)
+    if status == 412:
+        return WriteResult("conflict", message=message or "the record changed on the server")
+    if status == 404:
+        return WriteResult("missing", message=message or "the record does not exist")
+    return WriteResult("error", message=f"{status}: {message or 'error'}")
+

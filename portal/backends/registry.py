@@ -1,0 +1,60 @@
+"""The backend types a connection can use, with their fixed ProviderID GUIDs.
+
+The seed's ProviderID 60650fb3-5d8b-45dd-b82e-459f3b019e9a is Dynamics CRM /
+Dataverse, as in Resco's ConnectRequest. A type whose backend is not built
+yet is listed (so its ProviderID is recognised) but refused with that reason.
+"""
+
+from collections.abc import Callable
+from dataclasses import dataclass
+
+from portal.backends.base import Backend
+from portal.backends.resco import RescoBackend
+from portal.errors import InvalidInput
+
+
+@dataclass(frozen=True)
+class BackendType:
+    """A kind of server org the portal can connect to."""
+
+    key: str
+    name: str
+    provider_id: str
+    make: Callable[[str, str, str], Backend] | None  # (url, username, password)
+
+    @property
+    def available(self) -> bool:
+        """True when this portal has the backend for this type."""
+        return self.make is not None
+
+
+BACKEND_TYPES = (
+    BackendType("resco", "Resco Cloud", "3b2f3c1e-7f0c-4f4b-9a57-1c2d3e4f5a6b", RescoBackend),
+    BackendType("dynamics", "Dynamics CRM", "60650fb3-5d8b-45dd-b82e-459f3b019e9a", None),
+    BackendType("odata", "OData v4", "9c1d6a53-2f7e-4b8a-8e1f-0a4b5c6d7e8f", None),
+    BackendType("salesforce", "Salesforce", "d5a7e2c4-6b1f-4e3a-9c8d-2f4e6a8b0c1d", None),
+)
+
+
+def backend_type(key_or_provider_id: str) -> BackendType:
+    """The type named by its key ('resco') or ProviderID GUID; InvalidInput otherwise."""
+    wanted = (key_or_provider_id or "").strip().strip("{}").lower()
+    for kind in BACKEND_TYPES:
+        if wanted in (kind.key, kind.provider_id):
+            return kind
+    raise InvalidInput(f"unknown backend type {key_or_provider_id!r} (one of "
+                       f"{', '.join(t.key for t in BACKEND_TYPES)})", field="backend")
+
+
+def available_types() -> list[BackendType]:
+    """The types a connection can be made with on this portal."""
+    return [t for t in BACKEND_TYPES if t.available]
+
+
+def make_backend(kind: str, url: str, username: str, password: str) -> Backend:
+    """A backend of this type for one server org."""
+    found = backend_type(kind)
+    if found.make is None:
+        raise InvalidInput(f"the {found.name} backend is not available on this portal yet",
+                           field="backend")
+    return found.make(url, username, password)

@@ -1,0 +1,98 @@
+"""Update Client Metadata: make a client org's copy of the server's entities match the server.
+
+Migrations keep every value that still has a place: new entities and
+attributes are added, changed attributes altered (a change that would lose
+data is refused by the org store and logged, and the client keeps its
+definition), labels updated; attributes and entities the server no longer
+has are removed. The client's own entities — those that never came from the
+server — are left alone.
+"""
+
+from dataclasses import replace
+
+from portal.errors import MetadataChangeRefused, PortalError
+from portal.orgs import schema
+from portal.orgs.metadata import Attribute, Entity
+from portal.orgs.store import OrgDb
+
+
+def _comparable(attr: Attribute) -> tuple[object, ...]:
+    return (attr.type, attr.maxlength, attr.precision, attr.required,
+            [(o.value, o.label, o.labels) for o in attr.options], sorted(attr.targets),
+            attr.labels, attr.displayname)
+
+
+def update_client_metadata(org: OrgDb, server: list[Entity],
+                           known_server_entities: set[str]) -> list[str]:
+    """Migrate the client org to the server's metadata; returns one line per change made.
+
+    `known_server_entities` are the entities that came from the server before,
+    so an entity that disappeared from the server is removed from the client
+    while the client's own entities stay.
+    """
+    changes: list[str] = []
+    client = org.entities()
+    server_names = {e.logicalname for e in server}
+    # Lookups may only point to entities the client will have.
+    keep = server_names | (set(client) - known_server_entities)
+    server = [_without_foreign_targets(e, keep) for e in server]
+
+    new = [e for e in server if e.logicalname not in client]
+    new_names = {e.logicalname for e in new}
+    if new:
+        schema.add_entities(org, [_fresh(e) for e in new])
+        changes += [f"added entity {e.logicalname}" for e in new]
+
+    for entity in server:
+        mine = org.entities().get(entity.logicalname)
+        if mine is None or entity.logicalname in new_names:
+            continue
+        if mine.primaryidattribute != entity.primaryidattribute:
+            changes.append(f"skipped entity {entity.logicalname}: primary id differs "
+                           f"({mine.primaryidattribute} here, {entity.primaryidattribute} there)")
+            continue
+        if (mine.displayname, mine.labels) != (entity.displayname, entity.labels):
+            schema.update_entity(org, entity.logicalname, displayname=entity.displayname,
+                                 labels=entity.labels)
+            changes.append(f"updated labels of entity {entity.logicalname}")
+        theirs = {a.logicalname: a for a in entity.attributes if not a.issystem}
+        ours = {a.logicalname: a for a in mine.attributes if not a.issystem}
+        for name, attr in theirs.items():
+            try:
+                if name not in ours:
+                    schema.add_attribute(org, entity.logicalname, replace(attr))
+                    changes.append(f"added attribute {entity.logicalname}.{name}")
+                elif _comparable(ours[name]) != _comparable(attr):
+                    schema.alter_attribute(org, entity.logicalname, replace(attr))
+                    changes.append(f"changed attribute {entity.logicalname}.{name}")
+            except MetadataChangeRefused as refused:
+                changes.append(f"kept attribute {entity.logicalname}.{name}: {refused.message}")
+        for name in ours.keys() - theirs.keys():
+            try:
+                schema.remove_attribute(org, entity.logicalname, name)
+                changes.append(f"removed attribute {entity.logicalname}.{name}")
+            except PortalError as refused:
+                changes.append(f"kept attribute {entity.logicalname}.{name}: {refused.message}")
+
+    for name in sorted(known_server_entities - server_names):
+        if name in org.entities():
+            schema.remove_entity(org, name)
+            changes.append(f"removed entity {name}")
+    return changes
+
+
+def _without_foreign_targets(entity: Entity, keep: set[str]) -> Entity:
+    attributes = []
+    for attr in entity.attributes:
+        if attr.type == "lookup":
+            targets = [t for t in attr.targets if t in keep]
+            if not targets:
+                continue  # a lookup to entities we do not sync has nothing to point to
+            attr = replace(attr, targets=targets)
+        attributes.append(attr)
+    return replace(entity, attributes=attributes)
+
+
+def _fresh(entity: Entity) -> Entity:
+    """A copy to hand to the org store (which completes and validates it in place)."""
+    return replace(entity, attributes=[replace(a) for a in entity.attributes])
