@@ -126,13 +126,13 @@ class SqlFilter(NodeVisitor):
         raise bad_request("$filter: and/or/not need conditions on both sides", "$filter")
 
     def visit_Compare(self, node: ast.Compare) -> Expr:
+        if isinstance(node.comparator, ast.In):
+            return self.in_list(self.visit(node.left), node.right)
         left, right = self.visit(node.left), self.visit(node.right)
         op = node.comparator
         if left.literal is not None and right.literal is None:
             left, right = right, left
             op = MIRRORED.get(type(op), op)
-        if isinstance(op, ast.In):
-            return self.in_list(left, node.right)
         kind = left.kind
         if kind is None:
             raise bad_request("$filter: a comparison needs a property on one side", "$filter")
