@@ -57,3 +57,38 @@ def enqueue(redis: Redis, func: str | Callable[..., Any], *args: Any,
     except DuplicateJobError:
         assert job_id is not None
         return Job.fetch(job_id, connection=redis)
+
+
+# --- the portal's jobs on connections: one unique job id per kind and connection ---
+
+def job_id(kind: str, connection_id: int) -> str:
+    """The unique RQ job id of a kind of work on a connection (letters, digits, '-')."""
+    return f"{kind}-{connection_id}"
+
+
+def enqueue_sync(redis: Redis, connection_id: int, trigger: str) -> Job:
+    """Enqueue a sync run unless one is queued or running; returns the job."""
+    return enqueue(redis, "jobs.sync.sync_run", connection_id, trigger,
+                   job_id=job_id("sync", connection_id), unique=True, result_ttl=0,
+                   failure_ttl=300, queue=DEFAULT_QUEUE)
+
+
+def enqueue_connect(redis: Redis, connection_id: int) -> Job:
+    """Enqueue the connect job of a new (or failed) connection."""
+    return enqueue(redis, "jobs.sync.connect", connection_id,
+                   job_id=job_id("connect", connection_id), unique=True, result_ttl=3600,
+                   failure_ttl=3600, queue=DEFAULT_QUEUE)
+
+
+def enqueue_metadata(redis: Redis, connection_id: int, trigger: str) -> Job:
+    """Enqueue Update Client Metadata."""
+    return enqueue(redis, "jobs.sync.update_metadata", connection_id, trigger,
+                   job_id=job_id("metadata", connection_id), unique=True, result_ttl=0,
+                   failure_ttl=300, queue=DEFAULT_QUEUE)
+
+
+def enqueue_upload(redis: Redis, connection_id: int) -> Job:
+    """Enqueue an upload of pending transactions (instant mode), coalesced per connection."""
+    return enqueue(redis, "jobs.sync.upload", connection_id,
+                   job_id=job_id("upload", connection_id), unique=True, result_ttl=0,
+                   failure_ttl=300, retries=3, queue=DEFAULT_QUEUE)

@@ -274,12 +274,14 @@ def due_connections(db: Database, now: datetime) -> list[Connection]:
         "ORDER BY next_run_at", [now.strftime(TIMESTAMP_FORMAT)])]
 
 
-def advance_schedule(db: Database, connection: Connection, now: datetime) -> None:
-    """Move a due connection's next run past now (the dispatcher enqueued it)."""
+def advance_schedule(db: Database, connection: Connection, now: datetime) -> bool:
+    """Move a due connection's next run past now; False if someone else did it first."""
     with immediate(db):
-        db.execute("UPDATE connections SET next_run_at = ? WHERE id = ?",
-                   [next_run(connection.schedule_every_minutes, connection.schedule_daily_at,
-                             now), connection.id])
+        cursor = db.execute(
+            "UPDATE connections SET next_run_at = ? WHERE id = ? AND next_run_at = ?",
+            [next_run(connection.schedule_every_minutes, connection.schedule_daily_at, now),
+             connection.id, connection.next_run_at])
+        return cursor.rowcount == 1
 
 
 def record_run_time(db: Database, connection_id: int) -> None:
