@@ -9,6 +9,7 @@ failure, as in OData; with it, requests that depend on a failed one get 424.
 """
 
 import logging
+import re
 from collections.abc import Callable
 from dataclasses import dataclass, field
 from typing import Any
@@ -32,6 +33,7 @@ from portal.web.odata.prefer import parse_prefer
 # Dataverse accepts at most 1,000 requests in one batch.
 MAX_REQUESTS = 1000
 WRITE_METHODS = {"POST", "PATCH", "PUT", "DELETE"}
+REFERENCE_RE = re.compile(r"^\$([^/?]+)(.*)$")
 
 Dispatch = Callable[[ApiRequest], ApiResponse]
 
@@ -107,9 +109,10 @@ def parse_items(data: Any) -> list[BatchItem]:
 def sub_request(req: ApiRequest, item: BatchItem, references: dict[str, str]) -> ApiRequest:
     """The ApiRequest of one batch item; its URL is relative to the service root."""
     url = item.url
-    if url.startswith("$") and url[1:].split("/")[0] in references:
-        head, _, rest = url[1:].partition("/")
-        url = references[head] + ("/" + rest if rest else "")
+    reference = REFERENCE_RE.match(url)
+    if reference and reference.group(1) in references:
+        # "$<id>" names the entity an earlier request created (OData content-ID references).
+        url = references[reference.group(1)] + reference.group(2)
     root = urlsplit(req.service_root)
     parts = urlsplit(url)
     path = parts.path

@@ -63,6 +63,9 @@ def handle(req: ApiRequest, rest: str) -> ApiResponse:
         if unknown:
             raise bad_request(f"an entity's {unknown[0]} cannot be changed here "
                               f"(only {', '.join(ENTITY_CHANGES)})", unknown[0])
+        for name in ("displayname", "primarynameattribute"):
+            if name in body and not isinstance(body[name], str):
+                raise bad_request(f"{name} must be text", name)
         entity = schema.update_entity(org, parts[1], **body)
         return json_response(to_dict(entity))
     if len(parts) == 2 and method == "DELETE":
