@@ -15,7 +15,7 @@ from pathlib import Path
 import requests
 
 ROOT = Path(__file__).resolve().parent.parent
-START_TIMEOUT_S = 20
+START_TIMEOUT_S = 60
 
 
 def free_port() -> int:
@@ -50,9 +50,9 @@ class PortalProcess:
             if self.process.poll() is not None:
                 break
             try:
-                requests.get(self.url + "/health", timeout=1)
+                requests.get(self.url + "/health", timeout=5)
                 return
-            except requests.ConnectionError:
+            except requests.RequestException:  # not listening yet, or busy starting
                 time.sleep(0.05)
         self.stop()
         raise RuntimeError(f"portal did not start: {self.log_path.read_text()[-2000:]}")

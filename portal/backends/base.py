@@ -45,6 +45,7 @@ class WriteResult:
     status: str  # "ok" | "conflict" (version changed) | "missing" (no such record) | "error"
     version: str | None = None
     message: str | None = None
+    record: dict[str, Any] | None = None  # the record as the server stored it, if it said
 
 
 class Backend(ABC):

@@ -161,7 +161,8 @@ class ODataBackend(Backend):
         requests_ = []
         for n, write in enumerate(writes):
             url = f"{write.entity.entitysetname}({write.record_id})"
-            headers = {"Content-Type": "application/json"}
+            # return=representation: the server's timestamps come back with the answer.
+            headers = {"Content-Type": "application/json", "Prefer": "return=representation"}
             if write.if_match:
                 headers["If-Match"] = write.if_match
             if write.operation == "delete":
@@ -170,8 +171,11 @@ class ODataBackend(Backend):
             else:
                 requests_.append({"id": str(n), "method": "PATCH", "url": url, "headers": headers,
                                   "body": self.record_to_server(write.entity, write.values)})
+        # Without continue-on-error an OData service stops at the first failed
+        # request; each of our writes stands alone, so the others must still run.
         response = self.request("POST", "$batch", data=orjson.dumps({"requests": requests_}),
-                                headers={"Content-Type": "application/json"})
+                                headers={"Content-Type": "application/json",
+                                         "Prefer": "odata.continue-on-error"})
         if response.status_code != 200:
             raise BackendError(f"$batch answered {response.status_code}: {_message(response)}")
         answers = {str(a.get("id")): a for a in orjson.loads(response.content)["responses"]}
@@ -234,7 +238,9 @@ def _write_result(answer: dict[str, Any] | None) -> WriteResult:
         message = str(body["error"].get("message"))
     version = headers.get("etag") or (body.get("@odata.etag") if isinstance(body, dict) else None)
     if status < 300:
-        return WriteResult("ok", version=version)
+        record = {k: v for k, v in body.items() if "@" not in k} if isinstance(body, dict) \
+            else None
+        return WriteResult("ok", version=version, record=record)
     if status == 412:
         return WriteResult("conflict", message=message or "the record changed on the server")
     if status == 404:

@@ -327,6 +327,29 @@ def delete_record(org: OrgDb, entity_name: str, record_id: str, *,
         return version
 
 
+def set_timestamps(org: OrgDb, entity_name: str, record_id: str, createdon: Any,
+                   modifiedon: Any) -> None:
+    """Take a server's createdon/modifiedon for a record we uploaded (no offline transaction).
+
+    The record gets a new version, so orgs that sync from this one see the times too.
+    """
+    c = codec(org, entity_name)
+    stamps = {name: normalize_datetime(value, c.entity.attribute(name))  # type: ignore[arg-type]
+              for name, value in (("createdon", createdon), ("modifiedon", modifiedon)) if value}
+    if not stamps:
+        return
+    with immediate(org.db):
+        current = org.db.execute(
+            f"SELECT createdon, modifiedon FROM [{entity_name}] WHERE [{c.pk}] = ?",
+            [record_id]).fetchone()
+        if current is None or (current[0], current[1]) == (
+                stamps.get("createdon", current[0]), stamps.get("modifiedon", current[1])):
+            return
+        sets = ", ".join(f"[{n}] = ?" for n in stamps)
+        org.db.execute(f"UPDATE [{entity_name}] SET {sets}, versionnumber = ? WHERE [{c.pk}] = ?",
+                       [*stamps.values(), next_versions(org.db), record_id])
+
+
 def save_records(org: OrgDb, entity_name: str, records: Iterable[dict[str, Any]], *,
                  keep_timestamps: bool = True, from_server: bool = False) -> int:
     """Upsert many records in one transaction (the replication path); returns the count.

@@ -192,6 +192,11 @@ def _settle(org: OrgDb, backend: Backend, plan: Plan, reporter: Reporter, result
     if answer.status == "ok":
         transactions.mark(org.db, ids, "processed")
         _remember(org, name, record_id, answer.version, deleted=group.deletes)
+        if answer.record and not group.deletes:
+            # The server stamped the record with its own times: take them, so both
+            # sides hold the same values (the other values are ours already).
+            records.set_timestamps(org, name, record_id, answer.record.get("createdon"),
+                                   answer.record.get("modifiedon"))
         counts.uploaded += 1
         return None
     if answer.status == "missing" and group.deletes:
