@@ -205,6 +205,14 @@ def m003_connections_runs_logs(db: Database) -> None:
     db.execute("CREATE INDEX idx_sync_logs_org ON sync_logs (org_id, id)")
 
 
+@migrations()
+def m004_connection_requested_setup(db: Database) -> None:
+    # What a ConnectAsync asked for beyond the server: the entities to sync and
+    # their sync filters (JSON). Entities are known only once the connect job
+    # has copied the server's metadata, so the request waits here until then.
+    db.execute("ALTER TABLE connections ADD COLUMN requested_setup TEXT")
+
+
 def registry_path(app: Flask) -> Path:
     """Where this app's registry database lives."""
     return Path(app.instance_path) / app.config["DATABASE"]

@@ -1,0 +1,189 @@
+"""Registering a connection: a new client org, its admin and its connection, all or nothing.
+
+The connect page and the web service's ConnectAsync both end here, then
+enqueue the one connect job. A ConnectAsync may also ask for the entities to
+sync and their sync filters; those can only be checked against the server's
+entities after the connect job has copied its metadata, so they are kept on
+the connection (`requested_setup`) and applied by `apply_requested_setup`,
+which the connect and update-metadata jobs call right after copying metadata.
+"""
+
+import json
+from collections.abc import Mapping
+from dataclasses import asdict, dataclass, field
+from pathlib import Path
+
+from sqlite_utils import Database
+
+from portal.backends.registry import BackendType, backend_type
+from portal.db import immediate
+from portal.errors import InvalidInput
+from portal.orgs import registry, store
+from portal.orgs.metadata import NAME_RE, Entity
+from portal.sync import connections, filters
+from portal.sync.connections import Connection
+from portal.sync.server_urls import Resolver, check_server_url, resolve
+
+MAX_ENTITIES = 1000
+
+
+@dataclass
+class Registration:
+    """What the connect page and ConnectAsync collect: the new client org and its server."""
+
+    org: str
+    email: str
+    password: str
+    backend: str
+    url: str
+    username: str
+    server_password: str
+    firstname: str | None = None
+    lastname: str | None = None
+    company: str | None = None
+    jobtitle: str | None = None
+    phone: str | None = None
+    country: str | None = None
+
+
+@dataclass
+class RequestedSetup:
+    """Entities to sync (None: all the server has) and sync filters (entity -> <filter> XML)."""
+
+    entities: list[str] | None = None
+    filters: dict[str, str] = field(default_factory=dict)
+
+    def __bool__(self) -> bool:
+        return self.entities is not None or bool(self.filters)
+
+
+def available_backend(key_or_provider_id: str) -> BackendType:
+    """The backend type named, refused (InvalidInput) if unknown or not built on this portal."""
+    kind = backend_type(key_or_provider_id)
+    if not kind.available:
+        raise InvalidInput(f"the {kind.name} backend ({kind.provider_id}) is not available on "
+                           "this portal yet", field="backend")
+    return kind
+
+
+def parse_setup(entities: list[str] | None, fetch_xml: str | None) -> RequestedSetup:
+    """Check requested entity names and a FetchXML `<fetch>` of sync filters (syntax only)."""
+    names: list[str] | None = None
+    if entities is not None:
+        if not entities:
+            raise InvalidInput("name at least one entity, or leave the list out to sync all",
+                               field="entities")
+        if len(entities) > MAX_ENTITIES:
+            raise InvalidInput(f"more than {MAX_ENTITIES} entities", field="entities")
+        for name in entities:
+            if not isinstance(name, str) or not NAME_RE.match(name):
+                raise InvalidInput(f"{name!r} is not an entity logical name", field="entities")
+        names = sorted(set(entities))
+    parsed = filters.parse_fetch_filters(fetch_xml) if fetch_xml else {}
+    if names is not None:
+        for entity in parsed:
+            if entity not in names:
+                raise InvalidInput(f"the sync filter names the entity {entity!r}, which is not "
+                                   "in the requested entities", field="filter")
+    return RequestedSetup(names, {name: f.to_xml() for name, f in sorted(parsed.items())})
+
+
+def register_connection(db: Database, orgs_dir: str | Path, key: bytes, registration: Registration,
+                        *, allow_private: bool, setup: RequestedSetup | None = None,
+                        resolver: Resolver = resolve) -> Connection:
+    """Create the client org, its admin user and its connection (pending) in one transaction."""
+    available_backend(registration.backend)
+    # The address is checked before anything is written: a refused URL leaves nothing.
+    url = check_server_url(registration.url, allow_private=allow_private, resolver=resolver)
+    created = False
+    try:
+        # create_org and create_connection each open immediate(); nested in this
+        # one they are savepoints, so both commit together or not at all.
+        with immediate(db):
+            org = registry.create_org(
+                db, orgs_dir, registration.org, email=registration.email,
+                password=registration.password, firstname=registration.firstname,
+                lastname=registration.lastname, company=registration.company,
+                jobtitle=registration.jobtitle, phone=registration.phone,
+                country=registration.country)
+            created = True
+            connection = connections.create_connection(
+                db, key, org["id"], backend=registration.backend, url=url,
+                username=registration.username, password=registration.server_password)
+            if setup:
+                store_requested_setup(db, connection.id, setup)
+    except BaseException:
+        if created:  # the org file was made for this registration: it goes with the rows
+            store.remove_org_file(orgs_dir, registration.org)
+        raise
+    return connection
+
+
+def store_requested_setup(db: Database, connection_id: int, setup: RequestedSetup | None) -> None:
+    """Keep requested entities and filters on the connection until its entities are known."""
+    value = json.dumps(asdict(setup)) if setup else None
+    with immediate(db):
+        db.execute("UPDATE connections SET requested_setup = ? WHERE id = ?",
+                   [value, connection_id])
+
+
+def requested_setup(db: Database, connection_id: int) -> RequestedSetup | None:
+    """The entities and filters a ConnectAsync asked for and no job has applied yet."""
+    row = db.execute("SELECT requested_setup FROM connections WHERE id = ?",
+                     [connection_id]).fetchone()
+    if not row or not row[0]:
+        return None
+    value = json.loads(row[0])
+    return RequestedSetup(value.get("entities"), value.get("filters") or {})
+
+
+def apply_setup(db: Database, connection_id: int, setup: RequestedSetup,
+                entities: Mapping[str, Entity]) -> list[str]:
+    """Enable only the requested entities and set their filters; returns lines for the log.
+
+    `entities` is the client org's metadata (the server's copy): every name
+    must be one of the connection's entities and every filter must fit its
+    entity, else InvalidInput and nothing changes.
+    """
+    known = {s.entity for s in connections.entity_settings(db, connection_id)}
+    wanted = setup.entities if setup.entities is not None else sorted(known)
+    for name in [*wanted, *setup.filters]:
+        if name not in known or name not in entities:
+            raise InvalidInput(f"the server has no entity {name!r}",
+                               field="filter" if name in setup.filters else "entities")
+    checked = {name: filters.parse_filter(xml).check(entities[name]).to_xml()
+               for name, xml in setup.filters.items()}
+    lines = []
+    with immediate(db):
+        if setup.entities is not None:
+            for name in sorted(known):
+                connections.configure_entity(db, connection_id, name,
+                                             enabled=name in setup.entities)
+            lines.append(f"entities to sync, as requested: {', '.join(setup.entities)}")
+        for name, xml in checked.items():
+            connections.configure_entity(db, connection_id, name, filter_xml=xml)
+            lines.append(f"sync filter set, as requested: {xml}")
+    return lines
+
+
+def apply_requested_setup(db: Database, connection_id: int,
+                          entities: Mapping[str, Entity]) -> list[str]:
+    """Apply (once) what a ConnectAsync requested; the connect job calls it after copying metadata.
+
+    Returns lines for the run's log; raises InvalidInput (with the request
+    kept) when a requested entity or filter does not fit the server's metadata.
+    """
+    setup = requested_setup(db, connection_id)
+    if setup is None:
+        return []
+    with immediate(db):
+        lines = apply_setup(db, connection_id, setup, entities)
+        store_requested_setup(db, connection_id, None)
+    return lines
+
+
+def update_connected(db: Database, orgs_dir: str | Path, connection: Connection,
+                     setup: RequestedSetup) -> list[str]:
+    """Apply requested entities and filters to a connected org now (its entities are known)."""
+    with store.open_org(orgs_dir, connection.org_name) as org:
+        return apply_setup(db, connection.id, setup, org.entities())
