@@ -75,8 +75,12 @@ def after_condition(order: Order, values: list[Any]) -> tuple[str, list[Any]]:
 def read_page(org: OrgDb, entity: Entity, names: list[str], *, where: str = "",
               params: list[Any] | None = None, order: Order | None = None,
               after: list[Any] | None = None, offset: int = 0, limit: int = 1000
-              ) -> list[tuple[Any, ...]]:
-    """Up to `limit` rows of (record JSON text, *sort key values), in sort order."""
+              ) -> tuple[str, int, list[Any] | None]:
+    """Up to `limit` records as one JSON array body (without brackets), how many there are,
+    and the sort key of the last one when more records follow (else None).
+
+    Call inside portal.db.snapshot(): the page and the look-ahead are two queries.
+    """
     order = full_order(entity, order or [])
     conditions, values = [], list(params or [])
     if where:
@@ -85,12 +89,20 @@ def read_page(org: OrgDb, entity: Entity, names: list[str], *, where: str = "",
         sql, extra = after_condition(order, after)
         conditions.append(sql)
         values += extra
+    source = (f" FROM [{entity.logicalname}]"
+              + (f" WHERE {' AND '.join(conditions)}" if conditions else "")
+              + " ORDER BY " + ", ".join(f"[{n}]{' DESC' if d else ''}" for n, d in order))
     keys = ", ".join(f"[{name}]" for name, _ in order)
-    sql = (f"SELECT {row_json_sql(entity, names)}, {keys} FROM [{entity.logicalname}]"
-           + (f" WHERE {' AND '.join(conditions)}" if conditions else "")
-           + " ORDER BY " + ", ".join(f"[{n}]{' DESC' if d else ''}" for n, d in order)
-           + " LIMIT ? OFFSET ?")
-    return org.db.conn.execute(sql, [*values, limit, offset]).fetchall()
+    # The last record of this page and whether one follows: keys only, no JSON made.
+    ahead = org.db.conn.execute(f"SELECT {keys}{source} LIMIT 2 OFFSET ?",
+                                [*values, offset + limit - 1]).fetchall()
+    # One string for the whole page: no Python object per record. SQLite feeds
+    # the ordered subquery to group_concat row by row, in its order.
+    text, count = org.db.conn.execute(
+        f"SELECT group_concat(j, ','), count(*) FROM (SELECT {row_json_sql(entity, names)} AS j"
+        f"{source} LIMIT ? OFFSET ?)", [*values, limit, offset]).fetchone()
+    last = list(ahead[0]) if len(ahead) == 2 else None
+    return text or "", count, last
 
 
 def count(org: OrgDb, entity: Entity, *, where: str = "", params: list[Any] | None = None

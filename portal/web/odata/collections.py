@@ -82,23 +82,22 @@ def read_collection(req: ApiRequest, entity: Entity) -> ApiResponse:
     with snapshot(db):
         if tracked and version is None:
             version = current_version(db)
-        rows = queries.read_page(req.org, entity, opts.select, where=opts.where,
-                                 params=opts.params, order=opts.orderby, after=after,
-                                 offset=offset, limit=limit + 1) if limit else []
+        text, sent, last = queries.read_page(
+            req.org, entity, opts.select, where=opts.where, params=opts.params,
+            order=opts.orderby, after=after, offset=offset, limit=limit) if limit else ("", 0, None)
         total = queries.count(req.org, entity, where=opts.where, params=opts.params) \
             if opts.count else None
-    more = len(rows) > limit
-    rows = rows[:limit]
+    more = last is not None
     if remaining is not None:
-        remaining -= len(rows)
+        remaining -= sent
         more = more and remaining > 0
     parts = [b'{"@odata.context":', orjson.dumps(context_url(req, entity, req.args.get("$select")))]
     if total is not None:
         parts.append(b',"@odata.count":%d' % total)
-    parts += [b',"value":[', ",".join(row[0] for row in rows).encode(), b"]"]
+    parts += [b',"value":[', text.encode(), b"]"]
     if more:
-        token = make_skiptoken(req.secret, digest, PageState(
-            list(rows[-1][1:]), remaining, page_size, version))
+        assert last is not None
+        token = make_skiptoken(req.secret, digest, PageState(last, remaining, page_size, version))
         keep = [(k, v) for k, v in req.args.items(multi=True)
                 if k not in ("$skiptoken", "$skip", "$top")]
         parts += [b',"@odata.nextLink":', orjson.dumps(link(req, set_name,
