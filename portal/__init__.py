@@ -36,10 +36,12 @@ def create_app(test_config: dict[str, Any] | None = None) -> Flask:
     csrf.init_app(app)
     db.init_app(app)
 
-    from portal.web import api, errors, public
+    from portal.web import api, connect, errors, public, rate_limits
 
     app.register_blueprint(public.bp)
     app.register_blueprint(api.bp)
+    app.register_blueprint(connect.bp)
+    rate_limits.init_app(app)
     errors.init_app(app)
 
     from jobs import cli

@@ -21,6 +21,13 @@ class Defaults:
     API_MAX_CONTENT_LENGTH = 16 * 1024 * 1024
     # Server URLs on loopback/private/link-local addresses are refused unless allowed.
     ALLOW_PRIVATE_SERVERS = False
+    # Creating connections (connect page, ConnectAsync, SyncAsync): requests per client
+    # address, in the `limits` notation; kept in the job queue's Redis.
+    CONNECT_RATE_LIMIT = "10 per minute; 60 per hour"
+    # None: rate limits on, except in tests (TESTING); True/False: as said.
+    RATELIMIT_ENABLED: bool | None = None
+    # Largest request body of the sync web service (/rest/v1/), bytes.
+    SERVICE_MAX_CONTENT_LENGTH = 2 * 1024 * 1024
     WTF_CSRF_TIME_LIMIT = None
     JSON_SORT_KEYS = False
 

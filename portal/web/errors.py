@@ -1,6 +1,6 @@
 """Error answers: an HTML page for people, a JSON body for machines, never a stack trace."""
 
-from flask import Flask, jsonify, render_template, request
+from flask import Flask, jsonify, make_response, render_template, request
 from flask.typing import ResponseReturnValue
 from flask_wtf.csrf import CSRFError
 from werkzeug.exceptions import HTTPException
@@ -36,7 +36,13 @@ def init_app(app: Flask) -> None:
 
     @app.errorhandler(HTTPException)
     def http_error(error: HTTPException) -> ResponseReturnValue:
-        return _answer(error.code or 500, error.name, error.description or error.name)
+        answer = make_response(_answer(error.code or 500, error.name,
+                                       error.description or error.name))
+        # Keep what the error says in headers: Retry-After of a 429, Allow of a 405.
+        for name, value in error.get_headers():
+            if name.lower() != "content-type":
+                answer.headers[name] = value
+        return answer
 
     @app.errorhandler(Exception)
     def unexpected(error: Exception) -> ResponseReturnValue:

@@ -1,0 +1,142 @@
+"""The portal's forms: each field checked by the same functions the data layer uses."""
+
+from typing import Any
+
+from flask import current_app
+from flask_wtf import FlaskForm
+from wtforms import BooleanField, Field, PasswordField, SelectField, StringField, SubmitField
+from wtforms.validators import EqualTo, InputRequired, Length, Optional, ValidationError
+
+from portal.backends.registry import BACKEND_TYPES
+from portal.db import get_db
+from portal.errors import InvalidInput, NotFound
+from portal.orgs import registry
+from portal.sync.registration import Registration, available_backend
+from portal.sync.server_urls import check_server_url
+
+# Which form field a data-layer refusal (InvalidInput.field) belongs beside.
+FIELD_OF_ERROR = {"name": "organization", "email": "email", "password": "password",
+                  "backend": "backend", "url": "server_url", "username": "server_username"}
+
+
+def _checked(check: Any, value: Any) -> None:
+    try:
+        check(value)
+    except InvalidInput as refused:
+        raise ValidationError(sentence(refused.message)) from None
+
+
+def strip(value: Any) -> Any:
+    """Leading and trailing spaces removed from text, as people paste it."""
+    return value.strip() if isinstance(value, str) else value
+
+
+def sentence(message: str) -> str:
+    """A data-layer message as shown beside a field: capitalised."""
+    return message[:1].upper() + message[1:]
+
+
+def backend_choices() -> list[tuple[str, str, dict[str, Any]]]:
+    """Every backend type by display name; the ones not built yet are shown but disabled."""
+    return [(t.key, t.name if t.available else f"{t.name} (coming soon)",
+             {} if t.available else {"disabled": True}) for t in BACKEND_TYPES]
+
+
+class ServerFields(FlaskForm):
+    """Backend Login: the server org's type, URL and credentials."""
+
+    backend = SelectField("Type", default="resco")
+    server_url = StringField("URL", filters=[strip], validators=[
+        InputRequired("Enter the server's URL."), Length(max=2048)],
+                             render_kw={"type": "url", "placeholder":
+                                        "https://server.example.com/odata/v4/myorg/"})
+    server_username = StringField("Username", filters=[strip], validators=[
+        InputRequired("Enter the server user name."), Length(max=254)])
+    server_password = PasswordField("Password", validators=[
+        InputRequired("Enter the server password."), Length(max=1024)])
+
+    def __init__(self, *args: Any, **kwargs: Any) -> None:
+        super().__init__(*args, **kwargs)
+        self.backend.choices = backend_choices()  # type: ignore[assignment]
+
+    def validate_backend(self, field: Field) -> None:
+        """A known type whose backend this portal has."""
+        _checked(available_backend, field.data)
+
+    def validate_server_url(self, field: Field) -> None:
+        """http(s), a host, and (unless the operator allows it) a public address."""
+        _checked(lambda url: check_server_url(
+            url, allow_private=current_app.config["ALLOW_PRIVATE_SERVERS"]), field.data)
+
+    def add_error(self, refused: InvalidInput) -> None:
+        """Show a refusal of the data layer beside its field (or above the form)."""
+        name = FIELD_OF_ERROR.get(refused.field or "")
+        field = getattr(self, name, None) if name else None
+        if field is None:
+            self.form_errors.append(sentence(refused.message))
+        else:
+            field.errors = [*field.errors, sentence(refused.message)]
+
+
+class ConnectForm(ServerFields):
+    """The connect page: a new client org (Login Info, Detail Info) and its server."""
+
+    organization = StringField("Organization", filters=[strip], validators=[InputRequired(
+        "Enter a name for your organization."), Length(max=63)],
+        description="Lower-case letters, digits and '-'; it becomes your org's address.")
+    email = StringField("E-mail", filters=[strip], validators=[
+        InputRequired("Enter your e-mail address."), Length(max=254)], render_kw={"type": "email"})
+    password = PasswordField("Password", validators=[InputRequired("Choose a password.")],
+                             description="At least 8 characters, letters and digits.")
+    confirm = PasswordField("Confirm password", validators=[
+        InputRequired("Type the password again."),
+        EqualTo("password", "The two passwords do not match.")])
+    firstname = StringField("First name", validators=[Optional(), Length(max=100)])
+    lastname = StringField("Last name", validators=[Optional(), Length(max=100)])
+    company = StringField("Company", validators=[Optional(), Length(max=200)])
+    jobtitle = StringField("Job title", validators=[Optional(), Length(max=100)])
+    phone = StringField("Phone", validators=[Optional(), Length(max=50)],
+                        render_kw={"type": "tel"})
+    country = StringField("Country", validators=[Optional(), Length(max=100)])
+    consent = BooleanField(
+        "I agree that this portal stores my details and the server credentials (encrypted) "
+        "and copies the server's metadata and data into my organization.",
+        validators=[InputRequired("Tick the box to agree, or the portal cannot connect.")])
+    submit = SubmitField("Connect")
+
+    def validate_organization(self, field: Field) -> None:
+        """A valid address that no org has yet."""
+        _checked(registry.check_org_name, field.data)
+        try:
+            registry.get_org(get_db(), field.data)
+        except NotFound:
+            return
+        raise ValidationError(f"The organization name {field.data!r} is taken.")
+
+    def validate_email(self, field: Field) -> None:
+        """An e-mail address."""
+        _checked(registry.check_email, field.data)
+
+    def validate_password(self, field: Field) -> None:
+        """Strong enough: 8 characters or more, letters and digits."""
+        _checked(registry.check_password, field.data)
+
+    def registration(self) -> Registration:
+        """The form's values as the data layer takes them."""
+        def text(field: Field) -> str | None:
+            return (field.data or "").strip() or None
+
+        return Registration(
+            org=self.organization.data, email=self.email.data,
+            password=self.password.data, backend=self.backend.data,
+            url=self.server_url.data, username=self.server_username.data,
+            server_password=self.server_password.data,
+            firstname=text(self.firstname), lastname=text(self.lastname),
+            company=text(self.company), jobtitle=text(self.jobtitle),
+            phone=text(self.phone), country=text(self.country))
+
+
+class RetryForm(ServerFields):
+    """Fix a failed connection's server values and connect again."""
+
+    submit = SubmitField("Try again")
