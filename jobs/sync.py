@@ -15,6 +15,7 @@ from datetime import UTC, datetime
 from pathlib import Path
 from typing import Any
 
+from flask import current_app
 from redis.lock import Lock
 from rq import get_current_job
 from sqlite_utils import Database
@@ -32,7 +33,7 @@ from portal.sync import connections, engine, runs
 from portal.sync.connections import Connection
 from portal.sync.metadata import update_client_metadata
 
-LOCK_TTL_S = 15  # renewed on every progress report, so a killed job frees it quickly
+LOCK_TTL_S = 10  # renewed on every progress report, so a killed job frees it quickly
 LOCK_WAIT_S = 120
 DEFAULT_EVERY_MINUTES = 15
 
@@ -72,8 +73,10 @@ class Work:
 
     def plan(self) -> engine.Plan:
         """The enabled entities and policy, as the registry has them now."""
+        config = current_app.config
         return engine.Plan(connections.entity_settings(self.db, self.connection.id),
-                           self.connection.conflict_policy)
+                           self.connection.conflict_policy, page_size=config["SYNC_PAGE_SIZE"],
+                           upload_batch=config["SYNC_UPLOAD_BATCH"])
 
 
 @contextmanager
@@ -98,7 +101,8 @@ def working_on(connection_id: int, kind: str, trigger: str) -> Iterator[Work]:
             org = open_org(orgs_dir, connection.org_name)
             backend = make_backend(
                 connection.backend, connection.url, connection.username,
-                connections.server_password(db, crypto.load_key(app.instance_path), connection_id))
+                connections.server_password(db, crypto.load_key(app.instance_path), connection_id),
+                retries=app.config["SYNC_HTTP_RETRIES"])
             work = Work(db, connection, org, backend, lock, run_id)
             yield work
         except BaseException as exc:

@@ -21,6 +21,11 @@ class Defaults:
     API_MAX_CONTENT_LENGTH = 16 * 1024 * 1024
     # Server URLs on loopback/private/link-local addresses are refused unless allowed.
     ALLOW_PRIVATE_SERVERS = False
+    # Sync: records per downloaded page, transactions per upload round, and how
+    # often a request to a server is tried before the run fails.
+    SYNC_PAGE_SIZE = 1000
+    SYNC_UPLOAD_BATCH = 1000
+    SYNC_HTTP_RETRIES = 5
     # Creating connections (connect page, ConnectAsync, SyncAsync): requests per client
     # address, in the `limits` notation; kept in the job queue's Redis.
     CONNECT_RATE_LIMIT = "10 per minute; 60 per hour"

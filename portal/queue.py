@@ -13,9 +13,10 @@ from redis.backoff import NoBackoff
 from redis.retry import Retry as RedisRetry
 from rq import Queue, Retry
 from rq.exceptions import DuplicateJobError
-from rq.job import Job
+from rq.job import Job, JobStatus
 
 DEFAULT_QUEUE = "default"
+ENDED = {JobStatus.FINISHED, JobStatus.FAILED, JobStatus.STOPPED, JobStatus.CANCELED}
 DEFAULT_TIMEOUT_S = 3600
 RESULT_TTL_S = 24 * 3600
 FAILURE_TTL_S = 7 * 24 * 3600
@@ -43,20 +44,25 @@ def enqueue(redis: Redis, func: str | Callable[..., Any], *args: Any,
             failure_ttl: int = FAILURE_TTL_S, meta: dict[str, Any] | None = None) -> Job:
     """Enqueue a job the one way the portal does it; returns the job.
 
-    With `unique`, a job whose id is already queued, running or kept is not
-    enqueued again: the existing job is returned instead. Singleton jobs
-    should pass result_ttl=0 and a short failure_ttl so the id frees up.
+    With `unique`, a job whose id is already queued or running is not enqueued
+    again: the existing job is returned instead. A finished or failed job of
+    that id (kept for its result or reason) is replaced by the new one.
     """
     q = Queue(queue, connection=redis)
-    try:
-        retry = Retry(max=retries, interval=retry_intervals or [10, 60, 300]) if retries else None
-        return q.enqueue(  # type: ignore[type-var]
-            func, *args, job_id=job_id, unique=unique, job_timeout=timeout,
-            result_ttl=result_ttl, failure_ttl=failure_ttl, meta=meta or {}, retry=retry,
-        )
-    except DuplicateJobError:
-        assert job_id is not None
-        return Job.fetch(job_id, connection=redis)
+    retry = Retry(max=retries, interval=retry_intervals or [10, 60, 300]) if retries else None
+    for _ in range(2):
+        try:
+            return q.enqueue(  # type: ignore[type-var]
+                func, *args, job_id=job_id, unique=unique, job_timeout=timeout,
+                result_ttl=result_ttl, failure_ttl=failure_ttl, meta=meta or {}, retry=retry,
+            )
+        except DuplicateJobError:
+            assert job_id is not None
+            existing = Job.fetch(job_id, connection=redis)
+            if existing.get_status() not in ENDED:
+                return existing
+            existing.delete()  # its result or reason is kept in the run record
+    raise RuntimeError(f"job {job_id} could not be enqueued")
 
 
 # --- the portal's jobs on connections: one unique job id per kind and connection ---

@@ -23,11 +23,13 @@ SYSTEM = {"versionnumber"}
 class Side:
     """One portal's instance folder, its Flask app (for data-layer calls and jobs) and URL."""
 
-    def __init__(self, instance: Path, redis_url: str, url: str | None = None) -> None:
+    def __init__(self, instance: Path, redis_url: str, url: str | None = None,
+                 config: dict[str, Any] | None = None) -> None:
         self.instance = instance
         self.url = url
+        self.redis_url = redis_url
         self.app: Flask = create_app({"TESTING": True, "INSTANCE_PATH": instance,
-                                      "REDIS_URL": redis_url})
+                                      "REDIS_URL": redis_url, **(config or {})})
 
     @property
     def orgs_dir(self) -> Path:

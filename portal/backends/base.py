@@ -36,6 +36,7 @@ class Write:
     operation: str  # "upsert" | "delete"
     values: dict[str, Any] = field(default_factory=dict)
     if_match: str | None = None  # the server version this write expects, if any
+    create_only: bool = False  # If-None-Match: *, so a repeated create is recognised
 
 
 @dataclass

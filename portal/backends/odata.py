@@ -39,8 +39,9 @@ class ODataBackend(Backend):
     supports_etags = True
 
     def __init__(self, url: str, username: str, password: str, *,
-                 session: requests.Session | None = None) -> None:
+                 session: requests.Session | None = None, retries: int = RETRIES) -> None:
         self.root = url if url.endswith("/") else url + "/"
+        self.retries = retries
         self.session = session or requests.Session()
         self.session.auth = (username, password)
         adapter = HTTPAdapter(pool_connections=2, pool_maxsize=4, max_retries=0)
@@ -58,17 +59,17 @@ class ODataBackend(Backend):
         """One HTTP request with retries on connection errors, 429 and 5xx busy answers."""
         url = urljoin(self.root, url)
         delay = 0.5
-        for attempt in range(RETRIES + 1):
+        for attempt in range(self.retries + 1):
             try:
                 response = self.session.request(method, url, timeout=TIMEOUT_S, **kwargs)
             except (requests.ConnectionError, requests.Timeout) as exc:
-                if attempt == RETRIES:
+                if attempt == self.retries:
                     raise BackendError(f"the server at {self.root} cannot be reached: "
                                        f"{exc.__class__.__name__}") from None
                 time.sleep(delay)
                 delay = min(delay * 2, 30)
                 continue
-            if response.status_code in RETRY_STATUSES and attempt < RETRIES:
+            if response.status_code in RETRY_STATUSES and attempt < self.retries:
                 time.sleep(_retry_after(response, delay))
                 delay = min(delay * 2, 30)
                 continue
@@ -165,6 +166,8 @@ class ODataBackend(Backend):
             headers = {"Content-Type": "application/json", "Prefer": "return=representation"}
             if write.if_match:
                 headers["If-Match"] = write.if_match
+            elif write.create_only:
+                headers["If-None-Match"] = "*"
             if write.operation == "delete":
                 requests_.append({"id": str(n), "method": "DELETE", "url": url,
                                   "headers": headers})

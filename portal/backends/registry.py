@@ -7,6 +7,7 @@ yet is listed (so its ProviderID is recognised) but refused with that reason.
 
 from collections.abc import Callable
 from dataclasses import dataclass
+from typing import Any
 
 from portal.backends.base import Backend
 from portal.backends.resco import RescoBackend
@@ -20,7 +21,7 @@ class BackendType:
     key: str
     name: str
     provider_id: str
-    make: Callable[[str, str, str], Backend] | None  # (url, username, password)
+    make: Callable[..., Backend] | None  # (url, username, password, **options)
 
     @property
     def available(self) -> bool:
@@ -51,10 +52,11 @@ def available_types() -> list[BackendType]:
     return [t for t in BACKEND_TYPES if t.available]
 
 
-def make_backend(kind: str, url: str, username: str, password: str) -> Backend:
-    """A backend of this type for one server org."""
+def make_backend(kind: str, url: str, username: str, password: str,
+                 **options: Any) -> Backend:
+    """A backend of this type for one server org (options: e.g. retries)."""
     found = backend_type(kind)
     if found.make is None:
         raise InvalidInput(f"the {found.name} backend is not available on this portal yet",
                            field="backend")
-    return found.make(url, username, password)
+    return found.make(url, username, password, **options)

@@ -31,9 +31,6 @@ from portal.orgs.transactions import Transaction
 from portal.sync import filters
 from portal.sync.connections import EntitySettings
 
-UPLOAD_BATCH = 1000
-PAGE_SIZE = 1000
-
 
 @dataclass
 class EntityCounts:
@@ -79,6 +76,8 @@ class Plan:
 
     entities: list[EntitySettings]
     conflict_policy: str = "server-wins"
+    page_size: int = 1000  # records per downloaded page
+    upload_batch: int = 1000  # transactions per upload round
 
     def setting(self, entity: str) -> EntitySettings | None:
         """The settings of a server entity, or None when it is not synced."""
@@ -131,7 +130,7 @@ def upload(org: OrgDb, backend: Backend, plan: Plan, reporter: Reporter,
     entities = org.entities()
     done = 0
     while True:
-        batch = transactions.uploadable(org, UPLOAD_BATCH)
+        batch = transactions.uploadable(org, plan.upload_batch)
         if not batch:
             return
         groups = _fold(batch)
@@ -177,9 +176,11 @@ def upload(org: OrgDb, backend: Backend, plan: Plan, reporter: Reporter,
 def _write(entity: Entity, group: _Group, known_version: str | None) -> Write:
     if group.deletes:
         return Write(entity, group.record_id, "delete", if_match=known_version)
-    # A record created here is an upsert of its own GUID: repeating it is harmless.
-    if_match = None if group.created_here else known_version
-    return Write(entity, group.record_id, "upsert", group.values(), if_match=if_match)
+    if group.created_here:
+        # Create-only: if our first attempt's answer was lost, the repeat gets 412
+        # and the engine finds its own record there, instead of writing it twice.
+        return Write(entity, group.record_id, "upsert", group.values(), create_only=True)
+    return Write(entity, group.record_id, "upsert", group.values(), if_match=known_version)
 
 
 def _settle(org: OrgDb, backend: Backend, plan: Plan, reporter: Reporter, result: RunResult,
@@ -190,13 +191,7 @@ def _settle(org: OrgDb, backend: Backend, plan: Plan, reporter: Reporter, result
     counts = result.of(group.entity)
     name, record_id = group.entity, group.record_id
     if answer.status == "ok":
-        transactions.mark(org.db, ids, "processed")
-        _remember(org, name, record_id, answer.version, deleted=group.deletes)
-        if answer.record and not group.deletes:
-            # The server stamped the record with its own times: take them, so both
-            # sides hold the same values (the other values are ours already).
-            records.set_timestamps(org, name, record_id, answer.record.get("createdon"),
-                                   answer.record.get("modifiedon"))
+        _accepted(org, group, answer.version, answer.record)
         counts.uploaded += 1
         return None
     if answer.status == "missing" and group.deletes:
@@ -208,8 +203,7 @@ def _settle(org: OrgDb, backend: Backend, plan: Plan, reporter: Reporter, result
         server = backend.get_record(write.entity, record_id)
         if server is not None and not group.deletes and _holds(server[0], write.values):
             # The server already has exactly our change: our earlier answer was lost.
-            transactions.mark(org.db, ids, "processed")
-            _remember(org, name, record_id, server[1])
+            _accepted(org, group, server[1], server[0])
             counts.uploaded += 1
             return None
         return _conflict(org, plan, reporter, counts, group, write, server)
@@ -217,6 +211,18 @@ def _settle(org: OrgDb, backend: Backend, plan: Plan, reporter: Reporter, result
     counts.errors += 1
     reporter.log("error", f"{name} {record_id}: {answer.message}", name)
     return None
+
+
+def _accepted(org: OrgDb, group: _Group, version: str | None,
+              server_record: dict[str, Any] | None) -> None:
+    """The server has the group's change: mark it processed and take the server's times."""
+    transactions.mark(org.db, [t.id for t in group.items], "processed")
+    _remember(org, group.entity, group.record_id, version, deleted=group.deletes)
+    if server_record and not group.deletes:
+        # The server stamped the record with its own times: take them, so both
+        # sides hold the same values (the other values are ours already).
+        records.set_timestamps(org, group.entity, group.record_id,
+                               server_record.get("createdon"), server_record.get("modifiedon"))
 
 
 def _holds(server_record: dict[str, Any], values: dict[str, Any]) -> bool:
@@ -304,7 +310,7 @@ def download_entity(org: OrgDb, backend: Backend, plan: Plan, setting: EntitySet
     counts = result.of(name)
     done = 0
     started = time.monotonic()
-    for page in backend.read_changes(entity, link, page_size=PAGE_SIZE):
+    for page in backend.read_changes(entity, link, page_size=plan.page_size):
         ids = [r[pk] for r in page.upserts]
         with immediate(org.db):
             known = sync_state.server_versions(org, name, ids)
