@@ -4,6 +4,7 @@ Used by the Org API tests against real OData clients, and by the sync engine
 tests, which start two portals and sync between them over HTTP.
 """
 
+import ctypes
 import os
 import signal
 import socket
@@ -16,6 +17,18 @@ import requests
 
 ROOT = Path(__file__).resolve().parent.parent
 START_TIMEOUT_S = 60
+
+
+def _die_with_parent() -> None:
+    """Linux: SIGTERM gunicorn when the test process that started it dies.
+
+    A killed pytest (timeout, Ctrl-C twice, SIGKILL) runs no fixture teardown;
+    without this its portals would keep running, orphaned.
+    """
+    try:
+        ctypes.CDLL("libc.so.6", use_errno=True).prctl(1, signal.SIGTERM)  # PR_SET_PDEATHSIG
+    except OSError:
+        pass  # not Linux: teardown still stops the process
 
 
 def free_port() -> int:
@@ -41,7 +54,8 @@ class PortalProcess:
         self.process = subprocess.Popen(
             [sys.executable, "-m", "gunicorn", "--bind", f"127.0.0.1:{self.port}",
              "--workers", str(workers), "--graceful-timeout", "2", "wsgi:app"],
-            cwd=ROOT, env=environment, stdout=self._log, stderr=subprocess.STDOUT)
+            cwd=ROOT, env=environment, stdout=self._log, stderr=subprocess.STDOUT,
+            preexec_fn=_die_with_parent)  # noqa: PLW1509 - start from the main thread
         self._wait_until_up()
 
     def _wait_until_up(self) -> None:
