@@ -178,3 +178,143 @@ def test_sync_conflict_matrix(pair, redis: Redis, policy: str) -> None:  # type:
         conflicts = [line for line in runs.list_logs(db, org_id) if line["level"] == "conflict"]
         assert len(conflicts) >= 2
         assert all("client:" in c["message"] and "server:" in c["message"] for c in conflicts)
+
+
+def test_sync_filter_keeps_only_matching_records(pair, redis: Redis) -> None:  # type: ignore[no-untyped-def]
+    from portal.db import get_db
+    from portal.sync import connections
+
+    server, client = pair
+    connection_id = _connect(server, client, redis, accounts=20)
+    with client.app.app_context():
+        connections.configure_entity(
+            get_db(), connection_id, "account",
+            filter_xml='<filter type="and"><condition attribute="creditonhold" operator="eq" '
+                       'value="false"/></filter>')
+    _run(client, redis, connection_id)
+    with server.org("srv") as a, client.org("cli") as b:
+        expected = {r["accountid"] for r in a.db.table("account").rows
+                    if not r["creditonhold"]}
+        assert {r["accountid"] for r in b.db.table("account").rows} == expected
+        leaving = next(i for i in sorted(expected))
+        records.update_record(a, "account", leaving, {"creditonhold": True})
+    _run(client, redis, connection_id)
+    with client.org("cli") as b:
+        assert records.get_record(b, "account", leaving) is None  # it stopped matching
+        assert b.db.table("account").count == len(expected) - 1
+        assert transactions.counts(b)["pending"] == 0  # leaving the client is not a deletion
+    with server.org("srv") as a:
+        assert records.get_record(a, "account", leaving) is not None
+
+
+def test_sync_six_metadata_changes_reach_the_client_with_data_kept(pair, redis: Redis) -> None:  # type: ignore[no-untyped-def]
+    from portal.db import get_db
+    from portal.orgs import schema
+    from portal.orgs.metadata import Attribute, Entity
+    from portal.queue import enqueue_metadata
+
+    server, client = pair
+    connection_id = _connect(server, client, redis, accounts=5)
+    with server.org("srv") as a:
+        schema.add_entity(a, Entity("visit", attributes=[Attribute("title", "string")]))  # 1
+        schema.add_attribute(a, "account", Attribute("rating", "integer", "Rating"))  # 2
+        schema.alter_attribute(a, "account", Attribute("numberofemployees", "bigint",  # 3
+                                                       "Employees"))
+        schema.remove_attribute(a, "account", "telephone1")  # 4
+        schema.remove_entity(a, "competitor")  # 5 (and leadcompetitor's lookup with it)
+        schema.update_entity(a, "contact", labels={"1033": "Person", "1031": "Person"})  # 6
+    with client.org("cli") as b:
+        accounts_before = {r["accountid"]: r["numberofemployees"]
+                           for r in b.db.table("account").rows}
+    with client.app.app_context():
+        enqueue_metadata(redis, connection_id, "button")
+    client.work(redis)
+    with server.org("srv") as a, client.org("cli") as b:
+        assert list(b.entities()) == list(a.entities())
+        for name, entity in a.entities().items():
+            assert b.entity(name).attributes == entity.attributes, name
+            assert b.entity(name).labels == entity.labels
+        assert {r["accountid"]: r["numberofemployees"]
+                for r in b.db.table("account").rows} == accounts_before
+    with client.app.app_context():
+        from portal.sync import runs
+
+        logged = [line["message"] for line in
+                  runs.list_logs(get_db(), client.connection(connection_id).org_id)]
+    for change in ("added entity visit", "added attribute account.rating",
+                   "changed attribute account.numberofemployees",
+                   "removed attribute account.telephone1", "removed entity competitor",
+                   "updated labels of entity contact"):
+        assert change in logged
+    _run(client, redis, connection_id)
+    _same_entities(server, client)
+
+
+def _same_entities(server: Side, client: Side) -> None:
+    with server.org("srv") as a, client.org("cli") as b:
+        names = list(a.entities())
+        assert snapshot(a, names) == snapshot(b, names)
+
+
+def test_sync_chain_a_to_b_to_c_and_back(  # type: ignore[no-untyped-def]
+        pair, redis: Redis, portal_process, tmp_path: Path) -> None:
+    server, middle = pair
+    a_to_b = _connect(server, middle, redis, accounts=10)
+    b_process = portal_process(middle.instance)
+    last = Side(tmp_path / "c", middle.redis_url)
+    last.create_org("end", template=None)
+    b_to_c = last.connect("end", b_process.odata_root("cli"))
+    with last.app.app_context():
+        enqueue_connect(redis, b_to_c)
+    last.work(redis)
+    assert last.connection(b_to_c).status == "connected", last.connection(b_to_c).error
+    with last.org("end") as c:
+        made = records.create_record(c, "account", {"name": "made on C"})
+    _run(last, redis, b_to_c)  # C -> B (B records it as its own offline transaction)
+    _run(middle, redis, a_to_b)  # B -> A
+    with server.org("srv") as a:
+        assert records.get_record(a, "account", made["accountid"])["name"] == "made on C"  # type: ignore[index]
+        records.update_record(a, "account", made["accountid"], {"name": "changed on A"})
+    _run(middle, redis, a_to_b)  # A -> B
+    _run(last, redis, b_to_c)  # B -> C
+    with last.org("end") as c:
+        assert records.get_record(c, "account", made["accountid"])["name"] == "changed on A"  # type: ignore[index]
+    with server.org("srv") as a, last.org("end") as c:
+        assert snapshot(a, SALES) == snapshot(c, SALES)
+
+
+def test_sync_two_schedulers_still_one_run_per_due_connection(pair, redis: Redis) -> None:  # type: ignore[no-untyped-def]
+    import threading
+
+    from portal.db import get_db
+    from portal.sync import connections, runs
+
+    server, client = pair
+    connection_id = _connect(server, client, redis, accounts=3)
+    with client.app.app_context():
+        db = get_db()
+        connections.set_schedule(db, connection_id, every_minutes=15)
+        db.execute("UPDATE connections SET next_run_at = '2000-01-01T00:00:00Z' WHERE id = ?",
+                   [connection_id])  # due now
+    from jobs.sync import dispatch
+
+    enqueued: list[list[int]] = []
+
+    def scheduler() -> None:
+        with client.app.app_context():
+            enqueued.append(dispatch())
+
+    threads = [threading.Thread(target=scheduler) for _ in range(2)]
+    for t in threads:
+        t.start()
+    for t in threads:
+        t.join()
+    assert sorted(len(e) for e in enqueued) == [0, 1]  # one dispatcher enqueued, one found it done
+    with client.app.app_context():  # and a second tick right after finds nothing due
+        assert dispatch() == []
+    client.work(redis)
+    with client.app.app_context():
+        sync_runs = [r for r in runs.list_runs(get_db(), client.connection(connection_id).org_id)
+                     if r["kind"] == "sync"]
+    assert [r["trigger"] for r in sync_runs] == ["schedule"]
+    assert client.connection(connection_id).next_run_at > "2000-01-01T00:00:00Z"  # type: ignore[operator]
