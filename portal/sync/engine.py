@@ -319,11 +319,11 @@ def download_entity(org: OrgDb, backend: Backend, plan: Plan, setting: EntitySet
             for record in page.upserts:
                 record_id = record[pk]
                 version = page.versions.get(record_id)
-                if version and known.get(record_id) == version:
-                    continue  # our own upload coming back, or a page read twice
                 if rule is not None and not filters.matches(rule, record):
                     leaving.append(record_id)
                     continue
+                if version and known.get(record_id) == version:
+                    continue  # our own upload coming back, or a page read twice
                 if record_id in waiting and not _server_beats_client(
                         org, plan, reporter, counts, entity, record):
                     if version:

@@ -9,11 +9,15 @@ from pathlib import Path
 
 from flask import Blueprint, Response, current_app, request
 from flask.typing import ResponseReturnValue
+from redis import RedisError
 from werkzeug.exceptions import HTTPException
 
 from portal import csrf
 from portal.db import get_db, registry_path
 from portal.errors import PortalError
+from portal.orgs import transactions
+from portal.queue import enqueue_upload, get_redis
+from portal.sync.connections import connection_of_org
 from portal.web.odata import auth
 from portal.web.odata.connections import org_connection
 from portal.web.odata.dispatch import dispatch
@@ -53,7 +57,22 @@ def service(org: str, resource: str) -> ResponseReturnValue:
         secret=app.config["SECRET_KEY"],
         user=user,
     )
-    return _flask(dispatch(req))
+    answer = dispatch(req)
+    if request.method != "GET" and answer.status < 400 and transactions.is_client(req.org.db):
+        _upload_now(org)
+    return _flask(answer)
+
+
+def _upload_now(org: str) -> None:
+    """Instant mode (WriteOffline off): send the client's new transactions to the server now."""
+    connection = connection_of_org(get_db(), org)
+    if connection is None or connection.write_offline or connection.status != "connected":
+        return
+    try:
+        enqueue_upload(get_redis(), connection.id)  # coalesced: one queued upload per org
+    except RedisError as exc:
+        # The write is kept as a pending transaction; the next sync run sends it.
+        current_app.logger.warning("instant upload of %s not queued: %s", org, exc)
 
 
 def _flask(answer: ApiResponse) -> Response:
