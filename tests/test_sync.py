@@ -318,3 +318,30 @@ def test_sync_two_schedulers_still_one_run_per_due_connection(pair, redis: Redis
                      if r["kind"] == "sync"]
     assert [r["trigger"] for r in sync_runs] == ["schedule"]
     assert client.connection(connection_id).next_run_at > "2000-01-01T00:00:00Z"  # type: ignore[operator]
+
+
+def test_sync_instant_mode_uploads_an_api_write_at_once(  # type: ignore[no-untyped-def]
+        pair, redis: Redis, portal_process) -> None:
+    import requests
+
+    from portal.db import get_db
+    from portal.sync import connections
+    from tests.conftest import ADMIN_EMAIL
+
+    server, client = pair
+    connection_id = _connect(server, client, redis, accounts=3)
+    with client.app.app_context():
+        connections.update_settings(get_db(), connection_id, write_offline=False)
+    b = portal_process(client.instance)
+    auth = (ADMIN_EMAIL, ADMIN_PASSWORD)
+    for i in range(3):  # three writes, coalesced into one queued upload
+        answer = requests.post(b.odata_root("cli") + "accounts", json={"name": f"instant {i}"},
+                               auth=auth, timeout=30)
+        assert answer.status_code == 201, answer.text
+    assert redis.llen("rq:queue:default") == 1
+    client.work(redis)
+    with server.org("srv") as a:
+        names = {r["name"] for r in a.db.table("account").rows}
+    assert {"instant 0", "instant 1", "instant 2"} <= names
+    with client.org("cli") as c:
+        assert transactions.counts(c)["processed"] == 3
