@@ -19,6 +19,13 @@ class InvalidInput(PortalError):
     code = "InvalidInput"
 
 
+class NotAvailable(InvalidInput):
+    """A known kind of thing (e.g. a backend type) that this portal does not offer yet."""
+
+    status = 422
+    code = "NotAvailable"
+
+
 class NotFound(PortalError):
     """The org, entity or record does not exist (or is not the caller's to see)."""
 

@@ -17,7 +17,7 @@ from sqlite_utils import Database
 
 from portal.backends.registry import BackendType, backend_type
 from portal.db import immediate
-from portal.errors import InvalidInput
+from portal.errors import InvalidInput, NotAvailable
 from portal.orgs import registry, store
 from portal.orgs.metadata import NAME_RE, Entity
 from portal.sync import connections, filters
@@ -61,7 +61,7 @@ def available_backend(key_or_provider_id: str) -> BackendType:
     """The backend type named, refused (InvalidInput) if unknown or not built on this portal."""
     kind = backend_type(key_or_provider_id)
     if not kind.available:
-        raise InvalidInput(f"the {kind.name} backend ({kind.provider_id}) is not available on "
+        raise NotAvailable(f"the {kind.name} backend ({kind.provider_id}) is not available on "
                            "this portal yet", field="backend")
     return kind
 
@@ -187,3 +187,35 @@ def update_connected(db: Database, orgs_dir: str | Path, connection: Connection,
     """Apply requested entities and filters to a connected org now (its entities are known)."""
     with store.open_org(orgs_dir, connection.org_name) as org:
         return apply_setup(db, connection.id, setup, org.entities())
+
+
+def connect_existing(db: Database, key: bytes, org_id: int, *, backend: str, url: str,
+                     username: str, password: str, allow_private: bool,
+                     setup: RequestedSetup | None = None,
+                     resolver: Resolver = resolve) -> Connection:
+    """Connect an existing hosted org (no connection yet) to a server, with its requests."""
+    available_backend(backend)
+    url = check_server_url(url, allow_private=allow_private, resolver=resolver)
+    with immediate(db):
+        connection = connections.create_connection(db, key, org_id, backend=backend, url=url,
+                                                   username=username, password=password)
+        if setup:
+            store_requested_setup(db, connection.id, setup)
+    return connection
+
+
+def reconnect(db: Database, key: bytes, connection: Connection, *, backend: str, url: str,
+              username: str, password: str, allow_private: bool,
+              setup: RequestedSetup | None = None, resolver: Resolver = resolve) -> Connection:
+    """Point a pending or failed connection at (corrected) server values, with its requests."""
+    available_backend(backend)
+    url = check_server_url(url, allow_private=allow_private, resolver=resolver)
+    if not username:
+        raise InvalidInput("enter the server user name", field="username")
+    if not password:
+        raise InvalidInput("enter the server password", field="password")
+    with immediate(db):
+        updated = connections.update_server(db, key, connection.id, backend=backend, url=url,
+                                            username=username, password=password)
+        store_requested_setup(db, connection.id, setup)
+    return updated

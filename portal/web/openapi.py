@@ -1,0 +1,172 @@
+"""The OpenAPI 3.0 document of the sync web service (/rest/v1/openapi.json)."""
+
+from typing import Any
+
+from portal.backends.registry import BACKEND_TYPES
+
+TEXT = {"type": "string", "maxLength": 2048}
+
+
+def _nullable(kind: str) -> dict[str, Any]:
+    return {"type": kind, "nullable": True}
+
+
+ERROR = {
+    "type": "object",
+    "required": ["Error"],
+    "properties": {"Error": {
+        "type": "object",
+        "required": ["Code", "Message"],
+        "properties": {"Code": {"type": "string"}, "Message": {"type": "string"},
+                       "Element": {"type": "string",
+                                   "description": "the element (path) at fault"}},
+    }},
+}
+
+REGISTRATION_INFO = {
+    "type": "object",
+    "description": "The new client org's admin. Email and Password are required to create "
+                   "the org; Password is this portal's addition (Resco mails one instead).",
+    "additionalProperties": False,
+    "properties": {name: TEXT for name in ("Email", "FirstName", "LastName", "Company",
+                                           "Password", "JobTitle", "Phone", "Country")},
+}
+
+SYNC_SETUP = {
+    "type": "object",
+    "additionalProperties": False,
+    "required": ["ProviderID"],
+    "properties": {
+        "ProviderID": {**TEXT, "description": "the server's backend type: " + "; ".join(
+            f"{t.provider_id} = {t.name}{'' if t.available else ' (not available yet)'}"
+            for t in BACKEND_TYPES)},
+        "Url": {**TEXT, "description": "the server org's address, e.g. "
+                "https://portal.example.com/odata/v4/myorg/"},
+        "UserName": TEXT,
+        "Password": {**TEXT, "description": "the server user's password"},
+        "RegistrationInfo": REGISTRATION_INFO,
+        "Entities": {"type": "array", "items": {"type": "string", "maxLength": 64},
+                     "maxItems": 1000, "xml": {"wrapped": True},
+                     "description": "logical names of the entities to sync (default: all)"},
+        "SyncFiltersXml": {"type": "string", "description": "a FetchXML <fetch> with one "
+                           "<entity name=...><filter>...</filter></entity> per filtered entity"},
+    },
+}
+
+CONNECT_REQUEST = {
+    "type": "object",
+    "additionalProperties": False,
+    "required": ["SyncSetup"],
+    "properties": {"SyncSetup": SYNC_SETUP},
+    "xml": {"name": "ConnectRequest"},
+}
+
+JOB_ACCEPTED = {
+    "type": "object",
+    "required": ["JobId", "JobStatus", "Organization", "ConnectionStatus", "StatusUrl",
+                 "Message"],
+    "properties": {
+        "JobId": {"type": "string"},
+        "JobStatus": {"type": "string",
+                      "description": "RQ's state: queued, started, finished, failed..."},
+        "Organization": {"type": "string"},
+        "ConnectionStatus": {"type": "string",
+                             "enum": ["pending", "connecting", "connected", "failed"]},
+        "StatusUrl": {"type": "string", "description": "GET it for the job's state"},
+        "StatusPageUrl": {"type": "string", "description": "the same for people (HTML)"},
+        "Message": {"type": "string"},
+        "AlreadyQueued": {"type": "boolean"},
+    },
+}
+
+PROGRESS = {
+    "type": "object",
+    "properties": {"Step": _nullable("string"), "Entity": _nullable("string"),
+                   "Done": _nullable("integer"), "Total": _nullable("integer")},
+}
+
+JOB_STATUS = {
+    "type": "object",
+    "required": ["JobId", "JobStatus", "Organization", "ConnectionStatus"],
+    "properties": {
+        "JobId": {"type": "string"},
+        "JobStatus": {"type": "string",
+                      "description": "unknown once an ended job is no longer kept"},
+        "Organization": {"type": "string"},
+        "ConnectionStatus": {"type": "string",
+                             "enum": ["pending", "connecting", "connected", "failed"]},
+        "Error": {"type": "string", "description": "the server's message when it failed"},
+        "Progress": PROGRESS,
+        "ConnectionProgress": PROGRESS,
+    },
+}
+
+
+def _content(schema: dict[str, Any], xml_root: str) -> dict[str, Any]:
+    return {"application/json": {"schema": schema},
+            "application/xml": {"schema": {**schema, "xml": {"name": xml_root}}}}
+
+
+def _errors(*codes: int) -> dict[str, Any]:
+    reasons = {400: "bad input: the message names the element", 401: "credentials needed",
+               404: "no such organization or job", 409: "the state does not allow it",
+               413: "body too large", 415: "neither XML nor JSON",
+               422: "a backend type this portal does not offer yet",
+               429: "too many requests from this address"}
+    return {str(code): {"description": reasons[code], "content": _content(ERROR, "Error")}
+            for code in codes}
+
+
+ORG = {"name": "org", "in": "path", "required": True, "schema": {"type": "string"},
+       "description": "the client org's name (its address)"}
+
+
+def openapi_document(server_url: str) -> dict[str, Any]:
+    """The service's OpenAPI document, with this portal as its server."""
+    return {
+        "openapi": "3.0.3",
+        "info": {"title": "CRM Sync web service", "version": "1",
+                 "description": "Connect a hosted org to a server org and start sync runs, as "
+                 "Resco CRM Sync's ConnectRequest does. See docs/web-service.md."},
+        "servers": [{"url": server_url}],
+        "components": {"securitySchemes": {"basic": {"type": "http", "scheme": "basic"}}},
+        "paths": {
+            "/rest/v1/sync/{org}/ConnectAsync": {"post": {
+                "operationId": "ConnectAsync",
+                "summary": "Create and connect an org; for a connected org, update metadata",
+                "parameters": [ORG],
+                "security": [{}, {"basic": []}],
+                "requestBody": {"required": True, "content": {
+                    "application/json": {"schema": CONNECT_REQUEST},
+                    "application/xml": {"schema": CONNECT_REQUEST}}},
+                "responses": {
+                    "202": {"description": "the connect (or update metadata) job is queued",
+                            "content": _content(JOB_ACCEPTED, "ConnectResponse")},
+                    **_errors(400, 401, 409, 413, 415, 422, 429)},
+            }},
+            "/rest/v1/sync/{org}/SyncAsync": {"post": {
+                "operationId": "SyncAsync",
+                "summary": "Start a sync run, unless one is queued or running",
+                "parameters": [ORG],
+                "security": [{"basic": []}],
+                "responses": {
+                    "202": {"description": "the run is queued (or was already)",
+                            "content": _content(JOB_ACCEPTED, "SyncResponse")},
+                    **_errors(400, 401, 409, 413, 415, 429)},
+            }},
+            "/rest/v1/sync/{org}/jobs/{job}": {"get": {
+                "operationId": "JobStatus",
+                "summary": "A job's state and progress, and its connection's",
+                "parameters": [ORG, {"name": "job", "in": "path", "required": True,
+                                     "schema": {"type": "string"}},
+                               {"name": "token", "in": "query", "required": False,
+                                "schema": {"type": "string"},
+                                "description": "the token of the StatusUrl (else Basic)"}],
+                "security": [{}, {"basic": []}],
+                "responses": {
+                    "200": {"description": "the job's state",
+                            "content": _content(JOB_STATUS, "JobStatusResponse")},
+                    **_errors(401, 404)},
+            }},
+        },
+    }

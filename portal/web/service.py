@@ -1,0 +1,552 @@
+"""The sync web service for programs: ConnectAsync, SyncAsync and their jobs' status.
+
+    POST /rest/v1/sync/{org}/ConnectAsync   Resco's ConnectRequest, XML or JSON
+    POST /rest/v1/sync/{org}/SyncAsync      a sync run of a connected org
+    GET  /rest/v1/sync/{org}/jobs/{job}     the state and progress of a job
+    GET  /rest/v1/openapi.json              this service, described
+
+Requests come as XML (parsed by defusedxml: no DTD, no entities) or JSON with
+the same element names; answers are in the request's format unless `Accept`
+asks for the other. A connected org's admin authenticates with HTTP Basic
+(e-mail and password). Every refusal is a small error document naming the
+bad element, with a 4xx, and changes nothing. CSRF-exempt: no browser form
+posts here.
+"""
+
+import json
+from pathlib import Path
+from typing import Any
+from xml.etree.ElementTree import Element, ParseError, SubElement, tostring
+
+from defusedxml import DefusedXmlException
+from defusedxml.ElementTree import fromstring
+from flask import Blueprint, Response, current_app, jsonify, request, url_for
+from flask.typing import ResponseReturnValue
+from itsdangerous import BadSignature, URLSafeSerializer
+from rq.exceptions import NoSuchJobError
+from rq.job import Job
+from werkzeug.exceptions import HTTPException
+
+from portal import crypto, csrf
+from portal.db import get_db
+from portal.errors import InvalidInput, NotFound, PortalError
+from portal.orgs import registry
+from portal.queue import enqueue_connect, enqueue_metadata, enqueue_sync, get_redis, job_id
+from portal.sync import connections, registration
+from portal.sync.connections import Connection
+from portal.sync.registration import Registration, RequestedSetup
+from portal.web import rate_limits
+from portal.web.connect import TOKEN_SALT, status_token
+from portal.web.openapi import openapi_document
+
+bp = Blueprint("service", __name__, url_prefix="/rest/v1")
+csrf.exempt(bp)
+
+MAX_TEXT = 2048
+SETUP_TEXT = ("ProviderID", "Url", "UserName", "Password")
+REGISTRATION_TEXT = ("Email", "FirstName", "LastName", "Company", "Password", "JobTitle",
+                     "Phone", "Country")
+SETUP_ELEMENTS = (*SETUP_TEXT, "RegistrationInfo", "Entities", "SyncFiltersXml")
+JOB_KINDS = ("connect", "sync", "metadata")
+# Which element a data-layer refusal is about (InvalidInput.field -> element).
+ELEMENT_OF_FIELD = {"backend": "SyncSetup/ProviderID", "url": "SyncSetup/Url",
+                    "username": "SyncSetup/UserName", "entities": "SyncSetup/Entities",
+                    "filter": "SyncSetup/SyncFiltersXml", "entity": "SyncSetup/Entities",
+                    "name": "{org}", "email": "RegistrationInfo/Email"}
+REALM = 'Basic realm="CRM Sync web service", charset="UTF-8"'
+
+
+class Refused(PortalError):
+    """A request the service cannot take; `field` names the element."""
+
+    def __init__(self, status: int, code: str, message: str, element: str | None = None,
+                 headers: dict[str, str] | None = None) -> None:
+        super().__init__(message, field=element)
+        self.status = status
+        self.code = code
+        self.headers = headers or {}
+
+
+def _unauthorized(message: str = "valid credentials of the organization's admin are required "
+                  "(HTTP Basic: e-mail and password)") -> Refused:
+    return Refused(401, "Unauthorized", message, headers={"WWW-Authenticate": REALM})
+
+
+# --- formats -------------------------------------------------------------------
+
+def body_format() -> str | None:
+    """'xml' or 'json' by the request's Content-Type (or its first character); None if empty."""
+    mimetype = request.mimetype
+    if mimetype == "application/json" or mimetype.endswith("+json"):
+        return "json"
+    if mimetype in ("application/xml", "text/xml") or mimetype.endswith("+xml"):
+        return "xml"
+    head = request.get_data(cache=True)[:64].lstrip()
+    if not head:
+        return None
+    if head.startswith(b"<"):
+        return "xml"
+    if head.startswith(b"{"):
+        return "json"
+    raise Refused(415, "UnsupportedMediaType",
+                  "send the request as XML (application/xml) or JSON (application/json)")
+
+
+def answer_format(default: str | None = None) -> str:
+    """The format to answer in: what Accept names explicitly, else the request's, else JSON."""
+    best: tuple[float, str] | None = None
+    for mimetype, quality in request.accept_mimetypes:
+        kind = ("json" if mimetype == "application/json" or mimetype.endswith("+json") else
+                "xml" if mimetype in ("application/xml", "text/xml") or mimetype.endswith("+xml")
+                else None)
+        if kind and quality > 0 and (best is None or quality > best[0]):
+            best = (quality, kind)
+    return best[1] if best else (default or "json")
+
+
+def _xml_element(parent: Element | None, name: str, value: Any) -> Element:
+    elem = Element(name) if parent is None else SubElement(parent, name)
+    if isinstance(value, dict):
+        for key, item in value.items():
+            if item is not None:
+                _xml_element(elem, key, item)
+    elif isinstance(value, list):
+        for item in value:
+            _xml_element(elem, "Item", item)
+    elif isinstance(value, bool):
+        elem.text = "true" if value else "false"
+    else:
+        elem.text = str(value)
+    return elem
+
+
+def answer(root: str, document: dict[str, Any], status: int, fmt: str,
+           headers: dict[str, str] | None = None) -> Response:
+    """A document as XML (<root>...</root>) or JSON ({...}), None values left out."""
+    if fmt == "xml":
+        body = tostring(_xml_element(None, root, document), encoding="unicode",
+                        xml_declaration=True)
+        response = Response(body, status=status, mimetype="application/xml")
+    else:
+        response = jsonify({k: v for k, v in document.items() if v is not None})
+        response.status_code = status
+    response.headers.update(headers or {})
+    return response
+
+
+def error_answer(status: int, code: str, message: str, element: str | None = None,
+                 headers: dict[str, str] | None = None) -> Response:
+    """The service's error document: code, message, and the element at fault."""
+    try:
+        fmt = answer_format(body_format())
+    except (Refused, HTTPException):  # an unreadable or oversize body: Accept decides
+        fmt = answer_format()
+    document = {"Code": code, "Message": message, "Element": element}
+    if fmt == "json":
+        response = jsonify(Error={k: v for k, v in document.items() if v is not None})
+        response.status_code = status
+        response.headers.update(headers or {})
+        return response
+    return answer("Error", document, status, "xml", headers)
+
+
+# --- the ConnectRequest ----------------------------------------------------------
+
+class ConnectRequest:
+    """A ConnectRequest's values, read from XML or JSON; element names as Resco's."""
+
+    def __init__(self) -> None:
+        self.setup: dict[str, str] = {}
+        self.registration: dict[str, str] | None = None
+        self.entities: list[str] | None = None
+        self.filters_xml: str | None = None
+
+    def text(self, name: str) -> str | None:
+        """A SyncSetup text value, stripped; None when absent or empty."""
+        return (self.setup.get(name) or "").strip() or None
+
+    def required(self, name: str) -> str:
+        """A SyncSetup text value that must be there."""
+        value = self.text(name)
+        if value is None:
+            raise Refused(400, "MissingElement", f"<{name}> is required in <SyncSetup>",
+                          f"SyncSetup/{name}")
+        return value
+
+    def registered(self, name: str) -> str | None:
+        """A RegistrationInfo text value, stripped; None when absent or empty."""
+        return ((self.registration or {}).get(name) or "").strip() or None
+
+
+def _local(tag: str) -> str:
+    return tag.rsplit("}", 1)[-1]  # elements may come in a namespace: only the name counts
+
+
+def _texts(parent: Element, path: str, allowed: tuple[str, ...]) -> dict[str, Element]:
+    found: dict[str, Element] = {}
+    for child in parent:
+        name = _local(child.tag)
+        if name not in allowed:
+            raise Refused(400, "UnknownElement", f"<{name}> is not an element of <{path}> "
+                          f"(allowed: {', '.join(allowed)})", f"{path}/{name}")
+        if name in found:
+            raise Refused(400, "DuplicateElement", f"<{name}> appears twice in <{path}>",
+                          f"{path}/{name}")
+        found[name] = child
+    return found
+
+
+def _leaf(elem: Element, path: str) -> str:
+    if len(elem):
+        raise Refused(400, "InvalidElement", f"<{path}> must hold text, not elements", path)
+    text = elem.text or ""
+    if len(text) > MAX_TEXT:
+        raise Refused(400, "InvalidElement", f"<{path}> is longer than {MAX_TEXT} characters",
+                      path)
+    return text
+
+
+def parse_xml(body: bytes) -> ConnectRequest:
+    """A ConnectRequest from XML; no DTD, no entities, unknown elements refused."""
+    try:
+        root = fromstring(body, forbid_dtd=True, forbid_entities=True, forbid_external=True)
+    except (DefusedXmlException, ValueError) as exc:
+        raise Refused(400, "ForbiddenXml", "DTDs, entities and external references are not "
+                      f"allowed ({type(exc).__name__})", "ConnectRequest") from None
+    except ParseError as exc:
+        raise Refused(400, "MalformedXml", f"the XML is malformed: {exc}",
+                      "ConnectRequest") from None
+    if _local(root.tag) != "ConnectRequest":
+        raise Refused(400, "UnknownElement", f"expected <ConnectRequest>, got "
+                      f"<{_local(root.tag)}>", _local(root.tag))
+    top = _texts(root, "ConnectRequest", ("SyncSetup",))
+    if "SyncSetup" not in top:
+        raise Refused(400, "MissingElement", "<SyncSetup> is required in <ConnectRequest>",
+                      "ConnectRequest/SyncSetup")
+    parsed = ConnectRequest()
+    setup = _texts(top["SyncSetup"], "SyncSetup", SETUP_ELEMENTS)
+    for name in SETUP_TEXT:
+        if name in setup:
+            parsed.setup[name] = _leaf(setup[name], f"SyncSetup/{name}")
+    if "RegistrationInfo" in setup:
+        info = _texts(setup["RegistrationInfo"], "RegistrationInfo", REGISTRATION_TEXT)
+        parsed.registration = {name: _leaf(elem, f"RegistrationInfo/{name}")
+                               for name, elem in info.items()}
+    if "Entities" in setup:
+        entities = []
+        for child in setup["Entities"]:
+            if _local(child.tag) != "Entity":
+                raise Refused(400, "UnknownElement", f"<{_local(child.tag)}> is not allowed in "
+                              "<Entities> (only <Entity>)", "SyncSetup/Entities")
+            entities.append(_leaf(child, "SyncSetup/Entities/Entity").strip())
+        parsed.entities = entities
+    if "SyncFiltersXml" in setup:
+        holder = setup["SyncFiltersXml"]
+        # The FetchXML comes as text (escaped or CDATA) or as a <fetch> element inside.
+        if len(holder):
+            fetches = [c for c in holder if _local(c.tag) == "fetch"]
+            if len(fetches) != 1 or len(holder) != 1:
+                raise Refused(400, "InvalidElement", "<SyncFiltersXml> holds one <fetch> "
+                              "document (as text or as an element)", "SyncSetup/SyncFiltersXml")
+            parsed.filters_xml = tostring(fetches[0], encoding="unicode")
+        else:
+            parsed.filters_xml = (holder.text or "").strip() or None
+    return parsed
+
+
+def _json_texts(value: Any, path: str, allowed: tuple[str, ...]) -> dict[str, Any]:
+    if not isinstance(value, dict):
+        raise Refused(400, "InvalidElement", f"{path} must be an object", path)
+    for name in value:
+        if name not in allowed:
+            raise Refused(400, "UnknownElement", f"{name!r} is not an element of {path} "
+                          f"(allowed: {', '.join(allowed)})", f"{path}/{name}")
+    return value
+
+
+def _json_text(value: Any, path: str) -> str:
+    if value is None:
+        return ""
+    if not isinstance(value, str):
+        raise Refused(400, "InvalidElement", f"{path} must be a string", path)
+    if len(value) > MAX_TEXT:
+        raise Refused(400, "InvalidElement", f"{path} is longer than {MAX_TEXT} characters",
+                      path)
+    return value
+
+
+def parse_json(body: bytes) -> ConnectRequest:
+    """A ConnectRequest from JSON: {"SyncSetup": {...}}, optionally inside "ConnectRequest"."""
+    try:
+        document = json.loads(body)
+    except (ValueError, RecursionError) as exc:
+        raise Refused(400, "MalformedJson", f"the JSON is malformed: {exc}",
+                      "ConnectRequest") from None
+    if isinstance(document, dict) and set(document) == {"ConnectRequest"}:
+        document = document["ConnectRequest"]
+    document = _json_texts(document, "ConnectRequest", ("SyncSetup",))
+    if "SyncSetup" not in document:
+        raise Refused(400, "MissingElement", "SyncSetup is required in the ConnectRequest",
+                      "ConnectRequest/SyncSetup")
+    setup = _json_texts(document["SyncSetup"], "SyncSetup", SETUP_ELEMENTS)
+    parsed = ConnectRequest()
+    for name in SETUP_TEXT:
+        if name in setup:
+            parsed.setup[name] = _json_text(setup[name], f"SyncSetup/{name}")
+    if setup.get("RegistrationInfo") is not None:
+        info = _json_texts(setup["RegistrationInfo"], "RegistrationInfo", REGISTRATION_TEXT)
+        parsed.registration = {name: _json_text(value, f"RegistrationInfo/{name}")
+                               for name, value in info.items()}
+    if setup.get("Entities") is not None:
+        entities = setup["Entities"]
+        if isinstance(entities, dict) and set(entities) == {"Entity"}:
+            entities = entities["Entity"]  # the XML's shape, written as JSON
+        if not isinstance(entities, list):
+            raise Refused(400, "InvalidElement", "Entities must be a list of entity names",
+                          "SyncSetup/Entities")
+        parsed.entities = [_json_text(e, "SyncSetup/Entities/Entity").strip() for e in entities]
+    if setup.get("SyncFiltersXml") is not None:
+        parsed.filters_xml = _json_text(setup["SyncFiltersXml"],
+                                        "SyncSetup/SyncFiltersXml").strip() or None
+    return parsed
+
+
+# --- the calls ---------------------------------------------------------------------
+
+def _read_request() -> tuple[ConnectRequest, str]:
+    # Read the body under the service's own limit: werkzeug answers 413 beyond it.
+    request.max_content_length = current_app.config["SERVICE_MAX_CONTENT_LENGTH"]
+    request.get_data(cache=True)
+    fmt = body_format()
+    if fmt is None:
+        raise Refused(400, "MissingElement", "send a ConnectRequest (XML or JSON)",
+                      "ConnectRequest")
+    body = request.get_data(cache=True)
+    return (parse_xml(body) if fmt == "xml" else parse_json(body)), fmt
+
+
+def _admin(org: str) -> dict[str, Any]:
+    """The org admin the request's Basic credentials belong to; 401 otherwise."""
+    auth = request.authorization
+    if auth is None or auth.type != "basic" or not auth.username or auth.password is None:
+        raise _unauthorized()
+    user = registry.authenticate(get_db(), org, auth.username, auth.password)
+    if user is None or not user["is_admin"]:
+        raise _unauthorized()
+    return user
+
+
+def _job_document(connection: Connection, job: Job, message: str,
+                  **extra: Any) -> dict[str, Any]:
+    token = status_token(connection)
+    return {
+        "JobId": job.id,
+        "JobStatus": _job_status(job),
+        "Organization": connection.org_name,
+        "ConnectionStatus": connection.status,
+        "StatusUrl": url_for("service.job_status", org=connection.org_name, job=job.id,
+                             token=token, _external=True),
+        "StatusPageUrl": url_for("connect.status", org=connection.org_name, token=token,
+                                 _external=True),
+        "Message": message,
+        **extra,
+    }
+
+
+def _job_status(job: Job) -> str:
+    status = job.get_status(refresh=False)
+    return str(status.value if hasattr(status, "value") else status or "unknown")
+
+
+def _orgs_dir() -> Path:
+    return Path(current_app.instance_path) / current_app.config["ORGS_DIR"]
+
+
+def _setup(parsed: ConnectRequest) -> RequestedSetup:
+    return registration.parse_setup(parsed.entities, parsed.filters_xml)
+
+
+@bp.post("/sync/<org>/ConnectAsync")
+def connect_async(org: str) -> ResponseReturnValue:
+    """Connect a new (or unconnected) org to a server; for a connected org: update metadata."""
+    rate_limits.hit("connect")
+    parsed, fmt = _read_request()
+    fmt = answer_format(fmt)
+    provider = parsed.required("ProviderID")
+    registration.available_backend(provider)
+    setup = _setup(parsed)
+    db = get_db()
+    key = crypto.load_key(current_app.instance_path)
+    allow_private = current_app.config["ALLOW_PRIVATE_SERVERS"]
+    redis = get_redis()
+    try:
+        existing = registry.get_org(db, org)
+    except NotFound:
+        existing = None
+
+    if existing is None:
+        registry.check_org_name(org)
+        if parsed.registration is None:
+            raise Refused(400, "MissingElement", "<RegistrationInfo> is required to create the "
+                          "organization", "SyncSetup/RegistrationInfo")
+        for name in ("Email", "Password"):
+            if parsed.registered(name) is None:
+                raise Refused(400, "MissingElement", f"<{name}> is required in "
+                              "<RegistrationInfo> to create the organization",
+                              f"RegistrationInfo/{name}")
+        try:
+            registry.check_password(parsed.registered("Password"))
+        except InvalidInput as refused:
+            raise Refused(400, "InvalidElement", refused.message,
+                          "RegistrationInfo/Password") from None
+        connection = registration.register_connection(db, _orgs_dir(), key, Registration(
+            org=org, email=parsed.registered("Email") or "",
+            password=parsed.registered("Password") or "", backend=provider,
+            url=parsed.required("Url"), username=parsed.required("UserName"),
+            server_password=parsed.required("Password"),
+            firstname=parsed.registered("FirstName"), lastname=parsed.registered("LastName"),
+            company=parsed.registered("Company"), jobtitle=parsed.registered("JobTitle"),
+            phone=parsed.registered("Phone"), country=parsed.registered("Country")),
+            allow_private=allow_private, setup=setup)
+        job = enqueue_connect(redis, connection.id)
+        return answer("ConnectResponse", _job_document(
+            connection, job, f"organization {org} created; connecting it to the server"),
+            202, fmt)
+
+    _admin(org)
+    found = connections.connection_of_org(db, org)
+    if found is None:
+        connection = registration.connect_existing(
+            db, key, existing["id"], backend=provider, url=parsed.required("Url"),
+            username=parsed.required("UserName"), password=parsed.required("Password"),
+            allow_private=allow_private, setup=setup)
+        job = enqueue_connect(redis, connection.id)
+        message = f"connecting the existing organization {org} to the server"
+    elif found.status == "connected":
+        connection = found
+        # Resco: a ConnectRequest for a connected org updates its metadata. The
+        # server stays as it is; requested entities and filters apply now.
+        applied = registration.update_connected(db, _orgs_dir(), connection, setup) \
+            if setup else []
+        job = enqueue_metadata(redis, connection.id, "api")
+        message = "; ".join([f"{org} is connected: updating its metadata from the server",
+                             *applied])
+    elif found.status == "connecting":
+        raise Refused(409, "ConnectRunning", f"{org} is being connected right now (job "
+                      f"{job_id('connect', found.id)}); try again when it has ended")
+    else:  # pending or failed: connect again with the values sent
+        connection = registration.reconnect(
+            db, key, found, backend=provider, url=parsed.required("Url"),
+            username=parsed.required("UserName"), password=parsed.required("Password"),
+            allow_private=allow_private, setup=setup)
+        job = enqueue_connect(redis, connection.id)
+        message = f"connecting {org} to the server again"
+    return answer("ConnectResponse", _job_document(connection, job, message), 202, fmt)
+
+
+@bp.post("/sync/<org>/SyncAsync")
+def sync_async(org: str) -> ResponseReturnValue:
+    """Start a sync run of a connected org, unless one is queued or running already."""
+    rate_limits.hit("sync")
+    request.max_content_length = current_app.config["SERVICE_MAX_CONTENT_LENGTH"]
+    fmt = answer_format(body_format())
+    _admin(org)
+    connection = connections.connection_of_org(get_db(), org)
+    if connection is None or connection.status != "connected":
+        raise Refused(409, "NotConnected", f"{org} is not connected to a server"
+                      + (f" (its connection is {connection.status})" if connection else ""))
+    redis = get_redis()
+    existing = Job.fetch(job_id("sync", connection.id), connection=redis) \
+        if Job.exists(job_id("sync", connection.id), connection=redis) else None
+    running = existing is not None and _job_status(existing) in (
+        "queued", "started", "deferred", "scheduled")
+    job = enqueue_sync(redis, connection.id, "api")
+    message = (f"a sync run of {org} is {_job_status(job)} already: this is that run"
+               if running else f"sync run of {org} queued")
+    return answer("SyncResponse", _job_document(connection, job, message, AlreadyQueued=running),
+                  202, fmt)
+
+
+@bp.get("/sync/<org>/jobs/<job>")
+def job_status(org: str, job: str) -> ResponseReturnValue:
+    """A job's state and progress, with its connection's (token of the 202, or Basic auth)."""
+    fmt = answer_format()
+    connection = _connection_for_job_request(org)
+    kind, _, number = job.rpartition("-")
+    if kind not in JOB_KINDS or number != str(connection.id):
+        raise Refused(404, "NotFound", f"{org} has no job {job!r}", "{job}")
+    try:
+        found: Job | None = Job.fetch(job, connection=get_redis())
+    except NoSuchJobError:
+        found = None  # ended and removed (sync runs keep no result): the connection tells
+    progress = (found.meta.get("progress") if found else None) or {}
+    document = {
+        "JobId": job,
+        "JobStatus": _job_status(found) if found else "unknown",
+        "Organization": org,
+        "ConnectionStatus": connection.status,
+        "Error": connection.error,
+        "Progress": _progress(progress),
+        "ConnectionProgress": _progress(connection.progress or {}),
+    }
+    return answer("JobStatusResponse", document, 200, fmt)
+
+
+def _progress(progress: dict[str, Any]) -> dict[str, Any]:
+    return {"Step": progress.get("step"), "Entity": progress.get("entity"),
+            "Done": progress.get("done"), "Total": progress.get("total")}
+
+
+def _connection_for_job_request(org: str) -> Connection:
+    token = request.args.get("token")
+    connection = connections.connection_of_org(get_db(), org)
+    if token:
+        try:
+            signed = URLSafeSerializer(current_app.config["SECRET_KEY"],
+                                       salt=TOKEN_SALT).loads(token)
+        except BadSignature:
+            signed = None
+        if connection is None or signed != [org, connection.id]:
+            raise _unauthorized("the token does not fit this organization")
+        return connection
+    _admin(org)
+    if connection is None:
+        raise Refused(404, "NotFound", f"{org} has no connection")
+    return connection
+
+
+@bp.get("/openapi.json")
+def openapi() -> ResponseReturnValue:
+    """The OpenAPI document of this service."""
+    return jsonify(openapi_document(request.host_url.rstrip("/")))
+
+
+# --- errors ------------------------------------------------------------------------
+
+@bp.errorhandler(PortalError)
+def portal_error(error: PortalError) -> ResponseReturnValue:
+    """A refusal, as the service's error document."""
+    if isinstance(error, Refused):
+        return error_answer(error.status, error.code, error.message, error.field, error.headers)
+    element = ELEMENT_OF_FIELD.get(error.field or "", error.field)
+    if error.field == "password":
+        # The org admin's password is checked before the data layer is called:
+        # a password refused there is the server's.
+        element = "SyncSetup/Password"
+    return error_answer(error.status, error.code, error.message, element)
+
+
+@bp.errorhandler(HTTPException)
+def http_error(error: HTTPException) -> ResponseReturnValue:
+    """Werkzeug's refusals (413, 429...) as the service's error document."""
+    code = (error.name or "Error").replace(" ", "")
+    headers = {k: v for k, v in error.get_headers() if k.lower() != "content-type"}
+    return error_answer(error.code or 500, code, error.description or code, None, headers)
+
+
+@bp.errorhandler(Exception)
+def unexpected(error: Exception) -> ResponseReturnValue:
+    """Anything else: logged, and a 500 without a stack trace."""
+    current_app.logger.exception("unhandled error on %s %s", request.method, request.path)
+    return error_answer(500, "InternalServerError",
+                        "something went wrong on our side; it has been logged")
