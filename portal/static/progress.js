@@ -28,8 +28,12 @@
       document.getElementById("progress-done").textContent = number(progress.done || 0);
       document.getElementById("progress-total").textContent = number(progress.total);
       var bar = document.getElementById("progress");
-      bar.max = progress.total || 1;
-      bar.value = progress.done || 0;
+      if (progress.total) {
+        bar.max = progress.total;
+        bar.value = progress.done || 0;
+      } else {
+        bar.removeAttribute("value");  // indeterminate: the total is not known
+      }
     }
     return false;
   }

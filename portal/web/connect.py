@@ -24,11 +24,14 @@ from flask import (
 )
 from flask.typing import ResponseReturnValue
 from itsdangerous import BadSignature, URLSafeSerializer
+from redis import Redis
+from rq.exceptions import NoSuchJobError
+from rq.job import Job, JobStatus
 
 from portal import crypto
 from portal.db import get_db
 from portal.errors import InvalidInput, PortalError
-from portal.queue import enqueue_connect, get_redis
+from portal.queue import enqueue_connect, get_redis, job_id
 from portal.sync import connections
 from portal.sync.connections import Connection
 from portal.sync.registration import register_connection
@@ -110,6 +113,20 @@ def state(connection: Connection) -> dict[str, Any]:
             "odata_root": odata_root(connection.org_name)}
 
 
+def enqueue_connect_again(redis: Redis, connection_id: int) -> Job:
+    """Enqueue the connect job again, replacing an ended one RQ still keeps under its id."""
+    # A failed connect job is kept (failure_ttl) under the connection's unique
+    # job id; left there, enqueue_connect would hand back the failed job.
+    try:
+        old = Job.fetch(job_id("connect", connection_id), connection=redis)
+    except NoSuchJobError:
+        old = None
+    if old is not None and old.get_status() in (JobStatus.FINISHED, JobStatus.FAILED,
+                                                JobStatus.STOPPED, JobStatus.CANCELED):
+        old.delete()
+    return enqueue_connect(redis, connection_id)
+
+
 def _orgs_dir() -> Path:
     return Path(current_app.instance_path) / current_app.config["ORGS_DIR"]
 
@@ -178,7 +195,7 @@ def retry(org: str) -> ResponseReturnValue:
         except InvalidInput as refused:
             form.add_error(refused)
         else:
-            enqueue_connect(get_redis(), connection.id)
+            enqueue_connect_again(get_redis(), connection.id)
             flash("Server details changed. Connecting again.", "info")
             return redirect(status_url(connection))
     return _status_page(connection, form), 400

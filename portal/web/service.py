@@ -36,7 +36,7 @@ from portal.sync import connections, registration
 from portal.sync.connections import Connection
 from portal.sync.registration import Registration, RequestedSetup
 from portal.web import rate_limits
-from portal.web.connect import TOKEN_SALT, status_token
+from portal.web.connect import TOKEN_SALT, enqueue_connect_again, status_token
 from portal.web.openapi import openapi_document
 
 bp = Blueprint("service", __name__, url_prefix="/rest/v1")
@@ -439,7 +439,7 @@ def connect_async(org: str) -> ResponseReturnValue:
             db, key, found, backend=provider, url=parsed.required("Url"),
             username=parsed.required("UserName"), password=parsed.required("Password"),
             allow_private=allow_private, setup=setup)
-        job = enqueue_connect(redis, connection.id)
+        job = enqueue_connect_again(redis, connection.id)
         message = f"connecting {org} to the server again"
     return answer("ConnectResponse", _job_document(connection, job, message), 202, fmt)
 
