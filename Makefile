@@ -12,8 +12,9 @@ $(VENV)/.installed: requirements.txt
 	$(BIN)/pip install --quiet --disable-pip-version-check -r requirements.txt
 	touch $@
 
+# Dev connects to servers on this machine: private server URLs are allowed unless set otherwise.
 run: $(VENV)/.installed  ## web + worker + cron on embedded defaults (Ctrl-C stops all)
-	$(BIN)/python -m jobs.launcher
+	PORTAL_ALLOW_PRIVATE_SERVERS=$${PORTAL_ALLOW_PRIVATE_SERVERS:-true} $(BIN)/python -m jobs.launcher
 
 test: $(VENV)/.installed  ## the whole test suite
 	$(BIN)/python -m pytest
