@@ -421,3 +421,43 @@ def test_openapi_document_describes_the_service(client: FlaskClient) -> None:
                                       "/rest/v1/sync/{org}/SyncAsync",
                                       "/rest/v1/sync/{org}/jobs/{job}"}
     assert DYNAMICS in json.dumps(document)
+
+
+# --- the OpenAPI document, checked against the live service by schemathesis ----------
+
+@pytest.mark.timeout(300)
+def test_web_service_matches_its_openapi_document(tmp_path: Path, redis: Redis,
+                                                  portal_process) -> None:  # type: ignore[no-untyped-def]
+    """Generated requests to a live portal: no 5xx, every answer as the document says.
+
+    Driven by hand (schemathesis' pytest plugin does not run under pytest 9), a
+    bounded number of examples per operation. Private servers are allowed there
+    so that generated URLs are never looked up in DNS; jobs are only queued (no
+    worker runs), so no server is ever contacted.
+    """
+    import schemathesis
+    from hypothesis import HealthCheck, given, settings
+    from schemathesis import checks
+
+    process = portal_process(tmp_path / "live", env={"PORTAL_ALLOW_PRIVATE_SERVERS": "true",
+                                                     "PORTAL_RATELIMIT_ENABLED": "false"})
+    schema = schemathesis.openapi.from_url(process.url + "/rest/v1/openapi.json")
+    operations = [result.ok() for result in schema.get_all_operations()]
+    assert len(operations) == 3
+    seen: list[str] = []
+    for operation in operations:
+
+        @given(case=operation.as_strategy())
+        @settings(max_examples=40, deadline=None, database=None,
+                  suppress_health_check=list(HealthCheck))
+        def call(case) -> None:  # type: ignore[no-untyped-def]
+            seen.append(case.operation.label)
+            case.call_and_validate(checks=[
+                checks.not_a_server_error, checks.status_code_conformance,
+                checks.content_type_conformance, checks.response_schema_conformance],
+                timeout=30)
+
+        call()
+    # Every operation was called, with more than a handful of generated requests.
+    assert {label.split()[0] for label in seen} == {"POST", "GET"}
+    assert len(seen) >= 30, seen
