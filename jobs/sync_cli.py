@@ -1,0 +1,475 @@
+"""`flask sync …` and `flask transactions …`: connect orgs, run and watch their jobs, see state.
+
+The commands enqueue the same jobs as the web (portal.queue) and leave the
+work to a worker. With `--wait` a command polls the job in Redis (its
+meta["progress"]) and, once the job is gone, the connection's progress and
+run record in the registry, so it works with a worker on any machine that
+reaches the same Redis. A refused input prints its reason and exits 1,
+having written and enqueued nothing.
+"""
+
+import sys
+import time
+from typing import Any
+
+import click
+from flask import Flask, current_app
+from flask.cli import AppGroup
+from redis import Redis
+from rq.exceptions import NoSuchJobError
+from rq.job import Job, JobStatus
+from sqlite_utils import Database
+
+from jobs.cli import fail, orgs_dir
+from portal import crypto
+from portal.db import get_db
+from portal.errors import InvalidInput, PortalError
+from portal.orgs import registry, transactions
+from portal.orgs.store import open_org
+from portal.queue import ENDED, enqueue_connect, enqueue_metadata, enqueue_sync, get_redis
+from portal.sync import connections, runs
+from portal.sync.connections import Connection
+from portal.sync.registration import available_backend
+from portal.sync.server_urls import check_server_url
+
+sync_cli = AppGroup("sync",
+                    help="Connect hosted orgs to server orgs; run, watch and schedule syncs.")
+transactions_cli = AppGroup("transactions",
+                            help="List, retry and archive a client org's offline transactions.")
+
+POLL_S = 0.2
+COUNTS = ("downloaded", "uploaded", "deleted", "conflicts", "errors")
+wait_option = click.option("--wait", is_flag=True,
+                           help="Wait for the job, showing its progress; exit 1 if it fails.")
+timeout_option = click.option("--timeout", type=float, default=None, metavar="SECONDS",
+                              help="With --wait: stop waiting after this long (exit 1); "
+                                   "the job carries on.")
+
+
+# --- looking things up -------------------------------------------------------
+
+def connection_of(db: Database, org: str, *, connected: bool = True) -> Connection:
+    """An existing org's connection, refused when it has none (or, if asked, is not connected)."""
+    registry.get_org(db, org)  # NotFound names an unknown org before "not connected"
+    connection = connections.connection_of_org(db, org)
+    if connection is None:
+        raise InvalidInput(f"organization {org!r} is not connected (see `flask sync connect`)")
+    if connected and connection.status != "connected":
+        reason = f": {connection.error}" if connection.error else ""
+        raise InvalidInput(f"organization {org!r} is not connected: its connection is "
+                           f"{connection.status}{reason}")
+    return connection
+
+
+def parse_ids(values: tuple[str, ...]) -> list[int]:
+    """Transaction ids from the command line; InvalidInput on anything but positive integers."""
+    for value in values:
+        if not value.isdigit() or int(value) < 1:
+            raise InvalidInput(f"{value!r} is not a transaction id")
+    return [int(v) for v in values]
+
+
+def newest_run_id(db: Database, org_id: int) -> int:
+    """Id of the org's newest run, 0 if none (runs after it are the ones we enqueued)."""
+    newest = runs.list_runs(db, org_id, limit=1)
+    return int(newest[0]["id"]) if newest else 0
+
+
+def run_of(db: Database, connection: Connection, kind: str, after: int) -> dict[str, Any] | None:
+    """The newest run of this kind on the connection with an id above `after`."""
+    for run in runs.list_runs(db, connection.org_id):
+        if run["id"] > after and run["kind"] == kind and run["connection_id"] == connection.id:
+            return run
+    return None
+
+
+# --- waiting for a job -------------------------------------------------------
+
+class Progress:
+    """A job's progress: one `\\r` bar on a terminal, else a line per step or entity change."""
+
+    WIDTH = 30
+
+    def __init__(self, tty: bool) -> None:
+        self.tty = tty
+        self.last: tuple[Any, ...] | None = None
+        self.drawn = 0  # length of the bar line on screen, to blank a longer one
+
+    def show(self, state: dict[str, Any] | None) -> None:
+        """Render a progress state {"step","entity","done","total"}, if it says something new."""
+        if not state or not state.get("step"):
+            return
+        step, entity = state["step"], state.get("entity")
+        done, total = int(state.get("done") or 0), state.get("total")
+        label = f"{step} {entity}" if entity else str(step)
+        if self.tty:
+            if (step, entity, done, total) == self.last:
+                return
+            if self.last is not None and self.last[:2] != (step, entity):
+                self.close()  # a finished step or entity keeps its line; the next gets its own
+            self.last = (step, entity, done, total)
+            if total:
+                filled = min(self.WIDTH, self.WIDTH * done // max(int(total), 1))
+                line = f"{label:<32} [{'#' * filled}{'.' * (self.WIDTH - filled)}] {done}/{total}"
+            else:
+                line = f"{label:<32} {done}" if done else label
+            click.echo("\r" + line.ljust(self.drawn), nl=False)
+            self.drawn = len(line)
+            return
+        # Not a terminal (a log, a pipe): a line per step or entity, never a redraw.
+        if (step, entity) == self.last:
+            return
+        self.last = (step, entity)
+        click.echo(label + (f" ({total} records)" if total else ""))
+
+    def close(self) -> None:
+        """End the bar's line so what follows starts on its own."""
+        if self.tty and self.drawn:
+            click.echo()
+            self.drawn = 0
+
+
+def fetch(redis: Redis, job_id: str) -> Job | None:
+    """The job, or None once Redis no longer keeps it (a job with result_ttl=0 goes when done)."""
+    try:
+        return Job.fetch(job_id, connection=redis)
+    except NoSuchJobError:
+        return None
+
+
+def wait_for(db: Database, redis: Redis, job_id: str, connection_id: int,
+             timeout: float | None) -> Job | None:
+    """Poll a job until it ends, showing its progress; returns its last state (None: gone)."""
+    progress = Progress(sys.stdout.isatty())
+    deadline = None if timeout is None else time.monotonic() + timeout
+    said_queued = False
+    try:
+        while True:
+            job = fetch(redis, job_id)
+            status = job.get_status(refresh=False) if job is not None else None
+            if status in (JobStatus.QUEUED, JobStatus.DEFERRED, JobStatus.SCHEDULED):
+                if not said_queued:
+                    click.echo("Waiting for a worker to take the job…")
+                    said_queued = True
+            elif job is not None:
+                progress.show(job.meta.get("progress"))
+            if job is None:
+                # A job that keeps no result is deleted as it ends, its last report with it;
+                # the registry keeps the same report.
+                progress.show(connections.get_connection(db, connection_id).progress)
+                return None
+            if status in ENDED:
+                return job
+            if deadline is not None and time.monotonic() > deadline:
+                assert status is not None  # a gone job has returned above
+                raise PortalError(f"job {job_id} is still {status.value} after {timeout:g} s; "
+                                  "it carries on (see `flask sync status`)")
+            time.sleep(POLL_S)
+    finally:
+        progress.close()
+
+
+def job_failure(job: Job | None) -> str:
+    """The last line of a failed job's exception, for a job that left no run record."""
+    text = job.exc_info if job is not None else None
+    if not text:
+        return "the job ended without recording a run"
+    return text.strip().splitlines()[-1]
+
+
+def finish(db: Database, redis: Redis, job: Job, connection: Connection, kind: str,
+           after: int, timeout: float | None) -> dict[str, Any]:
+    """Wait for an enqueued job and return its run record; exit 1 with the reason if it failed."""
+    # A job that was running before we asked started its run before `after`.
+    if job.get_status() == JobStatus.STARTED:
+        after = 0
+    ended = wait_for(db, redis, job.id, connection.id, timeout)
+    run = run_of(db, connection, kind, after)
+    if run is None:
+        raise PortalError(f"the {kind} job failed: {job_failure(ended)}")
+    if run["status"] == "running":
+        raise PortalError(f"the {kind} job ended but run {run['id']} never finished "
+                          "(was its worker killed?)")
+    if run["status"] != "succeeded":
+        if kind in ("sync", "connect") and run["counts"]:
+            show_counts(run["counts"])  # what was done before it failed stays done
+        raise PortalError(f"the {kind} run failed: {run['error']}")
+    return run
+
+
+# --- showing things ----------------------------------------------------------
+
+def show_counts(counts: dict[str, Any]) -> None:
+    """A table of a run's counts per entity, with totals."""
+    rows = {name: c for name, c in counts.items() if isinstance(c, dict)}
+    if not rows:
+        click.echo("Nothing to do: no entity was synced.")
+        return
+    click.echo(f"{'entity':<30}" + "".join(f"{c:>12}" for c in COUNTS))
+    for name, c in rows.items():
+        click.echo(f"{name:<30}" + "".join(f"{c.get(k, 0):>12}" for k in COUNTS))
+    click.echo(f"{'total':<30}"
+               + "".join(f"{sum(c.get(k, 0) for c in rows.values()):>12}" for k in COUNTS))
+
+
+def schedule_text(connection: Connection) -> str:
+    """The schedule as a person says it: 'every 15m', 'daily at 01:00 UTC' or 'off'."""
+    if not connection.schedule_active:
+        return "off"
+    if connection.schedule_every_minutes:
+        minutes = connection.schedule_every_minutes
+        return f"every {minutes // 60}h" if minutes % 60 == 0 else f"every {minutes}m"
+    return f"daily at {connection.schedule_daily_at} UTC"
+
+
+def show_connection(connection: Connection) -> None:
+    """A connection's status, schedule and transaction counts in a few lines."""
+    click.echo(f"{connection.org_name}: {connection.status} — {connection.backend} "
+               f"{connection.url} as {connection.username}")
+    if connection.error:
+        click.echo(f"  error: {connection.error}")
+    click.echo(f"  schedule: {schedule_text(connection)}; last run: "
+               f"{connection.last_run_at or 'never'}; next run: {connection.next_run_at or '-'}")
+    with open_org(orgs_dir(), connection.org_name) as org:
+        counted = transactions.counts(org)
+    click.echo(f"  transactions: {counted['pending']} pending, {counted['error']} in error")
+
+
+# --- sync commands -----------------------------------------------------------
+
+@sync_cli.command("connect")
+@click.argument("org")
+@click.option("--type", "kind", default="resco", show_default=True,
+              help="Backend type: its key (resco, dynamics, …) or its ProviderID GUID.")
+@click.option("--url", required=True, help="Service root of the server org.")
+@click.option("--user", required=True, help="User name on the server.")
+@click.option("--password-stdin", is_flag=True,
+              help="Read the server password from the first line of stdin "
+                   "(else it is prompted for).")
+@wait_option
+@timeout_option
+def connect(org: str, kind: str, url: str, user: str, password_stdin: bool, wait: bool,
+            timeout: float | None) -> None:
+    """Connect an existing hosted org to a server org and enqueue the connect job."""
+    db = get_db()
+    try:
+        found = registry.get_org(db, org)
+        backend = available_backend(kind)
+        # The same address check as the web, before anything is written.
+        url = check_server_url(url, allow_private=current_app.config["ALLOW_PRIVATE_SERVERS"])
+        if password_stdin:
+            password = sys.stdin.readline().rstrip("\r\n")
+        else:
+            password = click.prompt("Server password", hide_input=True)
+        connection = connections.create_connection(
+            db, crypto.load_key(current_app.instance_path), found["id"], backend=backend.key,
+            url=url, username=user, password=password)
+        after = newest_run_id(db, connection.org_id)
+        job = enqueue_connect(get_redis(), connection.id)
+        click.echo(f"Connection {connection.id} of {org} to {url} created; "
+                   f"connect job {job.id} queued.")
+        if not wait:
+            return
+        run = finish(db, get_redis(), job, connection, "connect", after, timeout)
+    except PortalError as error:
+        fail(error)
+    connection = connections.get_connection(db, connection.id)
+    if connection.status != "connected":
+        fail(PortalError(f"the connection is {connection.status}: {connection.error}"))
+    show_counts(run["counts"])
+    click.echo(f"Connected {org} to {url}; sync schedule: {schedule_text(connection)}.")
+
+
+@sync_cli.command("run")
+@click.argument("org")
+@wait_option
+@timeout_option
+def run_sync(org: str, wait: bool, timeout: float | None) -> None:
+    """Enqueue a sync run of a connected org (upload its transactions, download changes)."""
+    db = get_db()
+    try:
+        connection = connection_of(db, org)
+        after = newest_run_id(db, connection.org_id)
+        job = enqueue_sync(get_redis(), connection.id, "cli")
+        click.echo(f"Sync run of {org} queued (job {job.id}).")
+        if not wait:
+            return
+        run = finish(db, get_redis(), job, connection, "sync", after, timeout)
+    except PortalError as error:
+        fail(error)
+    show_counts(run["counts"])
+    click.echo(f"Sync run {run['id']} of {org} succeeded in {run['duration_s']:.2f} s.")
+
+
+@sync_cli.command("metadata")
+@click.argument("org")
+@wait_option
+@timeout_option
+def update_metadata(org: str, wait: bool, timeout: float | None) -> None:
+    """Update Client Metadata: migrate a connected org to its server's metadata."""
+    db = get_db()
+    try:
+        connection = connection_of(db, org)
+        after = newest_run_id(db, connection.org_id)
+        job = enqueue_metadata(get_redis(), connection.id, "cli")
+        click.echo(f"Update Client Metadata of {org} queued (job {job.id}).")
+        if not wait:
+            return
+        run = finish(db, get_redis(), job, connection, "metadata", after, timeout)
+    except PortalError as error:
+        fail(error)
+    # The job's return value is not kept (result_ttl=0); its changes are the run's log lines.
+    changes = [line["message"] for line in reversed(runs.list_logs(db, connection.org_id,
+                                                                   run["id"]))
+               if line["level"] == "info"]
+    for line in changes:
+        click.echo(f"  {line}")
+    click.echo(f"Metadata of {org} updated: "
+               + (f"{len(changes)} change(s)." if changes else "no changes."))
+
+
+@sync_cli.command("status")
+@click.argument("org", required=False)
+@click.option("--runs", "last", default=5, show_default=True, help="How many last runs to show.")
+def status(org: str | None, last: int) -> None:
+    """Show the connections (or one org's, with its entities and last runs)."""
+    db = get_db()
+    if org is None:
+        rows = connections.list_connections(db)
+        if not rows:
+            click.echo("No connections.")
+        for connection in rows:
+            show_connection(connection)
+        return
+    try:
+        connection = connection_of(db, org, connected=False)
+    except PortalError as error:
+        fail(error)
+    show_connection(connection)
+    if connection.progress and connection.status == "connecting":
+        click.echo(f"  progress: {connection.progress}")
+    click.echo("Entities:")
+    settings = connections.entity_settings(db, connection.id)
+    if not settings:
+        click.echo("  none yet (the connect job copies them from the server)")
+    for entity in settings:
+        click.echo(f"  {entity.entity:<30} {'enabled' if entity.enabled else 'disabled':<9} "
+                   f"sync deletion: {'on' if entity.sync_deletion else 'off':<4} "
+                   f"filter: {entity.filter or '-'}")
+    click.echo("Last runs:")
+    found = runs.list_runs(db, connection.org_id, limit=last)
+    if not found:
+        click.echo("  none")
+    for run in found:
+        click.echo(f"  {run['id']:>5} {run['kind']:<8} {run['trigger']:<8} {run['status']:<9} "
+                   f"{run['started']} {run['duration_s'] or 0:>6.1f} s  {run_summary(run)}"
+                   + (f"  error: {run['error']}" if run["error"] else ""))
+
+
+def run_summary(run: dict[str, Any]) -> str:
+    """A run's counts in one line: totals over its entities, or its metadata changes."""
+    if run["kind"] == "metadata":
+        return f"changes {run['counts'].get('changes', 0)}"
+    entities = [c for c in run["counts"].values() if isinstance(c, dict)]
+    return ", ".join(f"{k} {sum(c.get(k, 0) for c in entities)}" for k in COUNTS)
+
+
+@sync_cli.command("schedule")
+@click.argument("org")
+@click.option("--every", help="Run every N minutes or hours: 15m, 2h.")
+@click.option("--daily", help="Run daily at HH:MM (UTC).")
+@click.option("--off", is_flag=True, help="Stop the scheduled sync job.")
+def schedule(org: str, every: str | None, daily: str | None, off: bool) -> None:
+    """Set when the sync job of a connected org runs, or turn it off."""
+    db = get_db()
+    try:
+        connection = connection_of(db, org, connected=False)
+        if [every is not None, daily is not None, off].count(True) != 1:
+            raise InvalidInput("choose one of --every, --daily or --off")
+        if off:
+            connection = connections.set_schedule(db, connection.id, active=False)
+        else:
+            connection = connections.set_schedule(
+                db, connection.id, every_minutes=parse_every_or_none(every), daily_at=daily)
+    except PortalError as error:
+        fail(error)
+    click.echo(f"Sync schedule of {org}: {schedule_text(connection)}"
+               + (f"; next run {connection.next_run_at}" if connection.next_run_at else ""))
+
+
+def parse_every_or_none(every: str | None) -> int | None:
+    """Minutes of an --every value, None when not given."""
+    return None if every is None else connections.parse_every(every)
+
+
+# --- transactions ------------------------------------------------------------
+
+@transactions_cli.command("list")
+@click.argument("org")
+@click.option("--status", "wanted", help="Only this status: pending, processed, error, archived.")
+@click.option("--limit", default=100, show_default=True, help="How many to show.")
+def list_transactions(org: str, wanted: str | None, limit: int) -> None:
+    """List an org's offline transactions, oldest first."""
+    try:
+        registry.get_org(get_db(), org)
+        with open_org(orgs_dir(), org) as opened:
+            rows = transactions.list_transactions(opened, wanted, limit=limit)
+    except PortalError as error:
+        fail(error)
+    if not rows:
+        click.echo("No transactions.")
+        return
+    click.echo(f"{'id':>6}  {'time':<20}  {'operation':<9}  {'entity':<20}  {'record id':<36}  "
+               f"{'status':<9}  error")
+    for t in rows:
+        click.echo(f"{t.id:>6}  {t.created:<20}  {t.operation:<9}  {t.entity:<20}  "
+                   f"{t.record_id:<36}  {t.status:<9}  {t.error or ''}")
+    if len(rows) == limit:
+        click.echo(f"(the first {limit} shown; see --limit)")
+
+
+@transactions_cli.command("retry")
+@click.argument("org")
+@click.argument("ids", nargs=-1)
+@click.option("--all-errors", is_flag=True, help="Every transaction in error.")
+def retry_transactions(org: str, ids: tuple[str, ...], all_errors: bool) -> None:
+    """Put transactions in error (or archived) back in the queue of the next sync."""
+    try:
+        numbers = parse_ids(ids)
+        if bool(numbers) == all_errors:
+            raise InvalidInput("name transaction ids or --all-errors"
+                               + (", not both" if all_errors else ""))
+        registry.get_org(get_db(), org)
+        with open_org(orgs_dir(), org) as opened:
+            changed = transactions.set_all_pending(opened) if all_errors else \
+                transactions.set_pending(opened, numbers)
+    except PortalError as error:
+        fail(error)
+    click.echo(f"{changed} transaction(s) of {org} set to pending; the next sync uploads them.")
+    if numbers and changed < len(numbers):
+        click.echo(f"{len(numbers) - changed} not changed: not in error or archived, "
+                   "or no such transaction.")
+
+
+@transactions_cli.command("archive")
+@click.argument("org")
+@click.argument("ids", nargs=-1, required=True)
+def archive_transactions(org: str, ids: tuple[str, ...]) -> None:
+    """Archive pending or error transactions so they are never uploaded."""
+    try:
+        numbers = parse_ids(ids)
+        registry.get_org(get_db(), org)
+        with open_org(orgs_dir(), org) as opened:
+            changed = transactions.set_archived(opened, numbers)
+    except PortalError as error:
+        fail(error)
+    click.echo(f"{changed} transaction(s) of {org} archived.")
+    if changed < len(numbers):
+        click.echo(f"{len(numbers) - changed} not changed: not pending or in error, "
+                   "or no such transaction.")
+
+
+def init_app(app: Flask) -> None:
+    """Register `flask sync` and `flask transactions` on the app's CLI."""
+    app.cli.add_command(sync_cli)
+    app.cli.add_command(transactions_cli)
