@@ -345,3 +345,39 @@ def test_sync_instant_mode_uploads_an_api_write_at_once(  # type: ignore[no-unty
     assert {"instant 0", "instant 1", "instant 2"} <= names
     with client.org("cli") as c:
         assert transactions.counts(c)["processed"] == 3
+
+
+def test_sync_error_transaction_set_to_pending_goes_through(pair, redis: Redis) -> None:  # type: ignore[no-untyped-def]
+    from portal.orgs import schema
+    from portal.orgs.metadata import Attribute
+
+    server, client = pair
+    connection_id = _connect(server, client, redis, accounts=3)
+    with server.org("srv") as a:
+        schema.remove_attribute(a, "account", "telephone1")  # the server refuses it now
+    with client.org("cli") as b:
+        record_id = next(iter(b.db.table("account").rows))["accountid"]
+        records.update_record(b, "account", record_id, {"telephone1": "+421 1"})
+        other = records.create_record(b, "account", {"name": "unrelated"})
+    _run(client, redis, connection_id)
+    with client.org("cli") as b:
+        failed = transactions.list_transactions(b, "error")
+        assert [t.record_id for t in failed] == [record_id]
+        assert "telephone1" in (failed[0].error or "")
+        assert transactions.counts(b)["processed"] == 1  # the unrelated record was not blocked
+        # A later change of the same record waits behind the error.
+        records.update_record(b, "account", record_id, {"name": "renamed"})
+    _run(client, redis, connection_id)
+    with client.org("cli") as b:
+        assert transactions.counts(b)["pending"] == 1
+    with server.org("srv") as a:
+        assert records.get_record(a, "account", other["accountid"]) is not None
+        schema.add_attribute(a, "account", Attribute("telephone1", "string", maxlength=50))
+    with client.org("cli") as b:
+        assert transactions.set_all_pending(b) == 1
+    _run(client, redis, connection_id)
+    with client.org("cli") as b:
+        assert transactions.counts(b)["processed"] == 3
+    with server.org("srv") as a:
+        stored = records.get_record(a, "account", record_id)
+        assert stored["telephone1"] == "+421 1" and stored["name"] == "renamed"  # type: ignore[index]
