@@ -29,7 +29,7 @@ from portal.errors import PortalError
 from portal.orgs import transactions
 from portal.orgs.store import OrgDb, open_org
 from portal.queue import enqueue_sync, get_redis
-from portal.sync import connections, engine, runs
+from portal.sync import connections, engine, registration, runs, server_urls
 from portal.sync.connections import Connection
 from portal.sync.metadata import update_client_metadata
 
@@ -51,15 +51,17 @@ class Work:
         self.run_id = run_id
         self.counts: dict[str, Any] = {}  # what the run record gets, kept if the job fails
         self._last_report = 0.0
+        self._last_step = ""
         self.reporter = engine.Reporter(progress=self.progress, log=self.log)
 
     def progress(self, step: str, entity: str | None, done: int, total: int | None) -> None:
         """Keep progress in the job's meta and the registry (at most twice a second)."""
         self.lock.reacquire()
         now = time.monotonic()
-        if now - self._last_report < 0.5 and done:
+        if now - self._last_report < 0.5 and done and step == self._last_step:
             return
         self._last_report = now
+        self._last_step = step
         state = {"step": step, "entity": entity, "done": done, "total": total}
         job = get_current_job()
         if job is not None:
@@ -103,6 +105,13 @@ def working_on(connection_id: int, kind: str, trigger: str) -> Iterator[Work]:
                 connection.backend, connection.url, connection.username,
                 connections.server_password(db, crypto.load_key(app.instance_path), connection_id),
                 retries=app.config["SYNC_HTTP_RETRIES"])
+            # The URL was checked when the connection was made; check it again (the
+            # name may resolve elsewhere now) and refuse redirects to private hosts.
+            allow = app.config["ALLOW_PRIVATE_SERVERS"]
+            server_urls.check_server_url(connection.url, allow_private=allow)
+            session = getattr(backend, "session", None)
+            if session is not None:
+                server_urls.guard_session(session, allow_private=allow)
             work = Work(db, connection, org, backend, lock, run_id)
             yield work
         except BaseException as exc:
@@ -139,6 +148,10 @@ def connect(connection_id: int) -> dict[str, Any]:
         who = work.backend.check_credentials()
         work.log("info", f"connected to {work.connection.url} as {who}")
         _copy_metadata(work)
+        # Entities and sync filters asked for by the web service's ConnectAsync.
+        for line in registration.apply_requested_setup(work.db, connection_id,
+                                                       work.org.entities()):
+            work.log("info", line)
         transactions.set_client(work.org, True)
         plan = work.plan()
         enabled = [work.org.entity(e.entity) for e in plan.entities if e.enabled]
@@ -157,6 +170,9 @@ def update_metadata(connection_id: int, trigger: str = "button") -> list[str]:
     """Update Client Metadata: migrate the client to the server's metadata."""
     with working_on(connection_id, "metadata", trigger) as work:
         changes = _copy_metadata(work)
+        for line in registration.apply_requested_setup(work.db, connection_id,
+                                                       work.org.entities()):
+            work.log("info", line)
         work.counts = {"changes": len(changes)}
         return changes
 

@@ -28,8 +28,10 @@ class Side:
         self.instance = instance
         self.url = url
         self.redis_url = redis_url
+        # Every server in these tests is a portal on 127.0.0.1.
         self.app: Flask = create_app({"TESTING": True, "INSTANCE_PATH": instance,
-                                      "REDIS_URL": redis_url, **(config or {})})
+                                      "REDIS_URL": redis_url, "ALLOW_PRIVATE_SERVERS": True,
+                                      **(config or {})})
 
     @property
     def orgs_dir(self) -> Path:

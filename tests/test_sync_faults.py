@@ -74,7 +74,7 @@ def _assert_identical(server: Side, client: Side) -> None:
 def _job_in_process(client: Side, job: str, connection_id: int) -> subprocess.Popen[bytes]:
     """Run a sync job in its own process (as a worker would), to be killed."""
     env = {**os.environ, "PORTAL_INSTANCE_PATH": str(client.instance),
-           "REDIS_URL": client.redis_url,
+           "REDIS_URL": client.redis_url, "PORTAL_ALLOW_PRIVATE_SERVERS": "true",
            **{f"PORTAL_{k}": str(v) for k, v in FAST.items()}}
     code = f"from jobs.sync import {job}; {job}({connection_id})"
     return subprocess.Popen([sys.executable, "-c", code], cwd=ROOT, env=env,
