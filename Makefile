@@ -26,6 +26,7 @@ lint: $(VENV)/.installed  ## ruff + mypy
 bench: $(VENV)/.installed  ## benchmarks, printed as ratios to a baseline of the same run
 	$(BIN)/python bench/orgstore.py
 	$(BIN)/python bench/odata.py
+	$(BIN)/python bench/sync.py
 
 clean:
 	rm -rf $(VENV) .pytest_cache .mypy_cache .ruff_cache
