@@ -9,7 +9,6 @@ Run: make bench (or .venv/bin/python bench/sync.py [--records N]).
 
 import argparse
 import multiprocessing
-from queue import Empty
 import resource
 import sqlite3
 import sys
@@ -17,6 +16,7 @@ import tempfile
 import time
 import uuid
 from pathlib import Path
+from queue import Empty
 from typing import Any
 
 ROOT = Path(__file__).resolve().parent.parent
