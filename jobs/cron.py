@@ -1,12 +1,15 @@
 """The `rq cron` schedule: `rq cron jobs/cron.py`.
 
-Keep one entry per kind of periodic work. Entries only enqueue: the work is
-done by workers. (The sync dispatcher joins here with the sync engine.)
+Entries only enqueue; workers do the work. The sync dispatcher runs every
+minute and enqueues a sync run for each due connection with a unique job id,
+moving the connection's next run on in the same step, so a second scheduler
+process is harmless.
 """
 
 from rq import cron
 
-from jobs import maintenance
+from jobs import maintenance, sync
 
+cron.register(sync.dispatch, queue_name="default", interval=60, result_ttl=0, failure_ttl=3600)
 cron.register(maintenance.heartbeat, queue_name="default", interval=60, result_ttl=0,
               failure_ttl=3600)
