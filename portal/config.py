@@ -2,6 +2,7 @@
 
 import os
 import secrets
+from collections.abc import Callable
 from pathlib import Path
 
 
@@ -37,20 +38,26 @@ class Defaults:
     JSON_SORT_KEYS = False
 
 
-def load_secret_key(instance_path: str) -> str:
-    """Return the instance's secret key, generating it once into instance/secret_key."""
-    path = Path(instance_path) / "secret_key"
+def instance_secret(instance_path: str | Path, name: str, make: Callable[[], bytes]) -> bytes:
+    """Read a secret file of the instance, generating it once (mode 0600) on first use."""
+    path = Path(instance_path) / name
     if not path.exists():
         path.parent.mkdir(parents=True, exist_ok=True)
-        # O_EXCL: two processes starting at once agree on one key.
+        # O_EXCL: two processes starting at once agree on one secret.
         try:
             fd = os.open(path, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o600)
         except FileExistsError:
             pass
         else:
-            with os.fdopen(fd, "w") as f:
-                f.write(secrets.token_hex(32))
-    return path.read_text().strip()
+            with os.fdopen(fd, "wb") as f:
+                f.write(make())
+    return path.read_bytes().strip()
+
+
+def load_secret_key(instance_path: str) -> str:
+    """Return the instance's secret key, generating it once into instance/secret_key."""
+    return instance_secret(instance_path, "secret_key",
+                           lambda: secrets.token_hex(32).encode()).decode()
 
 
 def bundled_redis_socket(instance_path: str) -> str:
