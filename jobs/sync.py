@@ -16,6 +16,7 @@ from pathlib import Path
 from typing import Any
 
 from flask import current_app
+from redis.exceptions import LockError
 from redis.lock import Lock
 from rq import get_current_job
 from sqlite_utils import Database
@@ -134,7 +135,7 @@ def working_on(connection_id: int, kind: str, trigger: str) -> Iterator[Work]:
                 org.close()
             try:
                 lock.release()
-            except Exception:  # the lock expired: nothing left to release
+            except LockError:  # the lock expired: nothing left to release
                 pass
 
 

@@ -78,6 +78,11 @@ def snapshot(db: Database) -> Iterator[Database]:
 TIMESTAMP_FORMAT = "%Y-%m-%dT%H:%M:%SZ"
 
 
+def ping(db: Database) -> None:
+    """Raise if the database cannot answer a query (health checks)."""
+    db.execute("SELECT 1").fetchone()
+
+
 def utcnow() -> str:
     """Current UTC time as ISO 8601 to the second with a Z: the portal's one timestamp format.
 

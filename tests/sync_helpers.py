@@ -14,6 +14,7 @@ from rq import SimpleWorker
 from portal import create_app, crypto
 from portal.db import get_db
 from portal.orgs import records, registry, store
+from portal.queue import enqueue_connect, enqueue_sync
 from portal.sync import connections
 from tests.conftest import ADMIN_EMAIL, ADMIN_PASSWORD
 
@@ -63,6 +64,23 @@ class Side:
         """The connection as the registry has it now."""
         with self.app.app_context():
             return connections.get_connection(get_db(), connection_id)
+
+    def connect_now(self, redis: Redis, client_org: str, server_url: str, *,
+                    policy: str = "server-wins") -> int:
+        """Connect client_org to server_url and run the connect job; it must end connected."""
+        connection_id = self.connect(client_org, server_url, policy=policy)
+        with self.app.app_context():
+            enqueue_connect(redis, connection_id)
+        self.work(redis)
+        connection = self.connection(connection_id)
+        assert connection.status == "connected", connection.error
+        return connection_id
+
+    def sync_now(self, redis: Redis, connection_id: int) -> None:
+        """Run one sync run of the connection on a worker."""
+        with self.app.app_context():
+            enqueue_sync(redis, connection_id, "cli")
+        self.work(redis)
 
     def work(self, redis: Redis) -> None:
         """Run every queued job on a real RQ worker, in this process, until the queue is empty."""
@@ -114,6 +132,17 @@ def snapshot(org: store.OrgDb, entities: list[str] | None = None) -> dict[str, d
         out[name] = {row[pk]: {k: v for k, v in row.items() if k not in SYSTEM}
                      for row in org.db.table(name).rows}
     return out
+
+
+def assert_identical(server: store.OrgDb, client: store.OrgDb, entities: list[str]) -> None:
+    """Both orgs hold the same records with the same values, entity by entity."""
+    theirs, ours = snapshot(server, entities), snapshot(client, entities)
+    for name in entities:
+        differ = {i: (theirs[name].get(i), ours[name].get(i))
+                  for i in set(theirs[name]) | set(ours[name])
+                  if theirs[name].get(i) != ours[name].get(i)}
+        assert not differ, f"{name}: {len(differ)} records differ (server, client): " \
+                           f"{dict(list(differ.items())[:3])}"
 
 
 def checksums(org: store.OrgDb, entities: list[str]) -> dict[str, str]:

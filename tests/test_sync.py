@@ -9,9 +9,9 @@ from redis import Redis
 
 from portal.orgs import records, transactions
 from portal.orgs.templates import sales
-from portal.queue import enqueue_connect, enqueue_sync
+from portal.queue import enqueue_connect
 from tests.conftest import ADMIN_PASSWORD
-from tests.sync_helpers import Side, checksums, seed_sales, snapshot
+from tests.sync_helpers import Side, assert_identical, checksums, seed_sales, snapshot
 
 SALES = [e.logicalname for e in sales()]
 
@@ -71,28 +71,12 @@ def _connect(server: Side, client: Side, redis: Redis, *, policy: str = "server-
     with server.org("srv") as org:
         seed_sales(org, accounts=accounts)
     client.create_org("cli", template=None)
-    connection_id = client.connect("cli", server.url, policy=policy)  # type: ignore[arg-type]
-    with client.app.app_context():
-        enqueue_connect(redis, connection_id)
-    client.work(redis)
-    assert client.connection(connection_id).status == "connected"
-    return connection_id
-
-
-def _run(client: Side, redis: Redis, connection_id: int) -> None:
-    with client.app.app_context():
-        enqueue_sync(redis, connection_id, "cli")
-    client.work(redis)
+    return client.connect_now(redis, "cli", server.url, policy=policy)  # type: ignore[arg-type]
 
 
 def _same(server: Side, client: Side) -> None:
     with server.org("srv") as a, client.org("cli") as b:
-        theirs, ours = snapshot(a, SALES), snapshot(b, SALES)
-    for name in SALES:
-        differ = {i: (theirs[name].get(i), ours[name].get(i))
-                  for i in set(theirs[name]) | set(ours[name])
-                  if theirs[name].get(i) != ours[name].get(i)}
-        assert not differ, f"{name} differs (server, client): {differ}"
+        assert_identical(a, b, SALES)
 
 
 def test_sync_changes_and_deletions_both_ways(pair, redis: Redis) -> None:  # type: ignore[no-untyped-def]
@@ -115,7 +99,7 @@ def test_sync_changes_and_deletions_both_ways(pair, redis: Redis) -> None:  # ty
         mine = records.create_record(b, "account", {"name": "New on client"})
         records.delete_record(b, "account", server_accounts[3])
         assert transactions.counts(b)["pending"] == 3
-    _run(client, redis, connection_id)
+    client.sync_now(redis, connection_id)
     _same(server, client)
     with server.org("srv") as a, client.org("cli") as b:
         assert records.get_record(a, "account", mine["accountid"])["name"] == "New on client"  # type: ignore[index]
@@ -128,7 +112,7 @@ def test_sync_changes_and_deletions_both_ways(pair, redis: Redis) -> None:  # ty
     # A second run with nothing new changes nothing and sends nothing.
     with server.org("srv") as a:
         version = a.db.execute("SELECT value FROM _org WHERE key='version'").fetchone()[0]
-    _run(client, redis, connection_id)
+    client.sync_now(redis, connection_id)
     with server.org("srv") as a:
         assert a.db.execute("SELECT value FROM _org WHERE key='version'").fetchone()[0] == version
     _same(server, client)
@@ -152,7 +136,7 @@ def test_sync_conflict_matrix(pair, redis: Redis, policy: str) -> None:  # type:
         records.update_record(b, "account", ud, {"name": "client"})
         records.delete_record(b, "account", du)
         records.delete_record(b, "account", dd)
-    _run(client, redis, connection_id)
+    client.sync_now(redis, connection_id)
     _same(server, client)
     with client.org("cli") as b:
         def name(record_id: str) -> str | None:
@@ -191,14 +175,14 @@ def test_sync_filter_keeps_only_matching_records(pair, redis: Redis) -> None:  #
             get_db(), connection_id, "account",
             filter_xml='<filter type="and"><condition attribute="creditonhold" operator="eq" '
                        'value="false"/></filter>')
-    _run(client, redis, connection_id)
+    client.sync_now(redis, connection_id)
     with server.org("srv") as a, client.org("cli") as b:
         expected = {r["accountid"] for r in a.db.table("account").rows
                     if not r["creditonhold"]}
         assert {r["accountid"] for r in b.db.table("account").rows} == expected
         leaving = next(i for i in sorted(expected))
         records.update_record(a, "account", leaving, {"creditonhold": True})
-    _run(client, redis, connection_id)
+    client.sync_now(redis, connection_id)
     with client.org("cli") as b:
         assert records.get_record(b, "account", leaving) is None  # it stopped matching
         assert b.db.table("account").count == len(expected) - 1
@@ -246,7 +230,7 @@ def test_sync_six_metadata_changes_reach_the_client_with_data_kept(pair, redis: 
                    "removed attribute account.telephone1", "removed entity competitor",
                    "updated labels of entity contact"):
         assert change in logged
-    _run(client, redis, connection_id)
+    client.sync_now(redis, connection_id)
     _same_entities(server, client)
 
 
@@ -263,20 +247,16 @@ def test_sync_chain_a_to_b_to_c_and_back(  # type: ignore[no-untyped-def]
     b_process = portal_process(middle.instance)
     last = Side(tmp_path / "c", middle.redis_url)
     last.create_org("end", template=None)
-    b_to_c = last.connect("end", b_process.odata_root("cli"))
-    with last.app.app_context():
-        enqueue_connect(redis, b_to_c)
-    last.work(redis)
-    assert last.connection(b_to_c).status == "connected", last.connection(b_to_c).error
+    b_to_c = last.connect_now(redis, "end", b_process.odata_root("cli"))
     with last.org("end") as c:
         made = records.create_record(c, "account", {"name": "made on C"})
-    _run(last, redis, b_to_c)  # C -> B (B records it as its own offline transaction)
-    _run(middle, redis, a_to_b)  # B -> A
+    last.sync_now(redis, b_to_c)  # C -> B (B records it as its own offline transaction)
+    middle.sync_now(redis, a_to_b)  # B -> A
     with server.org("srv") as a:
         assert records.get_record(a, "account", made["accountid"])["name"] == "made on C"  # type: ignore[index]
         records.update_record(a, "account", made["accountid"], {"name": "changed on A"})
-    _run(middle, redis, a_to_b)  # A -> B
-    _run(last, redis, b_to_c)  # B -> C
+    middle.sync_now(redis, a_to_b)  # A -> B
+    last.sync_now(redis, b_to_c)  # B -> C
     with last.org("end") as c:
         assert records.get_record(c, "account", made["accountid"])["name"] == "changed on A"  # type: ignore[index]
     with server.org("srv") as a, last.org("end") as c:
@@ -359,7 +339,7 @@ def test_sync_error_transaction_set_to_pending_goes_through(pair, redis: Redis) 
         record_id = next(iter(b.db.table("account").rows))["accountid"]
         records.update_record(b, "account", record_id, {"telephone1": "+421 1"})
         other = records.create_record(b, "account", {"name": "unrelated"})
-    _run(client, redis, connection_id)
+    client.sync_now(redis, connection_id)
     with client.org("cli") as b:
         failed = transactions.list_transactions(b, "error")
         assert [t.record_id for t in failed] == [record_id]
@@ -367,7 +347,7 @@ def test_sync_error_transaction_set_to_pending_goes_through(pair, redis: Redis) 
         assert transactions.counts(b)["processed"] == 1  # the unrelated record was not blocked
         # A later change of the same record waits behind the error.
         records.update_record(b, "account", record_id, {"name": "renamed"})
-    _run(client, redis, connection_id)
+    client.sync_now(redis, connection_id)
     with client.org("cli") as b:
         assert transactions.counts(b)["pending"] == 1
     with server.org("srv") as a:
@@ -375,7 +355,7 @@ def test_sync_error_transaction_set_to_pending_goes_through(pair, redis: Redis) 
         schema.add_attribute(a, "account", Attribute("telephone1", "string", maxlength=50))
     with client.org("cli") as b:
         assert transactions.set_all_pending(b) == 1
-    _run(client, redis, connection_id)
+    client.sync_now(redis, connection_id)
     with client.org("cli") as b:
         assert transactions.counts(b)["processed"] == 3
     with server.org("srv") as a:

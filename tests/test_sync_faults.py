@@ -17,9 +17,9 @@ from redis import Redis
 
 from portal.orgs import records, store, transactions
 from portal.orgs.templates import sales
-from portal.queue import enqueue_connect, enqueue_sync
+from portal.queue import enqueue_connect
 from tests.fault_proxy import FaultProxy
-from tests.sync_helpers import Side, seed_sales, snapshot
+from tests.sync_helpers import Side, assert_identical, seed_sales
 
 ROOT = Path(__file__).resolve().parent.parent
 SALES = [e.logicalname for e in sales()]
@@ -45,30 +45,9 @@ def _version(side: Side, org: str) -> int:
         return store.current_version(o.db)
 
 
-def _connect_in_worker(server: Side, client: Side, redis: Redis) -> int:
-    connection_id = client.connect("cli", server.url)  # type: ignore[arg-type]
-    with client.app.app_context():
-        enqueue_connect(redis, connection_id)
-    client.work(redis)
-    assert client.connection(connection_id).status == "connected", \
-        client.connection(connection_id).error
-    return connection_id
-
-
-def _run(client: Side, redis: Redis, connection_id: int) -> None:
-    with client.app.app_context():
-        enqueue_sync(redis, connection_id, "cli")
-    client.work(redis)
-
-
 def _assert_identical(server: Side, client: Side) -> None:
     with server.org("srv") as a, client.org("cli") as b:
-        theirs, ours = snapshot(a, SALES), snapshot(b, SALES)
-        for name in SALES:
-            assert a.db.table(name).count == b.db.table(name).count, name
-            differ = [i for i in set(theirs[name]) | set(ours[name])
-                      if theirs[name].get(i) != ours[name].get(i)]
-            assert not differ, f"{name}: {len(differ)} records differ, e.g. {differ[:3]}"
+        assert_identical(a, b, SALES)
 
 
 def _job_in_process(client: Side, job: str, connection_id: int) -> subprocess.Popen[bytes]:
@@ -103,7 +82,7 @@ def test_sync_lost_batch_answer_is_applied_once(faulty, redis: Redis) -> None:  
     server, client, proxy = faulty
     with server.org("srv") as a:
         seed_sales(a, accounts=20)
-    connection_id = _connect_in_worker(server, client, redis)
+    connection_id = client.connect_now(redis, "cli", server.url)
     with client.org("cli") as b:
         ids = sorted(r["accountid"] for r in b.db.table("account").rows)
         records.create_record(b, "account", {"name": "created on the client"})
@@ -111,7 +90,7 @@ def test_sync_lost_batch_answer_is_applied_once(faulty, redis: Redis) -> None:  
         records.delete_record(b, "account", ids[1])
     before = _version(server, "srv")
     proxy.drop_batch_answers = 1
-    _run(client, redis, connection_id)
+    client.sync_now(redis, connection_id)
     assert proxy.dropped == 1 and proxy.batches >= 2
     # Each of the three writes changed the server exactly once.
     assert _version(server, "srv") - before == 3
@@ -125,11 +104,11 @@ def test_sync_server_down_keeps_transactions_pending_then_goes_through(  # type:
     server, client, proxy = faulty
     with server.org("srv") as a:
         seed_sales(a, accounts=10)
-    connection_id = _connect_in_worker(server, client, redis)
+    connection_id = client.connect_now(redis, "cli", server.url)
     with client.org("cli") as b:
         records.create_record(b, "account", {"name": "made while the server was down"})
     proxy.down = True
-    _run(client, redis, connection_id)
+    client.sync_now(redis, connection_id)
     with client.app.app_context():
         from portal.db import get_db
         from portal.sync import runs
@@ -140,7 +119,7 @@ def test_sync_server_down_keeps_transactions_pending_then_goes_through(  # type:
     with client.org("cli") as b:
         assert transactions.counts(b)["pending"] == 1
     proxy.down = False
-    _run(client, redis, connection_id)
+    client.sync_now(redis, connection_id)
     with client.org("cli") as b:
         assert transactions.counts(b) == {"pending": 0, "processed": 1, "error": 0,
                                           "archived": 0}
@@ -175,7 +154,7 @@ def test_sync_worker_killed_during_upload_resumes_without_duplicates(faulty, red
     server, client, _ = faulty
     with server.org("srv") as a:
         seed_sales(a, accounts=5)
-    connection_id = _connect_in_worker(server, client, redis)
+    connection_id = client.connect_now(redis, "cli", server.url)
     with client.org("cli") as b:
         for i in range(300):
             records.create_record(b, "account", {"name": f"offline {i}"})
@@ -188,7 +167,7 @@ def test_sync_worker_killed_during_upload_resumes_without_duplicates(faulty, red
     _kill_when(_job_in_process(client, "sync_run", connection_id), some_uploaded)
     with client.org("cli") as b:
         assert 0 < transactions.counts(b)["pending"] < 300
-    _run(client, redis, connection_id)
+    client.sync_now(redis, connection_id)
     with client.org("cli") as b:
         assert transactions.counts(b)["processed"] == 300
     with server.org("srv") as a:

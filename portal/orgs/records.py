@@ -104,10 +104,7 @@ def _column_check(attr: Attribute) -> ColumnCheck:
     attribute's coercer, which normalizes or raises the precise error.
     """
     kind = attr.type
-    coerce = _coercer(attr) if not (attr.issystem and kind == "datetime") else (
-        lambda v: normalize_datetime(v, attr))
-    if kind == "uniqueidentifier" and attr.issystem:
-        coerce = _coercer(Attribute(attr.logicalname, "lookup", targets=["x"]))
+    coerce = _coercer(attr)
     bad: Callable[[list[Any]], bool]
     if kind in ("string", "memo"):
         limit = attr.maxlength or 0

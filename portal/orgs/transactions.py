@@ -104,6 +104,13 @@ def pending_records(org: OrgDb, entity: str) -> set[str]:
         "AND status IN ('pending', 'error')", [entity])}
 
 
+def open_ids(org: OrgDb, entity: str, record_id: str) -> list[int]:
+    """Ids of one record's transactions not yet on the server (pending or error), in order."""
+    return [r[0] for r in org.db.execute(
+        "SELECT id FROM _transactions WHERE entity = ? AND record_id = ? "
+        "AND status IN ('pending', 'error') ORDER BY id", [entity, record_id])]
+
+
 def mark(db: Database, ids: list[int], status: str, error: str | None = None) -> None:
     """Set the status of transactions (inside the caller's transaction); counts an attempt."""
     if status not in STATUSES:

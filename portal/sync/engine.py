@@ -133,41 +133,46 @@ def upload(org: OrgDb, backend: Backend, plan: Plan, reporter: Reporter,
         batch = transactions.uploadable(org, plan.upload_batch)
         if not batch:
             return
-        groups = _fold(batch)
-        skipped = [g for g in groups if plan.setting(g.entity) is None or g.entity not in entities]
-        if skipped:
-            with immediate(org.db):
-                for g in skipped:
-                    transactions.mark(org.db, [t.id for t in g.items], "archived",
-                                      "not an entity of the server: kept on the client only")
-        groups = [g for g in groups if g not in skipped]
-        sendable = [g for g in groups if not (g.created_here and g.deletes)]
-        # Created and deleted here before any upload: the server never needs to know.
+        sendable = []
         with immediate(org.db):
-            for g in groups:
-                if g.created_here and g.deletes:
-                    transactions.mark(org.db, [t.id for t in g.items], "processed")
+            for g in _fold(batch):
+                ids = [t.id for t in g.items]
+                if plan.setting(g.entity) is None or g.entity not in entities:
+                    transactions.mark(org.db, ids, "archived",
+                                      "not an entity of the server: kept on the client only")
+                elif g.created_here and g.deletes:
+                    # Created and deleted here before any upload: the server never knew it.
+                    transactions.mark(org.db, ids, "processed")
+                else:
+                    sendable.append(g)
         if not sendable:
             continue
         known: dict[tuple[str, str], str] = {}
         for name in {g.entity for g in sendable}:
-            ids = [g.record_id for g in sendable if g.entity == name]
+            record_ids = [g.record_id for g in sendable if g.entity == name]
             known.update({(name, i): v for i, v in
-                          sync_state.server_versions(org, name, ids).items()})
+                          sync_state.server_versions(org, name, record_ids).items()})
         writes = [_write(entities[g.entity], g, known.get((g.entity, g.record_id)))
                   for g in sendable]
         answers = backend.apply_writes(writes)
+        # The server's records of refused writes are read before the write lock is
+        # taken: API writers of the client org must not wait on the network.
+        servers = {n: backend.get_record(w.entity, w.record_id)
+                   for n, (w, a) in enumerate(zip(writes, answers, strict=True))
+                   if _needs_server_record(w, a)}
         retry: list[tuple[_Group, Write]] = []
         with immediate(org.db):
-            for group, write, answer in zip(sendable, writes, answers, strict=True):
-                outcome = _settle(org, backend, plan, reporter, result, group, write, answer)
+            for n, (group, write, answer) in enumerate(zip(sendable, writes, answers,
+                                                           strict=True)):
+                outcome = _settle(org, plan, reporter, result, group, write, answer,
+                                  servers.get(n))
                 if outcome is not None:
                     retry.append((group, outcome))
         if retry:  # client-wins and newest-wins-by-client: write again without a condition
             answers = backend.apply_writes([w for _, w in retry])
             with immediate(org.db):
                 for (group, write), answer in zip(retry, answers, strict=True):
-                    _settle(org, backend, plan, reporter, result, group, write, answer,
+                    _settle(org, plan, reporter, result, group, write, answer, None,
                             forced=True)
         done += len(batch)
         reporter.progress("upload", None, done, None)
@@ -183,10 +188,19 @@ def _write(entity: Entity, group: _Group, known_version: str | None) -> Write:
     return Write(entity, group.record_id, "upsert", group.values(), if_match=known_version)
 
 
-def _settle(org: OrgDb, backend: Backend, plan: Plan, reporter: Reporter, result: RunResult,
-            group: _Group, write: Write, answer: WriteResult,
+def _needs_server_record(write: Write, answer: WriteResult) -> bool:
+    """A refused write (version changed, or record gone) is judged against the server's record."""
+    return answer.status == "conflict" or (answer.status == "missing"
+                                           and write.operation != "delete")
+
+
+def _settle(org: OrgDb, plan: Plan, reporter: Reporter, result: RunResult, group: _Group,
+            write: Write, answer: WriteResult, server: tuple[dict[str, Any], str] | None,
             forced: bool = False) -> Write | None:
-    """Record one write's outcome; returns a write to send again unconditionally, if any."""
+    """Record one write's outcome; returns a write to send again unconditionally, if any.
+
+    `server` is the server's record (and version) when the write was refused.
+    """
     ids = [t.id for t in group.items]
     counts = result.of(group.entity)
     name, record_id = group.entity, group.record_id
@@ -200,7 +214,6 @@ def _settle(org: OrgDb, backend: Backend, plan: Plan, reporter: Reporter, result
         counts.uploaded += 1
         return None
     if answer.status in ("conflict", "missing") and not forced:
-        server = backend.get_record(write.entity, record_id)
         if server is not None and not group.deletes and _holds(server[0], write.values):
             # The server already has exactly our change: our earlier answer was lost.
             _accepted(org, group, server[1], server[0])
@@ -363,9 +376,7 @@ def _server_beats_client(org: OrgDb, plan: Plan, reporter: Reporter, counts: Ent
                  f"downloading, {winner} wins; client: {client_record}; server: {server_record}",
                  name)
     if winner == "server":
-        waiting = [t.id for t in transactions.list_transactions(org, limit=100000)
-                   if t.entity == name and t.record_id == server_record[pk]
-                   and t.status in ("pending", "error")]
+        waiting = transactions.open_ids(org, name, server_record[pk])
         transactions.mark(org.db, waiting, "error",
                           "conflict (update/update): the server's version was kept")
         return True

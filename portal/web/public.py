@@ -3,7 +3,7 @@
 from flask import Blueprint, current_app, jsonify, render_template
 from flask.typing import ResponseReturnValue
 
-from portal.db import get_db
+from portal.db import get_db, ping
 from portal.orgs.templates import TEMPLATES
 from portal.queue import get_redis
 
@@ -21,7 +21,7 @@ def health() -> ResponseReturnValue:
     """Database and Redis reachability as JSON: 200 when both answer, else 503."""
     checks: dict[str, str] = {}
     try:
-        get_db().execute("SELECT 1").fetchone()
+        ping(get_db())
         checks["database"] = "ok"
     except Exception as exc:  # a health check reports any failure instead of raising
         current_app.logger.warning("health: database: %s", exc)
