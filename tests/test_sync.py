@@ -361,3 +361,19 @@ def test_sync_error_transaction_set_to_pending_goes_through(pair, redis: Redis) 
     with server.org("srv") as a:
         stored = records.get_record(a, "account", record_id)
         assert stored["telephone1"] == "+421 1" and stored["name"] == "renamed"  # type: ignore[index]
+
+
+def test_sync_backend_counts_records_for_progress(pair) -> None:  # type: ignore[no-untyped-def]
+    from portal.backends.resco import RescoBackend
+    from portal.sync.engine import count_records
+    from tests.conftest import ADMIN_EMAIL
+
+    server, _ = pair
+    with server.org("srv") as a:
+        seed_sales(a, accounts=12)
+        entities = [a.entity("account"), a.entity("contact"), a.entity("lead")]
+    backend = RescoBackend(server.url, ADMIN_EMAIL, ADMIN_PASSWORD)  # type: ignore[arg-type]
+    try:
+        assert count_records(backend, entities) == {"account": 12, "contact": 12, "lead": 20}
+    finally:
+        backend.close()

@@ -70,6 +70,10 @@ class Backend(ABC):
                      page_size: int = 1000) -> Iterator[ChangesPage]:
         """Pages of changes since `link` (None: everything), the last one `complete`."""
 
+    def count(self, entity: Entity) -> int | None:
+        """How many records the entity has on the server, or None if the server won't say."""
+        return None
+
     @abstractmethod
     def read_ids(self, entity: Entity) -> Iterator[list[str]]:
         """Pages of the ids of every record of the entity (deletion reconciliation)."""

@@ -131,6 +131,12 @@ class ODataBackend(Backend):
             return ChangesPage(upserts, versions, deleted, delta, True)
         return ChangesPage(upserts, versions, deleted, payload.get("@odata.nextLink"), False)
 
+    def count(self, entity: Entity) -> int | None:
+        """The entity's record count from `$count=true` on an empty page."""
+        payload = self.get_json(f"{entity.entitysetname}?$count=true&$top=0")
+        count = payload.get("@odata.count")
+        return int(count) if isinstance(count, int) else None
+
     def read_ids(self, entity: Entity) -> Iterator[list[str]]:
         """Every id of the entity, a page at a time."""
         pk = entity.primaryidattribute

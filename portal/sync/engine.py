@@ -399,9 +399,9 @@ def count_records(backend: Backend, entities: list[Entity]) -> dict[str, int]:
     totals = {}
     for entity in entities:
         try:
-            counted = getattr(backend, "count", None)
-            if counted is not None:
-                totals[entity.logicalname] = counted(entity)
+            counted = backend.count(entity)
         except BackendError:
-            pass  # progress without a total is still progress
+            continue  # progress without a total is still progress
+        if counted is not None:
+            totals[entity.logicalname] = counted
     return totals
