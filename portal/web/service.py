@@ -13,13 +13,10 @@ bad element, with a 4xx, and changes nothing. CSRF-exempt: no browser form
 posts here.
 """
 
-import json
 from pathlib import Path
 from typing import Any
-from xml.etree.ElementTree import Element, ParseError, SubElement, tostring
+from xml.etree.ElementTree import Element, SubElement, tostring
 
-from defusedxml import DefusedXmlException
-from defusedxml.ElementTree import fromstring
 from flask import Blueprint, Response, current_app, jsonify, request, url_for
 from flask.typing import ResponseReturnValue
 from itsdangerous import BadSignature, URLSafeSerializer
@@ -37,16 +34,12 @@ from portal.sync.connections import Connection
 from portal.sync.registration import Registration, RequestedSetup
 from portal.web import rate_limits
 from portal.web.connect import TOKEN_SALT, enqueue_connect_again, status_token
+from portal.web.connect_request import ConnectRequest, Refused, parse_json, parse_xml
 from portal.web.openapi import openapi_document
 
 bp = Blueprint("service", __name__, url_prefix="/rest/v1")
 csrf.exempt(bp)
 
-MAX_TEXT = 2048
-SETUP_TEXT = ("ProviderID", "Url", "UserName", "Password")
-REGISTRATION_TEXT = ("Email", "FirstName", "LastName", "Company", "Password", "JobTitle",
-                     "Phone", "Country")
-SETUP_ELEMENTS = (*SETUP_TEXT, "RegistrationInfo", "Entities", "SyncFiltersXml")
 JOB_KINDS = ("connect", "sync", "metadata")
 # Which element a data-layer refusal is about (InvalidInput.field -> element).
 ELEMENT_OF_FIELD = {"backend": "SyncSetup/ProviderID", "url": "SyncSetup/Url",
@@ -54,17 +47,6 @@ ELEMENT_OF_FIELD = {"backend": "SyncSetup/ProviderID", "url": "SyncSetup/Url",
                     "filter": "SyncSetup/SyncFiltersXml", "entity": "SyncSetup/Entities",
                     "name": "{org}", "email": "RegistrationInfo/Email"}
 REALM = 'Basic realm="CRM Sync web service", charset="UTF-8"'
-
-
-class Refused(PortalError):
-    """A request the service cannot take; `field` names the element."""
-
-    def __init__(self, status: int, code: str, message: str, element: str | None = None,
-                 headers: dict[str, str] | None = None) -> None:
-        super().__init__(message, field=element)
-        self.status = status
-        self.code = code
-        self.headers = headers or {}
 
 
 def _unauthorized(message: str = "valid credentials of the organization's admin are required "
@@ -148,167 +130,6 @@ def error_answer(status: int, code: str, message: str, element: str | None = Non
         response.headers.update(headers or {})
         return response
     return answer("Error", document, status, "xml", headers)
-
-
-# --- the ConnectRequest ----------------------------------------------------------
-
-class ConnectRequest:
-    """A ConnectRequest's values, read from XML or JSON; element names as Resco's."""
-
-    def __init__(self) -> None:
-        self.setup: dict[str, str] = {}
-        self.registration: dict[str, str] | None = None
-        self.entities: list[str] | None = None
-        self.filters_xml: str | None = None
-
-    def text(self, name: str) -> str | None:
-        """A SyncSetup text value, stripped; None when absent or empty."""
-        return (self.setup.get(name) or "").strip() or None
-
-    def required(self, name: str) -> str:
-        """A SyncSetup text value that must be there."""
-        value = self.text(name)
-        if value is None:
-            raise Refused(400, "MissingElement", f"<{name}> is required in <SyncSetup>",
-                          f"SyncSetup/{name}")
-        return value
-
-    def registered(self, name: str) -> str | None:
-        """A RegistrationInfo text value, stripped; None when absent or empty."""
-        return ((self.registration or {}).get(name) or "").strip() or None
-
-
-def _local(tag: str) -> str:
-    return tag.rsplit("}", 1)[-1]  # elements may come in a namespace: only the name counts
-
-
-def _texts(parent: Element, path: str, allowed: tuple[str, ...]) -> dict[str, Element]:
-    found: dict[str, Element] = {}
-    for child in parent:
-        name = _local(child.tag)
-        if name not in allowed:
-            raise Refused(400, "UnknownElement", f"<{name}> is not an element of <{path}> "
-                          f"(allowed: {', '.join(allowed)})", f"{path}/{name}")
-        if name in found:
-            raise Refused(400, "DuplicateElement", f"<{name}> appears twice in <{path}>",
-                          f"{path}/{name}")
-        found[name] = child
-    return found
-
-
-def _leaf(elem: Element, path: str) -> str:
-    if len(elem):
-        raise Refused(400, "InvalidElement", f"<{path}> must hold text, not elements", path)
-    text = elem.text or ""
-    if len(text) > MAX_TEXT:
-        raise Refused(400, "InvalidElement", f"<{path}> is longer than {MAX_TEXT} characters",
-                      path)
-    return text
-
-
-def parse_xml(body: bytes) -> ConnectRequest:
-    """A ConnectRequest from XML; no DTD, no entities, unknown elements refused."""
-    try:
-        root = fromstring(body, forbid_dtd=True, forbid_entities=True, forbid_external=True)
-    except (DefusedXmlException, ValueError) as exc:
-        raise Refused(400, "ForbiddenXml", "DTDs, entities and external references are not "
-                      f"allowed ({type(exc).__name__})", "ConnectRequest") from None
-    except ParseError as exc:
-        raise Refused(400, "MalformedXml", f"the XML is malformed: {exc}",
-                      "ConnectRequest") from None
-    if _local(root.tag) != "ConnectRequest":
-        raise Refused(400, "UnknownElement", f"expected <ConnectRequest>, got "
-                      f"<{_local(root.tag)}>", _local(root.tag))
-    top = _texts(root, "ConnectRequest", ("SyncSetup",))
-    if "SyncSetup" not in top:
-        raise Refused(400, "MissingElement", "<SyncSetup> is required in <ConnectRequest>",
-                      "ConnectRequest/SyncSetup")
-    parsed = ConnectRequest()
-    setup = _texts(top["SyncSetup"], "SyncSetup", SETUP_ELEMENTS)
-    for name in SETUP_TEXT:
-        if name in setup:
-            parsed.setup[name] = _leaf(setup[name], f"SyncSetup/{name}")
-    if "RegistrationInfo" in setup:
-        info = _texts(setup["RegistrationInfo"], "RegistrationInfo", REGISTRATION_TEXT)
-        parsed.registration = {name: _leaf(elem, f"RegistrationInfo/{name}")
-                               for name, elem in info.items()}
-    if "Entities" in setup:
-        entities = []
-        for child in setup["Entities"]:
-            if _local(child.tag) != "Entity":
-                raise Refused(400, "UnknownElement", f"<{_local(child.tag)}> is not allowed in "
-                              "<Entities> (only <Entity>)", "SyncSetup/Entities")
-            entities.append(_leaf(child, "SyncSetup/Entities/Entity").strip())
-        parsed.entities = entities
-    if "SyncFiltersXml" in setup:
-        holder = setup["SyncFiltersXml"]
-        # The FetchXML comes as text (escaped or CDATA) or as a <fetch> element inside.
-        if len(holder):
-            fetches = [c for c in holder if _local(c.tag) == "fetch"]
-            if len(fetches) != 1 or len(holder) != 1:
-                raise Refused(400, "InvalidElement", "<SyncFiltersXml> holds one <fetch> "
-                              "document (as text or as an element)", "SyncSetup/SyncFiltersXml")
-            parsed.filters_xml = tostring(fetches[0], encoding="unicode")
-        else:
-            parsed.filters_xml = (holder.text or "").strip() or None
-    return parsed
-
-
-def _json_texts(value: Any, path: str, allowed: tuple[str, ...]) -> dict[str, Any]:
-    if not isinstance(value, dict):
-        raise Refused(400, "InvalidElement", f"{path} must be an object", path)
-    for name in value:
-        if name not in allowed:
-            raise Refused(400, "UnknownElement", f"{name!r} is not an element of {path} "
-                          f"(allowed: {', '.join(allowed)})", f"{path}/{name}")
-    return value
-
-
-def _json_text(value: Any, path: str) -> str:
-    if value is None:
-        return ""
-    if not isinstance(value, str):
-        raise Refused(400, "InvalidElement", f"{path} must be a string", path)
-    if len(value) > MAX_TEXT:
-        raise Refused(400, "InvalidElement", f"{path} is longer than {MAX_TEXT} characters",
-                      path)
-    return value
-
-
-def parse_json(body: bytes) -> ConnectRequest:
-    """A ConnectRequest from JSON: {"SyncSetup": {...}}, optionally inside "ConnectRequest"."""
-    try:
-        document = json.loads(body)
-    except (ValueError, RecursionError) as exc:
-        raise Refused(400, "MalformedJson", f"the JSON is malformed: {exc}",
-                      "ConnectRequest") from None
-    if isinstance(document, dict) and set(document) == {"ConnectRequest"}:
-        document = document["ConnectRequest"]
-    document = _json_texts(document, "ConnectRequest", ("SyncSetup",))
-    if "SyncSetup" not in document:
-        raise Refused(400, "MissingElement", "SyncSetup is required in the ConnectRequest",
-                      "ConnectRequest/SyncSetup")
-    setup = _json_texts(document["SyncSetup"], "SyncSetup", SETUP_ELEMENTS)
-    parsed = ConnectRequest()
-    for name in SETUP_TEXT:
-        if name in setup:
-            parsed.setup[name] = _json_text(setup[name], f"SyncSetup/{name}")
-    if setup.get("RegistrationInfo") is not None:
-        info = _json_texts(setup["RegistrationInfo"], "RegistrationInfo", REGISTRATION_TEXT)
-        parsed.registration = {name: _json_text(value, f"RegistrationInfo/{name}")
-                               for name, value in info.items()}
-    if setup.get("Entities") is not None:
-        entities = setup["Entities"]
-        if isinstance(entities, dict) and set(entities) == {"Entity"}:
-            entities = entities["Entity"]  # the XML's shape, written as JSON
-        if not isinstance(entities, list):
-            raise Refused(400, "InvalidElement", "Entities must be a list of entity names",
-                          "SyncSetup/Entities")
-        parsed.entities = [_json_text(e, "SyncSetup/Entities/Entity").strip() for e in entities]
-    if setup.get("SyncFiltersXml") is not None:
-        parsed.filters_xml = _json_text(setup["SyncFiltersXml"],
-                                        "SyncSetup/SyncFiltersXml").strip() or None
-    return parsed
 
 
 # --- the calls ---------------------------------------------------------------------
