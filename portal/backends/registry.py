@@ -11,7 +11,7 @@ from typing import Any
 
 from portal.backends.base import Backend
 from portal.backends.resco import RescoBackend
-from portal.errors import InvalidInput
+from portal.errors import InvalidInput, NotAvailable
 
 
 @dataclass(frozen=True)
@@ -52,11 +52,18 @@ def available_types() -> list[BackendType]:
     return [t for t in BACKEND_TYPES if t.available]
 
 
+def available_backend(key_or_provider_id: str) -> BackendType:
+    """The backend type named, refused if unknown or (NotAvailable) not built on this portal."""
+    kind = backend_type(key_or_provider_id)
+    if kind.make is None:
+        raise NotAvailable(f"the {kind.name} backend ({kind.provider_id}) is not available on "
+                           "this portal yet", field="backend")
+    return kind
+
+
 def make_backend(kind: str, url: str, username: str, password: str,
                  **options: Any) -> Backend:
     """A backend of this type for one server org (options: e.g. retries)."""
-    found = backend_type(kind)
-    if found.make is None:
-        raise InvalidInput(f"the {found.name} backend is not available on this portal yet",
-                           field="backend")
-    return found.make(url, username, password, **options)
+    make = available_backend(kind).make
+    assert make is not None
+    return make(url, username, password, **options)

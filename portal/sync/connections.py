@@ -15,7 +15,7 @@ from typing import Any
 from sqlite_utils import Database
 
 from portal import crypto
-from portal.backends.registry import backend_type
+from portal.backends.registry import available_backend
 from portal.db import TIMESTAMP_FORMAT, immediate, utcnow
 from portal.errors import InvalidInput, NotFound
 
@@ -91,7 +91,7 @@ def create_connection(db: Database, key: bytes, org_id: int, *, backend: str, ur
                       username: str, password: str, write_offline: bool = True,
                       conflict_policy: str = "server-wins") -> Connection:
     """Store a new connection of a client org, status pending."""
-    kind = backend_type(backend)
+    kind = available_backend(backend)
     url = check_url(url)
     check_policy(conflict_policy)
     if not username:
@@ -113,7 +113,7 @@ def create_connection(db: Database, key: bytes, org_id: int, *, backend: str, ur
 def update_server(db: Database, key: bytes, connection_id: int, *, backend: str, url: str,
                   username: str, password: str) -> Connection:
     """Change the server of a connection (to fix a failed connect); status back to pending."""
-    kind = backend_type(backend)
+    kind = available_backend(backend)
     url = check_url(url)
     with immediate(db):
         db.execute(

@@ -15,9 +15,9 @@ from pathlib import Path
 
 from sqlite_utils import Database
 
-from portal.backends.registry import BackendType, backend_type
+from portal.backends.registry import available_backend
 from portal.db import immediate
-from portal.errors import InvalidInput, NotAvailable
+from portal.errors import InvalidInput
 from portal.orgs import registry, store
 from portal.orgs.metadata import NAME_RE, Entity
 from portal.sync import connections, filters
@@ -55,15 +55,6 @@ class RequestedSetup:
 
     def __bool__(self) -> bool:
         return self.entities is not None or bool(self.filters)
-
-
-def available_backend(key_or_provider_id: str) -> BackendType:
-    """The backend type named, refused (InvalidInput) if unknown or not built on this portal."""
-    kind = backend_type(key_or_provider_id)
-    if not kind.available:
-        raise NotAvailable(f"the {kind.name} backend ({kind.provider_id}) is not available on "
-                           "this portal yet", field="backend")
-    return kind
 
 
 def parse_setup(entities: list[str] | None, fetch_xml: str | None) -> RequestedSetup:

@@ -7,11 +7,11 @@ from flask_wtf import FlaskForm
 from wtforms import BooleanField, Field, PasswordField, SelectField, StringField, SubmitField
 from wtforms.validators import EqualTo, InputRequired, Length, Optional, ValidationError
 
-from portal.backends.registry import BACKEND_TYPES
+from portal.backends.registry import BACKEND_TYPES, available_backend
 from portal.db import get_db
 from portal.errors import InvalidInput, NotFound
 from portal.orgs import registry
-from portal.sync.registration import Registration, available_backend
+from portal.sync.registration import Registration
 from portal.sync.server_urls import check_server_url
 
 # Which form field a data-layer refusal (InvalidInput.field) belongs beside.

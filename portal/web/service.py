@@ -25,6 +25,7 @@ from rq.job import Job
 from werkzeug.exceptions import HTTPException
 
 from portal import crypto, csrf
+from portal.backends.registry import available_backend
 from portal.db import get_db
 from portal.errors import InvalidInput, NotFound, PortalError
 from portal.orgs import registry
@@ -194,7 +195,7 @@ def connect_async(org: str) -> ResponseReturnValue:
     parsed, fmt = _read_request()
     fmt = answer_format(fmt)
     provider = parsed.required("ProviderID")
-    registration.available_backend(provider)
+    available_backend(provider)
     setup = _setup(parsed)
     db = get_db()
     key = crypto.load_key(current_app.instance_path)
