@@ -24,6 +24,7 @@ sys.path.insert(0, str(ROOT))
 
 from portal import create_app  # noqa: E402
 from portal.backends.resco import RescoBackend  # noqa: E402
+from portal.config import Defaults  # noqa: E402
 from portal.db import get_db  # noqa: E402
 from portal.orgs import records, registry, store, transactions  # noqa: E402
 from portal.sync import engine, metadata  # noqa: E402
@@ -61,7 +62,8 @@ def client_sync(client_dir: str, url: str, result: Any) -> None:
     if not org.entities():
         metadata.update_client_metadata(org, backend.read_metadata(), set())
         transactions.set_client(org, True)
-    plan = engine.Plan([EntitySettings(e, True, True, None) for e in ENTITIES])
+    plan = engine.Plan([EntitySettings(e, True, True, None) for e in ENTITIES],
+                       page_size=Defaults.SYNC_PAGE_SIZE)
     outcome = engine.RunResult()
     engine.upload(org, backend, plan, engine.Reporter(), outcome)
     engine.download(org, backend, plan, engine.Reporter(), outcome)

@@ -24,7 +24,7 @@ class Defaults:
     ALLOW_PRIVATE_SERVERS = False
     # Sync: records per downloaded page, transactions per upload round, and how
     # often a request to a server is tried before the run fails.
-    SYNC_PAGE_SIZE = 1000
+    SYNC_PAGE_SIZE = 5000
     SYNC_UPLOAD_BATCH = 1000
     SYNC_HTTP_RETRIES = 5
     # Creating connections (connect page, ConnectAsync, SyncAsync): requests per client

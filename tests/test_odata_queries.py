@@ -104,6 +104,20 @@ def test_query_paging_visits_every_record_once(client: FlaskClient, accounts: Or
     assert pages == 8
 
 
+@pytest.mark.parametrize("prefer, size", [(None, 1000), ("odata.maxpagesize=5000", 5000),
+                                           ("odata.maxpagesize=20000", 5000)])
+def test_pages_hold_1000_records_unless_asked_for_up_to_5000(
+        client: FlaskClient, sales_org: OrgDb, prefer: str | None, size: int) -> None:
+    records.save_records(sales_org, "account", [{"accountid": guid(i + 1), "name": f"A {i}"}
+                                                for i in range(5200)])
+    answer = get(client, "accounts?$select=name", **({"Prefer": prefer} if prefer else {}))
+    assert len(answer.json["value"]) == size
+    assert answer.headers.get("Preference-Applied") == (
+        f"odata.maxpagesize={size}" if prefer else None)
+    rest = client.get(answer.json["@odata.nextLink"], headers={**AUTH, "Prefer": prefer or ""})
+    assert len(rest.json["value"]) == min(size, 5200 - size)
+
+
 def test_query_top_larger_than_a_page_is_served_in_pages(client: FlaskClient,
                                                         accounts: OrgDb) -> None:
     first = get(client, "accounts?$top=10", Prefer="odata.maxpagesize=4").json

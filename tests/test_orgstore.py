@@ -155,3 +155,42 @@ def test_save_records_bulk_upserts_with_new_versions(sales_org: store.OrgDb) -> 
     assert records.delete_records(sales_org, "competitor",
                                   [r["competitorid"] for r in rows[:10]]) == 10
     assert sales_org.db.table("competitor").count == 40
+
+
+GOOD = {"accountid": "00000000-0000-4000-8000-000000000001", "name": "Good"}
+
+
+@pytest.mark.parametrize("values, field", [
+    ({"name": "x" * 161}, "name"),
+    ({"name": 12}, "name"),
+    ({"name": ["a list"]}, "name"),
+    ({"numberofemployees": "12"}, "numberofemployees"),
+    ({"numberofemployees": 2**40}, "numberofemployees"),
+    ({"industrycode": 99}, "industrycode"),
+    ({"revenue": float("nan")}, "revenue"),
+    ({"creditonhold": 1}, "creditonhold"),
+    ({"lastusedincampaign": "not a date"}, "lastusedincampaign"),
+    ({"lastusedincampaign": ["2026-01-01"]}, "lastusedincampaign"),
+    ({"parentaccountid": "not-a-guid"}, "parentaccountid"),
+    ({"parentaccountid": {"id": "an object"}}, "parentaccountid"),
+    ({"accountid": ["unhashable"]}, "accountid"),
+])
+def test_save_records_refuses_a_bad_value_and_writes_nothing(
+        sales_org: store.OrgDb, values: dict, field: str) -> None:
+    rows = [dict(GOOD), {**GOOD, "accountid": "00000000-0000-4000-8000-000000000002", **values}]
+    with pytest.raises(InvalidInput) as refused:
+        records.save_records(sales_org, "account", rows)
+    assert refused.value.field == field
+    assert sales_org.db.table("account").count == 0
+
+
+def test_save_records_normalizes_values_it_can_read(sales_org: store.OrgDb) -> None:
+    upper = "00000000-0000-4000-8000-00000000000A"
+    records.save_records(sales_org, "account", [
+        {**GOOD, "lastusedincampaign": "2026-01-02T03:04:05+01:00", "revenue": 5},
+        {"accountid": upper, "name": "Upper", "parentaccountid": GOOD["accountid"].upper()}])
+    first = records.get_record(sales_org, "account", GOOD["accountid"])
+    assert first["lastusedincampaign"] == "2026-01-02T02:04:05Z"  # type: ignore[index]
+    assert first["revenue"] == 5.0  # type: ignore[index]
+    second = records.get_record(sales_org, "account", upper.lower())
+    assert second["parentaccountid"] == GOOD["accountid"]  # type: ignore[index]

@@ -53,7 +53,7 @@ class Backend(ABC):
     """A server org reached through one protocol."""
 
     kind: ClassVar[str]
-    supports_delta: ClassVar[bool] = False  # native change and deletion tracking
+    supports_delta: bool = False  # change and deletion tracking (per backend object)
     supports_batch: ClassVar[bool] = False
     supports_etags: ClassVar[bool] = False
 

@@ -21,7 +21,7 @@ from collections.abc import Callable
 from dataclasses import dataclass, field
 from typing import Any
 
-from portal.backends.base import Backend, Write, WriteResult
+from portal.backends.base import Backend, ChangesPage, Write, WriteResult
 from portal.db import immediate
 from portal.errors import BackendError
 from portal.orgs import records, sync_state, transactions
@@ -277,7 +277,7 @@ def _conflict(org: OrgDb, plan: Plan, reporter: Reporter, counts: EntityCounts, 
         records.delete_records(org, name, [record_id], from_server=True)
         _remember(org, name, record_id, None, deleted=True)
     else:
-        records.save_records(org, name, [_project(org.entity(name), server[0])],
+        records.save_records(org, name, [_project(_names(org.entity(name)), server[0])],
                              from_server=True)
         _remember(org, name, record_id, server[1])
     return None
@@ -285,15 +285,22 @@ def _conflict(org: OrgDb, plan: Plan, reporter: Reporter, counts: EntityCounts, 
 
 def _remember(org: OrgDb, entity: str, record_id: str, version: str | None,
               deleted: bool = False) -> None:
+    """Note what the server now holds of a record: its version ("" if it gave none), or nothing."""
     if deleted:
         sync_state.forget_server_versions(org.db, entity, [record_id])
-    elif version:
-        sync_state.save_server_versions(org.db, entity, {record_id: version})
+    else:
+        sync_state.save_server_versions(org.db, entity, {record_id: version or ""})
 
 
-def _project(entity: Entity, record: dict[str, Any]) -> dict[str, Any]:
+def _names(entity: Entity) -> set[str]:
+    """The attributes a downloaded record may bring to the client entity."""
+    return {a.logicalname for a in entity.attributes}  # save_records leaves versionnumber out
+
+
+def _project(names: set[str], record: dict[str, Any]) -> dict[str, Any]:
     """The server record's values of the attributes the client entity has."""
-    names = {a.logicalname for a in entity.attributes if a.logicalname != "versionnumber"}
+    if record.keys() <= names:
+        return record  # the common case: the server has no attribute the client lacks
     return {k: v for k, v in record.items() if k in names}
 
 
@@ -313,7 +320,7 @@ def download_entity(org: OrgDb, backend: Backend, plan: Plan, setting: EntitySet
     """Download one entity's changes, committing each page with its checkpoint."""
     name = setting.entity
     entity = org.entity(name)
-    pk = entity.primaryidattribute
+    names = _names(entity)
     rule = filters.parse_filter(setting.filter).check(entity) if setting.filter else None
     point = sync_state.checkpoint(org, name)
     link = point.link
@@ -323,28 +330,13 @@ def download_entity(org: OrgDb, backend: Backend, plan: Plan, setting: EntitySet
     counts = result.of(name)
     done = 0
     started = time.monotonic()
+    delta_link = None
     for page in backend.read_changes(entity, link, page_size=plan.page_size):
-        ids = [r[pk] for r in page.upserts]
+        delta_link = page.link
         with immediate(org.db):
-            known = sync_state.server_versions(org, name, ids)
             waiting = transactions.pending_records(org, name)
-            rows, leaving, versions = [], [], {}
-            for record in page.upserts:
-                record_id = record[pk]
-                version = page.versions.get(record_id)
-                if rule is not None and not filters.matches(rule, record):
-                    leaving.append(record_id)
-                    continue
-                if version and known.get(record_id) == version:
-                    continue  # our own upload coming back, or a page read twice
-                if record_id in waiting and not _server_beats_client(
-                        org, plan, reporter, counts, entity, record):
-                    if version:
-                        versions[record_id] = version  # the upload may now overwrite it
-                    continue
-                rows.append(_project(entity, record))
-                if version:
-                    versions[record_id] = version
+            rows, leaving, versions = _page_writes(org, plan, reporter, counts, entity, names,
+                                                   rule, page, waiting)
             deleted = [i for i in page.deleted if i not in waiting] \
                 if setting.sync_deletion else []
             records.save_records(org, name, rows, from_server=True)
@@ -357,8 +349,71 @@ def download_entity(org: OrgDb, backend: Backend, plan: Plan, setting: EntitySet
         counts.deleted += gone
         done += len(page.upserts) + len(page.deleted)
         reporter.progress("download", name, done, total)
+    if delta_link is None and setting.sync_deletion:
+        # The read ended without a delta link: the server does not track deletions.
+        counts.deleted += reconcile_deletions(org, backend, entity)
     reporter.log("info", f"downloaded {counts.downloaded}, deleted {counts.deleted} "
                  f"in {time.monotonic() - started:.2f} s", name)
+
+
+def reconcile_deletions(org: OrgDb, backend: Backend, entity: Entity) -> int:
+    """Delete client records the server had and no longer lists; returns how many.
+
+    For servers that cannot report deletions. The server's ids are streamed
+    into a temporary table of the client org's connection (flat memory for
+    any size); a record counts as the server's when the client holds a server
+    version of it, so records created here and not yet uploaded never leave.
+    """
+    name = entity.logicalname
+    db = org.db
+    db.execute("CREATE TEMP TABLE IF NOT EXISTS _server_ids (id TEXT PRIMARY KEY) WITHOUT ROWID")
+    db.execute("DELETE FROM temp._server_ids")
+    try:
+        for ids in backend.read_ids(entity):
+            db.conn.executemany("INSERT OR IGNORE INTO temp._server_ids (id) VALUES (?)",
+                                [(i,) for i in ids])
+        with immediate(db):
+            waiting = transactions.pending_records(org, name)
+            gone = [i for (i,) in db.execute(
+                "SELECT id FROM _server_versions WHERE entity = ? "
+                "AND id NOT IN (SELECT id FROM temp._server_ids)", [name]) if i not in waiting]
+            deleted = records.delete_records(org, name, gone, from_server=True)
+            sync_state.forget_server_versions(db, name, gone)
+    finally:
+        db.execute("DELETE FROM temp._server_ids")
+    return deleted
+
+
+def _page_writes(org: OrgDb, plan: Plan, reporter: Reporter, counts: EntityCounts,
+                 entity: Entity, names: set[str], rule: filters.Filter | None, page: ChangesPage,
+                 waiting: set[str]) -> tuple[list[dict[str, Any]], list[str], dict[str, str]]:
+    """A page's records to write, ids leaving the filter, and server versions to keep.
+
+    Whole-page steps, so an initial download costs one pass over its records.
+    """
+    pk = entity.primaryidattribute
+    upserts, leaving = page.upserts, []
+    if rule is not None:
+        upserts = []
+        for record in page.upserts:
+            if filters.matches(rule, record):
+                upserts.append(record)
+            else:
+                leaving.append(record[pk])
+    known = sync_state.server_versions(org, entity.logicalname, [r[pk] for r in upserts])
+    # Our own upload coming back, or a page read twice: the server has the version we hold.
+    skip = {i for i, v in known.items() if v and page.versions.get(i) == v}
+    for record in [r for r in upserts if r[pk] in waiting and r[pk] not in skip]:
+        if not _server_beats_client(org, plan, reporter, counts, entity, record):
+            # The client's change wins: not written here; its version is kept so the
+            # upload may now overwrite the server's record.
+            skip.add(record[pk])
+    rows = [_project(names, r) for r in upserts if r[pk] not in skip]
+    if upserts is page.upserts and len(page.versions) == len(upserts):
+        versions = page.versions  # the common case: every record came with its version
+    else:  # records leaving the filter are forgotten; one without a version is known by ""
+        versions = {r[pk]: page.versions.get(r[pk], "") for r in upserts}
+    return rows, leaving, versions
 
 
 def _server_beats_client(org: OrgDb, plan: Plan, reporter: Reporter, counts: EntityCounts,

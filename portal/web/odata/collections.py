@@ -27,8 +27,10 @@ from portal.web.odata.options import QueryOptions, parse_options
 from portal.web.odata.paging import PageState, make_skiptoken, query_digest, read_skiptoken
 from portal.web.odata.prefer import Preferences, parse_prefer
 
-# Resco Cloud and Dataverse page at 1,000 records by default; Prefer may lower it.
-MAX_PAGE_SIZE = 1000
+# A page holds 1,000 records unless Prefer: odata.maxpagesize asks for another size,
+# up to 5,000 (Dataverse's limit; sync clients read in pages of 5,000).
+DEFAULT_PAGE_SIZE = 1000
+MAX_PAGE_SIZE = 5000
 
 
 def link(req: ApiRequest, set_name: str, params: list[tuple[str, str]]) -> str:
@@ -63,7 +65,7 @@ def read_collection(req: ApiRequest, entity: Entity) -> ApiResponse:
     set_name = entity.entitysetname
     digest = query_digest(req.org.name, set_name, req.args.get("$filter"),
                           req.args.get("$orderby"))
-    page_size = min(prefs.maxpagesize or MAX_PAGE_SIZE, MAX_PAGE_SIZE)
+    page_size = min(prefs.maxpagesize or DEFAULT_PAGE_SIZE, MAX_PAGE_SIZE)
     if opts.skiptoken is not None:
         state = read_skiptoken(req.secret, digest, opts.skiptoken)
         if prefs.maxpagesize is None:
@@ -125,7 +127,7 @@ def read_delta(req: ApiRequest, entity: Entity, opts: QueryOptions, prefs: Prefe
         raise bad_request(f"{extra[0]} cannot be combined with $deltatoken", extra[0])
     version = read_deltatoken(req.secret, req.org.name, entity.entitysetname, opts.deltatoken
                               or "")
-    page_size = min(prefs.maxpagesize or MAX_PAGE_SIZE, MAX_PAGE_SIZE)
+    page_size = min(prefs.maxpagesize or DEFAULT_PAGE_SIZE, MAX_PAGE_SIZE)
     page = changes_since(req.org, entity.logicalname, version, limit=page_size)
     deleted_context = f"{req.service_root}$metadata#{entity.entitysetname}/$deletedEntity"
     names = opts.select
