@@ -58,7 +58,7 @@ def client_sync(client_dir: str, url: str, result: Any) -> None:
     path = Path(client_dir)
     path.mkdir(parents=True, exist_ok=True)
     org = store.open_org(path, "cli", create=True)
-    backend = RescoBackend(url, EMAIL, PASSWORD)
+    backend = RescoBackend(url, EMAIL, PASSWORD, allow_private=True)
     if not org.entities():
         metadata.update_client_metadata(org, backend.read_metadata(), set())
         transactions.set_client(org, True)

@@ -30,7 +30,7 @@ from portal.errors import PortalError
 from portal.orgs import transactions
 from portal.orgs.store import OrgDb, open_org
 from portal.queue import enqueue_sync, get_redis
-from portal.sync import connections, engine, registration, runs, server_urls
+from portal.sync import connections, engine, registration, runs
 from portal.sync.connections import Connection
 from portal.sync.metadata import update_client_metadata
 
@@ -102,17 +102,13 @@ def working_on(connection_id: int, kind: str, trigger: str) -> Iterator[Work]:
         work: Work | None = None
         try:
             org = open_org(orgs_dir, connection.org_name)
+            # The backend checks the URL again (the name may resolve elsewhere now
+            # than when the connection was made) and refuses redirects to private hosts.
             backend = make_backend(
                 connection.backend, connection.url, connection.username,
                 connections.server_password(db, crypto.load_key(app.instance_path), connection_id),
-                retries=app.config["SYNC_HTTP_RETRIES"])
-            # The URL was checked when the connection was made; check it again (the
-            # name may resolve elsewhere now) and refuse redirects to private hosts.
-            allow = app.config["ALLOW_PRIVATE_SERVERS"]
-            server_urls.check_server_url(connection.url, allow_private=allow)
-            session = getattr(backend, "session", None)
-            if session is not None:
-                server_urls.guard_session(session, allow_private=allow)
+                retries=app.config["SYNC_HTTP_RETRIES"],
+                allow_private=app.config["ALLOW_PRIVATE_SERVERS"])
             work = Work(db, connection, org, backend, lock, run_id)
             yield work
         except BaseException as exc:

@@ -23,6 +23,7 @@ from sqlite_utils import Database
 from jobs.cli import fail, orgs_dir
 from portal import crypto
 from portal.backends.registry import available_backend
+from portal.backends.server_urls import check_server_url
 from portal.db import get_db
 from portal.errors import InvalidInput, PortalError
 from portal.orgs import registry, transactions
@@ -30,7 +31,6 @@ from portal.orgs.store import open_org
 from portal.queue import ENDED, enqueue_connect, enqueue_metadata, enqueue_sync, get_redis
 from portal.sync import connections, runs
 from portal.sync.connections import Connection
-from portal.sync.server_urls import check_server_url
 
 sync_cli = AppGroup("sync",
                     help="Connect hosted orgs to server orgs; run, watch and schedule syncs.")

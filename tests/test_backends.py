@@ -70,7 +70,7 @@ SERVICE = {"value": [{"name": "accounts", "url": "accounts"}]}
 def test_backend_waits_as_retry_after_says(script, busy: int) -> None:  # type: ignore[no-untyped-def]
     server = script([(busy, {"Retry-After": "1"}, {"error": {"message": "slow down"}}),
                      (200, {}, SERVICE)])
-    backend = RescoBackend(server.url, "u", "p", retries=2)
+    backend = RescoBackend(server.url, "u", "p", retries=2, allow_private=True)
     assert backend.check_credentials() == "u"
     backend.close()
     assert len(server.seen) == 2
@@ -79,14 +79,15 @@ def test_backend_waits_as_retry_after_says(script, busy: int) -> None:  # type: 
 
 def test_backend_refused_credentials_name_the_servers_message(script) -> None:  # type: ignore[no-untyped-def]
     server = script([(401, {}, {"error": {"code": "Unauthorized", "message": "bad password"}})])
-    backend = RescoBackend(server.url, "u", "p", retries=0)
+    backend = RescoBackend(server.url, "u", "p", retries=0, allow_private=True)
     with pytest.raises(CredentialsRefused, match="bad password"):
         backend.check_credentials()
     backend.close()
 
 
 def test_backend_down_is_a_readable_error() -> None:
-    backend = RescoBackend(f"http://127.0.0.1:{free_port()}/odata/v4/srv/", "u", "p", retries=1)
+    backend = RescoBackend(f"http://127.0.0.1:{free_port()}/odata/v4/srv/", "u", "p", retries=1,
+                           allow_private=True)
     with pytest.raises(BackendError, match="cannot be reached"):
         backend.check_credentials()
     backend.close()
@@ -99,7 +100,7 @@ def test_backend_down_is_a_readable_error() -> None:
 def test_backend_unexpected_answers_are_readable_errors(  # type: ignore[no-untyped-def]
         script, status: int, body: object, message: str) -> None:
     server = script([(status, {}, body)])
-    backend = RescoBackend(server.url, "u", "p", retries=0)
+    backend = RescoBackend(server.url, "u", "p", retries=0, allow_private=True)
     with pytest.raises(BackendError, match=message):
         backend.check_credentials()
     backend.close()

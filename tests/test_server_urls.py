@@ -12,8 +12,9 @@ from http.server import BaseHTTPRequestHandler, HTTPServer
 import pytest
 import requests
 
+from portal.backends.resco import RescoBackend
+from portal.backends.server_urls import check_server_url, guard_session, refused_reason
 from portal.errors import InvalidInput
-from portal.sync.server_urls import check_server_url, guard_session, refused_reason
 
 
 @pytest.mark.parametrize("url, reason", [
@@ -136,3 +137,12 @@ def test_unguarded_session_follows_redirects_when_private_servers_are_allowed(
     with requests.Session() as session:
         guard_session(session, allow_private=True)
         assert session.get(redirector + "/relative", timeout=5).text == "here"
+
+
+@pytest.mark.parametrize("url, reason", [("http://10.1.2.3/odata/v4/srv/", "private"),
+                                         ("http://127.0.0.1:8080/odata/v4/srv/", "loopback")])
+def test_backend_refuses_a_private_server_unless_allowed(url: str, reason: str) -> None:
+    with pytest.raises(InvalidInput, match=reason):
+        RescoBackend(url, "user", "password")
+    backend = RescoBackend(url, "user", "password", allow_private=True)
+    backend.close()

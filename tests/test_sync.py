@@ -372,8 +372,28 @@ def test_sync_backend_counts_records_for_progress(pair) -> None:  # type: ignore
     with server.org("srv") as a:
         seed_sales(a, accounts=12)
         entities = [a.entity("account"), a.entity("contact"), a.entity("lead")]
-    backend = RescoBackend(server.url, ADMIN_EMAIL, ADMIN_PASSWORD)  # type: ignore[arg-type]
+    backend = RescoBackend(server.url, ADMIN_EMAIL, ADMIN_PASSWORD, allow_private=True)  # type: ignore[arg-type]
     try:
         assert count_records(backend, entities) == {"account": 12, "contact": 12, "lead": 20}
     finally:
         backend.close()
+
+
+def test_sync_job_refuses_a_private_server_unless_the_operator_allows_it(  # type: ignore[no-untyped-def]
+        pair, redis: Redis) -> None:
+    from portal.db import get_db
+    from portal.sync import runs
+
+    server, client = pair
+    connection_id = _connect(server, client, redis)
+    with client.org("cli") as b:
+        records.create_record(b, "account", {"name": "waits for an allowed server"})
+    # The operator turns private servers off: the job checks the URL again, in the backend.
+    strict = Side(client.instance, client.redis_url, config={"ALLOW_PRIVATE_SERVERS": False})
+    strict.sync_now(redis, connection_id)
+    with strict.app.app_context():
+        last = runs.list_runs(get_db(), strict.connection(connection_id).org_id)[0]
+    assert last["status"] == "failed"
+    assert "loopback" in last["error"] and "PORTAL_ALLOW_PRIVATE_SERVERS" in last["error"]
+    with client.org("cli") as b:
+        assert transactions.counts(b)["pending"] == 1

@@ -32,7 +32,8 @@ def untracked(tmp_path: Path, redis_url: str, portal_process):  # type: ignore[n
     server.url = portal_process(tmp_path / "a").odata_root("srv")
     client = Side(tmp_path / "b", redis_url)
     client.create_org("cli", template=None)
-    backend = RescoBackend(server.url, ADMIN_EMAIL, ADMIN_PASSWORD, track_changes=False)
+    backend = RescoBackend(server.url, ADMIN_EMAIL, ADMIN_PASSWORD, allow_private=True,
+                           track_changes=False)
     with client.org("cli") as b:
         metadata.update_client_metadata(b, backend.read_metadata(), set())
         transactions.set_client(b, True)

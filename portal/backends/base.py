@@ -5,11 +5,13 @@ reads changes since a link (paged, with upserts and deletions), reads all
 ids (for servers without deletion tracking), reads one record, and applies a
 batch of writes with a result per write. Records travel as our JSON form
 (attribute logical name -> value; lookups as GUIDs); each backend maps its
-protocol's form to that.
+protocol's form to that. A backend is made with the server's URL, user name,
+password and `allow_private`: without it, a URL on a private host, or a
+redirect to one, is refused (`server_urls`).
 """
 
 from abc import ABC, abstractmethod
-from collections.abc import Iterator
+from collections.abc import Generator, Iterator
 from dataclasses import dataclass, field
 from typing import Any, ClassVar
 
@@ -67,8 +69,11 @@ class Backend(ABC):
 
     @abstractmethod
     def read_changes(self, entity: Entity, link: str | None, *,
-                     page_size: int = 1000) -> Iterator[ChangesPage]:
-        """Pages of changes since `link` (None: everything), the last one `complete`."""
+                     page_size: int = 1000) -> Generator[ChangesPage, None, None]:
+        """Pages of changes since `link` (None: everything), the last one `complete`.
+
+        A caller that stops before the last page closes the generator.
+        """
 
     def count(self, entity: Entity) -> int | None:
         """How many records the entity has on the server, or None if the server won't say."""

@@ -10,7 +10,7 @@ sync engine recognises as its own write.
 """
 
 import time
-from collections.abc import Iterator
+from collections.abc import Generator, Iterator
 from typing import Any
 from urllib.parse import urljoin
 
@@ -21,6 +21,7 @@ from requests.adapters import HTTPAdapter
 from portal.backends.base import Backend, ChangesPage, Write, WriteResult
 from portal.backends.dataverse_metadata import entities_from_entity_definitions
 from portal.backends.prefetch import prefetched
+from portal.backends.server_urls import check_server_url, guard_session
 from portal.errors import BackendError, CredentialsRefused
 from portal.orgs.metadata import Entity
 
@@ -40,14 +41,17 @@ class ODataBackend(Backend):
     supports_etags = True
 
     def __init__(self, url: str, username: str, password: str, *,
-                 session: requests.Session | None = None, retries: int = RETRIES,
-                 track_changes: bool = True) -> None:
+                 allow_private: bool = False, session: requests.Session | None = None,
+                 retries: int = RETRIES, track_changes: bool = True) -> None:
+        # A URL on a private host, or a redirect to one, is refused unless the
+        # operator allows them (ALLOW_PRIVATE_SERVERS): see server_urls.
+        check_server_url(url, allow_private=allow_private)
         self.root = url if url.endswith("/") else url + "/"
         self.retries = retries
         # Without change tracking every run reads the whole entity set, and the
         # engine finds deletions by comparing ids (Backend.read_ids).
         self.supports_delta = track_changes
-        self.session = session or requests.Session()
+        self.session = guard_session(session or requests.Session(), allow_private=allow_private)
         self.session.auth = (username, password)
         adapter = HTTPAdapter(pool_connections=2, pool_maxsize=4, max_retries=0)
         self.session.mount("http://", adapter)
@@ -106,7 +110,7 @@ class ODataBackend(Backend):
             self.get_json("EntityDefinitions?$expand=Attributes"))
 
     def read_changes(self, entity: Entity, link: str | None, *,
-                     page_size: int = 1000) -> Iterator[ChangesPage]:
+                     page_size: int = 1000) -> Generator[ChangesPage, None, None]:
         """Follow next links then the delta link, as Dataverse change tracking works.
 
         The next page is read while the caller writes this one (`prefetched`).

@@ -3,14 +3,14 @@
 A download alternates network waits (the server building a page) with local
 work (writing the page to SQLite). Both release the GIL for most of their
 time, so running the reads in a thread overlaps them. Only the reading
-thread touches the backend while the pages are iterated; the caller's
-iteration ending (normally, by an exception, or by `close`) stops it and
-waits for it, so the backend's session is free again afterwards.
+thread touches the backend while the pages are iterated. The caller closes
+the iterator when it stops early (`contextlib.closing`): that stops the
+reader and waits for it, so the backend's session is free again afterwards.
 """
 
 import queue
 import threading
-from collections.abc import Iterator
+from collections.abc import Generator, Iterator
 from typing import TypeVar
 
 T = TypeVar("T")
@@ -26,7 +26,7 @@ class _Failed:
         self.error = error
 
 
-def prefetched(pages: Iterator[T], depth: int = 1) -> Iterator[T]:
+def prefetched(pages: Iterator[T], depth: int = 1) -> Generator[T, None, None]:
     """Iterate `pages` in a thread, at most `depth` pages ahead of the caller."""
     handoff: queue.Queue[object] = queue.Queue(maxsize=depth)
     stop = threading.Event()

@@ -18,6 +18,7 @@ the queue. Exactness rests on three rules:
 
 import time
 from collections.abc import Callable
+from contextlib import closing
 from dataclasses import dataclass, field
 from typing import Any
 
@@ -331,24 +332,26 @@ def download_entity(org: OrgDb, backend: Backend, plan: Plan, setting: EntitySet
     done = 0
     started = time.monotonic()
     delta_link = None
-    for page in backend.read_changes(entity, link, page_size=plan.page_size):
-        delta_link = page.link
-        with immediate(org.db):
-            waiting = transactions.pending_records(org, name)
-            rows, leaving, versions = _page_writes(org, plan, reporter, counts, entity, names,
-                                                   rule, page, waiting)
-            deleted = [i for i in page.deleted if i not in waiting] \
-                if setting.sync_deletion else []
-            records.save_records(org, name, rows, from_server=True)
-            gone = records.delete_records(org, name, deleted + leaving, from_server=True)
-            sync_state.save_server_versions(org.db, name, versions)
-            sync_state.forget_server_versions(org.db, name, deleted + leaving)
-            sync_state.save_checkpoint(org.db, sync_state.Checkpoint(
-                name, page.link, page.complete, setting.filter))
-        counts.downloaded += len(rows)
-        counts.deleted += gone
-        done += len(page.upserts) + len(page.deleted)
-        reporter.progress("download", name, done, total)
+    # Closed on any exit: the backend may be reading the next page in a thread.
+    with closing(backend.read_changes(entity, link, page_size=plan.page_size)) as pages:
+        for page in pages:
+            delta_link = page.link
+            with immediate(org.db):
+                waiting = transactions.pending_records(org, name)
+                rows, leaving, versions = _page_writes(org, plan, reporter, counts, entity,
+                                                       names, rule, page, waiting)
+                deleted = [i for i in page.deleted if i not in waiting] \
+                    if setting.sync_deletion else []
+                records.save_records(org, name, rows, from_server=True)
+                gone = records.delete_records(org, name, deleted + leaving, from_server=True)
+                sync_state.save_server_versions(org.db, name, versions)
+                sync_state.forget_server_versions(org.db, name, deleted + leaving)
+                sync_state.save_checkpoint(org.db, sync_state.Checkpoint(
+                    name, page.link, page.complete, setting.filter))
+            counts.downloaded += len(rows)
+            counts.deleted += gone
+            done += len(page.upserts) + len(page.deleted)
+            reporter.progress("download", name, done, total)
     if delta_link is None and setting.sync_deletion:
         # The read ended without a delta link: the server does not track deletions.
         counts.deleted += reconcile_deletions(org, backend, entity)

@@ -16,13 +16,13 @@ from pathlib import Path
 from sqlite_utils import Database
 
 from portal.backends.registry import available_backend
+from portal.backends.server_urls import Resolver, check_server_url, resolve
 from portal.db import immediate
 from portal.errors import InvalidInput
 from portal.orgs import registry, store
 from portal.orgs.metadata import NAME_RE, Entity
 from portal.sync import connections, filters
 from portal.sync.connections import Connection
-from portal.sync.server_urls import Resolver, check_server_url, resolve
 
 MAX_ENTITIES = 1000
 

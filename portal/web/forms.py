@@ -8,11 +8,11 @@ from wtforms import BooleanField, Field, PasswordField, SelectField, StringField
 from wtforms.validators import EqualTo, InputRequired, Length, Optional, ValidationError
 
 from portal.backends.registry import BACKEND_TYPES, available_backend
+from portal.backends.server_urls import check_server_url
 from portal.db import get_db
 from portal.errors import InvalidInput, NotFound
 from portal.orgs import registry
 from portal.sync.registration import Registration
-from portal.sync.server_urls import check_server_url
 
 # Which form field a data-layer refusal (InvalidInput.field) belongs beside.
 FIELD_OF_ERROR = {"name": "organization", "email": "email", "password": "password",
