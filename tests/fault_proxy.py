@@ -4,6 +4,10 @@
 * `drop_batch_answers = N`: the next N `$batch` requests reach the server and are
   applied, but their answers are dropped (the connection is cut), as when a
   network fails after the server did the work.
+* `hold_batch = N`: the answer of the N-th `$batch` (counting from the proxy's
+  start) is held after the server applied it: `holding` is set, and the answer
+  goes out (to whoever is still there) on `release()`. A test kills the
+  client in that window.
 """
 
 import http.client
@@ -22,6 +26,9 @@ class FaultProxy:
         self.drop_batch_answers = 0
         self.dropped = 0
         self.batches = 0
+        self.hold_batch = 0
+        self.holding = threading.Event()
+        self._released = threading.Event()
         proxy = self
 
         class Handler(BaseHTTPRequestHandler):
@@ -46,19 +53,26 @@ class FaultProxy:
                 upstream.close()
                 if "$batch" in self.path:
                     proxy.batches += 1
+                    if proxy.batches == proxy.hold_batch:
+                        proxy.holding.set()
+                        proxy._released.wait(120)
                     if proxy.drop_batch_answers > 0:
                         proxy.drop_batch_answers -= 1
                         proxy.dropped += 1
                         self.close_connection = True
                         self.connection.close()  # the server did the work; the answer is lost
                         return
-                self.send_response(response.status)
-                for key, value in response.getheaders():
-                    if key.lower() not in ("transfer-encoding", "connection", "content-length"):
-                        self.send_header(key, value)
-                self.send_header("Content-Length", str(len(data)))
-                self.end_headers()
-                self.wfile.write(data)
+                try:
+                    self.send_response(response.status)
+                    for key, value in response.getheaders():
+                        if key.lower() not in ("transfer-encoding", "connection",
+                                               "content-length"):
+                            self.send_header(key, value)
+                    self.send_header("Content-Length", str(len(data)))
+                    self.end_headers()
+                    self.wfile.write(data)
+                except OSError:  # the client is gone (killed while its answer was held)
+                    self.close_connection = True
 
             do_GET = do_POST = do_PATCH = do_DELETE = do_PUT = _forward
 
@@ -69,7 +83,12 @@ class FaultProxy:
         self.thread = threading.Thread(target=self.server.serve_forever, daemon=True)
         self.thread.start()
 
+    def release(self) -> None:
+        """Let a held answer go."""
+        self._released.set()
+
     def stop(self) -> None:
-        """Stop listening."""
+        """Stop listening (a held answer is let go first)."""
+        self.release()
         self.server.shutdown()
         self.server.server_close()

@@ -150,28 +150,52 @@ def test_sync_worker_killed_during_download_resumes_without_loss(faulty, redis: 
     _assert_identical(server, client)
 
 
-def test_sync_worker_killed_during_upload_resumes_without_duplicates(faulty, redis: Redis) -> None:  # type: ignore[no-untyped-def]
-    server, client, _ = faulty
+@pytest.mark.parametrize("kill_at", ["first batch applied, answer not yet back",
+                                     "fourth batch applied, answer not yet back",
+                                     "between batches"])
+def test_sync_worker_killed_during_upload_resumes_without_duplicates(  # type: ignore[no-untyped-def]
+        faulty, redis: Redis, kill_at: str) -> None:
+    server, client, proxy = faulty
     with server.org("srv") as a:
-        seed_sales(a, accounts=5)
+        seed_sales(a, accounts=40)
     connection_id = client.connect_now(redis, "cli", server.url)
     with client.org("cli") as b:
-        for i in range(300):
+        existing = sorted(r["accountid"] for r in b.db.table("account").rows)
+        # Creates, updates and deletes mixed, so every batch of 20 holds each kind.
+        for i in range(150):
             records.create_record(b, "account", {"name": f"offline {i}"})
+            if i % 5 == 0:
+                records.update_record(b, "account", existing[i // 5], {"name": f"changed {i}"})
+            if i % 15 == 0:
+                records.delete_record(b, "account", existing[30 + i // 15])
+        writes = transactions.counts(b)["pending"]
+    assert writes == 150 + 30 + 10
     before = _version(server, "srv")
 
-    def some_uploaded() -> bool:
-        with store.open_org(client.orgs_dir, "cli") as b:
-            return transactions.counts(b)["processed"] >= 60
+    job = _job_in_process(client, "sync_run", connection_id)
+    if kill_at == "between batches":
+        def some_uploaded() -> bool:
+            with store.open_org(client.orgs_dir, "cli") as b:
+                return transactions.counts(b)["processed"] >= 60
 
-    _kill_when(_job_in_process(client, "sync_run", connection_id), some_uploaded)
+        _kill_when(job, some_uploaded)
+    else:
+        # The server has applied the batch; its answer waits in the proxy while the
+        # worker dies, so the client never learns which writes went through.
+        proxy.hold_batch = proxy.batches + (1 if kill_at.startswith("first") else 4)
+        _kill_when(job, proxy.holding.is_set)
+        proxy.release()
+        assert _version(server, "srv") > before
     with client.org("cli") as b:
-        assert 0 < transactions.counts(b)["pending"] < 300
+        # Some writes are on the server, and the client still has them all or some pending.
+        assert 0 < transactions.counts(b)["pending"] <= writes
     client.sync_now(redis, connection_id)
     with client.org("cli") as b:
-        assert transactions.counts(b)["processed"] == 300
+        assert transactions.counts(b) == {"pending": 0, "processed": writes, "error": 0,
+                                          "archived": 0}
     with server.org("srv") as a:
-        assert a.db.table("account").count == 305
-    # Every create reached the server once (a repeat would have been refused as create-only).
-    assert _version(server, "srv") - before == 300
+        assert a.db.table("account").count == 40 + 150 - 10
+    # Every write reached the server once: a repeated create is refused as create-only,
+    # a repeated update or delete by its If-Match, and recognised as our own.
+    assert _version(server, "srv") - before == writes
     _assert_identical(server, client)
