@@ -11,7 +11,6 @@ import statistics
 import sys
 import tempfile
 import time
-import uuid
 from pathlib import Path
 
 import orjson
@@ -20,6 +19,7 @@ import requests
 ROOT = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(ROOT))
 
+from bench.accounts import account_row  # noqa: E402
 from portal import create_app  # noqa: E402
 from portal.db import get_db  # noqa: E402
 from portal.orgs import records, registry, store  # noqa: E402
@@ -31,18 +31,7 @@ RUNS = 3
 
 def make_rows(count: int) -> list[dict]:
     """Accounts with ten attributes set, as a CRM holds them."""
-    return [{
-        "accountid": str(uuid.UUID(int=i + 1, version=4)),
-        "name": f"Account {i}",
-        "accountnumber": f"A-{i:08d}",
-        "telephone1": f"+421 2 {i:07d}",
-        "emailaddress1": f"info{i}@example.com",
-        "address1_city": "Bratislava",
-        "revenue": i * 10.5,
-        "numberofemployees": i % 5000,
-        "creditonhold": i % 2 == 0,
-        "industrycode": 1 + i % 8,
-    } for i in range(count)]
+    return [{**account_row(i), "industrycode": 1 + i % 8} for i in range(count)]
 
 
 def read_all(session: requests.Session, url: str, headers: dict[str, str]

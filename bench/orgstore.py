@@ -9,11 +9,11 @@ import sqlite3
 import sys
 import tempfile
 import time
-import uuid
 from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 
+from bench.accounts import account_row  # noqa: E402
 from portal.orgs import changes, records, schema, store  # noqa: E402
 from portal.orgs.metadata import Attribute, Entity  # noqa: E402
 
@@ -22,18 +22,7 @@ BATCH = 5000
 
 def make_rows(count: int) -> list[dict]:
     """Rows of a 10-attribute entity, as a sync page or an import would bring them."""
-    return [{
-        "accountid": str(uuid.UUID(int=i + 1, version=4)),
-        "name": f"Account {i}",
-        "accountnumber": f"A-{i:08d}",
-        "telephone1": f"+421 2 {i:07d}",
-        "emailaddress1": f"info{i}@example.com",
-        "address1_city": "Bratislava",
-        "revenue": i * 10.5,
-        "numberofemployees": i % 5000,
-        "creditonhold": i % 2 == 0,
-        "modifiedon": "2026-01-01T00:00:00Z",
-    } for i in range(count)]
+    return [{**account_row(i), "modifiedon": "2026-01-01T00:00:00Z"} for i in range(count)]
 
 
 def entity() -> Entity:

@@ -23,6 +23,7 @@ from typing import Any
 ROOT = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(ROOT))
 
+from bench.accounts import account_row  # noqa: E402
 from portal import create_app  # noqa: E402
 from portal.backends.resco import RescoBackend  # noqa: E402
 from portal.config import Defaults  # noqa: E402
@@ -40,11 +41,7 @@ ENTITIES = ["account", "contact"]
 def seed(org: store.OrgDb, count: int) -> None:
     """count/2 accounts and count/2 contacts, each contact's parent an account."""
     half = count // 2
-    accounts = [{"accountid": str(uuid.UUID(int=i + 1, version=4)), "name": f"Account {i}",
-                 "accountnumber": f"A-{i:08d}", "telephone1": f"+421 2 {i:07d}",
-                 "emailaddress1": f"info{i}@example.com", "address1_city": "Bratislava",
-                 "revenue": i * 10.5, "numberofemployees": i % 5000,
-                 "creditonhold": i % 2 == 0, "industrycode": 1 + i % 8} for i in range(half)]
+    accounts = [{**account_row(i), "industrycode": 1 + i % 8} for i in range(half)]
     contacts = [{"contactid": str(uuid.UUID(int=10**9 + i, version=4)), "lastname": f"Last {i}",
                  "firstname": "First", "emailaddress1": f"c{i}@example.com",
                  "jobtitle": "Buyer", "parentcustomerid": accounts[i]["accountid"]}

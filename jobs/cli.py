@@ -6,6 +6,7 @@ prints its reason and exits with code 1, having written nothing.
 
 import sys
 from pathlib import Path
+from typing import NoReturn
 
 import click
 from flask import Flask, current_app
@@ -24,7 +25,7 @@ def orgs_dir() -> Path:
     return Path(current_app.instance_path) / current_app.config["ORGS_DIR"]
 
 
-def fail(error: PortalError) -> None:
+def fail(error: PortalError) -> NoReturn:
     """Print a refused input's reason and exit 1."""
     click.echo(f"Error: {error.message}", err=True)
     sys.exit(1)

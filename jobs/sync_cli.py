@@ -10,6 +10,7 @@ having written and enqueued nothing.
 
 import sys
 import time
+from collections.abc import Callable
 from typing import Any
 
 import click
@@ -280,6 +281,22 @@ def connect(org: str, kind: str, url: str, user: str, password_stdin: bool, wait
     click.echo(f"Connected {org} to {url}; sync schedule: {schedule_text(connection)}.")
 
 
+def queue_and_wait(db: Database, org: str, enqueue: Callable[[Redis, int, str], Job], kind: str,
+                   what: str, wait: bool, timeout: float | None
+                   ) -> tuple[Connection, dict[str, Any] | None]:
+    """Enqueue a job on a connected org's connection; with `wait`, its finished run."""
+    try:
+        connection = connection_of(db, org)
+        after = newest_run_id(db, connection.org_id)
+        job = enqueue(get_redis(), connection.id, "cli")
+        click.echo(f"{what} queued (job {job.id}).")
+        if not wait:
+            return connection, None
+        return connection, finish(db, get_redis(), job, connection, kind, after, timeout)
+    except PortalError as error:
+        fail(error)
+
+
 @sync_cli.command("run")
 @click.argument("org")
 @wait_option
@@ -287,16 +304,9 @@ def connect(org: str, kind: str, url: str, user: str, password_stdin: bool, wait
 def run_sync(org: str, wait: bool, timeout: float | None) -> None:
     """Enqueue a sync run of a connected org (upload its transactions, download changes)."""
     db = get_db()
-    try:
-        connection = connection_of(db, org)
-        after = newest_run_id(db, connection.org_id)
-        job = enqueue_sync(get_redis(), connection.id, "cli")
-        click.echo(f"Sync run of {org} queued (job {job.id}).")
-        if not wait:
-            return
-        run = finish(db, get_redis(), job, connection, "sync", after, timeout)
-    except PortalError as error:
-        fail(error)
+    _, run = queue_and_wait(db, org, enqueue_sync, "sync", f"Sync run of {org}", wait, timeout)
+    if run is None:
+        return
     show_counts(run["counts"])
     click.echo(f"Sync run {run['id']} of {org} succeeded in {run['duration_s']:.2f} s.")
 
@@ -308,16 +318,10 @@ def run_sync(org: str, wait: bool, timeout: float | None) -> None:
 def update_metadata(org: str, wait: bool, timeout: float | None) -> None:
     """Update Client Metadata: migrate a connected org to its server's metadata."""
     db = get_db()
-    try:
-        connection = connection_of(db, org)
-        after = newest_run_id(db, connection.org_id)
-        job = enqueue_metadata(get_redis(), connection.id, "cli")
-        click.echo(f"Update Client Metadata of {org} queued (job {job.id}).")
-        if not wait:
-            return
-        run = finish(db, get_redis(), job, connection, "metadata", after, timeout)
-    except PortalError as error:
-        fail(error)
+    connection, run = queue_and_wait(db, org, enqueue_metadata, "metadata",
+                                     f"Update Client Metadata of {org}", wait, timeout)
+    if run is None:
+        return
     # The job's return value is not kept (result_ttl=0); its changes are the run's log lines.
     changes = [line["message"] for line in reversed(runs.list_logs(db, connection.org_id,
                                                                    run["id"]))

@@ -72,29 +72,32 @@ def job_id(kind: str, connection_id: int) -> str:
     return f"{kind}-{connection_id}"
 
 
+def _enqueue_on_connection(redis: Redis, kind: str, func: str, connection_id: int, *args: Any,
+                           **settings: Any) -> Job:
+    """Enqueue one kind of work on a connection: at most one queued or running at a time."""
+    return enqueue(redis, func, connection_id, *args, job_id=job_id(kind, connection_id),
+                   unique=True, queue=DEFAULT_QUEUE, **settings)
+
+
 def enqueue_sync(redis: Redis, connection_id: int, trigger: str) -> Job:
     """Enqueue a sync run unless one is queued or running; returns the job."""
-    return enqueue(redis, "jobs.sync.sync_run", connection_id, trigger,
-                   job_id=job_id("sync", connection_id), unique=True, result_ttl=0,
-                   failure_ttl=300, queue=DEFAULT_QUEUE)
+    return _enqueue_on_connection(redis, "sync", "jobs.sync.sync_run", connection_id, trigger,
+                                  result_ttl=0, failure_ttl=300)
 
 
 def enqueue_connect(redis: Redis, connection_id: int) -> Job:
     """Enqueue the connect job of a new (or failed) connection."""
-    return enqueue(redis, "jobs.sync.connect", connection_id,
-                   job_id=job_id("connect", connection_id), unique=True, result_ttl=3600,
-                   failure_ttl=3600, queue=DEFAULT_QUEUE)
+    return _enqueue_on_connection(redis, "connect", "jobs.sync.connect", connection_id,
+                                  result_ttl=3600, failure_ttl=3600)
 
 
 def enqueue_metadata(redis: Redis, connection_id: int, trigger: str) -> Job:
     """Enqueue Update Client Metadata."""
-    return enqueue(redis, "jobs.sync.update_metadata", connection_id, trigger,
-                   job_id=job_id("metadata", connection_id), unique=True, result_ttl=0,
-                   failure_ttl=300, queue=DEFAULT_QUEUE)
+    return _enqueue_on_connection(redis, "metadata", "jobs.sync.update_metadata", connection_id,
+                                  trigger, result_ttl=0, failure_ttl=300)
 
 
 def enqueue_upload(redis: Redis, connection_id: int) -> Job:
     """Enqueue an upload of pending transactions (instant mode), coalesced per connection."""
-    return enqueue(redis, "jobs.sync.upload", connection_id,
-                   job_id=job_id("upload", connection_id), unique=True, result_ttl=0,
-                   failure_ttl=300, retries=3, queue=DEFAULT_QUEUE)
+    return _enqueue_on_connection(redis, "upload", "jobs.sync.upload", connection_id,
+                                  result_ttl=0, failure_ttl=300, retries=3)

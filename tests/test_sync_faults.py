@@ -50,6 +50,15 @@ def _assert_identical(server: Side, client: Side) -> None:
         assert_identical(a, b, SALES)
 
 
+def _connected(server: Side, client: Side, redis: Redis, accounts: int) -> tuple[int, list[str]]:
+    """Seed the server org, connect the client; the connection and the accounts' ids."""
+    with server.org("srv") as a:
+        seed_sales(a, accounts=accounts)
+    connection_id = client.connect_now(redis, "cli", server.url)
+    with client.org("cli") as b:
+        return connection_id, sorted(r["accountid"] for r in b.db.table("account").rows)
+
+
 def _job_in_process(client: Side, job: str, connection_id: int) -> subprocess.Popen[bytes]:
     """Run a sync job in its own process (as a worker would), to be killed."""
     env = {**os.environ, "PORTAL_INSTANCE_PATH": str(client.instance),
@@ -80,11 +89,8 @@ def _kill_when(process: subprocess.Popen[bytes], condition, timeout: float = 120
 
 def test_sync_lost_batch_answer_is_applied_once(faulty, redis: Redis) -> None:  # type: ignore[no-untyped-def]
     server, client, proxy = faulty
-    with server.org("srv") as a:
-        seed_sales(a, accounts=20)
-    connection_id = client.connect_now(redis, "cli", server.url)
+    connection_id, ids = _connected(server, client, redis, accounts=20)
     with client.org("cli") as b:
-        ids = sorted(r["accountid"] for r in b.db.table("account").rows)
         records.create_record(b, "account", {"name": "created on the client"})
         records.update_record(b, "account", ids[0], {"name": "updated on the client"})
         records.delete_record(b, "account", ids[1])
@@ -102,9 +108,7 @@ def test_sync_lost_batch_answer_is_applied_once(faulty, redis: Redis) -> None:  
 def test_sync_server_down_keeps_transactions_pending_then_goes_through(  # type: ignore[no-untyped-def]
         faulty, redis: Redis) -> None:
     server, client, proxy = faulty
-    with server.org("srv") as a:
-        seed_sales(a, accounts=10)
-    connection_id = client.connect_now(redis, "cli", server.url)
+    connection_id, _ = _connected(server, client, redis, accounts=10)
     with client.org("cli") as b:
         records.create_record(b, "account", {"name": "made while the server was down"})
     proxy.down = True
@@ -156,11 +160,8 @@ def test_sync_worker_killed_during_download_resumes_without_loss(faulty, redis: 
 def test_sync_worker_killed_during_upload_resumes_without_duplicates(  # type: ignore[no-untyped-def]
         faulty, redis: Redis, kill_at: str) -> None:
     server, client, proxy = faulty
-    with server.org("srv") as a:
-        seed_sales(a, accounts=40)
-    connection_id = client.connect_now(redis, "cli", server.url)
+    connection_id, existing = _connected(server, client, redis, accounts=40)
     with client.org("cli") as b:
-        existing = sorted(r["accountid"] for r in b.db.table("account").rows)
         # Creates, updates and deletes mixed, so every batch of 20 holds each kind.
         for i in range(150):
             records.create_record(b, "account", {"name": f"offline {i}"})

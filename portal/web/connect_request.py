@@ -78,9 +78,13 @@ def _texts(parent: Element, path: str, allowed: tuple[str, ...]) -> dict[str, El
 def _leaf(elem: Element, path: str) -> str:
     if len(elem):
         raise Refused(400, "InvalidElement", f"<{path}> must hold text, not elements", path)
-    text = elem.text or ""
+    return _short(elem.text or "", f"<{path}>", path)
+
+
+def _short(text: str, shown: str, path: str) -> str:
+    """The text, refused when longer than MAX_TEXT (`shown` names it in the message)."""
     if len(text) > MAX_TEXT:
-        raise Refused(400, "InvalidElement", f"<{path}> is longer than {MAX_TEXT} characters",
+        raise Refused(400, "InvalidElement", f"{shown} is longer than {MAX_TEXT} characters",
                       path)
     return text
 
@@ -148,10 +152,7 @@ def _json_text(value: Any, path: str) -> str:
         return ""
     if not isinstance(value, str):
         raise Refused(400, "InvalidElement", f"{path} must be a string", path)
-    if len(value) > MAX_TEXT:
-        raise Refused(400, "InvalidElement", f"{path} is longer than {MAX_TEXT} characters",
-                      path)
-    return value
+    return _short(value, path, path)
 
 
 def parse_json(body: bytes) -> ConnectRequest:
