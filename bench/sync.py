@@ -63,9 +63,10 @@ def client_sync(client_dir: str, url: str, result: Any) -> None:
         transactions.set_client(org, True)
     plan = engine.Plan([EntitySettings(e, True, True, None) for e in ENTITIES],
                        page_size=Defaults.SYNC_PAGE_SIZE)
-    outcome = engine.RunResult()
-    engine.upload(org, backend, plan, engine.Reporter(), outcome)
-    engine.download(org, backend, plan, engine.Reporter(), outcome)
+    run = engine.Run(org, backend, plan)
+    engine.upload(run)
+    engine.download(run)
+    outcome = run.result
     backend.close()
     org.close()
     result.put((time.perf_counter() - started, outcome.total("downloaded"),

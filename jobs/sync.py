@@ -31,7 +31,7 @@ from portal.orgs import transactions
 from portal.orgs.store import OrgDb, open_org
 from portal.queue import enqueue_sync, get_redis
 from portal.sync import connections, engine, registration, runs
-from portal.sync.connections import Connection
+from portal.sync.connections import Connection, ConnectionStatus
 from portal.sync.metadata import update_client_metadata
 
 LOCK_TTL_S = 10  # renewed on every progress report, so a killed job frees it quickly
@@ -114,14 +114,14 @@ def working_on(connection_id: int, kind: str, trigger: str) -> Iterator[Work]:
         except BaseException as exc:
             reason = exc.message if isinstance(exc, PortalError) else \
                 f"{exc.__class__.__name__}: {exc}"
-            runs.finish_run(db, run_id, "failed", work.counts if work else {},
+            runs.finish_run(db, run_id, runs.RunStatus.FAILED, work.counts if work else {},
                             time.monotonic() - started, reason)
             runs.log(db, connection.org_id, run_id, "error", reason)
             if kind == "connect":
-                connections.set_status(db, connection_id, "failed", error=reason)
+                connections.set_status(db, connection_id, ConnectionStatus.FAILED, error=reason)
             raise
         else:
-            runs.finish_run(db, run_id, "succeeded", work.counts if work else {},
+            runs.finish_run(db, run_id, runs.RunStatus.SUCCEEDED, work.counts if work else {},
                             time.monotonic() - started)
             connections.record_run_time(db, connection_id)
         finally:
@@ -138,7 +138,7 @@ def working_on(connection_id: int, kind: str, trigger: str) -> Iterator[Work]:
 def connect(connection_id: int) -> dict[str, Any]:
     """Check the server, copy its metadata, create the client schema, run the first sync."""
     with app_context():
-        connections.set_status(get_db(), connection_id, "connecting",
+        connections.set_status(get_db(), connection_id, ConnectionStatus.CONNECTING,
                                job_id=_current_job_id())
     with working_on(connection_id, "connect", "connect") as work:
         work.progress("checking credentials", None, 0, None)
@@ -154,11 +154,11 @@ def connect(connection_id: int) -> dict[str, Any]:
         enabled = [work.org.entity(e.entity) for e in plan.entities if e.enabled]
         totals = engine.count_records(work.backend, enabled)
         result = engine.RunResult()
-        engine.download(work.org, work.backend, plan, work.reporter, result, totals)
+        engine.download(engine.Run(work.org, work.backend, plan, work.reporter, result), totals)
         work.counts = result.as_dict()
         if not work.connection.schedule_active:
             connections.set_schedule(work.db, connection_id, every_minutes=DEFAULT_EVERY_MINUTES)
-        connections.set_status(work.db, connection_id, "connected")
+        connections.set_status(work.db, connection_id, ConnectionStatus.CONNECTED)
         work.progress("connected", None, result.total("downloaded"), None)
         return result.as_dict()
 
@@ -179,9 +179,9 @@ def sync_run(connection_id: int, trigger: str = "schedule") -> dict[str, Any]:
     with working_on(connection_id, "sync", trigger) as work:
         result = engine.RunResult()
         try:
-            plan = work.plan()
-            engine.upload(work.org, work.backend, plan, work.reporter, result)
-            engine.download(work.org, work.backend, plan, work.reporter, result)
+            run = engine.Run(work.org, work.backend, work.plan(), work.reporter, result)
+            engine.upload(run)
+            engine.download(run)
         finally:
             work.counts = result.as_dict()
         work.log("info", f"run done: uploaded {result.total('uploaded')}, downloaded "
@@ -195,7 +195,7 @@ def upload(connection_id: int) -> dict[str, Any]:
     with working_on(connection_id, "upload", "write") as work:
         result = engine.RunResult()
         try:
-            engine.upload(work.org, work.backend, work.plan(), work.reporter, result)
+            engine.upload(engine.Run(work.org, work.backend, work.plan(), work.reporter, result))
         finally:
             work.counts = result.as_dict()
         return result.as_dict()

@@ -5,11 +5,9 @@ from pathlib import Path
 from typing import Any
 
 from flask import Flask
-from flask_wtf.csrf import CSRFProtect
 
 from portal import config, db
-
-csrf = CSRFProtect()
+from portal.extensions import csrf
 
 
 def create_app(test_config: dict[str, Any] | None = None) -> Flask:

@@ -44,7 +44,7 @@ def untracked(tmp_path: Path, redis_url: str, portal_process):  # type: ignore[n
 def _run(org: OrgDb, backend: RescoBackend, *, keep_deleted: str = "") -> engine.RunResult:
     plan = engine.Plan([EntitySettings(n, True, n != keep_deleted, None) for n in SALES],
                        page_size=7)
-    return engine.run(org, backend, plan, engine.Reporter())
+    return engine.sync(engine.Run(org, backend, plan))
 
 
 def _server_version(server: Side) -> int:
@@ -86,7 +86,7 @@ def test_untracked_reconciliation_keeps_client_records_the_server_never_had(untr
         with server.org("srv") as a:
             records.delete_record(a, "account", changed)
         plan = engine.Plan([EntitySettings(n, True, True, None) for n in SALES])
-        engine.download(b, backend, plan, engine.Reporter(), engine.RunResult())
+        engine.download(engine.Run(b, backend, plan))
         assert records.get_record(b, "account", mine["accountid"]) is not None
         assert records.get_record(b, "account", changed)["name"] == "changed on the client"  # type: ignore[index]
         # Once uploaded it is the server's too, and stays through later runs; the

@@ -5,6 +5,8 @@ downloaded page, its records' server versions and the new checkpoint in one
 transaction: a run killed anywhere resumes from the last committed page.
 """
 
+from collections.abc import Iterator
+from contextlib import contextmanager
 from dataclasses import dataclass
 
 import orjson
@@ -75,3 +77,31 @@ def forget_server_versions(db: Database, entity: str, ids: list[str]) -> None:
                         [(entity, i) for i in ids])
 
 
+class ListedIds:
+    """The ids a server lists now, kept in a temporary table of the client org's connection."""
+
+    def __init__(self, db: Database) -> None:
+        self.db = db
+
+    def add(self, ids: list[str]) -> None:
+        """Note a page of ids the server lists."""
+        self.db.conn.executemany("INSERT OR IGNORE INTO temp._server_ids (id) VALUES (?)",
+                                 [(i,) for i in ids])
+
+    def unlisted(self, entity: str) -> list[str]:
+        """Ids of records the server had (a server version is kept) and no longer lists."""
+        return [i for (i,) in self.db.execute(
+            "SELECT id FROM _server_versions WHERE entity = ? "
+            "AND id NOT IN (SELECT id FROM temp._server_ids)", [entity])]
+
+
+@contextmanager
+def listed_ids(org: OrgDb) -> Iterator[ListedIds]:
+    """An empty list of the server's ids, emptied again on exit (flat memory for any size)."""
+    db = org.db
+    db.execute("CREATE TEMP TABLE IF NOT EXISTS _server_ids (id TEXT PRIMARY KEY) WITHOUT ROWID")
+    db.execute("DELETE FROM temp._server_ids")
+    try:
+        yield ListedIds(db)
+    finally:
+        db.execute("DELETE FROM temp._server_ids")

@@ -9,6 +9,7 @@ message; the admin can set them back to pending or archive them.
 
 import json
 from dataclasses import dataclass
+from enum import StrEnum
 from typing import Any
 
 from sqlite_utils import Database
@@ -17,8 +18,19 @@ from portal.db import immediate, utcnow
 from portal.errors import InvalidInput
 from portal.orgs.store import OrgDb
 
-STATUSES = ("pending", "processed", "error", "archived")
+
+class TransactionStatus(StrEnum):
+    """Where an offline transaction stands (Resco's migrate_transaction statuses)."""
+
+    PENDING = "pending"  # to be uploaded
+    PROCESSED = "processed"  # the server has it
+    ERROR = "error"  # refused or lost a conflict: waits for the admin
+    ARCHIVED = "archived"  # never to be uploaded
+
+
 OPERATIONS = ("create", "update", "delete")
+# Changes not yet on the server.
+OPEN = (TransactionStatus.PENDING, TransactionStatus.ERROR)
 
 
 @dataclass
@@ -31,7 +43,7 @@ class Transaction:
     operation: str
     changes: dict[str, Any]
     client_version: int
-    status: str
+    status: TransactionStatus
     error: str | None
     attempts: int
     created: str
@@ -56,19 +68,21 @@ def record(db: Database, entity: str, record_id: str, operation: str, changes: d
     now = utcnow()
     db.execute(
         "INSERT INTO _transactions (entity, record_id, operation, changes, client_version, "
-        "status, attempts, created, updated) VALUES (?, ?, ?, ?, ?, 'pending', 0, ?, ?)",
-        [entity, record_id, operation, json.dumps(changes), client_version, now, now])
+        "status, attempts, created, updated) VALUES (?, ?, ?, ?, ?, ?, 0, ?, ?)",
+        [entity, record_id, operation, json.dumps(changes), client_version,
+         TransactionStatus.PENDING, now, now])
 
 
 def _from_row(row: dict[str, Any]) -> Transaction:
-    return Transaction(**{**row, "changes": json.loads(row["changes"])})
+    return Transaction(**{**row, "changes": json.loads(row["changes"]),
+                          "status": TransactionStatus(row["status"])})
 
 
 def list_transactions(org: OrgDb, status: str | None = None, *, limit: int = 100,
                       offset: int = 0) -> list[Transaction]:
     """Transactions, oldest first, optionally of one status."""
-    if status is not None and status not in STATUSES:
-        raise InvalidInput(f"unknown status {status!r} (one of {', '.join(STATUSES)})",
+    if status is not None and status not in set(TransactionStatus):
+        raise InvalidInput(f"unknown status {status!r} (one of {', '.join(TransactionStatus)})",
                            field="status")
     where, params = ("WHERE status = ?", [status]) if status else ("", [])
     rows = org.db.query(f"SELECT * FROM _transactions {where} ORDER BY id LIMIT ? OFFSET ?",
@@ -80,7 +94,7 @@ def counts(org: OrgDb) -> dict[str, int]:
     """Number of transactions by status (every status present, zero or not)."""
     found = dict(org.db.execute(
         "SELECT status, count(*) FROM _transactions GROUP BY status").fetchall())
-    return {s: int(found.get(s, 0)) for s in STATUSES}
+    return {str(s): int(found.get(s, 0)) for s in TransactionStatus}
 
 
 def uploadable(org: OrgDb, limit: int) -> list[Transaction]:
@@ -111,9 +125,10 @@ def open_ids(org: OrgDb, entity: str, record_id: str) -> list[int]:
         "AND status IN ('pending', 'error') ORDER BY id", [entity, record_id])]
 
 
-def mark(db: Database, ids: list[int], status: str, error: str | None = None) -> None:
+def mark(db: Database, ids: list[int], status: TransactionStatus,
+         error: str | None = None) -> None:
     """Set the status of transactions (inside the caller's transaction); counts an attempt."""
-    if status not in STATUSES:
+    if status not in set(TransactionStatus):
         raise InvalidInput(f"unknown status {status!r}", field="status")
     now = utcnow()
     db.conn.executemany(
@@ -123,12 +138,13 @@ def mark(db: Database, ids: list[int], status: str, error: str | None = None) ->
 
 def set_pending(org: OrgDb, ids: list[int]) -> int:
     """Admin: put error or archived transactions back in the queue; returns how many."""
-    return _set(org, ids, "pending", ("error", "archived"))
+    return _set(org, ids, TransactionStatus.PENDING,
+                (TransactionStatus.ERROR, TransactionStatus.ARCHIVED))
 
 
 def set_archived(org: OrgDb, ids: list[int]) -> int:
     """Admin: archive transactions so they are never uploaded; returns how many."""
-    return _set(org, ids, "archived", ("pending", "error"))
+    return _set(org, ids, TransactionStatus.ARCHIVED, OPEN)
 
 
 def set_all_pending(org: OrgDb) -> int:
@@ -140,7 +156,8 @@ def set_all_pending(org: OrgDb) -> int:
         return cursor.rowcount
 
 
-def _set(org: OrgDb, ids: list[int], status: str, allowed_from: tuple[str, ...]) -> int:
+def _set(org: OrgDb, ids: list[int], status: TransactionStatus,
+         allowed_from: tuple[TransactionStatus, ...]) -> int:
     if not ids:
         return 0
     marks = ",".join("?" * len(allowed_from))

@@ -10,6 +10,7 @@ import json
 import re
 from dataclasses import dataclass
 from datetime import UTC, datetime, timedelta
+from enum import StrEnum
 from typing import Any
 
 from sqlite_utils import Database
@@ -19,8 +20,24 @@ from portal.backends.registry import available_backend
 from portal.db import TIMESTAMP_FORMAT, immediate, utcnow
 from portal.errors import InvalidInput, NotFound
 
-STATUSES = ("pending", "connecting", "connected", "failed")
-POLICIES = ("server-wins", "client-wins", "newest-wins")
+
+class ConnectionStatus(StrEnum):
+    """Where a connection stands: waiting for its connect job, connecting, connected, failed."""
+
+    PENDING = "pending"
+    CONNECTING = "connecting"
+    CONNECTED = "connected"
+    FAILED = "failed"
+
+
+class ConflictPolicy(StrEnum):
+    """Which version a conflict keeps: the server's, the client's, or the newer one."""
+
+    SERVER_WINS = "server-wins"
+    CLIENT_WINS = "client-wins"
+    NEWEST_WINS = "newest-wins"
+
+
 DAILY_RE = re.compile(r"^([01][0-9]|2[0-3]):([0-5][0-9])$")
 
 
@@ -34,12 +51,12 @@ class Connection:
     backend: str
     url: str
     username: str
-    status: str
+    status: ConnectionStatus
     error: str | None
     job_id: str | None
     progress: dict[str, Any]
     write_offline: bool
-    conflict_policy: str
+    conflict_policy: ConflictPolicy
     schedule_every_minutes: int | None
     schedule_daily_at: str | None
     schedule_active: bool
@@ -67,12 +84,14 @@ def check_url(url: Any) -> str:
     return url.strip()
 
 
-def check_policy(policy: str) -> str:
-    """Refuse an unknown conflict policy."""
-    if policy not in POLICIES:
-        raise InvalidInput(f"unknown conflict policy {policy!r} (one of {', '.join(POLICIES)})",
-                           field="conflict_policy")
-    return policy
+def check_policy(policy: str) -> ConflictPolicy:
+    """The conflict policy of this name; InvalidInput for an unknown one."""
+    try:
+        return ConflictPolicy(policy)
+    except ValueError:
+        raise InvalidInput(f"unknown conflict policy {policy!r} "
+                           f"(one of {', '.join(ConflictPolicy)})",
+                           field="conflict_policy") from None
 
 
 _SELECT = ("SELECT connections.*, orgs.name AS org_name FROM connections "
@@ -81,6 +100,8 @@ _SELECT = ("SELECT connections.*, orgs.name AS org_name FROM connections "
 
 def _from_row(row: dict[str, Any]) -> Connection:
     values = {k: row[k] for k in Connection.__dataclass_fields__}
+    values["status"] = ConnectionStatus(row["status"])
+    values["conflict_policy"] = ConflictPolicy(row["conflict_policy"])
     values["progress"] = json.loads(row["progress"] or "{}")
     values["write_offline"] = bool(row["write_offline"])
     values["schedule_active"] = bool(row["schedule_active"])
@@ -89,11 +110,11 @@ def _from_row(row: dict[str, Any]) -> Connection:
 
 def create_connection(db: Database, key: bytes, org_id: int, *, backend: str, url: str,
                       username: str, password: str, write_offline: bool = True,
-                      conflict_policy: str = "server-wins") -> Connection:
+                      conflict_policy: str = ConflictPolicy.SERVER_WINS) -> Connection:
     """Store a new connection of a client org, status pending."""
     kind = available_backend(backend)
     url = check_url(url)
-    check_policy(conflict_policy)
+    policy = check_policy(conflict_policy)
     if not username:
         raise InvalidInput("enter the server user name", field="username")
     if not password:
@@ -104,8 +125,9 @@ def create_connection(db: Database, key: bytes, org_id: int, *, backend: str, ur
             raise InvalidInput("this organization is connected already", field="org")
         connection_id = db.table("connections").insert({
             "org_id": org_id, "backend": kind.key, "url": url, "username": username,
-            "password_encrypted": crypto.encrypt(key, password), "status": "pending",
-            "write_offline": int(write_offline), "conflict_policy": conflict_policy,
+            "password_encrypted": crypto.encrypt(key, password),
+            "status": ConnectionStatus.PENDING, "write_offline": int(write_offline),
+            "conflict_policy": policy,
             "created": now, "updated": now}).last_pk
     return get_connection(db, int(connection_id or 0))
 
@@ -118,8 +140,9 @@ def update_server(db: Database, key: bytes, connection_id: int, *, backend: str,
     with immediate(db):
         db.execute(
             "UPDATE connections SET backend = ?, url = ?, username = ?, password_encrypted = ?, "
-            "status = 'pending', error = NULL, updated = ? WHERE id = ?",
-            [kind.key, url, username, crypto.encrypt(key, password), utcnow(), connection_id])
+            "status = ?, error = NULL, updated = ? WHERE id = ?",
+            [kind.key, url, username, crypto.encrypt(key, password), ConnectionStatus.PENDING,
+             utcnow(), connection_id])
     return get_connection(db, connection_id)
 
 
@@ -151,10 +174,10 @@ def server_password(db: Database, key: bytes, connection_id: int) -> str:
     return crypto.decrypt(key, row[0])
 
 
-def set_status(db: Database, connection_id: int, status: str, *, error: str | None = None,
-               job_id: str | None = None) -> None:
+def set_status(db: Database, connection_id: int, status: ConnectionStatus, *,
+               error: str | None = None, job_id: str | None = None) -> None:
     """Record the connection's state (and the job working on it)."""
-    if status not in STATUSES:
+    if status not in set(ConnectionStatus):
         raise InvalidInput(f"unknown status {status!r}", field="status")
     with immediate(db):
         db.execute("UPDATE connections SET status = ?, error = ?, job_id = coalesce(?, job_id), "
@@ -270,8 +293,8 @@ def set_schedule(db: Database, connection_id: int, *, every_minutes: int | None 
 def due_connections(db: Database, now: datetime) -> list[Connection]:
     """Connected connections whose sync job is active and due."""
     return [_from_row(r) for r in db.query(
-        _SELECT + " WHERE schedule_active = 1 AND status = 'connected' AND next_run_at <= ? "
-        "ORDER BY next_run_at", [now.strftime(TIMESTAMP_FORMAT)])]
+        _SELECT + " WHERE schedule_active = 1 AND status = ? AND next_run_at <= ? "
+        "ORDER BY next_run_at", [ConnectionStatus.CONNECTED, now.strftime(TIMESTAMP_FORMAT)])]
 
 
 def advance_schedule(db: Database, connection: Connection, now: datetime) -> bool:

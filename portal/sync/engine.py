@@ -20,6 +20,7 @@ import time
 from collections.abc import Callable
 from contextlib import closing
 from dataclasses import dataclass, field
+from enum import StrEnum
 from typing import Any
 
 from portal.backends.base import Backend, ChangesPage, Write, WriteResult
@@ -28,9 +29,9 @@ from portal.errors import BackendError
 from portal.orgs import records, sync_state, transactions
 from portal.orgs.metadata import Entity
 from portal.orgs.store import OrgDb
-from portal.orgs.transactions import Transaction
+from portal.orgs.transactions import Transaction, TransactionStatus
 from portal.sync import filters
-from portal.sync.connections import EntitySettings
+from portal.sync.connections import ConflictPolicy, EntitySettings
 
 
 @dataclass
@@ -76,13 +77,80 @@ class Plan:
     """What to sync: the enabled server entities, their settings, the conflict policy."""
 
     entities: list[EntitySettings]
-    conflict_policy: str = "server-wins"
+    conflict_policy: ConflictPolicy = ConflictPolicy.SERVER_WINS
     page_size: int = 1000  # records per downloaded page
     upload_batch: int = 1000  # transactions per upload round
+
+    def __post_init__(self) -> None:
+        self.conflict_policy = ConflictPolicy(self.conflict_policy)  # a name is taken too
 
     def setting(self, entity: str) -> EntitySettings | None:
         """The settings of a server entity, or None when it is not synced."""
         return next((e for e in self.entities if e.entity == entity), None)
+
+
+@dataclass
+class Run:
+    """One run's context: the client org, the server, what to sync, where to report, counts."""
+
+    org: OrgDb
+    backend: Backend
+    plan: Plan
+    reporter: Reporter = field(default_factory=Reporter)
+    result: RunResult = field(default_factory=RunResult)
+
+
+# --- conflicts ---------------------------------------------------------------
+
+class Side(StrEnum):
+    """The side whose version a conflict keeps."""
+
+    CLIENT = "client"
+    SERVER = "server"
+
+
+@dataclass
+class Conflict:
+    """A record both sides changed since the last run, as the engine found it."""
+
+    entity: str
+    record_id: str
+    kind: str  # client's change / server's: "update/update", "delete/update", "update/delete"
+    client_time: str  # when the client changed it
+    client_record: dict[str, Any] | None
+    server_record: dict[str, Any] | None  # None: deleted on the server
+    transaction_ids: list[int]  # the client's changes of the record
+    while_downloading: bool = False
+
+
+def winner(policy: ConflictPolicy, client_time: str, server_record: dict[str, Any] | None) -> Side:
+    """Which side a conflict's policy keeps; newest-wins compares the times of the changes."""
+    if policy is ConflictPolicy.CLIENT_WINS:
+        return Side.CLIENT
+    if policy is ConflictPolicy.SERVER_WINS or server_record is None:
+        # A deletion on the server has no time we can see: it counts as newest.
+        return Side.SERVER
+    server_time = str(server_record.get("modifiedon") or "")
+    return Side.CLIENT if client_time > server_time else Side.SERVER
+
+
+def resolve(run: Run, conflict: Conflict) -> Side:
+    """Count, log and decide a conflict; the server winning puts the client's changes in error.
+
+    The one resolution of uploads and downloads: the caller then applies the
+    winner (sends the client's version again, or writes the server's).
+    """
+    run.result.of(conflict.entity).conflicts += 1
+    side = winner(run.plan.conflict_policy, conflict.client_time, conflict.server_record)
+    where = " while downloading" if conflict.while_downloading else ""
+    server = conflict.server_record if conflict.server_record is not None else "deleted"
+    run.reporter.log("conflict", f"{conflict.kind} conflict on {conflict.entity} "
+                     f"{conflict.record_id}{where}, {side} wins; client: "
+                     f"{conflict.client_record}; server: {server}", conflict.entity)
+    if side is Side.SERVER:
+        transactions.mark(run.org.db, conflict.transaction_ids, TransactionStatus.ERROR,
+                          f"conflict ({conflict.kind}): the server's version was kept")
+    return side
 
 
 # --- upload ------------------------------------------------------------------
@@ -102,6 +170,10 @@ class _Group:
     @property
     def deletes(self) -> bool:
         return self.items[-1].operation == "delete"
+
+    @property
+    def ids(self) -> list[int]:
+        return [t.id for t in self.items]
 
     def values(self) -> dict[str, Any]:
         merged: dict[str, Any] = {}
@@ -125,25 +197,24 @@ def _fold(batch: list[Transaction]) -> list[_Group]:
     return list(groups.values())
 
 
-def upload(org: OrgDb, backend: Backend, plan: Plan, reporter: Reporter,
-           result: RunResult) -> None:
+def upload(run: Run) -> None:
     """Send pending offline transactions to the server, in order, in batches."""
+    org, backend = run.org, run.backend
     entities = org.entities()
     done = 0
     while True:
-        batch = transactions.uploadable(org, plan.upload_batch)
+        batch = transactions.uploadable(org, run.plan.upload_batch)
         if not batch:
             return
         sendable = []
         with immediate(org.db):
             for g in _fold(batch):
-                ids = [t.id for t in g.items]
-                if plan.setting(g.entity) is None or g.entity not in entities:
-                    transactions.mark(org.db, ids, "archived",
+                if run.plan.setting(g.entity) is None or g.entity not in entities:
+                    transactions.mark(org.db, g.ids, TransactionStatus.ARCHIVED,
                                       "not an entity of the server: kept on the client only")
                 elif g.created_here and g.deletes:
                     # Created and deleted here before any upload: the server never knew it.
-                    transactions.mark(org.db, ids, "processed")
+                    transactions.mark(org.db, g.ids, TransactionStatus.PROCESSED)
                 else:
                     sendable.append(g)
         if not sendable:
@@ -165,18 +236,16 @@ def upload(org: OrgDb, backend: Backend, plan: Plan, reporter: Reporter,
         with immediate(org.db):
             for n, (group, write, answer) in enumerate(zip(sendable, writes, answers,
                                                            strict=True)):
-                outcome = _settle(org, plan, reporter, result, group, write, answer,
-                                  servers.get(n))
+                outcome = _settle(run, group, write, answer, servers.get(n))
                 if outcome is not None:
                     retry.append((group, outcome))
-        if retry:  # client-wins and newest-wins-by-client: write again without a condition
+        if retry:  # the client won: write again without a condition
             answers = backend.apply_writes([w for _, w in retry])
             with immediate(org.db):
                 for (group, write), answer in zip(retry, answers, strict=True):
-                    _settle(org, plan, reporter, result, group, write, answer, None,
-                            forced=True)
+                    _settle(run, group, write, answer, None, forced=True)
         done += len(batch)
-        reporter.progress("upload", None, done, None)
+        run.reporter.progress("upload", None, done, None)
 
 
 def _write(entity: Entity, group: _Group, known_version: str | None) -> Write:
@@ -195,22 +264,22 @@ def _needs_server_record(write: Write, answer: WriteResult) -> bool:
                                            and write.operation != "delete")
 
 
-def _settle(org: OrgDb, plan: Plan, reporter: Reporter, result: RunResult, group: _Group,
-            write: Write, answer: WriteResult, server: tuple[dict[str, Any], str] | None,
-            forced: bool = False) -> Write | None:
+def _settle(run: Run, group: _Group, write: Write, answer: WriteResult,
+            server: tuple[dict[str, Any], str] | None, forced: bool = False) -> Write | None:
     """Record one write's outcome; returns a write to send again unconditionally, if any.
 
     `server` is the server's record (and version) when the write was refused.
     """
-    ids = [t.id for t in group.items]
-    counts = result.of(group.entity)
+    org = run.org
+    counts = run.result.of(group.entity)
     name, record_id = group.entity, group.record_id
     if answer.status == "ok":
         _accepted(org, group, answer.version, answer.record)
         counts.uploaded += 1
         return None
     if answer.status == "missing" and group.deletes:
-        transactions.mark(org.db, ids, "processed")  # gone already (perhaps by our lost answer)
+        # Gone already (perhaps by our lost answer).
+        transactions.mark(org.db, group.ids, TransactionStatus.PROCESSED)
         _remember(org, name, record_id, None, deleted=True)
         counts.uploaded += 1
         return None
@@ -220,17 +289,17 @@ def _settle(org: OrgDb, plan: Plan, reporter: Reporter, result: RunResult, group
             _accepted(org, group, server[1], server[0])
             counts.uploaded += 1
             return None
-        return _conflict(org, plan, reporter, counts, group, write, server)
-    transactions.mark(org.db, ids, "error", answer.message or answer.status)
+        return _upload_conflict(run, group, write, server)
+    transactions.mark(org.db, group.ids, TransactionStatus.ERROR, answer.message or answer.status)
     counts.errors += 1
-    reporter.log("error", f"{name} {record_id}: {answer.message}", name)
+    run.reporter.log("error", f"{name} {record_id}: {answer.message}", name)
     return None
 
 
 def _accepted(org: OrgDb, group: _Group, version: str | None,
               server_record: dict[str, Any] | None) -> None:
     """The server has the group's change: mark it processed and take the server's times."""
-    transactions.mark(org.db, [t.id for t in group.items], "processed")
+    transactions.mark(org.db, group.ids, TransactionStatus.PROCESSED)
     _remember(org, group.entity, group.record_id, version, deleted=group.deletes)
     if server_record and not group.deletes:
         # The server stamped the record with its own times: take them, so both
@@ -243,27 +312,20 @@ def _holds(server_record: dict[str, Any], values: dict[str, Any]) -> bool:
     return all(server_record.get(k) == v for k, v in values.items())
 
 
-def _conflict(org: OrgDb, plan: Plan, reporter: Reporter, counts: EntityCounts, group: _Group,
-              write: Write, server: tuple[dict[str, Any], str] | None) -> Write | None:
-    """Both sides changed the record since the last run: apply the connection's policy."""
-    counts.conflicts += 1
+def _upload_conflict(run: Run, group: _Group, write: Write,
+                     server: tuple[dict[str, Any], str] | None) -> Write | None:
+    """A write refused because the server's record changed or went: resolve, then apply."""
+    org = run.org
     name, record_id = group.entity, group.record_id
     client_record = records.get_record(org, name, record_id)
     kind = ("update" if not group.deletes else "delete") + "/" + (
         "update" if server is not None else "delete")
-    winner = plan.conflict_policy.split("-")[0]
-    if winner == "newest":
-        client_time = group.items[-1].created
-        server_time = str(server[0].get("modifiedon") or "") if server else ""
-        # A deletion on the server has no time we can see: it counts as newest.
-        winner = "client" if server is not None and client_time > server_time else "server"
-    reporter.log("conflict", f"{kind} conflict on {name} {record_id}, {winner} wins; "
-                 f"client: {client_record}; server: {server[0] if server else 'deleted'}", name)
-    ids = [t.id for t in group.items]
-    if winner == "client":
+    side = resolve(run, Conflict(name, record_id, kind, group.items[-1].created, client_record,
+                                 server[0] if server else None, group.ids))
+    if side is Side.CLIENT:
         # Resend without a condition; a client delete of a server-deleted record is done.
         if group.deletes and server is None:
-            transactions.mark(org.db, ids, "processed")
+            transactions.mark(org.db, group.ids, TransactionStatus.PROCESSED)
             _remember(org, name, record_id, None, deleted=True)
             return None
         values = group.values() if group.deletes else {
@@ -272,8 +334,6 @@ def _conflict(org: OrgDb, plan: Plan, reporter: Reporter, counts: EntityCounts, 
                   if k not in ("createdon", "modifiedon", "versionnumber")}
         return Write(write.entity, record_id, write.operation, values, if_match=None)
     # Server wins: bring the server's version (or its deletion) to the client now.
-    transactions.mark(org.db, ids, "error",
-                      f"conflict ({kind}): the server's version was kept")
     if server is None:
         records.delete_records(org, name, [record_id], from_server=True)
         _remember(org, name, record_id, None, deleted=True)
@@ -307,18 +367,16 @@ def _project(names: set[str], record: dict[str, Any]) -> dict[str, Any]:
 
 # --- download ----------------------------------------------------------------
 
-def download(org: OrgDb, backend: Backend, plan: Plan, reporter: Reporter,
-             result: RunResult, totals: dict[str, int] | None = None) -> None:
+def download(run: Run, totals: dict[str, int] | None = None) -> None:
     """Bring each enabled entity's server changes since its checkpoint, page by page."""
-    for setting in plan.entities:
-        if setting.enabled and setting.entity in org.entities():
-            download_entity(org, backend, plan, setting, reporter, result,
-                            (totals or {}).get(setting.entity))
+    for setting in run.plan.entities:
+        if setting.enabled and setting.entity in run.org.entities():
+            download_entity(run, setting, (totals or {}).get(setting.entity))
 
 
-def download_entity(org: OrgDb, backend: Backend, plan: Plan, setting: EntitySettings,
-                    reporter: Reporter, result: RunResult, total: int | None = None) -> None:
+def download_entity(run: Run, setting: EntitySettings, total: int | None = None) -> None:
     """Download one entity's changes, committing each page with its checkpoint."""
+    org = run.org
     name = setting.entity
     entity = org.entity(name)
     names = _names(entity)
@@ -327,19 +385,18 @@ def download_entity(org: OrgDb, backend: Backend, plan: Plan, setting: EntitySet
     link = point.link
     if (point.filter or None) != (setting.filter or None):
         link = None  # a new filter: read the entity again, so records now outside it leave
-        reporter.log("info", "sync filter changed: reading the entity again", name)
-    counts = result.of(name)
+        run.reporter.log("info", "sync filter changed: reading the entity again", name)
+    counts = run.result.of(name)
     done = 0
     started = time.monotonic()
     delta_link = None
     # Closed on any exit: the backend may be reading the next page in a thread.
-    with closing(backend.read_changes(entity, link, page_size=plan.page_size)) as pages:
+    with closing(run.backend.read_changes(entity, link, page_size=run.plan.page_size)) as pages:
         for page in pages:
             delta_link = page.link
             with immediate(org.db):
                 waiting = transactions.pending_records(org, name)
-                rows, leaving, versions = _page_writes(org, plan, reporter, counts, entity,
-                                                       names, rule, page, waiting)
+                rows, leaving, versions = _page_writes(run, entity, names, rule, page, waiting)
                 deleted = [i for i in page.deleted if i not in waiting] \
                     if setting.sync_deletion else []
                 records.save_records(org, name, rows, from_server=True)
@@ -351,44 +408,36 @@ def download_entity(org: OrgDb, backend: Backend, plan: Plan, setting: EntitySet
             counts.downloaded += len(rows)
             counts.deleted += gone
             done += len(page.upserts) + len(page.deleted)
-            reporter.progress("download", name, done, total)
+            run.reporter.progress("download", name, done, total)
     if delta_link is None and setting.sync_deletion:
         # The read ended without a delta link: the server does not track deletions.
-        counts.deleted += reconcile_deletions(org, backend, entity)
-    reporter.log("info", f"downloaded {counts.downloaded}, deleted {counts.deleted} "
-                 f"in {time.monotonic() - started:.2f} s", name)
+        counts.deleted += reconcile_deletions(org, run.backend, entity)
+    run.reporter.log("info", f"downloaded {counts.downloaded}, deleted {counts.deleted} "
+                     f"in {time.monotonic() - started:.2f} s", name)
 
 
 def reconcile_deletions(org: OrgDb, backend: Backend, entity: Entity) -> int:
     """Delete client records the server had and no longer lists; returns how many.
 
     For servers that cannot report deletions. The server's ids are streamed
-    into a temporary table of the client org's connection (flat memory for
-    any size); a record counts as the server's when the client holds a server
-    version of it, so records created here and not yet uploaded never leave.
+    into `sync_state.listed_ids` (flat memory for any size); a record counts
+    as the server's when the client holds a server version of it, so records
+    created here and not yet uploaded never leave.
     """
     name = entity.logicalname
-    db = org.db
-    db.execute("CREATE TEMP TABLE IF NOT EXISTS _server_ids (id TEXT PRIMARY KEY) WITHOUT ROWID")
-    db.execute("DELETE FROM temp._server_ids")
-    try:
+    with sync_state.listed_ids(org) as listing:
         for ids in backend.read_ids(entity):
-            db.conn.executemany("INSERT OR IGNORE INTO temp._server_ids (id) VALUES (?)",
-                                [(i,) for i in ids])
-        with immediate(db):
+            listing.add(ids)
+        with immediate(org.db):
             waiting = transactions.pending_records(org, name)
-            gone = [i for (i,) in db.execute(
-                "SELECT id FROM _server_versions WHERE entity = ? "
-                "AND id NOT IN (SELECT id FROM temp._server_ids)", [name]) if i not in waiting]
+            gone = [i for i in listing.unlisted(name) if i not in waiting]
             deleted = records.delete_records(org, name, gone, from_server=True)
-            sync_state.forget_server_versions(db, name, gone)
-    finally:
-        db.execute("DELETE FROM temp._server_ids")
+            sync_state.forget_server_versions(org.db, name, gone)
     return deleted
 
 
-def _page_writes(org: OrgDb, plan: Plan, reporter: Reporter, counts: EntityCounts,
-                 entity: Entity, names: set[str], rule: filters.Filter | None, page: ChangesPage,
+def _page_writes(run: Run, entity: Entity, names: set[str], rule: filters.Filter | None,
+                 page: ChangesPage,
                  waiting: set[str]) -> tuple[list[dict[str, Any]], list[str], dict[str, str]]:
     """A page's records to write, ids leaving the filter, and server versions to keep.
 
@@ -403,11 +452,11 @@ def _page_writes(org: OrgDb, plan: Plan, reporter: Reporter, counts: EntityCount
                 upserts.append(record)
             else:
                 leaving.append(record[pk])
-    known = sync_state.server_versions(org, entity.logicalname, [r[pk] for r in upserts])
+    known = sync_state.server_versions(run.org, entity.logicalname, [r[pk] for r in upserts])
     # Our own upload coming back, or a page read twice: the server has the version we hold.
     skip = {i for i, v in known.items() if v and page.versions.get(i) == v}
     for record in [r for r in upserts if r[pk] in waiting and r[pk] not in skip]:
-        if not _server_beats_client(org, plan, reporter, counts, entity, record):
+        if _download_conflict(run, entity, record) is Side.CLIENT:
             # The client's change wins: not written here; its version is kept so the
             # upload may now overwrite the server's record.
             skip.add(record[pk])
@@ -419,37 +468,24 @@ def _page_writes(org: OrgDb, plan: Plan, reporter: Reporter, counts: EntityCount
     return rows, leaving, versions
 
 
-def _server_beats_client(org: OrgDb, plan: Plan, reporter: Reporter, counts: EntityCounts,
-                         entity: Entity, server_record: dict[str, Any]) -> bool:
-    """A downloaded record the client also changed: does the server's version win?"""
-    counts.conflicts += 1
-    name, pk = entity.logicalname, entity.primaryidattribute
-    client_record = records.get_record(org, name, server_record[pk])
-    winner = plan.conflict_policy.split("-")[0]
-    if winner == "newest":
-        client_time = str((client_record or {}).get("modifiedon") or "")
-        winner = "client" if client_time > str(server_record.get("modifiedon") or "") \
-            else "server"
-    reporter.log("conflict", f"update/update conflict on {name} {server_record[pk]} while "
-                 f"downloading, {winner} wins; client: {client_record}; server: {server_record}",
-                 name)
-    if winner == "server":
-        waiting = transactions.open_ids(org, name, server_record[pk])
-        transactions.mark(org.db, waiting, "error",
-                          "conflict (update/update): the server's version was kept")
-        return True
-    return False
+def _download_conflict(run: Run, entity: Entity, server_record: dict[str, Any]) -> Side:
+    """A downloaded record the client also changed: which version stays?"""
+    name, record_id = entity.logicalname, server_record[entity.primaryidattribute]
+    client_record = records.get_record(run.org, name, record_id)
+    return resolve(run, Conflict(
+        name, record_id, "update/update", str((client_record or {}).get("modifiedon") or ""),
+        client_record, server_record, transactions.open_ids(run.org, name, record_id),
+        while_downloading=True))
 
 
 # --- whole runs --------------------------------------------------------------
 
-def run(org: OrgDb, backend: Backend, plan: Plan, reporter: Reporter) -> RunResult:
-    """One sync run: upload, then download every enabled entity."""
-    result = RunResult()
-    reporter.progress("upload", None, 0, None)
-    upload(org, backend, plan, reporter, result)
-    download(org, backend, plan, reporter, result)
-    return result
+def sync(run: Run) -> RunResult:
+    """One sync run: upload, then download every enabled entity; returns its counts."""
+    run.reporter.progress("upload", None, 0, None)
+    upload(run)
+    download(run)
+    return run.result
 
 
 def count_records(backend: Backend, entities: list[Entity]) -> dict[str, int]:

@@ -1,6 +1,7 @@
 """Sync runs and their log (Resco's migrate_log), kept per org in the registry."""
 
 import json
+from enum import StrEnum
 from typing import Any
 
 from sqlite_utils import Database
@@ -11,16 +12,24 @@ KINDS = ("connect", "sync", "metadata", "upload")
 TRIGGERS = ("connect", "button", "schedule", "api", "cli", "write")
 
 
+class RunStatus(StrEnum):
+    """How a run stands: running, or how it ended."""
+
+    RUNNING = "running"
+    SUCCEEDED = "succeeded"
+    FAILED = "failed"
+
+
 def start_run(db: Database, connection_id: int, org_id: int, kind: str, trigger: str,
               job_id: str | None = None) -> int:
     """Record that a run began; returns its id."""
     with immediate(db):
         return int(db.table("sync_runs").insert({
             "connection_id": connection_id, "org_id": org_id, "kind": kind, "trigger": trigger,
-            "status": "running", "started": utcnow(), "job_id": job_id}).last_pk or 0)
+            "status": RunStatus.RUNNING, "started": utcnow(), "job_id": job_id}).last_pk or 0)
 
 
-def finish_run(db: Database, run_id: int, status: str, counts: dict[str, Any],
+def finish_run(db: Database, run_id: int, status: RunStatus, counts: dict[str, Any],
                duration_s: float, error: str | None = None) -> None:
     """Record how a run ended, with its per-entity counts."""
     with immediate(db):

@@ -12,12 +12,12 @@ from flask.typing import ResponseReturnValue
 from redis import RedisError
 from werkzeug.exceptions import HTTPException
 
-from portal import csrf
 from portal.db import get_db, registry_path
 from portal.errors import PortalError
+from portal.extensions import csrf
 from portal.orgs import transactions
 from portal.queue import enqueue_upload, get_redis
-from portal.sync.connections import connection_of_org
+from portal.sync.connections import ConnectionStatus, connection_of_org
 from portal.web.odata import auth
 from portal.web.odata.connections import org_connection
 from portal.web.odata.dispatch import dispatch
@@ -66,7 +66,8 @@ def service(org: str, resource: str) -> ResponseReturnValue:
 def _upload_now(org: str) -> None:
     """Instant mode (WriteOffline off): send the client's new transactions to the server now."""
     connection = connection_of_org(get_db(), org)
-    if connection is None or connection.write_offline or connection.status != "connected":
+    if (connection is None or connection.write_offline
+            or connection.status != ConnectionStatus.CONNECTED):
         return
     try:
         enqueue_upload(get_redis(), connection.id)  # coalesced: one queued upload per org

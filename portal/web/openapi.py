@@ -3,6 +3,7 @@
 from typing import Any
 
 from portal.backends.registry import BACKEND_TYPES
+from portal.sync.connections import ConnectionStatus
 
 TEXT = {"type": "string", "maxLength": 2048}
 
@@ -71,7 +72,7 @@ JOB_ACCEPTED = {
                       "description": "RQ's state: queued, started, finished, failed..."},
         "Organization": {"type": "string"},
         "ConnectionStatus": {"type": "string",
-                             "enum": ["pending", "connecting", "connected", "failed"]},
+                             "enum": [str(s) for s in ConnectionStatus]},
         "StatusUrl": {"type": "string", "description": "GET it for the job's state"},
         "StatusPageUrl": {"type": "string", "description": "the same for people (HTML)"},
         "Message": {"type": "string"},
@@ -94,7 +95,7 @@ JOB_STATUS = {
                       "description": "unknown once an ended job is no longer kept"},
         "Organization": {"type": "string"},
         "ConnectionStatus": {"type": "string",
-                             "enum": ["pending", "connecting", "connected", "failed"]},
+                             "enum": [str(s) for s in ConnectionStatus]},
         "Error": {"type": "string", "description": "the server's message when it failed"},
         "Progress": PROGRESS,
         "ConnectionProgress": PROGRESS,
