@@ -12,11 +12,13 @@ from redis import Redis
 from redis.backoff import NoBackoff
 from redis.retry import Retry as RedisRetry
 from rq import Queue, Retry
-from rq.exceptions import DuplicateJobError
+from rq.exceptions import DuplicateJobError, NoSuchJobError
 from rq.job import Job, JobStatus
 
 DEFAULT_QUEUE = "default"
 ENDED = {JobStatus.FINISHED, JobStatus.FAILED, JobStatus.STOPPED, JobStatus.CANCELED}
+WAITING_OR_RUNNING = {JobStatus.QUEUED, JobStatus.STARTED, JobStatus.DEFERRED,
+                      JobStatus.SCHEDULED}
 DEFAULT_TIMEOUT_S = 3600
 RESULT_TTL_S = 24 * 3600
 FAILURE_TTL_S = 7 * 24 * 3600
@@ -101,3 +103,34 @@ def enqueue_upload(redis: Redis, connection_id: int) -> Job:
     """Enqueue an upload of pending transactions (instant mode), coalesced per connection."""
     return _enqueue_on_connection(redis, "upload", "jobs.sync.upload", connection_id,
                                   result_ttl=0, failure_ttl=300, retries=3)
+
+
+def enqueue_connect_again(redis: Redis, connection_id: int) -> Job:
+    """Enqueue the connect job again, replacing an ended one RQ still keeps under its id."""
+    # A failed connect job is kept (failure_ttl) under the connection's unique
+    # job id; left there, enqueue_connect would hand back the failed job.
+    old = fetch_job(redis, job_id("connect", connection_id))
+    if old is not None and old.get_status() in ENDED:
+        old.delete()
+    return enqueue_connect(redis, connection_id)
+
+
+# --- reading jobs ----------------------------------------------------------------
+
+def fetch_job(redis: Redis, job_id: str) -> Job | None:
+    """The job of this id, or None when RQ keeps none (never enqueued, or ended and removed)."""
+    try:
+        return Job.fetch(job_id, connection=redis)
+    except NoSuchJobError:
+        return None
+
+
+def job_status(job: Job | None) -> str:
+    """A job's state as RQ names it (queued, started, finished, failed...); 'unknown' for none."""
+    status = job.get_status(refresh=False) if job is not None else None
+    return "unknown" if status is None else str(getattr(status, "value", status))
+
+
+def waiting_or_running(job: Job | None) -> bool:
+    """True when the job is queued, scheduled, deferred or being worked on."""
+    return job is not None and job_status(job) in WAITING_OR_RUNNING

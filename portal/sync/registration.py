@@ -9,20 +9,22 @@ which the connect and update-metadata jobs call right after copying metadata.
 """
 
 import json
-from collections.abc import Mapping
+from collections.abc import Callable, Mapping
 from dataclasses import asdict, dataclass, field
+from enum import StrEnum
 from pathlib import Path
+from typing import Protocol
 
 from sqlite_utils import Database
 
 from portal.backends.registry import available_backend
 from portal.backends.server_urls import Resolver, check_server_url, resolve
 from portal.db import immediate
-from portal.errors import InvalidInput
+from portal.errors import InvalidInput, NotFound
 from portal.orgs import registry, store
 from portal.orgs.metadata import NAME_RE, Entity
 from portal.sync import connections, filters
-from portal.sync.connections import Connection
+from portal.sync.connections import Connection, ConnectionStatus
 
 MAX_ENTITIES = 1000
 
@@ -210,3 +212,89 @@ def reconnect(db: Database, key: bytes, connection: Connection, *, backend: str,
                                             username=username, password=password)
         store_requested_setup(db, connection.id, setup)
     return updated
+
+
+# --- ConnectAsync: what a ConnectRequest does to an org, by where the org stands ---
+
+@dataclass
+class ServerValues:
+    """The server a ConnectRequest names: backend type, URL, user name and password."""
+
+    backend: str
+    url: str
+    username: str
+    password: str
+
+
+class ConnectAsk(Protocol):
+    """A ConnectRequest's values, read as the decision needs them (a read refuses if missing)."""
+
+    def server(self) -> ServerValues:
+        """The server values; refused when one is missing."""
+
+    def registration_of(self, org: str) -> Registration:
+        """The new org's admin and its server; refused when RegistrationInfo lacks a value."""
+
+
+class ConnectAction(StrEnum):
+    """What a ConnectRequest does, by where the org stands; each names the job to enqueue."""
+
+    CREATE = "create"  # a new org, its admin and connection: the connect job
+    CONNECT = "connect"  # an existing org without a connection: the connect job
+    UPDATE_METADATA = "update-metadata"  # a connected org: Update Client Metadata
+    RECONNECT = "reconnect"  # a pending or failed connection, new values: connect again
+    BUSY = "busy"  # its connect job is running: nothing changes
+
+
+@dataclass
+class ConnectDecision:
+    """What a ConnectRequest did: the action, the connection, and a line for the caller."""
+
+    action: ConnectAction
+    connection: Connection
+    message: str
+
+
+def connect_request(db: Database, orgs_dir: str | Path, key: bytes, org: str, ask: ConnectAsk,
+                    setup: RequestedSetup, *, authorize: Callable[[], object],
+                    allow_private: bool, resolver: Resolver = resolve) -> ConnectDecision:
+    """Decide and do what Resco's ConnectAsync does for this org; the caller enqueues the job.
+
+    A new org is created with its admin and connection; an existing org's
+    admin (`authorize` refuses anyone else, before anything changes) connects
+    it, connects it again when pending or failed, or, when connected, updates
+    its metadata with the requested entities and filters applied now.
+    """
+    try:
+        existing = registry.get_org(db, org)
+    except NotFound:
+        registry.check_org_name(org)
+        connection = register_connection(db, orgs_dir, key, ask.registration_of(org),
+                                         allow_private=allow_private, setup=setup,
+                                         resolver=resolver)
+        return ConnectDecision(ConnectAction.CREATE, connection,
+                               f"organization {org} created; connecting it to the server")
+    authorize()
+    found = connections.connection_of_org(db, org)
+    if found is None:
+        server = ask.server()
+        connection = connect_existing(
+            db, key, existing["id"], backend=server.backend, url=server.url,
+            username=server.username, password=server.password, allow_private=allow_private,
+            setup=setup, resolver=resolver)
+        return ConnectDecision(ConnectAction.CONNECT, connection,
+                               f"connecting the existing organization {org} to the server")
+    if found.status == ConnectionStatus.CONNECTED:
+        # Resco: a ConnectRequest for a connected org updates its metadata. The
+        # server stays as it is; requested entities and filters apply now.
+        applied = update_connected(db, orgs_dir, found, setup) if setup else []
+        return ConnectDecision(ConnectAction.UPDATE_METADATA, found, "; ".join(
+            [f"{org} is connected: updating its metadata from the server", *applied]))
+    if found.status == ConnectionStatus.CONNECTING:
+        return ConnectDecision(ConnectAction.BUSY, found, f"{org} is being connected right now")
+    server = ask.server()  # pending or failed: connect again with the values sent
+    connection = reconnect(db, key, found, backend=server.backend, url=server.url,
+                           username=server.username, password=server.password,
+                           allow_private=allow_private, setup=setup, resolver=resolver)
+    return ConnectDecision(ConnectAction.RECONNECT, connection,
+                           f"connecting {org} to the server again")

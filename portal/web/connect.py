@@ -24,16 +24,13 @@ from flask import (
 )
 from flask.typing import ResponseReturnValue
 from itsdangerous import BadSignature, URLSafeSerializer
-from redis import Redis
-from rq.exceptions import NoSuchJobError
-from rq.job import Job, JobStatus
 
-from portal import crypto
+from portal.crypto import load_key
 from portal.db import get_db
 from portal.errors import InvalidInput, PortalError
-from portal.queue import enqueue_connect, get_redis, job_id
+from portal.queue import enqueue_connect, enqueue_connect_again, get_redis
 from portal.sync import connections
-from portal.sync.connections import Connection
+from portal.sync.connections import Connection, ConnectionStatus
 from portal.sync.registration import register_connection
 from portal.web import rate_limits
 from portal.web.forms import ConnectForm, RetryForm
@@ -49,7 +46,7 @@ STEPS = (
     ("connected", "Connected"),
 )
 STEP_INDEX = {key: i for i, (key, _) in enumerate(STEPS)}
-FINAL = ("connected", "failed")
+FINAL = (ConnectionStatus.CONNECTED, ConnectionStatus.FAILED)
 
 
 def status_token(connection: Connection) -> str:
@@ -58,16 +55,24 @@ def status_token(connection: Connection) -> str:
         [connection.org_name, connection.id])
 
 
-def connection_for_token(org: str, token: str | None) -> Connection:
-    """The connection a status token was made for, if it is this org's; else 404."""
+def token_connection(org: str, token: str | None) -> Connection | None:
+    """The connection a status token was made for, if it is this org's; else None."""
     try:
         signed = URLSafeSerializer(current_app.config["SECRET_KEY"], salt=TOKEN_SALT).loads(
             token or "")
     except BadSignature:
-        abort(404)
+        return None
     connection = connections.connection_of_org(get_db(), org)
     # The id is part of the token: a token of a deleted org does not fit a new one of that name.
     if connection is None or signed != [org, connection.id]:
+        return None
+    return connection
+
+
+def connection_for_token(org: str, token: str | None) -> Connection:
+    """The connection a status token was made for, if it is this org's; else 404."""
+    connection = token_connection(org, token)
+    if connection is None:
         abort(404)
     return connection
 
@@ -87,19 +92,19 @@ def state(connection: Connection) -> dict[str, Any]:
     """What the status page shows, as JSON: status, steps with their state, progress."""
     progress = connection.progress or {}
     current = STEP_INDEX.get(progress.get("step") or "", -1)
-    if connection.status == "pending":
+    if connection.status == ConnectionStatus.PENDING:
         # Waiting for a worker; progress left by an earlier, failed attempt does not count.
         progress, current = {}, -1
-    elif connection.status == "connected":
+    elif connection.status == ConnectionStatus.CONNECTED:
         current = len(STEPS)
-    elif connection.status == "failed" and current < 0:
+    elif connection.status == ConnectionStatus.FAILED and current < 0:
         current = 0  # failed before its first report: at the start
     steps = []
     for i, (key, label) in enumerate(STEPS):
         if i < current:
             step_state = "done"
         elif i == current:
-            step_state = "failed" if connection.status == "failed" else "running"
+            step_state = "failed" if connection.status == ConnectionStatus.FAILED else "running"
         else:
             step_state = "todo"
         steps.append({"step": key, "label": label, "state": step_state})
@@ -111,20 +116,6 @@ def state(connection: Connection) -> dict[str, Any]:
             "error": connection.error, "progress": progress, "percent": percent,
             "steps": steps, "final": connection.status in FINAL,
             "odata_root": odata_root(connection.org_name)}
-
-
-def enqueue_connect_again(redis: Redis, connection_id: int) -> Job:
-    """Enqueue the connect job again, replacing an ended one RQ still keeps under its id."""
-    # A failed connect job is kept (failure_ttl) under the connection's unique
-    # job id; left there, enqueue_connect would hand back the failed job.
-    try:
-        old = Job.fetch(job_id("connect", connection_id), connection=redis)
-    except NoSuchJobError:
-        old = None
-    if old is not None and old.get_status() in (JobStatus.FINISHED, JobStatus.FAILED,
-                                                JobStatus.STOPPED, JobStatus.CANCELED):
-        old.delete()
-    return enqueue_connect(redis, connection_id)
 
 
 def _orgs_dir() -> Path:
@@ -143,7 +134,7 @@ def connect() -> ResponseReturnValue:
     if form.validate_on_submit():
         try:
             connection = register_connection(
-                get_db(), _orgs_dir(), crypto.load_key(current_app.instance_path),
+                get_db(), _orgs_dir(), load_key(current_app.instance_path),
                 form.registration(),
                 allow_private=current_app.config["ALLOW_PRIVATE_SERVERS"])
         except InvalidInput as refused:
@@ -183,13 +174,13 @@ def retry(org: str) -> ResponseReturnValue:
     connection = connection_for_token(org, request.args.get("token"))
     rate_limits.hit("connect")
     form = RetryForm()
-    if connection.status != "failed":
+    if connection.status != ConnectionStatus.FAILED:
         flash("The connection has not failed: there is nothing to try again.", "error")
         return redirect(status_url(connection))
     if form.validate_on_submit():
         try:
             connection = connections.update_server(
-                get_db(), crypto.load_key(current_app.instance_path), connection.id,
+                get_db(), load_key(current_app.instance_path), connection.id,
                 backend=form.backend.data, url=form.server_url.data,
                 username=form.server_username.data, password=form.server_password.data)
         except InvalidInput as refused:

@@ -11,7 +11,9 @@ from xml.etree.ElementTree import Element, ParseError, tostring
 from defusedxml import DefusedXmlException
 from defusedxml.ElementTree import fromstring
 
-from portal.errors import PortalError
+from portal.errors import InvalidInput, PortalError
+from portal.orgs import registry
+from portal.sync.registration import Registration, ServerValues
 
 MAX_TEXT = 2048
 SETUP_TEXT = ("ProviderID", "Url", "UserName", "Password")
@@ -55,6 +57,36 @@ class ConnectRequest:
     def registered(self, name: str) -> str | None:
         """A RegistrationInfo text value, stripped; None when absent or empty."""
         return ((self.registration or {}).get(name) or "").strip() or None
+
+    def server(self) -> ServerValues:
+        """The server values of SyncSetup; each must be there."""
+        return ServerValues(self.required("ProviderID"), self.required("Url"),
+                            self.required("UserName"), self.required("Password"))
+
+    def registration_of(self, org: str) -> Registration:
+        """A new org's admin (RegistrationInfo: Email and a good Password) and its server."""
+        if self.registration is None:
+            raise Refused(400, "MissingElement", "<RegistrationInfo> is required to create the "
+                          "organization", "SyncSetup/RegistrationInfo")
+        for name in ("Email", "Password"):
+            if self.registered(name) is None:
+                raise Refused(400, "MissingElement", f"<{name}> is required in "
+                              "<RegistrationInfo> to create the organization",
+                              f"RegistrationInfo/{name}")
+        try:
+            # Checked here: the data layer's refusal would name the server's Password.
+            registry.check_password(self.registered("Password"))
+        except InvalidInput as refused:
+            raise Refused(400, "InvalidElement", refused.message,
+                          "RegistrationInfo/Password") from None
+        server = self.server()
+        return Registration(
+            org=org, email=self.registered("Email") or "",
+            password=self.registered("Password") or "", backend=server.backend,
+            url=server.url, username=server.username, server_password=server.password,
+            firstname=self.registered("FirstName"), lastname=self.registered("LastName"),
+            company=self.registered("Company"), jobtitle=self.registered("JobTitle"),
+            phone=self.registered("Phone"), country=self.registered("Country"))
 
 
 def _local(tag: str) -> str:

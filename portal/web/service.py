@@ -13,28 +13,39 @@ bad element, with a 4xx, and changes nothing. CSRF-exempt: no browser form
 posts here.
 """
 
+from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 from xml.etree.ElementTree import Element, SubElement, tostring
 
 from flask import Blueprint, Response, current_app, jsonify, request, url_for
 from flask.typing import ResponseReturnValue
-from itsdangerous import BadSignature, URLSafeSerializer
-from rq.exceptions import NoSuchJobError
-from rq.job import Job
+from redis import Redis
 from werkzeug.exceptions import HTTPException
 
-from portal import crypto, csrf
 from portal.backends.registry import available_backend
+from portal.crypto import load_key
 from portal.db import get_db
-from portal.errors import InvalidInput, NotFound, PortalError
+from portal.errors import PortalError
+from portal.extensions import csrf
 from portal.orgs import registry
-from portal.queue import enqueue_connect, enqueue_metadata, enqueue_sync, get_redis, job_id
+from portal.queue import (
+    Job,
+    enqueue_connect,
+    enqueue_connect_again,
+    enqueue_metadata,
+    enqueue_sync,
+    fetch_job,
+    get_redis,
+    job_id,
+    job_status,
+    waiting_or_running,
+)
 from portal.sync import connections, registration
-from portal.sync.connections import Connection
-from portal.sync.registration import Registration, RequestedSetup
+from portal.sync.connections import Connection, ConnectionStatus
+from portal.sync.registration import ConnectAction, RequestedSetup
 from portal.web import rate_limits
-from portal.web.connect import TOKEN_SALT, enqueue_connect_again, status_token
+from portal.web.connect import status_token, token_connection
 from portal.web.connect_request import ConnectRequest, Refused, parse_json, parse_xml
 from portal.web.openapi import openapi_document
 
@@ -163,7 +174,7 @@ def _job_document(connection: Connection, job: Job, message: str,
     token = status_token(connection)
     return {
         "JobId": job.id,
-        "JobStatus": _job_status(job),
+        "JobStatus": job_status(job),
         "Organization": connection.org_name,
         "ConnectionStatus": connection.status,
         "StatusUrl": url_for("service.job_status", org=connection.org_name, job=job.id,
@@ -175,11 +186,6 @@ def _job_document(connection: Connection, job: Job, message: str,
     }
 
 
-def _job_status(job: Job) -> str:
-    status = job.get_status(refresh=False)
-    return str(status.value if hasattr(status, "value") else status or "unknown")
-
-
 def _orgs_dir() -> Path:
     return Path(current_app.instance_path) / current_app.config["ORGS_DIR"]
 
@@ -188,82 +194,32 @@ def _setup(parsed: ConnectRequest) -> RequestedSetup:
     return registration.parse_setup(parsed.entities, parsed.filters_xml)
 
 
+# The job each ConnectAsync decision enqueues.
+CONNECT_JOBS: dict[ConnectAction, Callable[[Redis, int], Job]] = {
+    ConnectAction.CREATE: enqueue_connect,
+    ConnectAction.CONNECT: enqueue_connect,
+    ConnectAction.UPDATE_METADATA: lambda redis, connection_id: enqueue_metadata(
+        redis, connection_id, "api"),
+    ConnectAction.RECONNECT: enqueue_connect_again,
+}
+
+
 @bp.post("/sync/<org>/ConnectAsync")
 def connect_async(org: str) -> ResponseReturnValue:
     """Connect a new (or unconnected) org to a server; for a connected org: update metadata."""
     rate_limits.hit("connect")
     parsed, fmt = _read_request()
     fmt = answer_format(fmt)
-    provider = parsed.required("ProviderID")
-    available_backend(provider)
-    setup = _setup(parsed)
-    db = get_db()
-    key = crypto.load_key(current_app.instance_path)
-    allow_private = current_app.config["ALLOW_PRIVATE_SERVERS"]
-    redis = get_redis()
-    try:
-        existing = registry.get_org(db, org)
-    except NotFound:
-        existing = None
-
-    if existing is None:
-        registry.check_org_name(org)
-        if parsed.registration is None:
-            raise Refused(400, "MissingElement", "<RegistrationInfo> is required to create the "
-                          "organization", "SyncSetup/RegistrationInfo")
-        for name in ("Email", "Password"):
-            if parsed.registered(name) is None:
-                raise Refused(400, "MissingElement", f"<{name}> is required in "
-                              "<RegistrationInfo> to create the organization",
-                              f"RegistrationInfo/{name}")
-        try:
-            registry.check_password(parsed.registered("Password"))
-        except InvalidInput as refused:
-            raise Refused(400, "InvalidElement", refused.message,
-                          "RegistrationInfo/Password") from None
-        connection = registration.register_connection(db, _orgs_dir(), key, Registration(
-            org=org, email=parsed.registered("Email") or "",
-            password=parsed.registered("Password") or "", backend=provider,
-            url=parsed.required("Url"), username=parsed.required("UserName"),
-            server_password=parsed.required("Password"),
-            firstname=parsed.registered("FirstName"), lastname=parsed.registered("LastName"),
-            company=parsed.registered("Company"), jobtitle=parsed.registered("JobTitle"),
-            phone=parsed.registered("Phone"), country=parsed.registered("Country")),
-            allow_private=allow_private, setup=setup)
-        job = enqueue_connect(redis, connection.id)
-        return answer("ConnectResponse", _job_document(
-            connection, job, f"organization {org} created; connecting it to the server"),
-            202, fmt)
-
-    _admin(org)
-    found = connections.connection_of_org(db, org)
-    if found is None:
-        connection = registration.connect_existing(
-            db, key, existing["id"], backend=provider, url=parsed.required("Url"),
-            username=parsed.required("UserName"), password=parsed.required("Password"),
-            allow_private=allow_private, setup=setup)
-        job = enqueue_connect(redis, connection.id)
-        message = f"connecting the existing organization {org} to the server"
-    elif found.status == "connected":
-        connection = found
-        # Resco: a ConnectRequest for a connected org updates its metadata. The
-        # server stays as it is; requested entities and filters apply now.
-        applied = registration.update_connected(db, _orgs_dir(), connection, setup) \
-            if setup else []
-        job = enqueue_metadata(redis, connection.id, "api")
-        message = "; ".join([f"{org} is connected: updating its metadata from the server",
-                             *applied])
-    elif found.status == "connecting":
-        raise Refused(409, "ConnectRunning", f"{org} is being connected right now (job "
-                      f"{job_id('connect', found.id)}); try again when it has ended")
-    else:  # pending or failed: connect again with the values sent
-        connection = registration.reconnect(
-            db, key, found, backend=provider, url=parsed.required("Url"),
-            username=parsed.required("UserName"), password=parsed.required("Password"),
-            allow_private=allow_private, setup=setup)
-        job = enqueue_connect_again(redis, connection.id)
-        message = f"connecting {org} to the server again"
-    return answer("ConnectResponse", _job_document(connection, job, message), 202, fmt)
+    available_backend(parsed.required("ProviderID"))
+    decision = registration.connect_request(
+        get_db(), _orgs_dir(), load_key(current_app.instance_path), org, parsed, _setup(parsed),
+        authorize=lambda: _admin(org), allow_private=current_app.config["ALLOW_PRIVATE_SERVERS"])
+    if decision.action is ConnectAction.BUSY:
+        raise Refused(409, "ConnectRunning", f"{decision.message} (job "
+                      f"{job_id('connect', decision.connection.id)}); try again when it has ended")
+    job = CONNECT_JOBS[decision.action](get_redis(), decision.connection.id)
+    return answer("ConnectResponse", _job_document(decision.connection, job, decision.message),
+                  202, fmt)
 
 
 @bp.post("/sync/<org>/SyncAsync")
@@ -274,37 +230,32 @@ def sync_async(org: str) -> ResponseReturnValue:
     fmt = answer_format(body_format())
     _admin(org)
     connection = connections.connection_of_org(get_db(), org)
-    if connection is None or connection.status != "connected":
+    if connection is None or connection.status != ConnectionStatus.CONNECTED:
         raise Refused(409, "NotConnected", f"{org} is not connected to a server"
                       + (f" (its connection is {connection.status})" if connection else ""))
     redis = get_redis()
-    existing = Job.fetch(job_id("sync", connection.id), connection=redis) \
-        if Job.exists(job_id("sync", connection.id), connection=redis) else None
-    running = existing is not None and _job_status(existing) in (
-        "queued", "started", "deferred", "scheduled")
+    running = waiting_or_running(fetch_job(redis, job_id("sync", connection.id)))
     job = enqueue_sync(redis, connection.id, "api")
-    message = (f"a sync run of {org} is {_job_status(job)} already: this is that run"
+    message = (f"a sync run of {org} is {job_status(job)} already: this is that run"
                if running else f"sync run of {org} queued")
     return answer("SyncResponse", _job_document(connection, job, message, AlreadyQueued=running),
                   202, fmt)
 
 
-@bp.get("/sync/<org>/jobs/<job>")
-def job_status(org: str, job: str) -> ResponseReturnValue:
+@bp.get("/sync/<org>/jobs/<job>", endpoint="job_status")
+def job_state(org: str, job: str) -> ResponseReturnValue:
     """A job's state and progress, with its connection's (token of the 202, or Basic auth)."""
     fmt = answer_format()
     connection = _connection_for_job_request(org)
     kind, _, number = job.rpartition("-")
     if kind not in JOB_KINDS or number != str(connection.id):
         raise Refused(404, "NotFound", f"{org} has no job {job!r}", "{job}")
-    try:
-        found: Job | None = Job.fetch(job, connection=get_redis())
-    except NoSuchJobError:
-        found = None  # ended and removed (sync runs keep no result): the connection tells
+    # None: ended and removed (sync runs keep no result): the connection tells.
+    found = fetch_job(get_redis(), job)
     progress = (found.meta.get("progress") if found else None) or {}
     document = {
         "JobId": job,
-        "JobStatus": _job_status(found) if found else "unknown",
+        "JobStatus": job_status(found),
         "Organization": org,
         "ConnectionStatus": connection.status,
         "Error": connection.error,
@@ -321,20 +272,16 @@ def _progress(progress: dict[str, Any]) -> dict[str, Any]:
 
 def _connection_for_job_request(org: str) -> Connection:
     token = request.args.get("token")
-    connection = connections.connection_of_org(get_db(), org)
     if token:
-        try:
-            signed = URLSafeSerializer(current_app.config["SECRET_KEY"],
-                                       salt=TOKEN_SALT).loads(token)
-        except BadSignature:
-            signed = None
-        if connection is None or signed != [org, connection.id]:
+        connection = token_connection(org, token)
+        if connection is None:
             raise _unauthorized("the token does not fit this organization")
         return connection
     _admin(org)
-    if connection is None:
+    found = connections.connection_of_org(get_db(), org)
+    if found is None:
         raise Refused(404, "NotFound", f"{org} has no connection")
-    return connection
+    return found
 
 
 @bp.get("/openapi.json")
