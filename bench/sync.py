@@ -26,7 +26,7 @@ sys.path.insert(0, str(ROOT))
 from bench.accounts import account_row  # noqa: E402
 from portal import create_app  # noqa: E402
 from portal.backends.resco import RescoBackend  # noqa: E402
-from portal.config import Defaults  # noqa: E402
+from portal.config import SETTING  # noqa: E402
 from portal.db import get_db  # noqa: E402
 from portal.orgs import records, registry, store, transactions  # noqa: E402
 from portal.sync import engine, metadata  # noqa: E402
@@ -62,7 +62,7 @@ def client_sync(client_dir: str, url: str, result: Any) -> None:
         metadata.update_client_metadata(org, backend.read_metadata(), set())
         transactions.set_client(org, True)
     plan = engine.Plan([EntitySettings(e, True, True, None) for e in ENTITIES],
-                       page_size=Defaults.SYNC_PAGE_SIZE)
+                       page_size=SETTING["SYNC_PAGE_SIZE"].default)
     run = engine.Run(org, backend, plan)
     engine.upload(run)
     engine.download(run)

@@ -18,11 +18,14 @@ def create_app(test_config: dict[str, Any] | None = None) -> Flask:
     if test_config and "INSTANCE_PATH" in test_config:
         instance_path = str(test_config["INSTANCE_PATH"])
     app = Flask(__name__, instance_path=instance_path, instance_relative_config=True)
-    app.config.from_object(config.Defaults)
+    app.config.from_mapping(config.defaults())
     app.config.from_pyfile("config.py", silent=True)
+    config.check_environment(os.environ, app.default_config)
     app.config.from_prefixed_env("PORTAL")
     if test_config:
         app.config.update(test_config)
+    # A wrong setting stops the start here, with its name, not later in a request.
+    config.check_settings(app.config, os.environ)
     Path(app.instance_path).mkdir(parents=True, exist_ok=True)
     if not app.config.get("SECRET_KEY"):
         app.config["SECRET_KEY"] = config.load_secret_key(app.instance_path)

@@ -1,41 +1,111 @@
-"""Configuration: defaults here, then instance/config.py, then PORTAL_* variables, then tests."""
+"""Configuration: declared settings, checked when the app starts.
 
+Defaults here, then instance/config.py, then PORTAL_* variables, then the
+test config (Datasette's SETTINGS table in datasette/app.py is the model).
+"""
+
+import difflib
 import os
 import secrets
-from collections.abc import Callable
+from collections.abc import Callable, Mapping
+from dataclasses import dataclass
 from pathlib import Path
+from typing import Any
+
+from portal.errors import InvalidSetting
+
+PREFIX = "PORTAL_"
 
 
-class Defaults:
-    """Settings every portal starts from; each can be overridden as PORTAL_<NAME>."""
+@dataclass(frozen=True)
+class Setting:
+    """One setting of the portal: its name, type, default and what it means."""
 
-    # Registry database file, relative to the instance folder unless absolute.
-    DATABASE = "portal.db"
-    # Folder of the hosted orgs' SQLite files, relative to the instance folder.
-    ORGS_DIR = "orgs"
-    # Redis of the job queue; None means: the REDIS_URL variable, else the
-    # bundled redis-server started by `make run` on instance/redis.sock.
-    REDIS_URL: str | None = None
-    # Largest request body accepted by any endpoint (bytes).
-    MAX_CONTENT_LENGTH = 32 * 1024 * 1024
-    # Largest request body the Org API (/odata/v4/) accepts, $batch included (bytes).
-    API_MAX_CONTENT_LENGTH = 16 * 1024 * 1024
-    # Server URLs on loopback/private/link-local addresses are refused unless allowed.
-    ALLOW_PRIVATE_SERVERS = False
-    # Sync: records per downloaded page, transactions per upload round, and how
-    # often a request to a server is tried before the run fails.
-    SYNC_PAGE_SIZE = 5000
-    SYNC_UPLOAD_BATCH = 1000
-    SYNC_HTTP_RETRIES = 5
-    # Creating connections (connect page, ConnectAsync, SyncAsync): requests per client
-    # address, in the `limits` notation; kept in the job queue's Redis.
-    CONNECT_RATE_LIMIT = "10 per minute; 60 per hour"
-    # None: rate limits on, except in tests (TESTING); True/False: as said.
-    RATELIMIT_ENABLED: bool | None = None
-    # Largest request body of the sync web service (/rest/v1/), bytes.
-    SERVICE_MAX_CONTENT_LENGTH = 2 * 1024 * 1024
-    WTF_CSRF_TIME_LIMIT = None
-    JSON_SORT_KEYS = False
+    name: str
+    type: type  # str, int or bool
+    default: Any
+    help: str
+    optional: bool = False  # None is a value too
+
+    def check(self, value: Any) -> str | None:
+        """Why the value does not fit the setting's type; None when it does."""
+        if value is None and self.optional:
+            return None
+        # bool is an int in Python: a setting of one type refuses the other.
+        if isinstance(value, self.type) and (self.type is bool) == isinstance(value, bool):
+            return None
+        kinds = {str: "a string", int: "an integer", bool: "true or false"}
+        return f"must be {kinds[self.type]}{' or null' if self.optional else ''}, got {value!r}"
+
+
+# The portal's settings, the one place they are declared (the README lists them).
+# Each is set, in order, by these defaults, instance/config.py, PORTAL_<NAME>
+# variables (JSON values: 5000, true, "text"; else the text itself), the test config.
+SETTINGS = (
+    Setting("DATABASE", str, "portal.db",
+            "registry database file, relative to the instance folder unless absolute"),
+    Setting("ORGS_DIR", str, "orgs",
+            "folder of the hosted orgs' SQLite files, relative to the instance folder"),
+    Setting("REDIS_URL", str, None,
+            "Redis of the job queue; null: the REDIS_URL variable, else the bundled Redis "
+            "on instance/redis.sock", optional=True),
+    Setting("SECRET_KEY", str, None,
+            "signs sessions and status links; null: generated once into instance/secret_key",
+            optional=True),
+    Setting("MAX_CONTENT_LENGTH", int, 32 * 1024 * 1024,
+            "largest request body accepted by any endpoint, bytes"),
+    Setting("API_MAX_CONTENT_LENGTH", int, 16 * 1024 * 1024,
+            "largest request body of the Org API (/odata/v4/), $batch included, bytes"),
+    Setting("SERVICE_MAX_CONTENT_LENGTH", int, 2 * 1024 * 1024,
+            "largest request body of the sync web service (/rest/v1/), bytes"),
+    Setting("ALLOW_PRIVATE_SERVERS", bool, False,
+            "allow server URLs on loopback, private and link-local addresses"),
+    Setting("SYNC_PAGE_SIZE", int, 5000, "sync: records per downloaded page"),
+    Setting("SYNC_UPLOAD_BATCH", int, 1000, "sync: transactions per upload round"),
+    Setting("SYNC_HTTP_RETRIES", int, 5,
+            "sync: how often a request to a server is tried again before the run fails"),
+    Setting("CONNECT_RATE_LIMIT", str, "10 per minute; 60 per hour",
+            "connect page, ConnectAsync, SyncAsync: requests per client address "
+            "(`limits` notation), counted in the job queue's Redis"),
+    Setting("RATELIMIT_ENABLED", bool, None,
+            "rate limits on or off; null: on, except in tests", optional=True),
+)
+SETTING = {s.name: s for s in SETTINGS}
+# Read from the environment before the config exists (create_app).
+ENVIRONMENT_ONLY = ("PORTAL_INSTANCE_PATH",)
+# Flask and Flask-WTF settings the portal sets itself.
+FIXED = {"WTF_CSRF_TIME_LIMIT": None, "JSON_SORT_KEYS": False}
+
+
+def defaults() -> dict[str, Any]:
+    """Every setting at its default, and the framework settings the portal fixes."""
+    return {**{s.name: s.default for s in SETTINGS}, **FIXED}
+
+
+def check_environment(environ: Mapping[str, str], framework: Mapping[str, Any]) -> None:
+    """Refuse a PORTAL_* variable that names no setting (a typo would be ignored silently).
+
+    Flask's own settings (`framework`, e.g. SESSION_COOKIE_SECURE) may be set this way too.
+    """
+    for key in sorted(environ):
+        name = key.removeprefix(PREFIX)
+        if not key.startswith(PREFIX) or key in ENVIRONMENT_ONLY or name in SETTING \
+                or name in framework:
+            continue
+        close = difflib.get_close_matches(name, list(SETTING), n=1)
+        hint = f"; did you mean {PREFIX}{close[0]}?" if close else ""
+        raise InvalidSetting(f"unknown setting {key}{hint} (the settings are listed in "
+                             "portal/config.py and the README)", field=key)
+
+
+def check_settings(config: Mapping[str, Any], environ: Mapping[str, str]) -> None:
+    """Refuse a setting whose value does not fit its declared type, naming where it came from."""
+    for setting in SETTINGS:
+        problem = setting.check(config.get(setting.name))
+        if problem is not None:
+            source = PREFIX + setting.name if PREFIX + setting.name in environ \
+                else setting.name
+            raise InvalidSetting(f"setting {source} {problem} ({setting.help})", field=source)
 
 
 def instance_secret(instance_path: str | Path, name: str, make: Callable[[], bytes]) -> bytes:

@@ -65,3 +65,10 @@ class CredentialsRefused(BackendError):
     """The server org refused the connection's user name or password."""
 
     code = "CredentialsRefused"
+
+
+class InvalidSetting(PortalError):
+    """A setting of the portal is unknown or of the wrong type: the app does not start."""
+
+    status = 500
+    code = "InvalidSetting"

@@ -1,0 +1,72 @@
+"""Settings are declared once (portal/config.py) and checked when the app starts."""
+
+import re
+from pathlib import Path
+
+import pytest
+
+from portal import create_app
+from portal.config import SETTINGS
+from portal.errors import InvalidSetting
+
+ROOT = Path(__file__).resolve().parent.parent
+
+
+@pytest.fixture
+def instance(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> Path:
+    """An instance folder, with no PORTAL_* variable of the caller's environment."""
+    monkeypatch.setenv("PORTAL_INSTANCE_PATH", str(tmp_path))
+    return tmp_path
+
+
+@pytest.mark.parametrize("variable, value, named", [
+    ("PORTAL_SYNC_PAGESIZE", "50", "unknown setting PORTAL_SYNC_PAGESIZE; did you mean "
+                                   "PORTAL_SYNC_PAGE_SIZE?"),
+    ("PORTAL_NOTHING_LIKE_IT", "1", "unknown setting PORTAL_NOTHING_LIKE_IT"),
+    ("PORTAL_SYNC_PAGE_SIZE", "many", "setting PORTAL_SYNC_PAGE_SIZE must be an integer, "
+                                      "got 'many'"),
+    ("PORTAL_SYNC_PAGE_SIZE", "true", "setting PORTAL_SYNC_PAGE_SIZE must be an integer"),
+    ("PORTAL_SYNC_PAGE_SIZE", "50.5", "setting PORTAL_SYNC_PAGE_SIZE must be an integer"),
+    ("PORTAL_ALLOW_PRIVATE_SERVERS", "1", "setting PORTAL_ALLOW_PRIVATE_SERVERS must be true "
+                                          "or false, got 1"),
+    ("PORTAL_ALLOW_PRIVATE_SERVERS", "yes", "must be true or false, got 'yes'"),
+    ("PORTAL_DATABASE", "5", "setting PORTAL_DATABASE must be a string, got 5"),
+    ("PORTAL_RATELIMIT_ENABLED", "\"off\"", "must be true or false or null, got 'off'"),
+])
+def test_bad_variable_stops_the_start_naming_it(instance: Path, monkeypatch: pytest.MonkeyPatch,
+                                                variable: str, value: str, named: str) -> None:
+    monkeypatch.setenv(variable, value)
+    with pytest.raises(InvalidSetting, match=re.escape(named)):
+        create_app()
+    assert not (instance / "portal.db").exists()  # nothing was started
+
+
+def test_bad_setting_of_instance_config_or_test_config_is_named(instance: Path) -> None:
+    (instance / "config.py").write_text("SYNC_UPLOAD_BATCH = '1000'\n")
+    with pytest.raises(InvalidSetting, match="setting SYNC_UPLOAD_BATCH must be an integer"):
+        create_app()
+    (instance / "config.py").unlink()
+    with pytest.raises(InvalidSetting, match="setting SYNC_HTTP_RETRIES must be an integer"):
+        create_app({"SYNC_HTTP_RETRIES": None})
+
+
+def test_good_variables_are_taken(instance: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.setenv("PORTAL_SYNC_PAGE_SIZE", "50")
+    monkeypatch.setenv("PORTAL_ALLOW_PRIVATE_SERVERS", "true")
+    monkeypatch.setenv("PORTAL_RATELIMIT_ENABLED", "null")
+    monkeypatch.setenv("PORTAL_CONNECT_RATE_LIMIT", "5 per minute")
+    monkeypatch.setenv("PORTAL_SESSION_COOKIE_SECURE", "true")  # Flask's own settings too
+    app = create_app()
+    assert app.config["SYNC_PAGE_SIZE"] == 50
+    assert app.config["ALLOW_PRIVATE_SERVERS"] is True
+    assert app.config["RATELIMIT_ENABLED"] is None
+    assert app.config["CONNECT_RATE_LIMIT"] == "5 per minute"
+    assert app.config["SESSION_COOKIE_SECURE"] is True
+    assert app.config["SYNC_UPLOAD_BATCH"] == 1000  # the declared default
+
+
+def test_readme_lists_every_declared_setting() -> None:
+    readme = (ROOT / "README.md").read_text()
+    table = readme[readme.index("## Configuration"):readme.index("## Production")]
+    listed = set(re.findall(r"^\| `PORTAL_([A-Z_]+)` \|", table, re.MULTILINE))  # not (env)
+    assert listed == {s.name for s in SETTINGS}
