@@ -38,6 +38,8 @@ class Script:
                 self.end_headers()
                 self.wfile.write(data)
 
+            do_POST = do_GET  # noqa: N815 - http.server's naming
+
         self.server = ThreadingHTTPServer(("127.0.0.1", 0), Handler)
         self.url = f"http://127.0.0.1:{self.server.server_address[1]}/odata/v4/srv/"
         threading.Thread(target=self.server.serve_forever, daemon=True).start()
@@ -104,3 +106,42 @@ def test_backend_unexpected_answers_are_readable_errors(  # type: ignore[no-unty
     with pytest.raises(BackendError, match=message):
         backend.check_credentials()
     backend.close()
+
+
+def test_backend_waits_at_most_the_cap_of_a_long_retry_after(script) -> None:  # type: ignore[no-untyped-def]
+    server = script([(429, {"Retry-After": "3600"}, {"error": {"message": "an hour"}}),
+                     (200, {}, SERVICE)])
+    backend = RescoBackend(server.url, "u", "p", retries=1, allow_private=True,
+                           max_retry_after=1)
+    assert backend.check_credentials() == "u"  # waited the cap (1 s here), not an hour
+    backend.close()
+    assert len(server.seen) == 2
+
+
+def test_backend_backs_off_on_an_unreadable_retry_after(script) -> None:  # type: ignore[no-untyped-def]
+    server = script([(503, {"Retry-After": "soon"}, {"error": {"message": "busy"}}),
+                     (502, {}, {"error": {"message": "bad gateway"}}),
+                     (200, {}, SERVICE)])
+    backend = RescoBackend(server.url, "u", "p", retries=2, allow_private=True)
+    assert backend.check_credentials() == "u"
+    backend.close()
+    assert len(server.seen) == 3
+
+
+def test_backend_busy_beyond_its_retries_names_the_servers_message(script) -> None:  # type: ignore[no-untyped-def]
+    server = script([(503, {"Retry-After": "0"}, {"error": {"message": "still busy"}})] * 3)
+    backend = RescoBackend(server.url, "u", "p", retries=2, allow_private=True)
+    with pytest.raises(BackendError, match="answered 503: still busy"):
+        backend.check_credentials()
+    backend.close()
+    assert len(server.seen) == 3  # the first try and two retries
+
+
+def test_backend_retries_batch_posts(script) -> None:  # type: ignore[no-untyped-def]
+    # $batch writes are idempotent (upserts of own GUIDs, conditional writes): safe to resend.
+    server = script([(429, {"Retry-After": "0"}, {"error": {"message": "slow down"}}),
+                     (200, {}, {"responses": []})])
+    backend = RescoBackend(server.url, "u", "p", retries=1, allow_private=True)
+    assert backend.request("POST", "$batch", data=b"{}").status_code == 200
+    backend.close()
+    assert len(server.seen) == 2

@@ -1,15 +1,15 @@
 """An OData v4 client for the sync engine, with dialects for the servers that speak it.
 
 One `requests.Session` per backend (per sync run): pooled connections,
-timeouts, and retries with backoff that honour `429`/`503` `Retry-After`, as
-Dataverse's service protection limits ask. Writes go in JSON `$batch`
-requests of independent PATCH upserts and DELETEs; retrying them is safe
-because an upsert of a record's own GUID never makes a second record, and a
-conditional write whose first answer was lost comes back as 412, which the
-sync engine recognises as its own write.
+timeouts, and urllib3's `Retry` on the session's adapter, which backs off and
+honours `429`/`503` `Retry-After`, as Dataverse's service protection limits
+ask. Writes go in JSON `$batch` requests of independent PATCH upserts and
+DELETEs; retrying them is safe because an upsert of a record's own GUID never
+makes a second record, and a conditional write whose first answer was lost
+comes back as 412, which the sync engine recognises as its own write. So
+every method is retried, POST and PATCH included.
 """
 
-import time
 from collections.abc import Generator, Iterator
 from typing import Any
 from urllib.parse import urljoin
@@ -17,6 +17,8 @@ from urllib.parse import urljoin
 import orjson
 import requests
 from requests.adapters import HTTPAdapter
+from urllib3.exceptions import InvalidHeader
+from urllib3.util.retry import Retry
 
 from portal.backends.base import Backend, ChangesPage, Write, WriteResult
 from portal.backends.dataverse_metadata import entities_from_entity_definitions
@@ -27,8 +29,38 @@ from portal.orgs.metadata import Entity
 
 TIMEOUT_S = (10, 120)  # connect, read
 RETRIES = 5
-RETRY_STATUSES = {429, 502, 503, 504}
-MAX_RETRY_AFTER_S = 120
+RETRY_STATUSES = frozenset({429, 502, 503, 504})
+MAX_RETRY_AFTER_S = 120  # a longer Retry-After is waited this long, then the request is tried
+BACKOFF_S, BACKOFF_MAX_S = 0.5, 30  # without Retry-After: 0.5 s, doubling, at most 30 s
+# Our writes are idempotent by design (module docstring): every method may be retried.
+RETRY_METHODS = frozenset({"GET", "HEAD", "OPTIONS", "POST", "PATCH", "PUT", "DELETE"})
+
+
+class ServerRetry(Retry):
+    """urllib3's Retry as the portal's servers need it (Retry-After only on 429 and 503)."""
+
+    RETRY_AFTER_STATUS_CODES = frozenset({429, 503})
+
+    def parse_retry_after(self, retry_after: str) -> float:
+        """Seconds to wait; an unreadable Retry-After waits as if there were none."""
+        try:
+            return super().parse_retry_after(retry_after)
+        except InvalidHeader:
+            return 0  # urllib3 then backs off as usual
+
+    def get_backoff_time(self) -> float:
+        """0.5 s before the first retry, doubling, at most 30 s (urllib3 waits 0 s first)."""
+        errors = len(self.history)
+        return 0.0 if errors == 0 else min(BACKOFF_S * 2 ** (errors - 1), BACKOFF_MAX_S)
+
+
+def server_retry(retries: int, max_retry_after: float = MAX_RETRY_AFTER_S) -> ServerRetry:
+    """Retries on connection errors, timeouts and busy answers (429, 502, 503, 504)."""
+    # raise_on_status=False: when the retries are spent, the last busy answer
+    # is returned, so the caller reports the server's own message.
+    return ServerRetry(total=retries, allowed_methods=RETRY_METHODS,
+                       status_forcelist=RETRY_STATUSES, raise_on_status=False,
+                       retry_after_max=int(max_retry_after))
 BATCH_LIMIT = 1000  # requests per $batch (Dataverse's limit)
 
 
@@ -42,18 +74,19 @@ class ODataBackend(Backend):
 
     def __init__(self, url: str, username: str, password: str, *,
                  allow_private: bool = False, session: requests.Session | None = None,
-                 retries: int = RETRIES, track_changes: bool = True) -> None:
+                 retries: int = RETRIES, track_changes: bool = True,
+                 max_retry_after: float = MAX_RETRY_AFTER_S) -> None:
         # A URL on a private host, or a redirect to one, is refused unless the
         # operator allows them (ALLOW_PRIVATE_SERVERS): see server_urls.
         check_server_url(url, allow_private=allow_private)
         self.root = url if url.endswith("/") else url + "/"
-        self.retries = retries
         # Without change tracking every run reads the whole entity set, and the
         # engine finds deletions by comparing ids (Backend.read_ids).
         self.supports_delta = track_changes
         self.session = guard_session(session or requests.Session(), allow_private=allow_private)
         self.session.auth = (username, password)
-        adapter = HTTPAdapter(pool_connections=2, pool_maxsize=4, max_retries=0)
+        adapter = HTTPAdapter(pool_connections=2, pool_maxsize=4,
+                              max_retries=server_retry(retries, max_retry_after))
         self.session.mount("http://", adapter)
         self.session.mount("https://", adapter)
         self.session.headers.update({
@@ -65,28 +98,17 @@ class ODataBackend(Backend):
     # --- transport ---------------------------------------------------------
 
     def request(self, method: str, url: str, **kwargs: Any) -> requests.Response:
-        """One HTTP request with retries on connection errors, 429 and 5xx busy answers."""
+        """One HTTP request, retried by the session's adapter; 401 is CredentialsRefused."""
         url = urljoin(self.root, url)
-        delay = 0.5
-        for attempt in range(self.retries + 1):
-            try:
-                response = self.session.request(method, url, timeout=TIMEOUT_S, **kwargs)
-            except (requests.ConnectionError, requests.Timeout) as exc:
-                if attempt == self.retries:
-                    raise BackendError(f"the server at {self.root} cannot be reached: "
-                                       f"{exc.__class__.__name__}") from None
-                time.sleep(delay)
-                delay = min(delay * 2, 30)
-                continue
-            if response.status_code in RETRY_STATUSES and attempt < self.retries:
-                time.sleep(_retry_after(response, delay))
-                delay = min(delay * 2, 30)
-                continue
-            if response.status_code == 401:
-                raise CredentialsRefused(
-                    f"the server refused the user name or password ({_message(response)})")
-            return response
-        raise AssertionError("unreachable")
+        try:
+            response = self.session.request(method, url, timeout=TIMEOUT_S, **kwargs)
+        except (requests.ConnectionError, requests.Timeout) as exc:
+            raise BackendError(f"the server at {self.root} cannot be reached: "
+                               f"{exc.__class__.__name__}") from None
+        if response.status_code == 401:
+            raise CredentialsRefused(
+                f"the server refused the user name or password ({_message(response)})")
+        return response
 
     def get_json(self, url: str, headers: dict[str, str] | None = None) -> Any:
         """GET a JSON document; BackendError with the server's message on any error."""
@@ -227,14 +249,6 @@ class ODataBackend(Backend):
     def record_to_server(self, entity: Entity, values: dict[str, Any]) -> dict[str, Any]:
         """Our record in the server's JSON form."""
         return values
-
-
-def _retry_after(response: requests.Response, default: float) -> float:
-    value = response.headers.get("Retry-After", "")
-    try:
-        return min(max(float(value), 0.0), MAX_RETRY_AFTER_S)
-    except ValueError:
-        return default
 
 
 def _message(response: requests.Response) -> str:
