@@ -11,7 +11,7 @@ from flask import Flask
 from redis import Redis
 from rq import Queue, SimpleWorker
 
-from jobs.sync_cli import Progress
+from portal.cli.sync import Progress
 from portal import crypto
 from portal.db import get_db, immediate
 from portal.orgs import records, registry, transactions

@@ -127,6 +127,6 @@ def init_app(app: Flask) -> None:
     app.cli.add_command(init_db)
     app.cli.add_command(orgs_cli)
     app.cli.add_command(tokens_cli)
-    from jobs import sync_cli  # here, not on top: sync_cli imports this module's helpers
+    from portal.cli import sync  # here, not on top: sync imports this module's helpers
 
-    sync_cli.init_app(app)
+    sync.init_app(app)

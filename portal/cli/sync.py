@@ -21,7 +21,7 @@ from rq.exceptions import NoSuchJobError
 from rq.job import Job, JobStatus
 from sqlite_utils import Database
 
-from jobs.cli import fail, orgs_dir
+from portal.cli.orgs import fail, orgs_dir
 from portal import crypto
 from portal.backends.registry import available_backend
 from portal.backends.server_urls import check_server_url
