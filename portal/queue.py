@@ -1,10 +1,11 @@
-"""The job queue: one Redis client per app, and the one helper that enqueues jobs.
+"""The job queue: one Redis client per app, the one helper that enqueues jobs, job states.
 
 Jobs are referred to by their dotted name ("jobs.maintenance.count_orgs"), so
 the web layer enqueues work without importing the jobs package.
 """
 
 from collections.abc import Callable
+from dataclasses import dataclass
 from typing import Any
 
 from flask import current_app
@@ -12,7 +13,7 @@ from redis import Redis
 from redis.backoff import NoBackoff
 from redis.retry import Retry as RedisRetry
 from rq import Queue, Retry
-from rq.exceptions import DuplicateJobError
+from rq.exceptions import DuplicateJobError, NoSuchJobError
 from rq.job import Job, JobStatus
 
 DEFAULT_QUEUE = "default"
@@ -101,3 +102,52 @@ def enqueue_upload(redis: Redis, connection_id: int) -> Job:
     """Enqueue an upload of pending transactions (instant mode), coalesced per connection."""
     return _enqueue_on_connection(redis, "upload", "jobs.sync.upload", connection_id,
                                   result_ttl=0, failure_ttl=300, retries=3)
+
+
+# --- watching a job ----------------------------------------------------------
+
+# Status names, not JobStatus members: a str-Enum member hashes by its name, so a
+# plain string is never found in a set of members.
+_WAITING = frozenset(s.value for s in (JobStatus.QUEUED, JobStatus.DEFERRED,
+                                       JobStatus.SCHEDULED))
+_ENDED = frozenset(s.value for s in ENDED)
+
+
+@dataclass(frozen=True)
+class JobState:
+    """A job as someone waiting for it sees it: status, last reported progress, failure."""
+
+    id: str
+    status: str  # RQ's name for it: queued, started, finished, failed, …
+    progress: dict[str, Any] | None  # what the job keeps in meta["progress"]
+    failure: str | None  # the last line of its exception, once it ended failed
+
+    @property
+    def waiting(self) -> bool:
+        """No worker has taken the job yet."""
+        return self.status in _WAITING
+
+    @property
+    def running(self) -> bool:
+        """A worker is working on the job."""
+        return self.status == JobStatus.STARTED.value
+
+    @property
+    def ended(self) -> bool:
+        """The job finished, failed, or was stopped or canceled."""
+        return self.status in _ENDED
+
+
+def job_state(redis: Redis, job_id: str) -> JobState | None:
+    """A job's state; None once Redis no longer keeps it (result_ttl=0 deletes it as it ends)."""
+    try:
+        job = Job.fetch(job_id, connection=redis)
+    except NoSuchJobError:
+        return None
+    status = job.get_status(refresh=False)
+    name = str(getattr(status, "value", status))
+    failed = name in _ENDED and name != JobStatus.FINISHED.value
+    result = job.latest_result() if failed else None  # one more read, only once it failed
+    text = (result.exc_string or "").strip() if result is not None else ""
+    failure = text.splitlines()[-1] if text else None
+    return JobState(job.id, name, job.meta.get("progress"), failure)

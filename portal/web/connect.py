@@ -31,6 +31,7 @@ from rq.job import Job, JobStatus
 from portal import crypto
 from portal.db import get_db
 from portal.errors import InvalidInput, PortalError
+from portal.orgs.store import orgs_path
 from portal.queue import enqueue_connect, get_redis, job_id
 from portal.sync import connections
 from portal.sync.connections import Connection
@@ -128,7 +129,7 @@ def enqueue_connect_again(redis: Redis, connection_id: int) -> Job:
 
 
 def _orgs_dir() -> Path:
-    return Path(current_app.instance_path) / current_app.config["ORGS_DIR"]
+    return orgs_path(current_app)
 
 
 @bp.route("/Register.aspx", methods=["GET", "POST"])

@@ -29,6 +29,7 @@ from portal.backends.registry import available_backend
 from portal.db import get_db
 from portal.errors import InvalidInput, NotFound, PortalError
 from portal.orgs import registry
+from portal.orgs.store import orgs_path
 from portal.queue import enqueue_connect, enqueue_metadata, enqueue_sync, get_redis, job_id
 from portal.sync import connections, registration
 from portal.sync.connections import Connection
@@ -181,7 +182,7 @@ def _job_status(job: Job) -> str:
 
 
 def _orgs_dir() -> Path:
-    return Path(current_app.instance_path) / current_app.config["ORGS_DIR"]
+    return orgs_path(current_app)
 
 
 def _setup(parsed: ConnectRequest) -> RequestedSetup:
