@@ -9,7 +9,6 @@ from dataclasses import dataclass
 from typing import Any
 
 import click
-from click.core import ParameterSource
 from flask.cli import AppGroup
 
 from portal.errors import PortalError
@@ -32,7 +31,7 @@ class OneOf:
     def check(self, ctx: click.Context) -> None:
         """Refuse the command line unless exactly one of the parameters was given."""
         given = [name for name in self.names
-                 if ctx.get_parameter_source(name) not in (None, ParameterSource.DEFAULT)]
+                 if ctx.get_parameter_source(name) not in (None, click.ParameterSource.DEFAULT)]
         if len(given) != 1:
             raise Refused(self.none if not given else self.many or self.none, ctx=ctx)
 

@@ -4,9 +4,8 @@ The commands enqueue the same jobs as the web (portal.queue) and leave the
 work to a worker. With `--wait` a command polls the job in Redis (its
 meta["progress"]) and, once the job is gone, the connection's progress and
 run record in the registry, so it works with a worker on any machine that
-reaches the same Redis; it reaches RQ only through portal.queue. A refused
-input prints its reason and exits 1,
-having written and enqueued nothing.
+reaches the same Redis; RQ is reached only through portal.queue. A refused
+input prints its reason and exits 1, having written and enqueued nothing.
 """
 
 import sys
