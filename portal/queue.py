@@ -18,6 +18,7 @@ from rq.job import Job, JobStatus
 
 DEFAULT_QUEUE = "default"
 ENDED = {JobStatus.FINISHED, JobStatus.FAILED, JobStatus.STOPPED, JobStatus.CANCELED}
+WAITING = {JobStatus.QUEUED, JobStatus.DEFERRED, JobStatus.SCHEDULED}  # no worker yet
 DEFAULT_TIMEOUT_S = 3600
 RESULT_TTL_S = 24 * 3600
 FAILURE_TTL_S = 7 * 24 * 3600
@@ -106,36 +107,30 @@ def enqueue_upload(redis: Redis, connection_id: int) -> Job:
 
 # --- watching a job ----------------------------------------------------------
 
-# Status names, not JobStatus members: a str-Enum member hashes by its name, so a
-# plain string is never found in a set of members.
-_WAITING = frozenset(s.value for s in (JobStatus.QUEUED, JobStatus.DEFERRED,
-                                       JobStatus.SCHEDULED))
-_ENDED = frozenset(s.value for s in ENDED)
-
 
 @dataclass(frozen=True)
 class JobState:
     """A job as someone waiting for it sees it: status, last reported progress, failure."""
 
     id: str
-    status: str  # RQ's name for it: queued, started, finished, failed, …
+    status: str  # RQ's name for it (JobStatus values): queued, started, finished, failed, …
     progress: dict[str, Any] | None  # what the job keeps in meta["progress"]
     failure: str | None  # the last line of its exception, once it ended failed
 
     @property
     def waiting(self) -> bool:
         """No worker has taken the job yet."""
-        return self.status in _WAITING
+        return self.status in WAITING
 
     @property
     def running(self) -> bool:
         """A worker is working on the job."""
-        return self.status == JobStatus.STARTED.value
+        return self.status == JobStatus.STARTED
 
     @property
     def ended(self) -> bool:
         """The job finished, failed, or was stopped or canceled."""
-        return self.status in _ENDED
+        return self.status in ENDED
 
 
 def job_state(redis: Redis, job_id: str) -> JobState | None:
@@ -146,7 +141,7 @@ def job_state(redis: Redis, job_id: str) -> JobState | None:
         return None
     status = job.get_status(refresh=False)
     name = str(getattr(status, "value", status))
-    failed = name in _ENDED and name != JobStatus.FINISHED.value
+    failed = name in ENDED and name != JobStatus.FINISHED
     result = job.latest_result() if failed else None  # one more read, only once it failed
     text = (result.exc_string or "").strip() if result is not None else ""
     failure = text.splitlines()[-1] if text else None
