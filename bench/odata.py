@@ -68,13 +68,14 @@ def main() -> None:
     with tempfile.TemporaryDirectory(prefix="bench-odata-") as folder:
         instance = Path(folder) / "instance"
         app = create_app({"INSTANCE_PATH": instance, "REDIS_URL": "redis://127.0.0.1:1"})
+        orgs = store.orgs_path(app)
         with app.app_context():
-            registry.create_org(get_db(), instance / "orgs", "bench", email=EMAIL,
+            registry.create_org(get_db(), orgs, "bench", email=EMAIL,
                                 password=PASSWORD, template="sales")
-        org = store.open_org(instance / "orgs", "bench")
+        org = store.open_org(orgs, "bench")
         rows = make_rows(args.records)
         records.save_records(org, "account", rows)
-        org_path = store.org_file(instance / "orgs", "bench")
+        org_path = store.org_file(orgs, "bench")
         portal = PortalProcess(instance, "redis://127.0.0.1:1", workers=2,
                                env={"PYTHONWARNINGS": "ignore"})
         try:

@@ -12,7 +12,6 @@ import time
 from collections.abc import Iterator
 from contextlib import contextmanager
 from datetime import UTC, datetime
-from pathlib import Path
 from typing import Any
 
 from flask import current_app
@@ -28,7 +27,7 @@ from portal.backends.registry import make_backend
 from portal.db import get_db
 from portal.errors import PortalError
 from portal.orgs import transactions
-from portal.orgs.store import OrgDb, open_org
+from portal.orgs.store import OrgDb, open_org, orgs_path
 from portal.queue import enqueue_sync, get_redis
 from portal.sync import connections, engine, registration, runs
 from portal.sync.connections import Connection, ConnectionStatus
@@ -96,7 +95,7 @@ def working_on(connection_id: int, kind: str, trigger: str) -> Iterator[Work]:
         run_id = runs.start_run(db, connection_id, connection.org_id, kind, trigger,
                                 job.id if job else None)
         started = time.monotonic()
-        orgs_dir = Path(app.instance_path) / app.config["ORGS_DIR"]
+        orgs_dir = orgs_path(app)
         org: OrgDb | None = None
         backend: Backend | None = None
         work: Work | None = None

@@ -46,7 +46,7 @@ def create_app(test_config: dict[str, Any] | None = None) -> Flask:
     rate_limits.init_app(app)
     errors.init_app(app)
 
-    from jobs import cli
+    from portal import cli
 
     cli.init_app(app)
     return app

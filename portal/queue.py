@@ -1,10 +1,11 @@
-"""The job queue: one Redis client per app, and the one helper that enqueues jobs.
+"""The job queue: one Redis client per app, the one helper that enqueues jobs, job states.
 
 Jobs are referred to by their dotted name ("jobs.maintenance.count_orgs"), so
 the web layer enqueues work without importing the jobs package.
 """
 
 from collections.abc import Callable
+from dataclasses import dataclass
 from typing import Any
 
 from flask import current_app
@@ -17,8 +18,8 @@ from rq.job import Job, JobStatus
 
 DEFAULT_QUEUE = "default"
 ENDED = {JobStatus.FINISHED, JobStatus.FAILED, JobStatus.STOPPED, JobStatus.CANCELED}
-WAITING_OR_RUNNING = {JobStatus.QUEUED, JobStatus.STARTED, JobStatus.DEFERRED,
-                      JobStatus.SCHEDULED}
+WAITING = {JobStatus.QUEUED, JobStatus.DEFERRED, JobStatus.SCHEDULED}  # no worker yet
+WAITING_OR_RUNNING = WAITING | {JobStatus.STARTED}
 DEFAULT_TIMEOUT_S = 3600
 RESULT_TTL_S = 24 * 3600
 FAILURE_TTL_S = 7 * 24 * 3600
@@ -134,3 +135,45 @@ def job_status(job: Job | None) -> str:
 def waiting_or_running(job: Job | None) -> bool:
     """True when the job is queued, scheduled, deferred or being worked on."""
     return job is not None and job_status(job) in WAITING_OR_RUNNING
+
+
+# --- watching a job ----------------------------------------------------------
+
+
+@dataclass(frozen=True)
+class JobState:
+    """A job as someone waiting for it sees it: status, last reported progress, failure."""
+
+    id: str
+    status: str  # RQ's name for it (JobStatus values): queued, started, finished, failed, …
+    progress: dict[str, Any] | None  # what the job keeps in meta["progress"]
+    failure: str | None  # the last line of its exception, once it ended failed
+
+    @property
+    def waiting(self) -> bool:
+        """No worker has taken the job yet."""
+        return self.status in WAITING
+
+    @property
+    def running(self) -> bool:
+        """A worker is working on the job."""
+        return self.status == JobStatus.STARTED
+
+    @property
+    def ended(self) -> bool:
+        """The job finished, failed, or was stopped or canceled."""
+        return self.status in ENDED
+
+
+def job_state(redis: Redis, job_id: str) -> JobState | None:
+    """A job's state; None once Redis no longer keeps it (result_ttl=0 deletes it as it ends)."""
+    job = fetch_job(redis, job_id)
+    if job is None:
+        return None
+    status = job.get_status(refresh=False)
+    name = str(getattr(status, "value", status))
+    failed = name in ENDED and name != JobStatus.FINISHED
+    result = job.latest_result() if failed else None  # one more read, only once it failed
+    text = (result.exc_string or "").strip() if result is not None else ""
+    failure = text.splitlines()[-1] if text else None
+    return JobState(job.id, name, job.meta.get("progress"), failure)

@@ -78,7 +78,7 @@ def runner(app: Flask):  # type: ignore[no-untyped-def]
 
 def orgs_dir(app: Flask) -> Path:
     """The app's folder of org files."""
-    return Path(app.instance_path) / app.config["ORGS_DIR"]
+    return store.orgs_path(app)
 
 
 @pytest.fixture

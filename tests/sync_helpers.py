@@ -37,7 +37,7 @@ class Side:
     @property
     def orgs_dir(self) -> Path:
         """The folder of this portal's org files."""
-        return self.instance / "orgs"
+        return store.orgs_path(self.app)
 
     def create_org(self, name: str, template: str | None = "sales") -> None:
         """A hosted org with the standard admin."""

@@ -5,7 +5,7 @@ from flask import Flask
 
 from portal.db import get_db
 from portal.orgs import registry
-from tests.conftest import orgs_dir
+from tests.conftest import ADMIN_EMAIL, orgs_dir
 
 
 def _orgs(app: Flask) -> list[str]:
@@ -66,3 +66,15 @@ def test_cli_orgs_create_bad_input_writes_nothing(app: Flask, runner, args: list
 def test_cli_orgs_delete_unknown(app: Flask, runner) -> None:  # type: ignore[no-untyped-def]
     result = runner.invoke(args=["orgs", "delete", "ghost", "--yes"])
     assert result.exit_code == 1 and "does not exist" in result.output
+
+
+@pytest.mark.parametrize("token_id", ["abc", "0", "-1", "1.5"])
+def test_cli_tokens_revoke_refuses_a_bad_id(app: Flask, runner, sales_org,  # type: ignore[no-untyped-def]
+                                             token_id: str) -> None:
+    created = runner.invoke(args=["tokens", "create", "sales", "--email", ADMIN_EMAIL])
+    assert created.exit_code == 0, created.output
+    result = runner.invoke(args=["tokens", "revoke", "sales", "--", token_id])
+    assert result.exit_code == 1, result.output
+    assert f"{token_id!r} is not a token id" in result.output
+    assert "Traceback" not in result.output
+    assert "active" in runner.invoke(args=["tokens", "list", "sales"]).output

@@ -7,7 +7,7 @@ from rq.job import JobStatus
 
 from portal.db import get_db
 from portal.orgs import registry
-from portal.queue import enqueue
+from portal.queue import enqueue, job_state
 from tests.conftest import ADMIN_EMAIL, ADMIN_PASSWORD, orgs_dir
 
 
@@ -47,3 +47,20 @@ def test_heartbeat_job_records_the_time(app: Flask, redis: Redis) -> None:
         enqueue(redis, "jobs.maintenance.heartbeat")
         SimpleWorker(["default"], connection=redis).work(burst=True)
     assert redis.get(CRON_HEARTBEAT_KEY).decode().endswith("Z")  # type: ignore[union-attr]
+
+
+def test_job_state_is_what_a_waiter_sees(app: Flask, redis: Redis) -> None:
+    with app.app_context():
+        enqueue(redis, "jobs.maintenance.count_orgs", job_id="counted")
+        enqueue(redis, "jobs.maintenance.no_such_job", job_id="broken")
+        queued = job_state(redis, "counted")
+        assert queued is not None and queued.status == "queued"
+        assert queued.waiting and not queued.running and not queued.ended
+        SimpleWorker(["default"], connection=redis).work(burst=True)
+    finished, failed = job_state(redis, "counted"), job_state(redis, "broken")
+    assert finished is not None and finished.ended and finished.failure is None
+    assert failed is not None and failed.status == "failed" and failed.ended
+    # The last line of the exception only, as the CLI prints it.
+    assert failed.failure is not None and "no_such_job" in failed.failure
+    assert "\n" not in failed.failure
+    assert job_state(redis, "no-such-id") is None

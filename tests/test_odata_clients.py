@@ -23,10 +23,11 @@ def served_org(tmp_path: Path, redis_url: str, portal_process):  # type: ignore[
     """A portal process serving the org `sales` with 2,500 accounts; yields (process, org)."""
     instance = tmp_path / "served"
     app = create_app({"INSTANCE_PATH": instance, "REDIS_URL": redis_url})
+    orgs = store.orgs_path(app)
     with app.app_context():
-        registry.create_org(get_db(), instance / "orgs", "sales", email=ADMIN_EMAIL,
+        registry.create_org(get_db(), orgs, "sales", email=ADMIN_EMAIL,
                             password=ADMIN_PASSWORD, template="sales")
-    org = store.open_org(instance / "orgs", "sales")
+    org = store.open_org(orgs, "sales")
     records.save_records(org, "account", (
         {"accountid": str(uuid.UUID(int=i + 1)), "name": f"Account {i:05d}",
          "revenue": i * 10.5, "creditonhold": i % 3 == 0} for i in range(ACCOUNTS)))

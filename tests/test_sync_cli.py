@@ -11,8 +11,8 @@ from flask import Flask
 from redis import Redis
 from rq import Queue, SimpleWorker
 
-from jobs.sync_cli import Progress
 from portal import crypto
+from portal.cli.sync import Progress
 from portal.db import get_db, immediate
 from portal.orgs import records, registry, transactions
 from portal.orgs.metadata import Attribute

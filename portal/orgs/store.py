@@ -12,7 +12,7 @@ Layout of instance/orgs/{org}.db:
 
 import json
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 from sqlite_utils import Database
 from sqlite_utils.migrations import Migrations
@@ -20,6 +20,9 @@ from sqlite_utils.migrations import Migrations
 from portal.db import connect, immediate
 from portal.errors import NotFound
 from portal.orgs.metadata import Attribute, Entity, Option
+
+if TYPE_CHECKING:  # the data layer takes an app for its settings only, never imports Flask
+    from flask import Flask
 
 org_migrations = Migrations("org")
 
@@ -155,6 +158,11 @@ class OrgDb:
             if entity.entitysetname == set_name:
                 return entity
         raise NotFound(f"entity set {set_name!r} does not exist in org {self.name}")
+
+
+def orgs_path(app: "Flask") -> Path:
+    """Folder of this app's hosted org files (PORTAL_ORGS_DIR, relative to the instance folder)."""
+    return Path(app.instance_path) / app.config["ORGS_DIR"]
 
 
 def org_file(orgs_dir: str | Path, name: str) -> Path:

@@ -5,7 +5,6 @@ org's connection and the error answers. The protocol itself lives in
 portal/web/odata (dispatch and the handlers), which $batch reuses.
 """
 
-from pathlib import Path
 
 from flask import Blueprint, Response, current_app, request
 from flask.typing import ResponseReturnValue
@@ -16,6 +15,7 @@ from portal.db import get_db, registry_path
 from portal.errors import PortalError
 from portal.extensions import csrf
 from portal.orgs import transactions
+from portal.orgs.store import orgs_path
 from portal.queue import enqueue_upload, get_redis
 from portal.sync.connections import ConnectionStatus, connection_of_org
 from portal.web.odata import auth
@@ -45,7 +45,7 @@ def service(org: str, resource: str) -> ResponseReturnValue:
     # Read the body under the API's own limit: werkzeug answers 413 beyond it.
     request.max_content_length = app.config["API_MAX_CONTENT_LENGTH"]
     body = request.get_data(cache=False)
-    orgs_dir = Path(app.instance_path) / app.config["ORGS_DIR"]
+    orgs_dir = orgs_path(app)
     req = ApiRequest(
         method=request.method,
         path=resource,

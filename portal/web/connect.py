@@ -28,6 +28,7 @@ from itsdangerous import BadSignature, URLSafeSerializer
 from portal.crypto import load_key
 from portal.db import get_db
 from portal.errors import InvalidInput, PortalError
+from portal.orgs.store import orgs_path
 from portal.queue import enqueue_connect, enqueue_connect_again, get_redis
 from portal.sync import connections
 from portal.sync.connections import Connection, ConnectionStatus
@@ -119,7 +120,7 @@ def state(connection: Connection) -> dict[str, Any]:
 
 
 def _orgs_dir() -> Path:
-    return Path(current_app.instance_path) / current_app.config["ORGS_DIR"]
+    return orgs_path(current_app)
 
 
 @bp.route("/Register.aspx", methods=["GET", "POST"])

@@ -29,6 +29,7 @@ from portal.db import get_db
 from portal.errors import PortalError
 from portal.extensions import csrf
 from portal.orgs import registry
+from portal.orgs.store import orgs_path
 from portal.queue import (
     Job,
     enqueue_connect,
@@ -187,7 +188,7 @@ def _job_document(connection: Connection, job: Job, message: str,
 
 
 def _orgs_dir() -> Path:
-    return Path(current_app.instance_path) / current_app.config["ORGS_DIR"]
+    return orgs_path(current_app)
 
 
 def _setup(parsed: ConnectRequest) -> RequestedSetup:

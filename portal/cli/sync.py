@@ -1,42 +1,43 @@
-"""`flask sync …` and `flask transactions …`: connect orgs, run and watch their jobs, see state.
+"""`flask sync …`: connect orgs to servers, run and watch their jobs, schedule them, see state.
 
 The commands enqueue the same jobs as the web (portal.queue) and leave the
 work to a worker. With `--wait` a command polls the job in Redis (its
 meta["progress"]) and, once the job is gone, the connection's progress and
 run record in the registry, so it works with a worker on any machine that
-reaches the same Redis. A refused input prints its reason and exits 1,
-having written and enqueued nothing.
+reaches the same Redis; RQ is reached only through portal.queue. A refused
+input prints its reason and exits 1, having written and enqueued nothing.
 """
 
 import sys
 import time
-from collections.abc import Callable
 from typing import Any
 
 import click
-from flask import Flask, current_app
-from flask.cli import AppGroup
+from flask import current_app
 from redis import Redis
-from rq.exceptions import NoSuchJobError
-from rq.job import Job, JobStatus
 from sqlite_utils import Database
 
-from jobs.cli import fail, orgs_dir
 from portal import crypto
 from portal.backends.registry import available_backend
 from portal.backends.server_urls import check_server_url
+from portal.cli.base import OneOf, PortalGroup
 from portal.db import get_db
 from portal.errors import InvalidInput, PortalError
 from portal.orgs import registry, transactions
-from portal.orgs.store import open_org
-from portal.queue import ENDED, enqueue_connect, enqueue_metadata, enqueue_sync, get_redis
+from portal.orgs.store import open_org, orgs_path
+from portal.queue import (
+    JobState,
+    enqueue_connect,
+    enqueue_metadata,
+    enqueue_sync,
+    get_redis,
+    job_state,
+)
 from portal.sync import connections, runs
 from portal.sync.connections import Connection
 
-sync_cli = AppGroup("sync",
-                    help="Connect hosted orgs to server orgs; run, watch and schedule syncs.")
-transactions_cli = AppGroup("transactions",
-                            help="List, retry and archive a client org's offline transactions.")
+sync_cli = PortalGroup("sync",
+                       help="Connect hosted orgs to server orgs; run, watch and schedule syncs.")
 
 POLL_S = 0.2
 COUNTS = ("downloaded", "uploaded", "deleted", "conflicts", "errors")
@@ -60,14 +61,6 @@ def connection_of(db: Database, org: str, *, connected: bool = True) -> Connecti
         raise InvalidInput(f"organization {org!r} is not connected: its connection is "
                            f"{connection.status}{reason}")
     return connection
-
-
-def parse_ids(values: tuple[str, ...]) -> list[int]:
-    """Transaction ids from the command line; InvalidInput on anything but positive integers."""
-    for value in values:
-        if not value.isdigit() or int(value) < 1:
-            raise InvalidInput(f"{value!r} is not a transaction id")
-    return [int(v) for v in values]
 
 
 def newest_run_id(db: Database, org_id: int) -> int:
@@ -130,64 +123,49 @@ class Progress:
             self.drawn = 0
 
 
-def fetch(redis: Redis, job_id: str) -> Job | None:
-    """The job, or None once Redis no longer keeps it (a job with result_ttl=0 goes when done)."""
-    try:
-        return Job.fetch(job_id, connection=redis)
-    except NoSuchJobError:
-        return None
-
-
 def wait_for(db: Database, redis: Redis, job_id: str, connection_id: int,
-             timeout: float | None) -> Job | None:
+             timeout: float | None) -> JobState | None:
     """Poll a job until it ends, showing its progress; returns its last state (None: gone)."""
     progress = Progress(sys.stdout.isatty())
     deadline = None if timeout is None else time.monotonic() + timeout
     said_queued = False
     try:
         while True:
-            job = fetch(redis, job_id)
-            status = job.get_status(refresh=False) if job is not None else None
-            if status in (JobStatus.QUEUED, JobStatus.DEFERRED, JobStatus.SCHEDULED):
-                if not said_queued:
-                    click.echo("Waiting for a worker to take the job…")
-                    said_queued = True
-            elif job is not None:
-                progress.show(job.meta.get("progress"))
+            job = job_state(redis, job_id)
             if job is None:
                 # A job that keeps no result is deleted as it ends, its last report with it;
                 # the registry keeps the same report.
                 progress.show(connections.get_connection(db, connection_id).progress)
                 return None
-            if status in ENDED:
+            if job.waiting:
+                if not said_queued:
+                    click.echo("Waiting for a worker to take the job…")
+                    said_queued = True
+            else:
+                progress.show(job.progress)
+            if job.ended:
                 return job
             if deadline is not None and time.monotonic() > deadline:
-                assert status is not None  # a gone job has returned above
-                raise PortalError(f"job {job_id} is still {status.value} after {timeout:g} s; "
+                raise PortalError(f"job {job_id} is still {job.status} after {timeout:g} s; "
                                   "it carries on (see `flask sync status`)")
             time.sleep(POLL_S)
     finally:
         progress.close()
 
 
-def job_failure(job: Job | None) -> str:
-    """The last line of a failed job's exception, for a job that left no run record."""
-    text = job.exc_info if job is not None else None
-    if not text:
-        return "the job ended without recording a run"
-    return text.strip().splitlines()[-1]
-
-
-def finish(db: Database, redis: Redis, job: Job, connection: Connection, kind: str,
+def finish(db: Database, redis: Redis, job_id: str, connection: Connection, kind: str,
            after: int, timeout: float | None) -> dict[str, Any]:
     """Wait for an enqueued job and return its run record; exit 1 with the reason if it failed."""
     # A job that was running before we asked started its run before `after`.
-    if job.get_status() == JobStatus.STARTED:
+    state = job_state(redis, job_id)
+    if state is not None and state.running:
         after = 0
-    ended = wait_for(db, redis, job.id, connection.id, timeout)
+    ended = wait_for(db, redis, job_id, connection.id, timeout)
     run = run_of(db, connection, kind, after)
     if run is None:
-        raise PortalError(f"the {kind} job failed: {job_failure(ended)}")
+        failure = ended.failure if ended is not None else None
+        raise PortalError(f"the {kind} job failed: "
+                          f"{failure or 'the job ended without recording a run'}")
     if run["status"] == "running":
         raise PortalError(f"the {kind} job ended but run {run['id']} never finished "
                           "(was its worker killed?)")
@@ -231,7 +209,7 @@ def show_connection(connection: Connection) -> None:
         click.echo(f"  error: {connection.error}")
     click.echo(f"  schedule: {schedule_text(connection)}; last run: "
                f"{connection.last_run_at or 'never'}; next run: {connection.next_run_at or '-'}")
-    with open_org(orgs_dir(), connection.org_name) as org:
+    with open_org(orgs_path(current_app), connection.org_name) as org:
         counted = transactions.counts(org)
     click.echo(f"  transactions: {counted['pending']} pending, {counted['error']} in error")
 
@@ -253,48 +231,44 @@ def connect(org: str, kind: str, url: str, user: str, password_stdin: bool, wait
             timeout: float | None) -> None:
     """Connect an existing hosted org to a server org and enqueue the connect job."""
     db = get_db()
-    try:
-        found = registry.get_org(db, org)
-        backend = available_backend(kind)
-        # The same address check as the web, before anything is written.
-        url = check_server_url(url, allow_private=current_app.config["ALLOW_PRIVATE_SERVERS"])
-        if password_stdin:
-            password = sys.stdin.readline().rstrip("\r\n")
-        else:
-            password = click.prompt("Server password", hide_input=True)
-        connection = connections.create_connection(
-            db, crypto.load_key(current_app.instance_path), found["id"], backend=backend.key,
-            url=url, username=user, password=password)
-        after = newest_run_id(db, connection.org_id)
-        job = enqueue_connect(get_redis(), connection.id)
-        click.echo(f"Connection {connection.id} of {org} to {url} created; "
-                   f"connect job {job.id} queued.")
-        if not wait:
-            return
-        run = finish(db, get_redis(), job, connection, "connect", after, timeout)
-    except PortalError as error:
-        fail(error)
+    found = registry.get_org(db, org)
+    backend = available_backend(kind)
+    # The same address check as the web, before anything is written.
+    url = check_server_url(url, allow_private=current_app.config["ALLOW_PRIVATE_SERVERS"])
+    if password_stdin:
+        password = sys.stdin.readline().rstrip("\r\n")
+    else:
+        password = click.prompt("Server password", hide_input=True)
+    connection = connections.create_connection(
+        db, crypto.load_key(current_app.instance_path), found["id"], backend=backend.key,
+        url=url, username=user, password=password)
+    after = newest_run_id(db, connection.org_id)
+    job = enqueue_connect(get_redis(), connection.id)
+    click.echo(f"Connection {connection.id} of {org} to {url} created; "
+               f"connect job {job.id} queued.")
+    if not wait:
+        return
+    run = finish(db, get_redis(), job.id, connection, "connect", after, timeout)
     connection = connections.get_connection(db, connection.id)
     if connection.status != "connected":
-        fail(PortalError(f"the connection is {connection.status}: {connection.error}"))
+        raise PortalError(f"the connection is {connection.status}: {connection.error}")
     show_counts(run["counts"])
     click.echo(f"Connected {org} to {url}; sync schedule: {schedule_text(connection)}.")
 
 
-def queue_and_wait(db: Database, org: str, enqueue: Callable[[Redis, int, str], Job], kind: str,
-                   what: str, wait: bool, timeout: float | None
-                   ) -> tuple[Connection, dict[str, Any] | None]:
-    """Enqueue a job on a connected org's connection; with `wait`, its finished run."""
-    try:
-        connection = connection_of(db, org)
-        after = newest_run_id(db, connection.org_id)
-        job = enqueue(get_redis(), connection.id, "cli")
-        click.echo(f"{what} queued (job {job.id}).")
-        if not wait:
-            return connection, None
-        return connection, finish(db, get_redis(), job, connection, kind, after, timeout)
-    except PortalError as error:
-        fail(error)
+ENQUEUE = {"sync": enqueue_sync, "metadata": enqueue_metadata}
+
+
+def queue_and_wait(db: Database, org: str, kind: str, what: str, wait: bool,
+                   timeout: float | None) -> tuple[Connection, dict[str, Any] | None]:
+    """Enqueue a job (sync or metadata) on a connected org's connection; with `wait`, its run."""
+    connection = connection_of(db, org)
+    after = newest_run_id(db, connection.org_id)
+    job = ENQUEUE[kind](get_redis(), connection.id, "cli")
+    click.echo(f"{what} queued (job {job.id}).")
+    if not wait:
+        return connection, None
+    return connection, finish(db, get_redis(), job.id, connection, kind, after, timeout)
 
 
 @sync_cli.command("run")
@@ -304,7 +278,7 @@ def queue_and_wait(db: Database, org: str, enqueue: Callable[[Redis, int, str], 
 def run_sync(org: str, wait: bool, timeout: float | None) -> None:
     """Enqueue a sync run of a connected org (upload its transactions, download changes)."""
     db = get_db()
-    _, run = queue_and_wait(db, org, enqueue_sync, "sync", f"Sync run of {org}", wait, timeout)
+    _, run = queue_and_wait(db, org, "sync", f"Sync run of {org}", wait, timeout)
     if run is None:
         return
     show_counts(run["counts"])
@@ -318,7 +292,7 @@ def run_sync(org: str, wait: bool, timeout: float | None) -> None:
 def update_metadata(org: str, wait: bool, timeout: float | None) -> None:
     """Update Client Metadata: migrate a connected org to its server's metadata."""
     db = get_db()
-    connection, run = queue_and_wait(db, org, enqueue_metadata, "metadata",
+    connection, run = queue_and_wait(db, org, "metadata",
                                      f"Update Client Metadata of {org}", wait, timeout)
     if run is None:
         return
@@ -345,10 +319,7 @@ def status(org: str | None, last: int) -> None:
         for connection in rows:
             show_connection(connection)
         return
-    try:
-        connection = connection_of(db, org, connected=False)
-    except PortalError as error:
-        fail(error)
+    connection = connection_of(db, org, connected=False)
     show_connection(connection)
     if connection.progress and connection.status == "connecting":
         click.echo(f"  progress: {connection.progress}")
@@ -378,7 +349,8 @@ def run_summary(run: dict[str, Any]) -> str:
     return ", ".join(f"{k} {sum(c.get(k, 0) for c in entities)}" for k in COUNTS)
 
 
-@sync_cli.command("schedule")
+@sync_cli.command("schedule", one_of=OneOf(("every", "daily", "off"),
+                                           "choose one of --every, --daily or --off"))
 @click.argument("org")
 @click.option("--every", help="Run every N minutes or hours: 15m, 2h.")
 @click.option("--daily", help="Run daily at HH:MM (UTC).")
@@ -386,17 +358,12 @@ def run_summary(run: dict[str, Any]) -> str:
 def schedule(org: str, every: str | None, daily: str | None, off: bool) -> None:
     """Set when the sync job of a connected org runs, or turn it off."""
     db = get_db()
-    try:
-        connection = connection_of(db, org, connected=False)
-        if [every is not None, daily is not None, off].count(True) != 1:
-            raise InvalidInput("choose one of --every, --daily or --off")
-        if off:
-            connection = connections.set_schedule(db, connection.id, active=False)
-        else:
-            connection = connections.set_schedule(
-                db, connection.id, every_minutes=parse_every_or_none(every), daily_at=daily)
-    except PortalError as error:
-        fail(error)
+    connection = connection_of(db, org, connected=False)
+    if off:
+        connection = connections.set_schedule(db, connection.id, active=False)
+    else:
+        connection = connections.set_schedule(
+            db, connection.id, every_minutes=parse_every_or_none(every), daily_at=daily)
     click.echo(f"Sync schedule of {org}: {schedule_text(connection)}"
                + (f"; next run {connection.next_run_at}" if connection.next_run_at else ""))
 
@@ -405,75 +372,3 @@ def parse_every_or_none(every: str | None) -> int | None:
     """Minutes of an --every value, None when not given."""
     return None if every is None else connections.parse_every(every)
 
-
-# --- transactions ------------------------------------------------------------
-
-@transactions_cli.command("list")
-@click.argument("org")
-@click.option("--status", "wanted", help="Only this status: pending, processed, error, archived.")
-@click.option("--limit", default=100, show_default=True, help="How many to show.")
-def list_transactions(org: str, wanted: str | None, limit: int) -> None:
-    """List an org's offline transactions, oldest first."""
-    try:
-        registry.get_org(get_db(), org)
-        with open_org(orgs_dir(), org) as opened:
-            rows = transactions.list_transactions(opened, wanted, limit=limit)
-    except PortalError as error:
-        fail(error)
-    if not rows:
-        click.echo("No transactions.")
-        return
-    click.echo(f"{'id':>6}  {'time':<20}  {'operation':<9}  {'entity':<20}  {'record id':<36}  "
-               f"{'status':<9}  error")
-    for t in rows:
-        click.echo(f"{t.id:>6}  {t.created:<20}  {t.operation:<9}  {t.entity:<20}  "
-                   f"{t.record_id:<36}  {t.status:<9}  {t.error or ''}")
-    if len(rows) == limit:
-        click.echo(f"(the first {limit} shown; see --limit)")
-
-
-@transactions_cli.command("retry")
-@click.argument("org")
-@click.argument("ids", nargs=-1)
-@click.option("--all-errors", is_flag=True, help="Every transaction in error.")
-def retry_transactions(org: str, ids: tuple[str, ...], all_errors: bool) -> None:
-    """Put transactions in error (or archived) back in the queue of the next sync."""
-    try:
-        numbers = parse_ids(ids)
-        if bool(numbers) == all_errors:
-            raise InvalidInput("name transaction ids or --all-errors"
-                               + (", not both" if all_errors else ""))
-        registry.get_org(get_db(), org)
-        with open_org(orgs_dir(), org) as opened:
-            changed = transactions.set_all_pending(opened) if all_errors else \
-                transactions.set_pending(opened, numbers)
-    except PortalError as error:
-        fail(error)
-    click.echo(f"{changed} transaction(s) of {org} set to pending; the next sync uploads them.")
-    if numbers and changed < len(numbers):
-        click.echo(f"{len(numbers) - changed} not changed: not in error or archived, "
-                   "or no such transaction.")
-
-
-@transactions_cli.command("archive")
-@click.argument("org")
-@click.argument("ids", nargs=-1, required=True)
-def archive_transactions(org: str, ids: tuple[str, ...]) -> None:
-    """Archive pending or error transactions so they are never uploaded."""
-    try:
-        numbers = parse_ids(ids)
-        registry.get_org(get_db(), org)
-        with open_org(orgs_dir(), org) as opened:
-            changed = transactions.set_archived(opened, numbers)
-    except PortalError as error:
-        fail(error)
-    click.echo(f"{changed} transaction(s) of {org} archived.")
-    if changed < len(numbers):
-        click.echo(f"{len(numbers) - changed} not changed: not pending or in error, "
-                   "or no such transaction.")
-
-
-def init_app(app: Flask) -> None:
-    """Register `flask sync` and `flask transactions` on the app's CLI."""
-    app.cli.add_command(sync_cli)
-    app.cli.add_command(transactions_cli)

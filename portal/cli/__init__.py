@@ -1,0 +1,13 @@
+"""The `flask` commands, one module per noun of the domain, registered by the app factory."""
+
+from flask import Flask
+
+from portal.cli import orgs, sync, tokens, transactions
+
+
+def init_app(app: Flask) -> None:
+    """Register the commands on the app's CLI."""
+    app.cli.add_command(orgs.init_db)
+    for group in (orgs.orgs_cli, tokens.tokens_cli, sync.sync_cli,
+                  transactions.transactions_cli):
+        app.cli.add_command(group)
