@@ -70,10 +70,10 @@ def test_launcher_starts_everything_and_sigterm_leaves_no_process() -> None:
         health = None
         while time.monotonic() < deadline:
             try:
-                health = requests.get(f"http://127.0.0.1:{port}/health", timeout=2)
+                health = requests.get(f"http://127.0.0.1:{port}/health", timeout=10)
                 if health.status_code == 200:
                     break
-            except requests.ConnectionError:
+            except requests.RequestException:  # not listening yet, or slow on a loaded machine
                 pass
             time.sleep(0.3)
         assert health is not None and health.status_code == 200, "portal never became healthy"
@@ -98,6 +98,13 @@ def test_launcher_starts_everything_and_sigterm_leaves_no_process() -> None:
         assert not Path(instance, "redis.sock").exists()
     finally:
         if launcher.poll() is None:
+            # A failed assertion above: end what this test started, children first, so
+            # none of them keeps the output pipe open and communicate() can return.
+            for pid in _family(launcher.pid, instance):
+                try:
+                    os.kill(pid, signal.SIGKILL)
+                except OSError:
+                    pass
             launcher.kill()
-        output, _ = launcher.communicate()
+        output, _ = launcher.communicate(timeout=30)
     assert "Traceback" not in output.decode(), output.decode()
