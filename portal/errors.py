@@ -72,3 +72,9 @@ class InvalidSetting(PortalError):
 
     status = 500
     code = "InvalidSetting"
+
+
+class MalformedMultipart(InvalidInput):
+    """A multipart/mixed batch body that cannot be read (framing, headers, limits)."""
+
+    code = "BadRequest"
