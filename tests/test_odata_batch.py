@@ -105,11 +105,16 @@ def test_batch_refuses_malformed_batches(client: FlaskClient, sales_org: OrgDb,
     assert words in answer.json["error"]["message"]
 
 
-def test_batch_refuses_multipart_and_nested_batches(client: FlaskClient,
-                                                    sales_org: OrgDb) -> None:
+def test_batch_refuses_other_formats_and_nested_batches(client: FlaskClient,
+                                                        sales_org: OrgDb) -> None:
+    text = client.post(ROOT + "$batch", data=b"GET accounts",
+                       headers={**AUTH, "Content-Type": "text/plain"})
+    assert text.status_code == 415
+    # multipart/mixed is read (tests/test_odata_multipart_batch.py); unframed, it is a 400.
     multipart = client.post(ROOT + "$batch", data=b"--b\r\n",
                             headers={**AUTH, "Content-Type": "multipart/mixed; boundary=b"})
-    assert multipart.status_code == 415
+    assert multipart.status_code == 400
+    assert "closing --b--" in multipart.json["error"]["message"]
     nested = batch(client, [{"id": "1", "method": "POST", "url": "$batch", "body": {}}])
     assert nested.json["responses"][0]["status"] == 400
 
