@@ -109,7 +109,7 @@ def test_entity_definitions_select_and_nested_select(client: FlaskClient,
 @pytest.mark.parametrize("query, status", [
     ("EntityDefinitions?$select=Bogus", 400),
     ("EntityDefinitions?$expand=Keys", 400),
-    ("EntityDefinitions?$filter=LogicalName eq 'x'", 501),
+    ("EntityDefinitions?$filter=contains(LogicalName,'x')", 501),
     ("EntityDefinitions(LogicalName='nothing')", 404),
     ("EntityDefinitions(Name='x')", 400),
 ])

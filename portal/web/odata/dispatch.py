@@ -5,9 +5,8 @@ import re
 from flask import current_app
 
 from portal.errors import PortalError
-from portal.web.odata import batch, collections, customization, entities
+from portal.web.odata import batch, collections, customization, entities, entity_definitions
 from portal.web.odata.csdl import metadata_document
-from portal.web.odata.entity_definitions import read_entity_definitions
 from portal.web.odata.messages import (
     ApiRequest,
     ApiResponse,
@@ -18,6 +17,7 @@ from portal.web.odata.messages import (
 from portal.web.odata.options import check_options
 
 RESOURCE_RE = re.compile(r"^([A-Za-z_][A-Za-z0-9_]*)(?:\((.*)\))?$")
+METADATA_RE = re.compile(r"^(EntityDefinitions|RelationshipDefinitions)(?:[(/]|$)")
 
 
 def dispatch(req: ApiRequest) -> ApiResponse:
@@ -52,8 +52,8 @@ def route(req: ApiRequest) -> ApiResponse:
         return batch.run_batch(req, dispatch, current_app.logger)
     if path == "$customization" or path.startswith("$customization/"):
         return customization.handle(req, path[len("$customization"):].strip("/"))
-    if path == "EntityDefinitions" or path.startswith("EntityDefinitions("):
-        return read_entity_definitions(req, path[len("EntityDefinitions"):])
+    if METADATA_RE.match(path):
+        return entity_definitions.handle(req, path)
     match = RESOURCE_RE.match(path)
     if match is None:
         raise ProtocolError(404, "NotFound", f"no resource {path!r} in this service")

@@ -12,6 +12,7 @@ import uuid
 from typing import Any
 
 from portal.orgs.metadata import Attribute, Entity, Option
+from portal.web.odata import relationships
 from portal.web.odata.messages import (
     ApiRequest,
     ApiResponse,
@@ -19,6 +20,7 @@ from portal.web.odata.messages import (
     bad_request,
     json_response,
 )
+from portal.web.odata.metadata_filter import compile_filter
 
 # Our attribute type -> (AttributeType, AttributeTypeName, @odata.type of its metadata)
 DATAVERSE_TYPES = {
@@ -36,13 +38,6 @@ DATAVERSE_TYPES = {
     "picklist": ("Picklist", "PicklistType", "PicklistAttributeMetadata"),
     "lookup": ("Lookup", "LookupType", "LookupAttributeMetadata"),
 }
-ENTITY_FIELDS = ("MetadataId", "LogicalName", "SchemaName", "EntitySetName",
-                 "PrimaryIdAttribute", "PrimaryNameAttribute", "IsIntersect", "DisplayName",
-                 "Attributes")
-KEY_RE = re.compile(r"^\(\s*(?:LogicalName\s*=\s*'([a-z0-9_]+)'|([0-9a-fA-F-]{36}))\s*\)$")
-EXPAND_RE = re.compile(r"^Attributes(?:\(\$select=([A-Za-z0-9_,]+)\))?$")
-
-
 def label(text: str | None, labels: dict[str, str]) -> dict[str, Any]:
     """A Dataverse Label: every localized label, and the display name as the user's label."""
     return {
@@ -82,83 +77,389 @@ def attribute_definition(entity: Entity, attr: Attribute) -> dict[str, Any]:
     }
     if attr.type in ("string", "memo"):
         out["MaxLength"] = attr.maxlength
+        out["FormatName"] = {"Value": "Text"}
     if attr.precision is not None:
         out["Precision"] = attr.precision
+    if attr.type in ("integer", "bigint"):
+        bits = 31 if attr.type == "integer" else 63
+        out.update(MinValue=-(2 ** bits), MaxValue=2 ** bits - 1, Format="None")
+    if attr.type == "datetime":
+        # Stored and answered in UTC, to the second: Dataverse's UserLocal behaviour.
+        out.update(Format="DateAndTime", DateTimeBehavior={"Value": "UserLocal"})
     if attr.type == "lookup":
         out["Targets"] = list(attr.targets)
     if attr.type == "picklist":
-        out["OptionSet"] = {"Options": [_option(o) for o in attr.options]}
+        # Inline (Dataverse needs $expand=OptionSet), so one read gives the whole schema.
+        out["OptionSet"] = option_set(entity, attr)
     return out
+
+
+def option_set(entity: Entity, attr: Attribute) -> dict[str, Any]:
+    """A picklist's local OptionSetMetadata, or a boolean's BooleanOptionSetMetadata."""
+    common = {"MetadataId": metadata_id(entity.logicalname, attr.logicalname, "optionset"),
+              "Name": f"{entity.logicalname}_{attr.logicalname}", "IsGlobal": False}
+    if attr.type == "boolean":
+        # Booleans carry no labels of their own here; these are Dataverse's defaults.
+        return {**common, "OptionSetType": "Boolean",
+                "TrueOption": {"Value": 1, "Label": label("Yes", {"1033": "Yes"})},
+                "FalseOption": {"Value": 0, "Label": label("No", {"1033": "No"})}}
+    return {**common, "OptionSetType": "Picklist",
+            "Options": [_option(o) for o in attr.options]}
 
 
 def _option(option: Option) -> dict[str, Any]:
     return {"Value": option.value, "Label": label(option.label, option.labels)}
 
 
-def entity_definition(entity: Entity, *, attributes: bool = False,
-                      attribute_fields: list[str] | None = None) -> dict[str, Any]:
-    """One entity as Dataverse's EntityMetadata, with its Attributes when expanded."""
-    out: dict[str, Any] = {
+def entity_definition(entity: Entity) -> dict[str, Any]:
+    """One entity as Dataverse's EntityMetadata (without its navigation collections)."""
+    names = {a.logicalname for a in entity.attributes}
+    return {
         "MetadataId": metadata_id(entity.logicalname),
         "LogicalName": entity.logicalname,
         "SchemaName": entity.logicalname,
         "EntitySetName": entity.entitysetname,
+        "LogicalCollectionName": entity.entitysetname,
+        "CollectionSchemaName": entity.entitysetname,
         "PrimaryIdAttribute": entity.primaryidattribute,
         "PrimaryNameAttribute": entity.primarynameattribute,
         "IsIntersect": entity.isintersect,
+        "IsActivity": entity.primaryidattribute == "activityid",
+        "IsPrivate": False,
+        "IsCustomEntity": "_" in entity.logicalname,
+        "IsManaged": False,
+        "IsLogicalEntity": False,
+        "IsValidForAdvancedFind": not entity.isintersect,
+        "ChangeTrackingEnabled": True,
+        "IsOptimisticConcurrencyEnabled": True,
+        "OwnershipType": "UserOwned" if "ownerid" in names else "OrganizationOwned",
+        "HasActivities": False,
+        "HasNotes": False,
         "DisplayName": label(entity.displayname, entity.labels),
+        "DisplayCollectionName": label(entity.displayname, entity.labels),
+        "Description": label(None, {}),
+        "IsCustomizable": {"Value": True, "CanBeChanged": True,
+                           "ManagedPropertyLogicalName": "iscustomizable"},
     }
-    if attributes:
-        attrs = [attribute_definition(entity, a) for a in entity.attributes]
-        if attribute_fields:
-            keep = set(attribute_fields) | {"MetadataId", "@odata.type"}
-            attrs = [{k: v for k, v in a.items() if k in keep} for a in attrs]
-        out["Attributes"] = attrs
+
+
+# ---------------------------------------------------------------- queries
+
+ENTITY_TYPE = "Microsoft.Dynamics.CRM.EntityMetadata"
+ATTRIBUTE_TYPE = "Microsoft.Dynamics.CRM.AttributeMetadata"
+RELATIONSHIP_TYPE = "Microsoft.Dynamics.CRM.RelationshipMetadataBase"
+RELATIONSHIP_COLLECTIONS = ("OneToManyRelationships", "ManyToOneRelationships",
+                            "ManyToManyRelationships")
+ENTITY_NAVIGATIONS = ("Attributes", *RELATIONSHIP_COLLECTIONS)
+ATTRIBUTE_NAVIGATIONS = ("OptionSet", "GlobalOptionSet")
+CASTS = {f"Microsoft.Dynamics.CRM.{odata_type}": odata_type
+         for _, _, odata_type in DATAVERSE_TYPES.values()}
+# Which of our types each attribute cast selects (Dataverse's type hierarchy, in part:
+# a LookupAttributeMetadata cast also finds Customer and Owner lookups there).
+CAST_TYPES = {odata_type: {kind} for kind, (_, _, odata_type) in DATAVERSE_TYPES.items()}
+CAST_TYPES["EnumAttributeMetadata"] = {"picklist", "boolean"}
+CASTS["Microsoft.Dynamics.CRM.EnumAttributeMetadata"] = "EnumAttributeMetadata"
+RELATIONSHIP_CASTS = {f"Microsoft.Dynamics.CRM.{kind}": kind
+                      for kind in (relationships.ONE_TO_MANY, relationships.MANY_TO_MANY)}
+SEGMENT_RE = re.compile(r"^([A-Za-z_][\w.]*)(?:\((.*)\))?$")
+GUID_RE = re.compile(r"^'?([0-9a-fA-F]{8}-[0-9a-fA-F]{4}-[0-9a-fA-F]{4}-[0-9a-fA-F]{4}"
+                     r"-[0-9a-fA-F]{12})'?$")
+OPTIONS = {"$select", "$filter", "$expand", "$format"}
+
+
+def _not_served(what: str) -> ProtocolError:
+    return ProtocolError(501, "NotImplemented", f"{what} is not served on metadata")
+
+
+def split_top(text: str, sep: str) -> list[str]:
+    """`text` split at `sep` outside parentheses and quotes."""
+    parts, depth, quoted, current = [], 0, False, ""
+    for char in text:
+        if char == "'":
+            quoted = not quoted
+        elif not quoted and char == "(":
+            depth += 1
+        elif not quoted and char == ")":
+            depth -= 1
+        if char == sep and depth == 0 and not quoted:
+            parts.append(current)
+            current = ""
+        else:
+            current += char
+    parts.append(current)
+    return [p.strip() for p in parts if p.strip()]
+
+
+def parse_expand(text: str, allowed: tuple[str, ...]) -> dict[str, dict[str, str]]:
+    """$expand=A($select=x;$filter=y),B → {"A": {"$select": "x", "$filter": "y"}, "B": {}}."""
+    out: dict[str, dict[str, str]] = {}
+    for item in split_top(text, ","):
+        match = re.match(r"^(\w+)(?:\((.*)\))?$", item, re.S)
+        if match is None or match.group(1) not in allowed:
+            raise bad_request(f"$expand: {item!r} cannot be expanded here (only "
+                              f"{', '.join(allowed)})", "$expand")
+        options: dict[str, str] = {}
+        for option in split_top(match.group(2) or "", ";"):
+            name, eq, value = option.partition("=")
+            if not eq or name.strip() not in ("$select", "$filter"):
+                raise bad_request(f"$expand={match.group(1)}(...): only $select and $filter "
+                                  "are served inside", "$expand")
+            options[name.strip()] = value.strip()
+        out[match.group(1)] = options
     return out
 
 
-def read_entity_definitions(req: ApiRequest, key: str) -> ApiResponse:
-    """GET EntityDefinitions[(LogicalName='x')] with $select and $expand=Attributes."""
+def parse_select(text: str | None, allowed: set[str], type_name: str) -> list[str]:
+    """$select names, each a property of the type; 400 for one it does not have."""
+    names = [s.strip() for s in (text or "").split(",") if s.strip()]
+    for name in names:
+        if name not in allowed:
+            raise bad_request(f"Could not find a property named {name!r} on type "
+                              f"{type_name!r}", "$select")
+    return names
+
+
+class Collection:
+    """A metadata collection being read: its items, and how $select/$filter/$expand apply."""
+
+    def __init__(self, items: list[dict[str, Any]], type_name: str,
+                 navigations: tuple[str, ...] = ()) -> None:
+        self.items = items
+        self.type_name = type_name
+        self.navigations = navigations
+        # Every property some item has: what $select and $filter may name.
+        self.properties = {k for item in items for k in item if not k.startswith("@")}
+
+    def filtered(self, text: str | None) -> list[dict[str, Any]]:
+        """The items a $filter keeps."""
+        if text is None:
+            return self.items
+        predicate = compile_filter(text, self.properties, self.type_name)
+        return [item for item in self.items if predicate(item)]
+
+    def project(self, item: dict[str, Any], select: list[str]) -> dict[str, Any]:
+        """An item with only the selected properties (and its MetadataId and @odata.type)."""
+        if not select:
+            return dict(item)
+        keep = {*select, "MetadataId", "@odata.type"}
+        return {k: v for k, v in item.items() if k in keep}
+
+
+def handle(req: ApiRequest, path: str) -> ApiResponse:
+    """EntityDefinitions[...] and RelationshipDefinitions[...] (GET; writes in step order)."""
+    segments = []
+    for text in path.split("/"):
+        match = SEGMENT_RE.match(text)
+        if match is None:
+            raise ProtocolError(404, "NotFound", f"no metadata resource {path!r}")
+        segments.append((match.group(1), match.group(2)))
     if req.method != "GET":
-        raise ProtocolError(405, "MethodNotAllowed",
-                            "EntityDefinitions are read-only here; change metadata through "
-                            "$customization")
-    unknown = [k for k in req.args if k not in ("$select", "$expand", "$format")]
+        return _write(req, segments)
+    unknown = [k for k in req.args if k.startswith("$") and k not in OPTIONS]
     if unknown:
-        raise ProtocolError(501, "NotImplemented",
-                            f"{unknown[0]} is not supported on EntityDefinitions")
-    select = [s.strip() for s in req.args.get("$select", "").split(",") if s.strip()]
-    for name in select:
-        if name not in ENTITY_FIELDS:
-            raise bad_request(f"EntityDefinitions has no property {name!r}", "$select")
-    expand = req.args.get("$expand", "").strip()
-    attribute_fields = None
-    if expand:
-        match = EXPAND_RE.match(expand.replace(" ", ""))
-        if not match:
-            raise bad_request("only $expand=Attributes or Attributes($select=...) is supported",
-                              "$expand")
-        attribute_fields = match.group(1).split(",") if match.group(1) else None
-    entities = list(req.org.entities().values())
-    context = req.service_root + "$metadata#EntityDefinitions"
-    if key:
-        match = KEY_RE.match(key)
-        if not match:
-            raise bad_request(f"{key!r} is not LogicalName='<name>' or a MetadataId", "key")
-        wanted = match.group(1) or ""
-        found = [e for e in entities if e.logicalname == wanted
-                 or metadata_id(e.logicalname) == (match.group(2) or "").lower()]
-        if not found:
-            raise ProtocolError(404, "NotFound", f"entity {wanted or match.group(2)!r} not found")
-        entities = found
+        raise _not_served(unknown[0])
+    if segments[0][0] == "RelationshipDefinitions":
+        return _relationship_definitions(req, segments)
+    return _entity_definitions(req, segments)
+
+
+def _write(req: ApiRequest, segments: list[tuple[str, str | None]]) -> ApiResponse:
+    raise ProtocolError(405, "MethodNotAllowed",
+                        f"{req.method} is not allowed here; change metadata through "
+                        "$customization", headers={"Allow": "GET"})
+
+
+def find_entity(req: ApiRequest, key: str) -> Entity:
+    """The entity a key names: LogicalName='x' or its MetadataId; 404 if none."""
+    text = key.strip()
+    match = re.match(r"^LogicalName\s*=\s*'([^']*)'$", text)
+    guid = GUID_RE.match(text)
+    if match is None and guid is None:
+        raise bad_request(f"{key!r} is not LogicalName='<name>' or a MetadataId", "key")
+    for entity in req.org.entities().values():
+        if (match and entity.logicalname == match.group(1)) or (
+                guid and metadata_id(entity.logicalname) == guid.group(1).lower()):
+            return entity
+    raise ProtocolError(404, "NotFound", f"Could not find an entity with "
+                                         f"{'LogicalName' if match else 'MetadataId'} "
+                                         f"{(match or guid).group(1)!r}")  # type: ignore[union-attr]
+
+
+def _find(items: list[dict[str, Any]], key: str, name_property: str, what: str
+          ) -> dict[str, Any]:
+    text = key.strip()
+    match = re.match(rf"^{name_property}\s*=\s*'([^']*)'$", text)
+    guid = GUID_RE.match(text)
+    if match is None and guid is None:
+        raise bad_request(f"{key!r} is not {name_property}='<name>' or a MetadataId", "key")
+    for item in items:
+        if (match and item[name_property] == match.group(1)) or (
+                guid and item["MetadataId"] == guid.group(1).lower()):
+            return item
+    raise ProtocolError(404, "NotFound", f"Could not find {what} {text}")
+
+
+def _answer(req: ApiRequest, context: str, collection: Collection, *,
+            single: dict[str, Any] | None = None,
+            expand: dict[str, dict[str, str]] | None = None,
+            expander: Any = None) -> ApiResponse:
+    """A collection (filtered) or one item, selected and expanded."""
+    select = parse_select(req.args.get("$select"),
+                          collection.properties | set(collection.navigations),
+                          collection.type_name)
+    if select:
+        context += "(" + ",".join(select) + ")"
+    if single is not None:
+        if "$filter" in req.args:
+            raise bad_request("$filter applies to collections, not to one definition",
+                              "$filter")
+        item = collection.project(single, select)
+        if expander:
+            expander(single, item, expand or {})
+        return json_response({"@odata.context": context + "/$entity", **item})
     values = []
-    for entity in entities:
-        item = entity_definition(entity, attributes=bool(expand),
-                                 attribute_fields=attribute_fields)
-        if select:
-            keep = set(select) | {"MetadataId", "Attributes"}
-            item = {k: v for k, v in item.items() if k in keep}
+    for full in collection.filtered(req.args.get("$filter")):
+        item = collection.project(full, select)
+        if expander:
+            expander(full, item, expand or {})
         values.append(item)
-    if key:
-        return json_response({"@odata.context": context + "/$entity", **values[0]})
     return json_response({"@odata.context": context, "value": values})
+
+
+def _attribute_collection(entity: Entity, cast: str | None) -> Collection:
+    kinds = CAST_TYPES[cast] if cast else None
+    items = [attribute_definition(entity, a) for a in entity.attributes
+             if kinds is None or a.type in kinds]
+    return Collection(items, f"Microsoft.Dynamics.CRM.{cast or 'AttributeMetadata'}",
+                      ATTRIBUTE_NAVIGATIONS)
+
+
+def _attribute_expander(entity: Entity, expand: dict[str, dict[str, str]]) -> Any:
+    """Adds OptionSet / GlobalOptionSet when $expand asks (options of local sets only)."""
+    def expander(full: dict[str, Any], item: dict[str, Any], _: Any) -> None:
+        attr = entity.attribute(full["LogicalName"])
+        if attr is None:
+            return
+        has_options = attr.type in ("picklist", "boolean")
+        for name, options in expand.items():
+            if not has_options:
+                continue
+            if name == "GlobalOptionSet":
+                item[name] = None  # every option set here is local to its attribute
+                continue
+            value = option_set(entity, attr)
+            select = parse_select(options.get("$select"), set(value) | {"Options"},
+                                  "Microsoft.Dynamics.CRM.OptionSetMetadataBase")
+            if "$filter" in options:
+                raise _not_served("$filter inside $expand=OptionSet")
+            item[name] = {k: v for k, v in value.items()
+                          if not select or k in select or k == "MetadataId"}
+    return expander
+
+
+def _attributes(req: ApiRequest, entity: Entity, rest: list[tuple[str, str | None]],
+                key: str | None, base: str) -> ApiResponse:
+    context = f"{base}/Attributes"
+    cast: str | None = None
+    if rest:
+        if len(rest) > 1 or rest[0][0] not in CASTS or rest[0][1] is not None:
+            raise ProtocolError(404, "NotFound", f"no metadata resource {rest[0][0]!r} under "
+                                                 "Attributes")
+        cast = CASTS[rest[0][0]]
+        context += "/" + rest[0][0]
+    expand = parse_expand(req.args.get("$expand", ""), ATTRIBUTE_NAVIGATIONS)
+    collection = _attribute_collection(entity, cast)
+    single = None
+    if key is not None:
+        everything = _attribute_collection(entity, None)
+        single = _find(everything.items, key, "LogicalName", f"an attribute of {entity.logicalname}"
+                       " with")
+        if cast and single["@odata.type"] != f"#Microsoft.Dynamics.CRM.{cast}" and not (
+                cast == "EnumAttributeMetadata" and single["AttributeType"] in (
+                    "Picklist", "Boolean")):
+            raise ProtocolError(404, "NotFound", f"attribute {single['LogicalName']!r} is a "
+                                                 f"{single['@odata.type'][1:]}, not a {cast}")
+        collection = everything
+    return _answer(req, context, collection, single=single, expand=expand,
+                   expander=_attribute_expander(entity, expand))
+
+
+def _entity_definitions(req: ApiRequest, segments: list[tuple[str, str | None]]
+                        ) -> ApiResponse:
+    root = req.service_root + "$metadata#"
+    entities = req.org.entities()
+    name, key = segments[0]
+    if name != "EntityDefinitions":
+        raise ProtocolError(404, "NotFound", f"no metadata resource {name!r}")
+    if key is None:
+        if len(segments) > 1:
+            raise bad_request("a navigation of EntityDefinitions needs a key: "
+                              "EntityDefinitions(LogicalName='<name>')/...")
+        return _entities(req, entities, None)
+    entity = find_entity(req, key)
+    if len(segments) == 1:
+        return _entities(req, entities, entity)
+    base = f"{root}EntityDefinitions('{entity.logicalname}')"
+    nav, nav_key = segments[1]
+    if nav == "Attributes":
+        return _attributes(req, entity, segments[2:], nav_key, base)
+    if nav in RELATIONSHIP_COLLECTIONS and len(segments) == 2:
+        items = relationships.of_entity(entities, entity.logicalname, nav)
+        collection = Collection(items, RELATIONSHIP_TYPE)
+        single = _find(items, nav_key, "SchemaName", "a relationship with") \
+            if nav_key is not None else None
+        if "$expand" in req.args:
+            raise _not_served("$expand on relationships")
+        return _answer(req, f"{base}/{nav}", collection, single=single)
+    if nav == "Keys" and len(segments) == 2 and nav_key is None:
+        # Alternate keys are not part of our metadata: every entity has none.
+        return json_response({"@odata.context": f"{base}/Keys", "value": []})
+    raise ProtocolError(404, "NotFound", f"EntityDefinitions have no {nav!r} here")
+
+
+def _entities(req: ApiRequest, entities: dict[str, Entity], one: Entity | None
+              ) -> ApiResponse:
+    expand = parse_expand(req.args.get("$expand", ""), ENTITY_NAVIGATIONS)
+    items = [entity_definition(e) for e in entities.values()]
+    collection = Collection(items, ENTITY_TYPE, ENTITY_NAVIGATIONS)
+
+    def expander(full: dict[str, Any], item: dict[str, Any], _: Any) -> None:
+        entity = entities[full["LogicalName"]]
+        for nav, options in expand.items():
+            if nav == "Attributes":
+                inner = _attribute_collection(entity, None)
+            else:
+                inner = Collection(relationships.of_entity(entities, entity.logicalname, nav),
+                                   RELATIONSHIP_TYPE)
+            select = parse_select(options.get("$select"), inner.properties |
+                                  set(inner.navigations), inner.type_name)
+            item[nav] = [inner.project(i, select) for i in inner.filtered(
+                options.get("$filter"))]
+
+    single = entity_definition(one) if one is not None else None
+    return _answer(req, req.service_root + "$metadata#EntityDefinitions", collection,
+                   single=single, expand=expand, expander=expander)
+
+
+def _relationship_definitions(req: ApiRequest, segments: list[tuple[str, str | None]]
+                              ) -> ApiResponse:
+    items = relationships.relationship_definitions(req.org.entities())
+    context = req.service_root + "$metadata#RelationshipDefinitions"
+    key = segments[0][1]
+    cast = None
+    if len(segments) == 2 and segments[1][0] in RELATIONSHIP_CASTS and segments[1][1] is None:
+        cast = RELATIONSHIP_CASTS[segments[1][0]]
+        context += "/" + segments[1][0]
+    elif len(segments) > 1:
+        raise ProtocolError(404, "NotFound", f"RelationshipDefinitions have no "
+                                             f"{segments[1][0]!r}")
+    if "$expand" in req.args:
+        raise _not_served("$expand on relationships")
+    single = _find(items, key, "SchemaName", "a relationship with") if key is not None else None
+    if cast:
+        if single is not None and single["@odata.type"] != f"#Microsoft.Dynamics.CRM.{cast}":
+            raise ProtocolError(404, "NotFound", f"relationship {single['SchemaName']!r} is "
+                                                 f"not a {cast}")
+        items = [i for i in items if i["@odata.type"] == f"#Microsoft.Dynamics.CRM.{cast}"]
+    return _answer(req, context, Collection(items, f"Microsoft.Dynamics.CRM.{cast}" if cast
+                                            else RELATIONSHIP_TYPE), single=single)
