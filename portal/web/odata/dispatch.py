@@ -5,7 +5,14 @@ import re
 from flask import current_app
 
 from portal.errors import PortalError
-from portal.web.odata import batch, collections, customization, entities, entity_definitions
+from portal.web.odata import (
+    batch,
+    collections,
+    customization,
+    entities,
+    entity_definitions,
+    metadata_changes,
+)
 from portal.web.odata.csdl import metadata_document
 from portal.web.odata.messages import (
     ApiRequest,
@@ -53,7 +60,11 @@ def route(req: ApiRequest) -> ApiResponse:
     if path == "$customization" or path.startswith("$customization/"):
         return customization.handle(req, path[len("$customization"):].strip("/"))
     if METADATA_RE.match(path):
-        return entity_definitions.handle(req, path)
+        if method == "GET":
+            return entity_definitions.handle(req, path)
+        return metadata_changes.change(req, path)
+    if path == "CreateEntities":
+        return metadata_changes.create_entities(req)
     match = RESOURCE_RE.match(path)
     if match is None:
         raise ProtocolError(404, "NotFound", f"no resource {path!r} in this service")

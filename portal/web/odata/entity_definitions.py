@@ -245,28 +245,26 @@ class Collection:
         return {k: v for k, v in item.items() if k in keep}
 
 
-def handle(req: ApiRequest, path: str) -> ApiResponse:
-    """EntityDefinitions[...] and RelationshipDefinitions[...] (GET; writes in step order)."""
+def parse_path(path: str) -> list[tuple[str, str | None]]:
+    """(name, key or None) of each segment of a metadata path; 404 if it has none."""
     segments = []
     for text in path.split("/"):
         match = SEGMENT_RE.match(text)
         if match is None:
             raise ProtocolError(404, "NotFound", f"no metadata resource {path!r}")
         segments.append((match.group(1), match.group(2)))
-    if req.method != "GET":
-        return _write(req, segments)
+    return segments
+
+
+def handle(req: ApiRequest, path: str) -> ApiResponse:
+    """GET EntityDefinitions[...] and RelationshipDefinitions[...]."""
+    segments = parse_path(path)
     unknown = [k for k in req.args if k.startswith("$") and k not in OPTIONS]
     if unknown:
         raise _not_served(unknown[0])
     if segments[0][0] == "RelationshipDefinitions":
         return _relationship_definitions(req, segments)
     return _entity_definitions(req, segments)
-
-
-def _write(req: ApiRequest, segments: list[tuple[str, str | None]]) -> ApiResponse:
-    raise ProtocolError(405, "MethodNotAllowed",
-                        f"{req.method} is not allowed here; change metadata through "
-                        "$customization", headers={"Allow": "GET"})
 
 
 def find_entity(req: ApiRequest, key: str) -> Entity:
