@@ -74,6 +74,12 @@ class InvalidSetting(PortalError):
     code = "InvalidSetting"
 
 
+class ChangesExpired(PortalError):
+    """Changes after a version can no longer be given exactly: the reader must start over."""
+
+    code = "DeltaTokenExpired"
+
+
 class MalformedMultipart(InvalidInput):
     """A multipart/mixed batch body that cannot be read (framing, headers, limits)."""
 

@@ -25,8 +25,10 @@ from portal.orgs.store import (
     OrgDb,
     attribute_row,
     bump_metadata_version,
+    current_version,
     entity_row,
     load_entities,
+    set_feed_start,
 )
 
 PYTHON_TYPES = {"TEXT": str, "INTEGER": int, "REAL": float}
@@ -140,6 +142,8 @@ def remove_entity(org: OrgDb, name: str) -> None:
         db.execute("DELETE FROM _attributes WHERE entity = ?", [name])
         db.execute("DELETE FROM _entities WHERE logicalname = ?", [name])
         db.execute("DELETE FROM _tombstones WHERE entity = ?", [name])
+        # Its deletions are forgotten: no delta token of it may be continued.
+        set_feed_start(db, name, current_version(db))
         _log(db, "remove entity", name, None, {})
         bump_metadata_version(db)
 

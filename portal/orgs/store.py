@@ -1,7 +1,8 @@
 """An org's own SQLite file: its system tables, version counter and cached metadata.
 
 Layout of instance/orgs/{org}.db:
-  _org            key/value: the org-wide version counter and metadata version
+  _org            key/value: the org-wide version counter, metadata version and
+                  each entity's change feed start (feed_start:{entity})
   _entities       one row per entity definition
   _attributes     one row per attribute definition
   _tombstones     (entity, id) of deleted records, with the version of the delete
@@ -218,6 +219,25 @@ def next_versions(db: Database, count: int = 1) -> int:
         "UPDATE _org SET value = value + ? WHERE key = 'version' RETURNING value", [count]
     ).fetchone()
     return int(row[0]) - count + 1
+
+
+def feed_start(db: Database, entity_name: str) -> int:
+    """The version after which an entity's change feed is complete (0: from the start).
+
+    It moves up when history is given up: tombstones forgotten, or the entity removed
+    (a new entity of the same name has a new history). A delta token from before it
+    cannot be continued; its holder must read everything again.
+    """
+    row = db.execute("SELECT value FROM _org WHERE key = ?",
+                     ["feed_start:" + entity_name]).fetchone()
+    return int(row[0]) if row else 0
+
+
+def set_feed_start(db: Database, entity_name: str, version: int) -> None:
+    """Raise an entity's feed start to `version` (never lowers it). Call inside immediate()."""
+    db.execute("INSERT INTO _org (key, value) VALUES (?, ?) ON CONFLICT (key) "
+               "DO UPDATE SET value = max(value, excluded.value)",
+               ["feed_start:" + entity_name, version])
 
 
 def bump_metadata_version(db: Database) -> None:

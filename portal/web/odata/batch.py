@@ -16,7 +16,7 @@ it, requests that depend on a failed one get 424 (JSON `dependsOn`).
 import logging
 import re
 from collections.abc import Callable
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from typing import Any
 from urllib.parse import parse_qsl, urlsplit
 
@@ -30,10 +30,12 @@ from portal.web.odata.messages import (
     ODATA_VERSION,
     ApiRequest,
     ApiResponse,
+    ErrorKind,
     ProtocolError,
     bad_request,
-    error_response,
     json_response,
+    kind_error_response,
+    portal_error_response,
 )
 from portal.web.odata.prefer import parse_prefer
 
@@ -196,8 +198,8 @@ def sub_request(req: ApiRequest, item: BatchItem, references: dict[str, str],
         if "Content-Type" not in headers:
             headers["Content-Type"] = "application/json"
     args = MultiDict(parse_qsl(parts.query, keep_blank_values=True))
-    return ApiRequest(item.method, path, args, headers, data, req.service_root, req.org,
-                      req.secret, req.user)
+    # Everything else (org, user, dialect, error codes) is the batch's own.
+    return replace(req, method=item.method, path=path, args=args, headers=headers, body=data)
 
 
 def execute(req: ApiRequest, items: list[BatchItem], dispatch: Dispatch,
@@ -212,16 +214,18 @@ def execute(req: ApiRequest, items: list[BatchItem], dispatch: Dispatch,
     def run(item: BatchItem) -> ApiResponse:
         failed = [d for d in item.depends_on if statuses.get(d, 200) >= 400]
         if failed:
-            return error_response(424, "FailedDependency",
-                                  f"request {item.id} depends on {failed[0]}, which failed")
+            return kind_error_response(ErrorKind.FAILED_DEPENDENCY, 424,
+                                       f"request {item.id} depends on {failed[0]}, which failed",
+                                       req.error_codes)
         try:
             response = dispatch(sub_request(req, item, references, known))
         except ProtocolError as error:
-            response = error_response(error.status, error.code, error.message)
+            response = portal_error_response(error, req.error_codes)
         except Exception:  # one broken request must not lose the answers of the others
             logger.exception("batch request %s failed", item.id)
-            response = error_response(500, "InternalServerError",
-                                      "Something went wrong on our side; it has been logged.")
+            response = kind_error_response(
+                ErrorKind.INTERNAL, 500, "Something went wrong on our side; it has been logged.",
+                req.error_codes)
         if "OData-EntityId" in response.headers:
             references[item.id] = response.headers["OData-EntityId"]
         return response

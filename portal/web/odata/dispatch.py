@@ -32,7 +32,7 @@ def dispatch(req: ApiRequest) -> ApiResponse:
     try:
         return route(req)
     except PortalError as error:
-        return portal_error_response(error)
+        return portal_error_response(error, req.error_codes)
 
 
 def not_allowed(method: str, allowed: str) -> ProtocolError:

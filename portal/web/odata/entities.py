@@ -16,6 +16,7 @@ from portal.web.odata.etags import etag, parse_if_match
 from portal.web.odata.messages import (
     ApiRequest,
     ApiResponse,
+    ErrorKind,
     ProtocolError,
     bad_request,
     raw_json_response,
@@ -99,7 +100,7 @@ def upsert(req: ApiRequest, entity: Entity, key: str) -> ApiResponse:
     except AlreadyExists:
         raise ProtocolError(412, "PreconditionFailed",
                             f"{entity.logicalname} {record_id} exists already "
-                            "(If-None-Match: *)") from None
+                            "(If-None-Match: *)", kind=ErrorKind.DUPLICATE_PRECONDITION) from None
     return _answer(req, entity, record, created=created)
 
 
