@@ -13,6 +13,9 @@ from pathlib import Path
 import orjson
 import pytest
 from flask.testing import FlaskClient
+from PowerPlatform.Dataverse.data._batch_base import _BatchBase, _ChangeSetBatchItem
+from PowerPlatform.Dataverse.data._odata_base import _ODataBase
+from PowerPlatform.Dataverse.data._raw_request import _RawRequest
 from werkzeug.test import TestResponse
 
 from portal import multipart
@@ -192,3 +195,33 @@ def test_multipart_and_json_batches_share_the_sub_request_rules(client: FlaskCli
         RequestPart("GET", "http://localhost/odata/v4/sales/accounts?$select=name&$top=1"),
     ], Prefer="odata.continue-on-error")
     assert [p.status for p in answers(answer)] == [400, 400, 200]
+
+
+def test_microsoft_sdk_batch_framing_both_ways(client: FlaskClient, sales_org: OrgDb) -> None:
+    # Microsoft's SDK (powerplatform-dataverse-client 1.1.0) writes the body and reads our
+    # answer with its own multipart code (data/_batch_base.py).
+    sdk = _BatchBase(_ODataBase("https://org.example.crm.dynamics.com"))
+    url = "http://localhost" + ROOT
+    change_set = _ChangeSetBatchItem([
+        _RawRequest("POST", url + "accounts", orjson.dumps({"name": "SDK"}).decode(),
+                    content_id=1),
+        _RawRequest("POST", url + "contacts", orjson.dumps({
+            "lastname": "Doe", "parentcustomerid_account@odata.bind": "$1"}).decode(),
+            content_id=2),
+    ])
+    failing = _RawRequest("PATCH", url + f"accounts({A})", '{"name": "x"}',
+                          headers={"If-Match": "*"})
+    listing = _RawRequest("GET", url + "contacts?$select=lastname,parentcustomerid")
+    boundary = "batch_sdk"
+    body = sdk._build_batch_body([change_set, failing, listing], boundary)
+    answer = client.post(ROOT + "$batch", data=body.encode(), headers={
+        **AUTH, "Content-Type": f'multipart/mixed; boundary="{boundary}"',
+        "Prefer": "odata.continue-on-error"})
+    result = sdk._parse_batch_response(answer)
+    assert [(r.status_code, r.content_id) for r in result.responses] == [
+        (201, "1"), (201, "2"), (404, None), (200, None)]
+    account_id = result.responses[0].entity_id
+    assert account_id and result.responses[1].entity_id
+    assert result.responses[2].error_code == "NotFound"
+    [contact] = result.responses[3].data["value"]  # type: ignore[index]
+    assert contact["parentcustomerid"] == account_id
