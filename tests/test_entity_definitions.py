@@ -131,6 +131,15 @@ def test_picklist_cast_with_option_sets(client: FlaskClient, sales_org: OrgDb) -
                 "?$select=LogicalName&$expand=OptionSet($select=Options)")
     assert [(a["LogicalName"], len(a["OptionSet"]["Options"])) for a in every["value"]] == [
         ("gendercode", 2)]
+    # A table without picklists answers the same call with none.
+    none = get(client, "EntityDefinitions(LogicalName='competitor')/Attributes/"
+               "Microsoft.Dynamics.CRM.PicklistAttributeMetadata"
+               "?$select=LogicalName&$expand=OptionSet($select=Options)")
+    assert none["value"] == []
+    no_relationships = get(client, "EntityDefinitions(LogicalName='systemuser')/"
+                           "ManyToManyRelationships?$select=SchemaName&$filter="
+                           "IntersectEntityName eq 'x'")
+    assert no_relationships["value"] == []
 
 
 def test_boolean_lookup_and_datetime_casts(client: FlaskClient, sales_org: OrgDb) -> None:

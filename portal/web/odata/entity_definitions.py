@@ -9,6 +9,7 @@ under OptionSet.Options (Dataverse needs $expand=OptionSet for that).
 
 import re
 import uuid
+from collections.abc import Callable
 from typing import Any
 
 from portal.orgs.metadata import Attribute, Entity, Option
@@ -165,6 +166,8 @@ SEGMENT_RE = re.compile(r"^([A-Za-z_][\w.]*)(?:\((.*)\))?$")
 GUID_RE = re.compile(r"^'?([0-9a-fA-F]{8}-[0-9a-fA-F]{4}-[0-9a-fA-F]{4}-[0-9a-fA-F]{4}"
                      r"-[0-9a-fA-F]{12})'?$")
 OPTIONS = {"$select", "$filter", "$expand", "$format"}
+# Adds what $expand asks to an item: (its full definition, the item answered).
+Expander = Callable[[dict[str, Any], dict[str, Any]], None]
 
 
 def _not_served(what: str) -> ProtocolError:
@@ -219,16 +222,61 @@ def parse_select(text: str | None, allowed: set[str], type_name: str) -> list[st
     return names
 
 
+def _sample_properties() -> dict[str, set[str]]:
+    """The properties of each metadata type, read off the definitions of a sample org.
+
+    $select and $filter may name a property of the type even where no item has it
+    (an entity without picklists still answers the picklist cast).
+    """
+    def names(item: dict[str, Any]) -> set[str]:
+        return {k for k in item if not k.startswith("@")}
+
+    target = Entity("sample", "Sample", {}, "sampleid", "name", "samples")
+    sample = Entity("sample_link", "Link", {}, "sample_linkid", "name", "sample_links")
+    pair = Entity("sample_pair", "Pair", {}, "sample_pairid", None, "sample_pairs",
+                  isintersect=True, attributes=[
+                      Attribute("sampleid", "lookup", targets=["sample"]),
+                      Attribute("sample_linkid", "lookup", targets=["sample_link"])])
+    out: dict[str, set[str]] = {}
+    for kind in DATAVERSE_TYPES:
+        attr = Attribute(f"a_{kind}", kind, targets=["sample"] if kind == "lookup" else [],
+                         options=[Option(1, "One")] if kind == "picklist" else [])
+        sample.attributes.append(attr)
+        out[f"kind:{kind}"] = names(attribute_definition(sample, attr))
+    out[ENTITY_TYPE] = names(entity_definition(target))
+    definitions = relationships.relationship_definitions(
+        {e.logicalname: e for e in (target, sample, pair)})
+    out[RELATIONSHIP_TYPE] = set().union(*(names(r) for r in definitions))
+    for cast in RELATIONSHIP_CASTS:
+        out[cast] = set().union(*(names(r) for r in definitions
+                                  if r["@odata.type"] == f"#{cast}"))
+    return out
+
+
+_PROPERTIES: dict[str, set[str]] = {}
+
+
+def type_properties(type_name: str, kinds: set[str] | None = None) -> set[str]:
+    """What $select and $filter may name on a metadata type (attributes: of these kinds)."""
+    if not _PROPERTIES:
+        _PROPERTIES.update(_sample_properties())
+    if type_name.endswith("AttributeMetadata") and type_name not in RELATIONSHIP_CASTS:
+        wanted = kinds if kinds is not None else set(DATAVERSE_TYPES)
+        return set().union(*(_PROPERTIES[f"kind:{k}"] for k in wanted))
+    return set(_PROPERTIES.get(type_name, set()))
+
+
 class Collection:
     """A metadata collection being read: its items, and how $select/$filter/$expand apply."""
 
     def __init__(self, items: list[dict[str, Any]], type_name: str,
-                 navigations: tuple[str, ...] = ()) -> None:
+                 navigations: tuple[str, ...] = (), kinds: set[str] | None = None) -> None:
         self.items = items
         self.type_name = type_name
         self.navigations = navigations
-        # Every property some item has: what $select and $filter may name.
-        self.properties = {k for item in items for k in item if not k.startswith("@")}
+        # What $select and $filter may name: the type's properties (and any item's).
+        self.properties = type_properties(type_name, kinds) | {
+            k for item in items for k in item if not k.startswith("@")}
 
     def filtered(self, text: str | None) -> list[dict[str, Any]]:
         """The items a $filter keeps."""
@@ -278,9 +326,7 @@ def find_entity(req: ApiRequest, key: str) -> Entity:
         if (match and entity.logicalname == match.group(1)) or (
                 guid and metadata_id(entity.logicalname) == guid.group(1).lower()):
             return entity
-    raise ProtocolError(404, "NotFound", f"Could not find an entity with "
-                                         f"{'LogicalName' if match else 'MetadataId'} "
-                                         f"{(match or guid).group(1)!r}")  # type: ignore[union-attr]
+    raise ProtocolError(404, "NotFound", f"Could not find an entity with {text}")
 
 
 def _find(items: list[dict[str, Any]], key: str, name_property: str, what: str
@@ -299,8 +345,7 @@ def _find(items: list[dict[str, Any]], key: str, name_property: str, what: str
 
 def _answer(req: ApiRequest, context: str, collection: Collection, *,
             single: dict[str, Any] | None = None,
-            expand: dict[str, dict[str, str]] | None = None,
-            expander: Any = None) -> ApiResponse:
+            expander: Expander | None = None) -> ApiResponse:
     """A collection (filtered) or one item, selected and expanded."""
     select = parse_select(req.args.get("$select"),
                           collection.properties | set(collection.navigations),
@@ -313,13 +358,13 @@ def _answer(req: ApiRequest, context: str, collection: Collection, *,
                               "$filter")
         item = collection.project(single, select)
         if expander:
-            expander(single, item, expand or {})
+            expander(single, item)
         return json_response({"@odata.context": context + "/$entity", **item})
     values = []
     for full in collection.filtered(req.args.get("$filter")):
         item = collection.project(full, select)
         if expander:
-            expander(full, item, expand or {})
+            expander(full, item)
         values.append(item)
     return json_response({"@odata.context": context, "value": values})
 
@@ -329,12 +374,12 @@ def _attribute_collection(entity: Entity, cast: str | None) -> Collection:
     items = [attribute_definition(entity, a) for a in entity.attributes
              if kinds is None or a.type in kinds]
     return Collection(items, f"Microsoft.Dynamics.CRM.{cast or 'AttributeMetadata'}",
-                      ATTRIBUTE_NAVIGATIONS)
+                      ATTRIBUTE_NAVIGATIONS, kinds)
 
 
-def _attribute_expander(entity: Entity, expand: dict[str, dict[str, str]]) -> Any:
+def _attribute_expander(entity: Entity, expand: dict[str, dict[str, str]]) -> Expander:
     """Adds OptionSet / GlobalOptionSet when $expand asks (options of local sets only)."""
-    def expander(full: dict[str, Any], item: dict[str, Any], _: Any) -> None:
+    def expander(full: dict[str, Any], item: dict[str, Any]) -> None:
         attr = entity.attribute(full["LogicalName"])
         if attr is None:
             return
@@ -378,7 +423,7 @@ def _attributes(req: ApiRequest, entity: Entity, rest: list[tuple[str, str | Non
             raise ProtocolError(404, "NotFound", f"attribute {single['LogicalName']!r} is a "
                                                  f"{single['@odata.type'][1:]}, not a {cast}")
         collection = everything
-    return _answer(req, context, collection, single=single, expand=expand,
+    return _answer(req, context, collection, single=single,
                    expander=_attribute_expander(entity, expand))
 
 
@@ -421,7 +466,7 @@ def _entities(req: ApiRequest, entities: dict[str, Entity], one: Entity | None
     items = [entity_definition(e) for e in entities.values()]
     collection = Collection(items, ENTITY_TYPE, ENTITY_NAVIGATIONS)
 
-    def expander(full: dict[str, Any], item: dict[str, Any], _: Any) -> None:
+    def expander(full: dict[str, Any], item: dict[str, Any]) -> None:
         entity = entities[full["LogicalName"]]
         for nav, options in expand.items():
             if nav == "Attributes":
@@ -436,7 +481,7 @@ def _entities(req: ApiRequest, entities: dict[str, Entity], one: Entity | None
 
     single = entity_definition(one) if one is not None else None
     return _answer(req, req.service_root + "$metadata#EntityDefinitions", collection,
-                   single=single, expand=expand, expander=expander)
+                   single=single, expander=expander)
 
 
 def _relationship_definitions(req: ApiRequest, segments: list[tuple[str, str | None]]
