@@ -138,6 +138,13 @@ def parse_multipart_items(req: ApiRequest) -> list[BatchItem]:
             for n, part in enumerate(parts)]
 
 
+def _name(item: BatchItem) -> str:
+    """How an error names a batch request: its id, Content-ID, or place in a multipart body."""
+    if item.id.startswith("\0"):
+        return f"part {int(item.id[1:]) + 1}"
+    return item.id
+
+
 def _reference(url: str, item: BatchItem, references: dict[str, str], known: set[str]) -> str:
     """A `$<id>...` URL resolved against the entities earlier requests created."""
     match = REFERENCE_RE.match(url)
@@ -148,7 +155,7 @@ def _reference(url: str, item: BatchItem, references: dict[str, str], known: set
         return references[name] + match.group(2)
     if name in known or name.isdigit():
         raise bad_request(f"Content-ID Reference: '${name}' does not exist in the batch "
-                          f"context (batch request {item.content_id or item.id}).")
+                          f"context (batch request {_name(item)}).")
     return url  # $metadata, $count, ...
 
 
@@ -172,11 +179,11 @@ def sub_request(req: ApiRequest, item: BatchItem, references: dict[str, str],
     path = parts.path
     if parts.scheme or path.startswith("/"):
         if (parts.netloc and parts.netloc != root.netloc) or not path.startswith(root.path):
-            raise bad_request(f"batch request {item.content_id or item.id}: {item.url} is not "
+            raise bad_request(f"batch request {_name(item)}: {item.url} is not "
                               "in this service")
         path = path[len(root.path):]
     if path == "$batch":
-        raise bad_request(f"batch request {item.content_id or item.id}: a batch cannot "
+        raise bad_request(f"batch request {_name(item)}: a batch cannot "
                           "contain a batch")
     headers = Headers(item.headers)
     body = item.body
@@ -222,7 +229,7 @@ def execute(req: ApiRequest, items: list[BatchItem], dispatch: Dispatch,
         except ProtocolError as error:
             response = portal_error_response(error, req.error_codes)
         except Exception:  # one broken request must not lose the answers of the others
-            logger.exception("batch request %s failed", item.id)
+            logger.exception("batch request %s failed", _name(item))
             response = kind_error_response(
                 ErrorKind.INTERNAL, 500, "Something went wrong on our side; it has been logged.",
                 req.error_codes)
