@@ -7,5 +7,6 @@ takes and returns), `prefer` and `etags` (headers), `csdl` ($metadata),
 way), `options` and `filters` (query options to SQL), `paging` and `delta`
 (signed continuation tokens), `collections` and `entities` (reads and writes of
 records), `batch` (JSON and multipart $batch), `customization` (metadata
-changes), `dispatch` (URL → handler) and `auth` (credentials). portal/web/api.py is the Flask side of it.
+changes), `dispatch` (URL → handler) and `auth` (credentials).
+portal/web/api.py is the Flask side of it.
 """
