@@ -227,7 +227,9 @@ def convert(node: ast._Node, kind: str) -> Any:
         if not isinstance(node, ast.Integer):
             raise ValueError(text)
         number = int(text)
-        if not -(2**63) <= number < 2**63:
+        # Dataverse's Integer and Picklist are Edm.Int32, BigInt is Edm.Int64.
+        low, high = (-(2**63), 2**63 - 1) if kind == "bigint" else (-(2**31), 2**31 - 1)
+        if not low <= number <= high:
             raise ValueError(text)
         return number
     if kind in ("decimal", "double", "money"):
