@@ -172,6 +172,8 @@ GOOD = {"accountid": "00000000-0000-4000-8000-000000000001", "name": "Good"}
     ({"lastusedincampaign": "not a date"}, "lastusedincampaign"),
     ({"lastusedincampaign": ["2026-01-01"]}, "lastusedincampaign"),
     ({"parentaccountid": "not-a-guid"}, "parentaccountid"),
+    # 36 characters, lower case, a hyphen at 8: shaped like a GUID, but not one.
+    ({"parentaccountid": "zzzzzzzz-zzzz-zzzz-zzzz-zzzzzzzzzzzz"}, "parentaccountid"),
     ({"parentaccountid": {"id": "an object"}}, "parentaccountid"),
     ({"accountid": ["unhashable"]}, "accountid"),
 ])

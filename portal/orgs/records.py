@@ -25,6 +25,8 @@ from portal.orgs.store import OrgDb, next_versions
 INT32 = (-(2**31), 2**31 - 1)
 INT64 = (-(2**63), 2**63 - 1)
 
+GUID_RE = re.compile(r"[0-9a-f]{8}-[0-9a-f]{4}-[0-9a-f]{4}-[0-9a-f]{4}-[0-9a-f]{12}")
+
 Coercer = Callable[[Any], Any]
 
 
@@ -86,16 +88,14 @@ def _coercer(attr: Attribute) -> Coercer:
     if kind == "datetime":
         return lambda v: normalize_datetime(v, attr)
     # uniqueidentifier, lookup
+    canonical = GUID_RE.fullmatch
 
     def guid(v: Any) -> Any:
-        if type(v) is str and len(v) == 36 and v == v.lower() and v[8] == "-":
+        if type(v) is str and canonical(v):
             return v  # already canonical: the common case on the sync path
         return normalize_guid(v, attr.logicalname)
 
     return guid
-
-
-GUID_RE = re.compile(r"[0-9a-f]{8}-[0-9a-f]{4}-[0-9a-f]{4}-[0-9a-f]{4}-[0-9a-f]{12}")
 
 ColumnCheck = Callable[[Sequence[Any]], Sequence[Any]]
 
