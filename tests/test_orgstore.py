@@ -167,6 +167,8 @@ GOOD = {"accountid": "00000000-0000-4000-8000-000000000001", "name": "Good"}
     ({"numberofemployees": "12"}, "numberofemployees"),
     ({"numberofemployees": 2**40}, "numberofemployees"),
     ({"industrycode": 99}, "industrycode"),
+    ({"industrycode": True}, "industrycode"),  # equal to option 1, but not a whole number
+    ({"industrycode": 1.0}, "industrycode"),
     ({"revenue": float("nan")}, "revenue"),
     ({"creditonhold": 1}, "creditonhold"),
     ({"lastusedincampaign": "not a date"}, "lastusedincampaign"),

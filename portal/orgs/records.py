@@ -123,8 +123,9 @@ def _column_check(attr: Attribute) -> ColumnCheck:
         allowed = {o.value for o in attr.options} if kind == "picklist" else None
 
         def bad(vs: Sequence[Any]) -> bool:
-            if allowed is not None:
-                return any([1 for v in vs if v is not None and v not in allowed])
+            if allowed is not None:  # True and 1.0 are in {1}: check the type too
+                return any([1 for v in vs
+                            if v is not None and (type(v) is not int or v not in allowed)])
             return any([1 for v in vs
                         if v is not None and (type(v) is not int or not low <= v <= high)])
     elif kind in ("decimal", "double", "money"):
