@@ -9,25 +9,7 @@ Customer and Owner are lookups, State and Status picklists.
 from typing import Any
 
 from portal.orgs.metadata import Attribute, Entity, Option
-
-ATTRIBUTE_TYPES = {
-    "Uniqueidentifier": "uniqueidentifier",
-    "String": "string",
-    "Memo": "memo",
-    "Integer": "integer",
-    "BigInt": "bigint",
-    "Decimal": "decimal",
-    "Double": "double",
-    "Money": "money",
-    "Boolean": "boolean",
-    "DateTime": "datetime",
-    "Picklist": "picklist",
-    "State": "picklist",
-    "Status": "picklist",
-    "Lookup": "lookup",
-    "Customer": "lookup",
-    "Owner": "lookup",
-}
+from portal.orgs.types import from_dataverse
 
 
 def label_text(value: Any) -> tuple[str, dict[str, str]]:
@@ -44,28 +26,28 @@ def label_text(value: Any) -> tuple[str, dict[str, str]]:
 
 def attribute_from_definition(data: dict[str, Any], primary_id: str) -> Attribute | None:
     """One AttributeMetadata as our Attribute; None for a type we do not model."""
-    kind = ATTRIBUTE_TYPES.get(str(data.get("AttributeType")))
-    if kind is None:
+    found = from_dataverse(data.get("AttributeType"), data.get("@odata.type"))
+    if found is None:
         return None
     name = str(data["LogicalName"])
     displayname, labels = label_text(data.get("DisplayName"))
     required_level = (data.get("RequiredLevel") or {}).get("Value")
     options = []
-    if kind == "picklist":
+    if found.options:
         for option in ((data.get("OptionSet") or {}).get("Options") or []):
             text, option_labels = label_text(option.get("Label"))
             options.append(Option(int(option["Value"]), text, option_labels))
     return Attribute(
         logicalname=name,
-        type=kind,
+        type=found.name,
         displayname=displayname,
         labels=labels,
-        maxlength=data.get("MaxLength") if kind in ("string", "memo") else None,
-        precision=data.get("Precision") if kind in ("decimal", "money", "double") else None,
+        maxlength=data.get("MaxLength") if found.maxlength is not None else None,
+        precision=data.get("Precision") if found.precision is not None else None,
         required=required_level in ("ApplicationRequired", "SystemRequired")
         and name != primary_id,
         options=options,
-        targets=list(data.get("Targets") or []) if kind == "lookup" else [],
+        targets=list(data.get("Targets") or []) if found.targets else [],
         issystem=not data.get("IsValidForUpdate", True),
     )
 

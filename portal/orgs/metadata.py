@@ -5,35 +5,15 @@ stored in the org's `_entities` and `_attributes` tables (portal.orgs.store).
 """
 
 import re
-import uuid
 from dataclasses import asdict, dataclass, field
 from typing import Any
 
 from portal.errors import InvalidInput
-
-# Attribute type -> SQLite column type. Decimal and money are REAL: SQLite has
-# no decimal type, and Dataverse's precision (at most 10 places) fits a double.
-COLUMN_TYPES = {
-    "uniqueidentifier": "TEXT",
-    "string": "TEXT",
-    "memo": "TEXT",
-    "integer": "INTEGER",
-    "bigint": "INTEGER",
-    "decimal": "REAL",
-    "double": "REAL",
-    "money": "REAL",
-    "boolean": "INTEGER",
-    "datetime": "TEXT",
-    "picklist": "INTEGER",
-    "lookup": "TEXT",
-}
-ATTRIBUTE_TYPES = tuple(COLUMN_TYPES)
+from portal.orgs.types import ATTRIBUTE_TYPES, TYPES
 
 # Columns every entity table has besides its attributes; the store sets them.
 SYSTEM_ATTRIBUTES = ("createdon", "modifiedon", "versionnumber")
 
-DEFAULT_STRING_LENGTH = 100
-DEFAULT_MEMO_LENGTH = 2000
 MAX_STRING_LENGTH = 1_048_576
 
 NAME_RE = re.compile(r"^[a-z][a-z0-9_]{0,63}$")
@@ -171,28 +151,28 @@ def check_attribute(attr: Attribute, entity_names: set[str] | None = None) -> At
     where = f"attribute {attr.logicalname}"
     if attr.logicalname in SYSTEM_ATTRIBUTES and not attr.issystem:
         raise InvalidInput(f"{where}: the name is reserved for a system column", field="attribute")
-    if attr.type not in COLUMN_TYPES:
+    kind = TYPES.get(attr.type)
+    if kind is None:
         raise InvalidInput(
             f"{where}: unknown type {attr.type!r} (one of {', '.join(ATTRIBUTE_TYPES)})",
             field="type",
         )
     if not attr.displayname:
         attr.displayname = attr.labels.get("1033") or attr.logicalname
-    if attr.type in ("string", "memo"):
-        default = DEFAULT_STRING_LENGTH if attr.type == "string" else DEFAULT_MEMO_LENGTH
-        attr.maxlength = default if attr.maxlength is None else attr.maxlength
+    if kind.maxlength is not None:
+        attr.maxlength = kind.maxlength if attr.maxlength is None else attr.maxlength
         if not isinstance(attr.maxlength, int) or not 1 <= attr.maxlength <= MAX_STRING_LENGTH:
             raise InvalidInput(f"{where}: maxlength must be 1..{MAX_STRING_LENGTH}",
                                field="maxlength")
     else:
         attr.maxlength = None
-    if attr.type in ("decimal", "money"):
-        attr.precision = 2 if attr.precision is None else attr.precision
+    if kind.precision is not None:
+        attr.precision = kind.precision if attr.precision is None else attr.precision
         if not isinstance(attr.precision, int) or not 0 <= attr.precision <= 10:
             raise InvalidInput(f"{where}: precision must be 0..10", field="precision")
     else:
         attr.precision = None
-    if attr.type == "picklist":
+    if kind.options:
         if not attr.options:
             raise InvalidInput(f"{where}: a picklist needs options", field="options")
         values = [o.value for o in attr.options]
@@ -202,7 +182,7 @@ def check_attribute(attr: Attribute, entity_names: set[str] | None = None) -> At
             raise InvalidInput(f"{where}: option values must be unique", field="options")
     elif attr.options:
         raise InvalidInput(f"{where}: only a picklist has options", field="options")
-    if attr.type == "lookup":
+    if kind.targets:
         if not attr.targets:
             raise InvalidInput(f"{where}: a lookup needs target entities", field="targets")
         for target in attr.targets:
@@ -247,23 +227,8 @@ def check_entity(entity: Entity, entity_names: set[str] | None = None) -> Entity
     if entity.primarynameattribute:
         name_attr = next((a for a in attributes if a.logicalname == entity.primarynameattribute),
                          None)
-        if name_attr is None or name_attr.type not in ("string", "memo"):
+        if name_attr is None or not TYPES[name_attr.type].text:
             raise InvalidInput("the primary name attribute must be a string attribute",
                                field="primarynameattribute")
     entity.attributes = attributes + system_attributes()
     return entity
-
-
-def new_guid() -> str:
-    """A new record id, lower-case with hyphens as Dataverse writes them."""
-    return str(uuid.uuid4())
-
-
-def normalize_guid(value: Any, what: str = "id") -> str:
-    """Return a GUID in canonical lower-case form, or refuse it."""
-    if not isinstance(value, str):
-        raise InvalidInput(f"{what} must be a GUID string", field=what)
-    try:
-        return str(uuid.UUID(value.strip("{}")))
-    except ValueError:
-        raise InvalidInput(f"{what} {value!r} is not a GUID", field=what) from None

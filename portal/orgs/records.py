@@ -6,192 +6,18 @@ delete) and the version counter together. Values are checked against the
 attribute types before anything is written.
 """
 
-import math
-import re
-from collections.abc import Callable, Iterable, Sequence
-from datetime import UTC, datetime
+from collections.abc import Iterable, Sequence
 from operator import itemgetter
-from types import NoneType
 from typing import Any
 
 import orjson
 
-from portal.db import TIMESTAMP_FORMAT, immediate, utcnow
+from portal.db import immediate, utcnow
 from portal.errors import AlreadyExists, InvalidInput, NotFound, PreconditionFailed
 from portal.orgs import transactions
-from portal.orgs.metadata import SYSTEM_ATTRIBUTES, Attribute, Entity, new_guid, normalize_guid
+from portal.orgs.metadata import SYSTEM_ATTRIBUTES, Entity
 from portal.orgs.store import OrgDb, next_versions
-
-INT32 = (-(2**31), 2**31 - 1)
-INT64 = (-(2**63), 2**63 - 1)
-
-GUID_RE = re.compile(r"[0-9a-f]{8}-[0-9a-f]{4}-[0-9a-f]{4}-[0-9a-f]{4}-[0-9a-f]{12}")
-
-Coercer = Callable[[Any], Any]
-
-
-def _fail(attr: Attribute, message: str) -> InvalidInput:
-    return InvalidInput(f"attribute {attr.logicalname}: {message}", field=attr.logicalname)
-
-
-def _coercer(attr: Attribute) -> Coercer:
-    """A function turning a JSON value of this attribute into its stored form."""
-    kind = attr.type
-    if kind in ("string", "memo"):
-        limit = attr.maxlength or 0
-
-        def text(v: Any) -> Any:
-            if type(v) is not str:
-                raise _fail(attr, f"expected text, got {type(v).__name__}")
-            if len(v) > limit:
-                raise _fail(attr, f"{len(v)} characters, at most {limit} allowed")
-            return v
-
-        return text
-    if kind in ("integer", "bigint", "picklist"):
-        low, high = INT64 if kind == "bigint" else INT32
-        allowed = {o.value for o in attr.options} if kind == "picklist" else None
-
-        def whole(v: Any) -> Any:
-            if type(v) is not int:
-                raise _fail(attr, f"expected a whole number, got {type(v).__name__}")
-            if not low <= v <= high:
-                raise _fail(attr, f"{v} is out of range")
-            if allowed is not None and v not in allowed:
-                raise _fail(attr, f"{v} is not one of the options {sorted(allowed)}")
-            return v
-
-        return whole
-    if kind in ("decimal", "double", "money"):
-
-        def number(v: Any) -> Any:
-            if type(v) is str:  # IEEE754Compatible clients send decimals as strings
-                try:
-                    v = float(v)
-                except ValueError:
-                    raise _fail(attr, f"{v!r} is not a number") from None
-            elif type(v) not in (int, float):
-                raise _fail(attr, f"expected a number, got {type(v).__name__}")
-            if not math.isfinite(v):
-                raise _fail(attr, "must be a finite number")
-            return float(v)
-
-        return number
-    if kind == "boolean":
-
-        def flag(v: Any) -> Any:
-            if type(v) is not bool:
-                raise _fail(attr, f"expected true or false, got {type(v).__name__}")
-            return int(v)
-
-        return flag
-    if kind == "datetime":
-        return lambda v: normalize_datetime(v, attr)
-    # uniqueidentifier, lookup
-    canonical = GUID_RE.fullmatch
-
-    def guid(v: Any) -> Any:
-        if type(v) is str and canonical(v):
-            return v  # already canonical: the common case on the sync path
-        return normalize_guid(v, attr.logicalname)
-
-    return guid
-
-ColumnCheck = Callable[[Sequence[Any]], Sequence[Any]]
-
-
-def _column_check(attr: Attribute) -> ColumnCheck:
-    """A check of a whole column of values for the bulk path; returns the stored values.
-
-    The common case (every value already well-typed and canonical) costs a
-    pass or two over the column; otherwise the column goes value by value
-    through the attribute's coercer, which normalizes or raises the precise error.
-    """
-    kind = attr.type
-    coerce = _coercer(attr)
-    bad: Callable[[Sequence[Any]], bool]
-    if kind in ("string", "memo"):
-        limit = attr.maxlength or 0
-
-        def bad(vs: Sequence[Any]) -> bool:
-            # Whole-column passes in C (types, then lengths): text is most of a record.
-            if not {*map(type, vs)} <= {str, NoneType}:
-                return True
-            return max(map(len, filter(None, vs)), default=0) > limit
-    elif kind in ("integer", "bigint", "picklist"):
-        low, high = INT64 if kind == "bigint" else INT32
-        allowed = {o.value for o in attr.options} if kind == "picklist" else None
-
-        def bad(vs: Sequence[Any]) -> bool:
-            if allowed is not None:  # True and 1.0 are in {1}: check the type too
-                return any([1 for v in vs
-                            if v is not None and (type(v) is not int or v not in allowed)])
-            return any([1 for v in vs
-                        if v is not None and (type(v) is not int or not low <= v <= high)])
-    elif kind in ("decimal", "double", "money"):
-
-        def bad(vs: Sequence[Any]) -> bool:
-            return any([1 for v in vs if v is not None and (
-                type(v) not in (int, float) or v != v or v in (math.inf, -math.inf))])
-    elif kind == "boolean":
-
-        def bad(vs: Sequence[Any]) -> bool:
-            return any([1 for v in vs if v is not None and type(v) is not bool])
-    elif kind == "datetime":
-
-        def bad(vs: Sequence[Any]) -> bool:
-            distinct = _distinct_texts(vs)
-            return distinct is None or not all(map(_canonical_datetime, distinct))
-    else:
-        match = GUID_RE.fullmatch
-
-        def bad(vs: Sequence[Any]) -> bool:
-            distinct = _distinct_texts(vs)
-            return distinct is None or not all(map(match, distinct))
-
-    def check(values: Sequence[Any]) -> Sequence[Any]:
-        if bad(values):
-            return [None if v is None else coerce(v) for v in values]
-        return values
-
-    return check
-
-
-def _distinct_texts(values: Sequence[Any]) -> set[str] | None:
-    """The distinct non-null values when all are text, else None.
-
-    Columns of times and GUIDs repeat values (a batch's createdon, an owner),
-    so each distinct value is checked once.
-    """
-    if not {*map(type, values)} <= {str, NoneType}:
-        return None
-    distinct = set(values)
-    distinct.discard(None)
-    return distinct
-
-
-def _canonical_datetime(value: Any) -> bool:
-    """True for a valid date-time already in the stored form YYYY-MM-DDTHH:MM:SSZ."""
-    if type(value) is not str or len(value) != 20 or value[19] != "Z" or value[10] != "T":
-        return False
-    try:
-        datetime.fromisoformat(value)
-    except ValueError:
-        return False
-    return True
-
-
-def normalize_datetime(value: Any, attr: Attribute) -> str:
-    """Parse an ISO 8601 date or date-time and return it in UTC, to the second, with a Z."""
-    if type(value) is not str:
-        raise _fail(attr, f"expected an ISO 8601 date-time, got {type(value).__name__}")
-    try:
-        moment = datetime.fromisoformat(value)
-    except ValueError:
-        raise _fail(attr, f"{value!r} is not an ISO 8601 date-time") from None
-    if moment.tzinfo is None:
-        moment = moment.replace(tzinfo=UTC)
-    return moment.astimezone(UTC).strftime(TIMESTAMP_FORMAT)
+from portal.orgs.types import TYPES, new_guid, normalize_guid
 
 
 class EntityCodec:
@@ -201,13 +27,16 @@ class EntityCodec:
         self.entity = entity
         self.pk = entity.primaryidattribute
         self.writable = {a.logicalname: a for a in entity.writable_attributes()}
-        self.coercers = {name: _coercer(a) for name, a in self.writable.items()}
+        self.coercers = {name: TYPES[a.type].coercer(a) for name, a in self.writable.items()}
+        # The store sets createdon/modifiedon; a copy (keep_timestamps) takes the given ones.
+        self.timestamps = {a.logicalname: TYPES[a.type].coercer(a) for a in entity.attributes
+                           if a.logicalname in ("createdon", "modifiedon")}
         self.booleans = [a.logicalname for a in entity.attributes if a.type == "boolean"]
         self.required = [a.logicalname for a in self.writable.values() if a.required]
         self.lookups = [a for a in self.writable.values() if a.type == "lookup"]
         self.columns = [a.logicalname for a in entity.attributes]
-        self.bulk_checks = {a.logicalname: _column_check(a) for a in entity.attributes
-                            if a.logicalname != "versionnumber"}
+        self.bulk_checks = {a.logicalname: TYPES[a.type].column_check(a)
+                            for a in entity.attributes if a.logicalname != "versionnumber"}
 
     def clean(self, values: dict[str, Any], *, keep_timestamps: bool = False) -> dict[str, Any]:
         """Check and convert values for writing; unknown attributes are refused."""
@@ -220,7 +49,7 @@ class EntityCodec:
                 out[name] = None if value is None else coerce(value)
             elif name in SYSTEM_ATTRIBUTES or name == self.pk:
                 if keep_timestamps and name in ("createdon", "modifiedon") and value is not None:
-                    out[name] = normalize_datetime(value, self.entity.attribute(name))  # type: ignore[arg-type]
+                    out[name] = self.timestamps[name](value)
             else:
                 raise InvalidInput(
                     f"attribute {name!r} does not exist in entity {self.entity.logicalname}",
@@ -354,7 +183,7 @@ def set_timestamps(org: OrgDb, entity_name: str, record_id: str, createdon: Any,
     The record gets a new version, so orgs that sync from this one see the times too.
     """
     c = codec(org, entity_name)
-    stamps = {name: normalize_datetime(value, c.entity.attribute(name))  # type: ignore[arg-type]
+    stamps = {name: c.timestamps[name](value)
               for name, value in (("createdon", createdon), ("modifiedon", modifiedon)) if value}
     if not stamps:
         return

@@ -15,7 +15,6 @@ from sqlite_utils import Database
 from portal.db import immediate, utcnow
 from portal.errors import AlreadyExists, InvalidInput, MetadataChangeRefused, NotFound
 from portal.orgs.metadata import (
-    COLUMN_TYPES,
     Attribute,
     Entity,
     check_attribute,
@@ -30,6 +29,7 @@ from portal.orgs.store import (
     load_entities,
     set_feed_start,
 )
+from portal.orgs.types import TYPES
 
 PYTHON_TYPES = {"TEXT": str, "INTEGER": int, "REAL": float}
 
@@ -106,7 +106,7 @@ def update_entity(org: OrgDb, name: str, *, displayname: str | None = None,
             entity.labels = labels
         if primarynameattribute is not None:
             attr = entity.attribute(primarynameattribute)
-            if attr is None or attr.type not in ("string", "memo"):
+            if attr is None or not TYPES[attr.type].text:
                 raise InvalidInput("the primary name attribute must be a string attribute",
                                    field="primarynameattribute")
             entity.primarynameattribute = primarynameattribute
@@ -160,7 +160,7 @@ def add_attribute(org: OrgDb, entity_name: str, attr: Attribute) -> Attribute:
             raise AlreadyExists(f"attribute {attr.logicalname!r} exists already in {entity_name}",
                                 field="logicalname")
         check_attribute(attr, set(entities))
-        db.table(entity_name).add_column(attr.logicalname, PYTHON_TYPES[COLUMN_TYPES[attr.type]])
+        db.table(entity_name).add_column(attr.logicalname, PYTHON_TYPES[TYPES[attr.type].column])
         _save_attribute(db, entity_name, attr)
         _log(db, "add attribute", entity_name, attr.logicalname, {"type": attr.type})
         bump_metadata_version(db)
@@ -183,9 +183,9 @@ def alter_attribute(org: OrgDb, entity_name: str, attr: Attribute) -> Attribute:
                                         field="logicalname")
         check_attribute(attr, set(entities))
         _check_lossless(db, entity_name, old, attr)
-        if COLUMN_TYPES[old.type] != COLUMN_TYPES[attr.type]:
+        if TYPES[old.type].column != TYPES[attr.type].column:
             db.table(entity_name).transform(types={attr.logicalname:
-                                             PYTHON_TYPES[COLUMN_TYPES[attr.type]]})
+                                             PYTHON_TYPES[TYPES[attr.type].column]})
         _save_attribute(db, entity_name, attr)
         _log(db, "alter attribute", entity_name, attr.logicalname,
              {"before": _describe(old), "after": _describe(attr)})
@@ -219,7 +219,7 @@ def metadata_log(org: OrgDb, limit: int = 200) -> list[dict[str, Any]]:
 
 
 def _create_table(db: Database, entity: Entity) -> None:
-    columns = {a.logicalname: PYTHON_TYPES[COLUMN_TYPES[a.type]] for a in entity.attributes}
+    columns = {a.logicalname: PYTHON_TYPES[TYPES[a.type].column] for a in entity.attributes}
     db.table(entity.logicalname).create(columns, pk=entity.primaryidattribute,
                                   not_null={"versionnumber", "createdon", "modifiedon"})
     db.table(entity.logicalname).create_index(["versionnumber"], unique=True)
@@ -270,13 +270,14 @@ def _check_lossless(db: Database, table: str, old: Attribute, new: Attribute) ->
             raise MetadataChangeRefused(
                 f"changing {where} from {old.type} to {new.type} would lose data: "
                 f"{used} record(s) have a value", field="type")
-    if new.type in ("string", "memo") and new.maxlength is not None:
+    old_kind, new_kind = TYPES[old.type], TYPES[new.type]
+    if new_kind.maxlength is not None and new.maxlength is not None:
         longer = count(f"length([{column}]) > ?", [new.maxlength])
         if longer:
             raise MetadataChangeRefused(
                 f"narrowing {where} to {new.maxlength} characters would cut {longer} record(s)",
                 field="maxlength")
-    if old.type == "picklist" and new.type == "picklist":
+    if old_kind.options and new_kind.options:
         removed = {o.value for o in old.options} - {o.value for o in new.options}
         if removed:
             marks = ",".join("?" * len(removed))
@@ -285,7 +286,7 @@ def _check_lossless(db: Database, table: str, old: Attribute, new: Attribute) ->
                 raise MetadataChangeRefused(
                     f"removing option(s) {sorted(removed)} of {where} would orphan "
                     f"{used} record(s)", field="options")
-    if (old.type in ("decimal", "money") and new.type in ("decimal", "money")
+    if (old_kind.precision is not None and new_kind.precision is not None
             and (new.precision or 0) < (old.precision or 0)):
         raise MetadataChangeRefused(
             f"lowering the precision of {where} from {old.precision} to {new.precision} "

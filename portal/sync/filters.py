@@ -10,12 +10,9 @@ matching. Every refusal is an `InvalidInput` with field "filter".
 """
 
 import functools
-import math
 import re
-import uuid
 from collections.abc import Iterator
 from dataclasses import dataclass, replace
-from datetime import UTC, datetime
 from typing import Any
 from xml.etree.ElementTree import Element, ParseError, SubElement, tostring
 
@@ -24,6 +21,7 @@ from defusedxml.ElementTree import fromstring
 
 from portal.errors import InvalidInput
 from portal.orgs.metadata import NAME_RE, SYSTEM_ATTRIBUTES, Attribute, Entity, system_attributes
+from portal.orgs.types import NO_VALUE, TYPES
 
 # Limits against hostile or runaway input. Dataverse allows 500 conditions per
 # <filter> element; we count them over the whole tree, which is stricter.
@@ -42,14 +40,6 @@ OPERATOR_SYNONYMS = {"neq": "ne"}
 ORDERING_OPERATORS = frozenset({"lt", "le", "gt", "ge"})
 LIKE_OPERATORS = frozenset({"like", "not-like"})
 
-TEXT_TYPES = frozenset({"string", "memo"})
-GUID_TYPES = frozenset({"uniqueidentifier", "lookup"})
-# Ordering a GUID or a flag means nothing to a user and OData 4.0 does not define it.
-UNORDERED_TYPES = GUID_TYPES | {"boolean"}
-INT_RANGES = {"integer": (-(2**31), 2**31 - 1), "picklist": (-(2**31), 2**31 - 1),
-              "bigint": (-(2**63), 2**63 - 1)}
-FLOAT_TYPES = frozenset({"decimal", "double", "money"})
-
 # XML attributes a condition may carry. The ui* ones are labels Dataverse's
 # view designer adds to lookup conditions: harmless, dropped from the canonical
 # form. entityname and valueof change the meaning (link-entity, column
@@ -63,10 +53,8 @@ FILTER_XML_ATTRIBUTES = frozenset({"type", "hint", "isquickfindfields",
 # Children of <entity> that do not restrict rows; anything else (link-entity) is refused.
 ENTITY_IGNORED_CHILDREN = frozenset({"attribute", "all-attributes", "order"})
 
-TIMESTAMP_FORMAT = "%Y-%m-%dT%H:%M:%SZ"  # the stored form of date-times (portal.db)
-INT_RE = re.compile(r"[+-]?\d+")
-FLOAT_RE = re.compile(r"[+-]?(\d+\.?\d*|\.\d+)([eE][+-]?\d+)?")
-BOOLEANS = {"true": True, "1": True, "false": False, "0": False}
+# Edm literals written without quotes in OData 4.
+UNQUOTED_EDM = frozenset({"Edm.Guid", "Edm.DateTimeOffset"})
 
 
 def _refuse(message: str) -> InvalidInput:
@@ -323,65 +311,13 @@ def _attribute_of(entity: Entity, name: str) -> Attribute | None:
 
 def _typed(value: Any, kind: str, where: str) -> Any:
     """One condition value in the typed form of the attribute; idempotent on typed values."""
-    if kind in TEXT_TYPES:
-        if not isinstance(value, str):
-            raise _refuse(f"{where}: expected text, got {value!r}")
-        return value
-    if kind in INT_RANGES:
-        low, high = INT_RANGES[kind]
-        if isinstance(value, str) and INT_RE.fullmatch(value.strip()):
-            value = int(value)
-        if type(value) is not int:
-            raise _refuse(f"{where}: {value!r} is not a whole number")
-        if not low <= value <= high:
-            raise _refuse(f"{where}: {value} is out of range for {kind}")
-        return value
-    if kind in FLOAT_TYPES:
-        if isinstance(value, str) and FLOAT_RE.fullmatch(value.strip()):
-            value = float(value)
-        if type(value) not in (int, float) or not math.isfinite(value):
-            raise _refuse(f"{where}: {value!r} is not a number")
-        return float(value)
-    if kind == "boolean":
-        if isinstance(value, bool):
-            return value
-        if isinstance(value, str) and value.strip().lower() in BOOLEANS:
-            return BOOLEANS[value.strip().lower()]
-        raise _refuse(f"{where}: {value!r} is not true, false, 1 or 0")
-    if kind == "datetime":
-        normalized = _normalize_datetime(value)
-        if normalized is None:
-            raise _refuse(f"{where}: {value!r} is not an ISO 8601 date-time")
-        return normalized
-    if kind in GUID_TYPES:
-        normalized = _normalize_guid(value)
-        if normalized is None:
-            raise _refuse(f"{where}: {value!r} is not a GUID")
-        return normalized
-    raise _refuse(f"{where}: the attribute type {kind!r} cannot be filtered")
-
-
-def _normalize_datetime(value: Any) -> str | None:
-    """UTC to the second with a Z, as the store keeps date-times; None if not a date-time."""
-    if not isinstance(value, str):
-        return None
+    found = TYPES.get(kind)
+    if found is None:
+        raise _refuse(f"{where}: the attribute type {kind!r} cannot be filtered")
     try:
-        moment = datetime.fromisoformat(value.strip())
-    except ValueError:
-        return None
-    if moment.tzinfo is None:  # a date-time without offset is UTC, as in the store
-        moment = moment.replace(tzinfo=UTC)
-    return moment.astimezone(UTC).strftime(TIMESTAMP_FORMAT)
-
-
-def _normalize_guid(value: Any) -> str | None:
-    """Lower-case hyphenated GUID; FetchXML often writes {GUID} in braces. None if not a GUID."""
-    if not isinstance(value, str):
-        return None
-    try:
-        return str(uuid.UUID(value.strip().strip("{}")))
-    except ValueError:
-        return None
+        return found.filter_value(value)
+    except ValueError as exc:
+        raise _refuse(f"{where}: {exc}") from None
 
 
 def _check_condition(cond: Condition, entity: Entity) -> Condition:
@@ -391,9 +327,10 @@ def _check_condition(cond: Condition, entity: Entity) -> Condition:
                       f"{entity.logicalname}")
     kind = attr.type
     where = f"attribute {cond.attribute} ({kind}), operator {cond.operator}"
-    if cond.operator in LIKE_OPERATORS and kind not in TEXT_TYPES:
+    found = TYPES.get(kind)
+    if cond.operator in LIKE_OPERATORS and not (found and found.text):
         raise _refuse(f"{where}: like and not-like apply to text attributes only")
-    if cond.operator in ORDERING_OPERATORS and kind in UNORDERED_TYPES:
+    if cond.operator in ORDERING_OPERATORS and found and not found.ordered:
         raise _refuse(f"{where}: a {kind} attribute cannot be ordered")
     values = tuple(_typed(v, kind, where) for v in cond.values)
     return replace(cond, values=values, attribute_type=kind)
@@ -462,8 +399,8 @@ def _like_regex(pattern: str) -> re.Pattern[str]:
 
 
 def _literal(value: Any, kind: str) -> str:
-    if kind in GUID_TYPES or kind == "datetime":
-        return str(value)  # Edm.Guid and Edm.DateTimeOffset literals are unquoted in OData 4
+    if TYPES[kind].edm in UNQUOTED_EDM:
+        return str(value)
     if isinstance(value, bool):
         return "true" if value else "false"
     if isinstance(value, int | float):
@@ -542,34 +479,11 @@ def to_odata(filter: Filter) -> str:
 
 # ---------------------------------------------------------------- evaluation
 
-_NO_VALUE = object()  # a filter value that cannot be compared with the record's value
-
-
 def _kind_of(value: Any) -> str:
+    """The attribute type an unchecked filter compares a record's value as."""
     if isinstance(value, bool):
         return "boolean"
-    return "number" if isinstance(value, int | float) else "string"
-
-
-def _comparable(value: Any, kind: str) -> Any:
-    """A value in the form conditions compare: numbers, bools, lower-case or UTC text."""
-    if kind == "boolean":
-        if isinstance(value, str):
-            return BOOLEANS.get(value.strip().lower(), _NO_VALUE)
-        return bool(value)  # the store keeps booleans as 0/1
-    if kind in INT_RANGES or kind in FLOAT_TYPES or kind == "number":
-        if isinstance(value, bool):
-            return int(value)
-        if isinstance(value, int | float):
-            return value
-        if isinstance(value, str) and FLOAT_RE.fullmatch(value.strip()):
-            return float(value)
-        return _NO_VALUE
-    if kind == "datetime":
-        return _normalize_datetime(value) or _NO_VALUE
-    if kind in GUID_TYPES:
-        return _normalize_guid(value) or _NO_VALUE
-    return value.casefold() if isinstance(value, str) else _NO_VALUE
+    return "double" if isinstance(value, int | float) else "string"
 
 
 def _condition_matches(cond: Condition, raw: Any) -> bool:
@@ -587,9 +501,10 @@ def _condition_matches(cond: Condition, raw: Any) -> bool:
         return found if op == "like" else not found
     # An unchecked filter is typed after the record's value.
     kind = cond.attribute_type or _kind_of(raw)
-    left = _comparable(raw, kind)
-    rights = [_comparable(v, kind) for v in cond.values]
-    if left is _NO_VALUE or _NO_VALUE in rights:
+    comparable = TYPES[kind].comparable
+    left = comparable(raw)
+    rights = [comparable(v) for v in cond.values]
+    if left is NO_VALUE or NO_VALUE in rights:
         return False
     if op == "in":
         return left in rights

@@ -5,7 +5,8 @@ from typing import Any
 
 import orjson
 
-from portal.orgs.metadata import Entity, normalize_guid
+from portal.orgs.metadata import Entity
+from portal.orgs.types import normalize_guid
 from portal.web.odata.csdl import navigations
 from portal.web.odata.messages import ApiRequest, ProtocolError, bad_request
 

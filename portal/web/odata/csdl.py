@@ -13,25 +13,11 @@ from xml.sax.saxutils import quoteattr
 
 from portal.orgs.metadata import Attribute, Entity
 from portal.orgs.store import OrgDb
+from portal.orgs.types import TYPES, edm_facets
 
 NAMESPACE = "Microsoft.Dynamics.CRM"
 CONTAINER = "System"
 CORE = "Org.OData.Core.V1"
-
-EDM_TYPES = {
-    "uniqueidentifier": "Edm.Guid",
-    "string": "Edm.String",
-    "memo": "Edm.String",
-    "integer": "Edm.Int32",
-    "bigint": "Edm.Int64",
-    "decimal": "Edm.Decimal",
-    "double": "Edm.Double",
-    "money": "Edm.Decimal",
-    "boolean": "Edm.Boolean",
-    "datetime": "Edm.DateTimeOffset",
-    "picklist": "Edm.Int32",
-    "lookup": "Edm.Guid",
-}
 
 # Set by the store on every write, so clients must not send them.
 COMPUTED = ("createdon", "modifiedon", "versionnumber")
@@ -66,22 +52,16 @@ def metadata_document(org: OrgDb) -> bytes:
 
 
 def _property(attr: Attribute, pk: str) -> str:
-    facets = ""
-    if attr.type in ("string", "memo") and attr.maxlength:
-        facets += f' MaxLength="{attr.maxlength}"'
-    if attr.type in ("decimal", "money"):
-        facets += f' Scale="{attr.precision if attr.precision is not None else "variable"}"'
-    if attr.type == "datetime":
-        facets += ' Precision="0"'
+    facets = "".join(f' {name}="{value}"' for name, value in edm_facets(attr))
     if attr.logicalname == pk:
         facets += ' Nullable="false"'
-    head = f'<Property Name="{attr.logicalname}" Type="{EDM_TYPES[attr.type]}"{facets}'
+    head = f'<Property Name="{attr.logicalname}" Type="{TYPES[attr.type].edm}"{facets}'
     notes = []
     if attr.logicalname in COMPUTED:
         notes.append(f'<Annotation Term="{CORE}.Computed" Bool="true"/>')
     label = attr.displayname or attr.logicalname
     notes.append(f'<Annotation Term="{CORE}.Description" String={quoteattr(label)}/>')
-    if attr.type == "picklist" and attr.options:
+    if TYPES[attr.type].options and attr.options:
         # The option set, readable by any client: Validation.AllowedValues.
         values = "".join(
             f'<Record><PropertyValue Property="Value" Int="{o.value}"/>'

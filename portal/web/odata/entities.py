@@ -10,7 +10,8 @@ import orjson
 
 from portal.errors import AlreadyExists
 from portal.orgs import queries, records
-from portal.orgs.metadata import Entity, normalize_guid
+from portal.orgs.metadata import Entity
+from portal.orgs.types import normalize_guid
 from portal.web.odata.bodies import read_object, record_values
 from portal.web.odata.etags import etag, parse_if_match
 from portal.web.odata.messages import (

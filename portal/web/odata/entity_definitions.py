@@ -13,6 +13,7 @@ from collections.abc import Callable
 from typing import Any
 
 from portal.orgs.metadata import Attribute, Entity, Option
+from portal.orgs.types import TYPES
 from portal.web.odata import relationships
 from portal.web.odata.messages import (
     ApiRequest,
@@ -23,22 +24,7 @@ from portal.web.odata.messages import (
 )
 from portal.web.odata.metadata_filter import compile_filter
 
-# Our attribute type -> (AttributeType, AttributeTypeName, @odata.type of its metadata)
-DATAVERSE_TYPES = {
-    "uniqueidentifier": ("Uniqueidentifier", "UniqueidentifierType",
-                         "UniqueIdentifierAttributeMetadata"),
-    "string": ("String", "StringType", "StringAttributeMetadata"),
-    "memo": ("Memo", "MemoType", "MemoAttributeMetadata"),
-    "integer": ("Integer", "IntegerType", "IntegerAttributeMetadata"),
-    "bigint": ("BigInt", "BigIntType", "BigIntAttributeMetadata"),
-    "decimal": ("Decimal", "DecimalType", "DecimalAttributeMetadata"),
-    "double": ("Double", "DoubleType", "DoubleAttributeMetadata"),
-    "money": ("Money", "MoneyType", "MoneyAttributeMetadata"),
-    "boolean": ("Boolean", "BooleanType", "BooleanAttributeMetadata"),
-    "datetime": ("DateTime", "DateTimeType", "DateTimeAttributeMetadata"),
-    "picklist": ("Picklist", "PicklistType", "PicklistAttributeMetadata"),
-    "lookup": ("Lookup", "LookupType", "LookupAttributeMetadata"),
-}
+
 def label(text: str | None, labels: dict[str, str]) -> dict[str, Any]:
     """A Dataverse Label: every localized label, and the display name as the user's label."""
     return {
@@ -55,16 +41,16 @@ def metadata_id(*names: str) -> str:
 
 def attribute_definition(entity: Entity, attr: Attribute) -> dict[str, Any]:
     """One attribute as Dataverse's AttributeMetadata."""
-    kind, type_name, odata_type = DATAVERSE_TYPES[attr.type]
+    kind = TYPES[attr.type]
     is_pk = attr.logicalname == entity.primaryidattribute
     out: dict[str, Any] = {
-        "@odata.type": f"#Microsoft.Dynamics.CRM.{odata_type}",
+        "@odata.type": kind.odata_type,
         "MetadataId": metadata_id(entity.logicalname, attr.logicalname),
         "LogicalName": attr.logicalname,
         "SchemaName": attr.logicalname,
         "EntityLogicalName": entity.logicalname,
-        "AttributeType": kind,
-        "AttributeTypeName": {"Value": type_name},
+        "AttributeType": kind.dataverse,
+        "AttributeTypeName": {"Value": kind.dataverse_type_name},
         "DisplayName": label(attr.displayname, attr.labels),
         "RequiredLevel": {"Value": "ApplicationRequired" if attr.required else "None",
                           "CanBeChanged": not attr.issystem,
@@ -76,20 +62,20 @@ def attribute_definition(entity: Entity, attr: Attribute) -> dict[str, Any]:
         "IsValidForCreate": is_pk or not attr.issystem,
         "IsValidForUpdate": not attr.issystem,
     }
-    if attr.type in ("string", "memo"):
+    if kind.maxlength is not None:
         out["MaxLength"] = attr.maxlength
         out["FormatName"] = {"Value": "Text"}
     if attr.precision is not None:
         out["Precision"] = attr.precision
-    if attr.type in ("integer", "bigint"):
-        bits = 31 if attr.type == "integer" else 63
-        out.update(MinValue=-(2 ** bits), MaxValue=2 ** bits - 1, Format="None")
+    if kind.bounds is not None and not kind.options:  # integer, bigint
+        low, high = kind.bounds
+        out.update(MinValue=low, MaxValue=high, Format="None")
     if attr.type == "datetime":
         # Stored and answered in UTC, to the second: Dataverse's UserLocal behaviour.
         out.update(Format="DateAndTime", DateTimeBehavior={"Value": "UserLocal"})
-    if attr.type == "lookup":
+    if kind.targets:
         out["Targets"] = list(attr.targets)
-    if attr.type == "picklist":
+    if kind.options:
         # Inline (Dataverse needs $expand=OptionSet), so one read gives the whole schema.
         out["OptionSet"] = option_set(entity, attr)
     return out
@@ -153,11 +139,11 @@ RELATIONSHIP_COLLECTIONS = ("OneToManyRelationships", "ManyToOneRelationships",
                             "ManyToManyRelationships")
 ENTITY_NAVIGATIONS = ("Attributes", *RELATIONSHIP_COLLECTIONS)
 ATTRIBUTE_NAVIGATIONS = ("OptionSet", "GlobalOptionSet")
-CASTS = {f"Microsoft.Dynamics.CRM.{odata_type}": odata_type
-         for _, _, odata_type in DATAVERSE_TYPES.values()}
+CASTS = {f"Microsoft.Dynamics.CRM.{t.dataverse_metadata}": t.dataverse_metadata
+         for t in TYPES.values()}
 # Which of our types each attribute cast selects (Dataverse's type hierarchy, in part:
 # a LookupAttributeMetadata cast also finds Customer and Owner lookups there).
-CAST_TYPES = {odata_type: {kind} for kind, (_, _, odata_type) in DATAVERSE_TYPES.items()}
+CAST_TYPES = {t.dataverse_metadata: {t.name} for t in TYPES.values()}
 CAST_TYPES["EnumAttributeMetadata"] = {"picklist", "boolean"}
 CASTS["Microsoft.Dynamics.CRM.EnumAttributeMetadata"] = "EnumAttributeMetadata"
 RELATIONSHIP_CASTS = {f"Microsoft.Dynamics.CRM.{kind}": kind
@@ -238,7 +224,7 @@ def _sample_properties() -> dict[str, set[str]]:
                       Attribute("sampleid", "lookup", targets=["sample"]),
                       Attribute("sample_linkid", "lookup", targets=["sample_link"])])
     out: dict[str, set[str]] = {}
-    for kind in DATAVERSE_TYPES:
+    for kind in TYPES:
         attr = Attribute(f"a_{kind}", kind, targets=["sample"] if kind == "lookup" else [],
                          options=[Option(1, "One")] if kind == "picklist" else [])
         sample.attributes.append(attr)
@@ -261,7 +247,7 @@ def type_properties(type_name: str, kinds: set[str] | None = None) -> set[str]:
     if not _PROPERTIES:
         _PROPERTIES.update(_sample_properties())
     if type_name.endswith("AttributeMetadata") and type_name not in RELATIONSHIP_CASTS:
-        wanted = kinds if kinds is not None else set(DATAVERSE_TYPES)
+        wanted = kinds if kinds is not None else set(TYPES)
         return set().union(*(_PROPERTIES[f"kind:{k}"] for k in wanted))
     return set(_PROPERTIES.get(type_name, set()))
 

@@ -7,8 +7,6 @@ parameter converted to the stored form of the property it is compared with
 """
 
 import re
-import uuid
-from datetime import UTC, date, datetime
 from typing import Any
 
 from odata_query import ast
@@ -16,8 +14,8 @@ from odata_query.exceptions import ODataException
 from odata_query.grammar import ODataLexer, ODataParser
 from odata_query.visitor import NodeVisitor
 
-from portal.db import TIMESTAMP_FORMAT
 from portal.orgs.metadata import Attribute, Entity
+from portal.orgs.types import TYPES
 from portal.web.odata.messages import ProtocolError, bad_request
 
 MAX_FILTER_LENGTH = 8192
@@ -30,17 +28,32 @@ TEXT_FUNCTIONS = {"tolower": "lower", "toupper": "upper", "trim": "trim"}
 DATE_PARTS = {"year": (1, 4), "month": (6, 2), "day": (9, 2), "hour": (12, 2),
               "minute": (15, 2), "second": (18, 2)}
 LIKE_FUNCTIONS = {"contains": ("%", "%"), "startswith": ("", "%"), "endswith": ("%", "")}
+# The literals a value of each Edm type may be written as (GUIDs and date-times also quoted).
+LITERALS: dict[str, tuple[type[ast._Node], ...]] = {
+    "Edm.String": (ast.String,),
+    "Edm.Int32": (ast.Integer,),
+    "Edm.Int64": (ast.Integer,),
+    "Edm.Decimal": (ast.Integer, ast.Float),
+    "Edm.Double": (ast.Integer, ast.Float),
+    "Edm.Boolean": (ast.Boolean,),
+    "Edm.Guid": (ast.GUID, ast.String),
+    "Edm.DateTimeOffset": (ast.Date, ast.DateTime, ast.String),
+}
 
 
 class Expr:
-    """A piece of SQL, the attribute type it has (None for literals) and its parameters."""
+    """A piece of SQL, the attribute type it has (None for literals) and its parameters.
+
+    `name` is the property a bare property reference names, for messages.
+    """
 
     def __init__(self, sql: str, kind: str | None, params: list[Any],
-                 literal: ast._Node | None = None) -> None:
+                 literal: ast._Node | None = None, name: str | None = None) -> None:
         self.sql = sql
         self.kind = kind
         self.params = params
         self.literal = literal
+        self.name = name
 
 
 def parse_filter(text: str, entity: Entity) -> tuple[str, list[Any]]:
@@ -89,7 +102,7 @@ class SqlFilter(NodeVisitor):
             raise bad_request(f"$filter: unknown name {'.'.join(node.namespace)}.{node.name}",
                               "$filter")
         attr = self.attribute(node.name)
-        return Expr(f"[{attr.logicalname}]", attr.type, [])
+        return Expr(f"[{attr.logicalname}]", attr.type, [], name=attr.logicalname)
 
     def visit_Attribute(self, node: ast.Attribute) -> Expr:
         raise ProtocolError(501, "NotImplemented",
@@ -146,7 +159,7 @@ class SqlFilter(NodeVisitor):
                                       "$filter")
                 return Expr(f"({left.sql} IS {'NOT ' if sql_op == '!=' else ''}NULL)",
                             "boolean", left.params)
-            value = self.value(right.literal, kind)
+            value = self.value(right.literal, kind, left.name)
             return Expr(f"({left.sql} {sql_op} ?)", "boolean", left.params + [value])
         if not compatible(kind, right.kind):
             raise bad_request(f"$filter: cannot compare {kind} with {right.kind}", "$filter")
@@ -161,7 +174,7 @@ class SqlFilter(NodeVisitor):
         """`property in (a, b, c)`."""
         if left.kind is None or not isinstance(right_node, ast.List):
             raise bad_request("$filter: 'in' needs a property and a list of values", "$filter")
-        values = [self.value(item, left.kind) for item in right_node.val]
+        values = [self.value(item, left.kind, left.name) for item in right_node.val]
         if not values:
             return Expr("(0)", "boolean", [])
         marks = ",".join("?" * len(values))
@@ -171,7 +184,7 @@ class SqlFilter(NodeVisitor):
         name = node.func.name
         args = [self.visit(a) for a in node.args]
         if name in LIKE_FUNCTIONS:
-            if len(args) != 2 or args[0].kind not in ("string", "memo") or \
+            if len(args) != 2 or not is_text(args[0].kind) or \
                     not isinstance(args[1].literal, ast.String):
                 raise bad_request(f"$filter: {name}(text property, 'text') expected", "$filter")
             before, after = LIKE_FUNCTIONS[name]
@@ -179,11 +192,11 @@ class SqlFilter(NodeVisitor):
             pattern = before + re.sub(r"([\\%_])", r"\\\1", text) + after
             return Expr(f"({args[0].sql} LIKE ? ESCAPE '\\')", "boolean",
                         args[0].params + [pattern])
-        if name in TEXT_FUNCTIONS and len(args) == 1 and args[0].kind in ("string", "memo"):
+        if name in TEXT_FUNCTIONS and len(args) == 1 and is_text(args[0].kind):
             return Expr(f"{TEXT_FUNCTIONS[name]}({args[0].sql})", "string", args[0].params)
-        if name == "length" and len(args) == 1 and args[0].kind in ("string", "memo"):
+        if name == "length" and len(args) == 1 and is_text(args[0].kind):
             return Expr(f"length({args[0].sql})", "integer", args[0].params)
-        if name in DATE_PARTS and len(args) == 1 and args[0].kind == "datetime":
+        if name in DATE_PARTS and len(args) == 1 and group(args[0].kind) == "datetime":
             start, size = DATE_PARTS[name]
             return Expr(f"CAST(substr({args[0].sql}, {start}, {size}) AS INTEGER)", "integer",
                         args[0].params)
@@ -191,14 +204,15 @@ class SqlFilter(NodeVisitor):
                             f"$filter: the function {name}() is not supported here")
 
     # --- values ---------------------------------------------------------
-    def value(self, literal: ast._Node | None, kind: str) -> Any:
-        """A literal converted to the stored form of a property of type `kind`."""
+    def value(self, literal: ast._Node | None, kind: str, name: str | None = None) -> Any:
+        """A literal converted to the stored form of a property of type `kind` (named `name`)."""
         if literal is None:
             raise bad_request("$filter: expected a value", "$filter")
         try:
             return convert(literal, kind)
         except (ValueError, TypeError, OverflowError):
-            raise bad_request(f"$filter: {literal_text(literal)} is not a valid {kind} value",
+            of = f" for {name}" if name else ""
+            raise bad_request(f"$filter: {literal_text(literal)} is not a valid {kind} value{of}",
                               "$filter") from None
 
 
@@ -207,50 +221,27 @@ def literal_text(node: ast._Node) -> str:
     return repr(getattr(node, "val", None)) if not isinstance(node, ast.Null) else "null"
 
 
+def group(kind: str | None) -> str | None:
+    """The comparison group of a property type (numbers compare with numbers); None for none."""
+    found = TYPES.get(kind) if kind else None
+    return found.group if found else None
+
+
+def is_text(kind: str | None) -> bool:
+    """Whether a property type is text (contains(), length() and the like apply)."""
+    return group(kind) == "text"
+
+
 def compatible(a: str | None, b: str | None) -> bool:
     """Whether two property types may be compared."""
-    groups = [{"string", "memo"}, {"integer", "bigint", "decimal", "double", "money", "picklist"},
-              {"uniqueidentifier", "lookup"}, {"datetime"}, {"boolean"}]
-    return any(a in g and b in g for g in groups)
+    return group(a) is not None and group(a) == group(b)
 
 
 def convert(node: ast._Node, kind: str) -> Any:
     """Convert one literal node to the stored value of a `kind` property; ValueError if it can't."""
     if isinstance(node, ast.Null):
         return None
-    text = node.val  # type: ignore[attr-defined]
-    if kind in ("string", "memo"):
-        if not isinstance(node, ast.String):
-            raise ValueError(text)
-        return text
-    if kind in ("integer", "bigint", "picklist"):
-        if not isinstance(node, ast.Integer):
-            raise ValueError(text)
-        number = int(text)
-        # Dataverse's Integer and Picklist are Edm.Int32, BigInt is Edm.Int64.
-        low, high = (-(2**63), 2**63 - 1) if kind == "bigint" else (-(2**31), 2**31 - 1)
-        if not low <= number <= high:
-            raise ValueError(text)
-        return number
-    if kind in ("decimal", "double", "money"):
-        if not isinstance(node, ast.Integer | ast.Float):
-            raise ValueError(text)
-        return float(text)
-    if kind == "boolean":
-        if not isinstance(node, ast.Boolean):
-            raise ValueError(text)
-        return 1 if text.lower() == "true" else 0
-    if kind in ("uniqueidentifier", "lookup"):
-        if not isinstance(node, ast.GUID | ast.String):
-            raise ValueError(text)
-        return str(uuid.UUID(text))
-    if kind == "datetime":
-        if isinstance(node, ast.Date):
-            return date.fromisoformat(text).strftime("%Y-%m-%dT00:00:00Z")
-        if isinstance(node, ast.DateTime | ast.String):
-            moment = datetime.fromisoformat(text.replace("Z", "+00:00"))
-            if moment.tzinfo is None:
-                moment = moment.replace(tzinfo=UTC)
-            return moment.astimezone(UTC).strftime(TIMESTAMP_FORMAT)
-        raise ValueError(text)
-    raise ValueError(text)
+    found = TYPES[kind]
+    if not isinstance(node, LITERALS[found.edm]):
+        raise ValueError(getattr(node, "val", None))
+    return found.filter_value(node.val)  # type: ignore[attr-defined]

@@ -18,27 +18,15 @@ from typing import Any
 from portal.backends.dataverse_metadata import attribute_from_definition, label_text
 from portal.orgs import schema
 from portal.orgs.metadata import Attribute, Entity
+from portal.orgs.types import TYPES
 from portal.web.odata.bodies import read_object
 from portal.web.odata.customization import check_customizable
 from portal.web.odata.entity_definitions import find_entity, metadata_id, parse_path
 from portal.web.odata.messages import ApiRequest, ApiResponse, ProtocolError, bad_request
 
 # "StringAttributeMetadata" (or "ComplexStringAttributeMetadata", which CreateEntities
-# takes) -> Dataverse's AttributeType, for the reader.
-_ATTRIBUTE_TYPES = {
-    "UniqueIdentifierAttributeMetadata": "Uniqueidentifier",
-    "StringAttributeMetadata": "String",
-    "MemoAttributeMetadata": "Memo",
-    "IntegerAttributeMetadata": "Integer",
-    "BigIntAttributeMetadata": "BigInt",
-    "DecimalAttributeMetadata": "Decimal",
-    "DoubleAttributeMetadata": "Double",
-    "MoneyAttributeMetadata": "Money",
-    "BooleanAttributeMetadata": "Boolean",
-    "DateTimeAttributeMetadata": "DateTime",
-    "PicklistAttributeMetadata": "Picklist",
-    "LookupAttributeMetadata": "Lookup",
-}
+# takes) -> Dataverse's AttributeType, for the reader: the types a column can be created as.
+_ATTRIBUTE_TYPES = {t.dataverse_metadata: t.dataverse for t in TYPES.values()}
 
 
 def _type_name(data: dict[str, Any]) -> str:

@@ -11,10 +11,11 @@ from typing import Any
 from werkzeug.datastructures import MultiDict
 
 from portal.orgs.metadata import Entity
+from portal.orgs.types import INT32
 from portal.web.odata.filters import parse_filter
 from portal.web.odata.messages import ProtocolError, bad_request
 
-MAX_INT = 2**31 - 1
+MAX_INT = INT32[1]  # $top and $skip fit an Int32
 SUPPORTED = {"$select", "$filter", "$orderby", "$top", "$skip", "$count", "$skiptoken",
              "$deltatoken", "$format"}
 NOT_IMPLEMENTED = {"$expand", "$search", "$apply", "$compute", "$levels", "$index",
