@@ -189,6 +189,10 @@ CASES = [
          "2026-01-02T00:00:00Z"),  # an OData Date literal
     same("datetime", "1753-01-01T00:00:00Z", "1753-01-01T00:00:00Z"),
     same("datetime", "9999-12-31T23:59:59Z", "9999-12-31T23:59:59Z"),
+    bad("datetime", "1752-12-31T23:59:59Z"),  # before Dataverse's first date-time
+    bad("datetime", "0999-01-01T00:00:00Z"),
+    bad("datetime", "0001-01-01T00:00:00+01:00"),  # before year 1 in UTC
+    bad("datetime", "9999-12-31T23:00:00-05:00"),  # after 9999 in UTC
     bad("datetime", "2026-02-30T00:00:00Z"),
     bad("datetime", "2026-01-01T24:00:00Z"),
     bad("datetime", "yesterday"),

@@ -32,8 +32,11 @@ if TYPE_CHECKING:
 INT32 = (-(2**31), 2**31 - 1)
 INT64 = (-(2**63), 2**63 - 1)
 GUID_RE = re.compile(r"[0-9a-f]{8}-[0-9a-f]{4}-[0-9a-f]{4}-[0-9a-f]{4}-[0-9a-f]{12}")
-# The stored form of a date-time: TIMESTAMP_FORMAT, UTC to the second.
+# The stored form of a date-time: TIMESTAMP_FORMAT, UTC to the second, within
+# Dataverse's range (from 1753, as SQL Server's datetime). Four-digit years also
+# keep the text sortable.
 DATETIME_RE = re.compile(r"\d{4}-\d\d-\d\dT\d\d:\d\d:\d\dZ")
+FIRST_DATETIME, LAST_DATETIME = "1753-01-01T00:00:00Z", "9999-12-31T23:59:59Z"
 # How filters write numbers and flags as text (FetchXML values, OData literals).
 INT_RE = re.compile(r"[+-]?\d+")
 FLOAT_RE = re.compile(r"[+-]?(\d+\.?\d*|\.\d+)([eE][+-]?\d+)?")
@@ -101,12 +104,18 @@ def datetime_text(value: Any) -> str:
         raise ValueError(f"{value!r} is not an ISO 8601 date-time") from None
     if moment.tzinfo is None:
         moment = moment.replace(tzinfo=UTC)
-    return moment.astimezone(UTC).strftime(TIMESTAMP_FORMAT)
+    try:
+        moment = moment.astimezone(UTC)
+    except OverflowError:  # before year 1 or after 9999 once in UTC
+        moment = datetime.min.replace(tzinfo=UTC)
+    if moment.year < 1753:
+        raise ValueError(f"{value!r} is not between {FIRST_DATETIME} and {LAST_DATETIME} (UTC)")
+    return moment.strftime(TIMESTAMP_FORMAT)
 
 
 def _canonical_datetime(value: str) -> bool:
     """True for a valid date-time already in the stored form."""
-    if not DATETIME_RE.fullmatch(value):
+    if not DATETIME_RE.fullmatch(value) or value < FIRST_DATETIME:
         return False
     try:
         datetime.fromisoformat(value)
