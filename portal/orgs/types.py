@@ -8,9 +8,9 @@ Dataverse metadata (AttributeType and `@odata.type` names, written and read).
 A backend for another system adds its type names to the table as a field of
 AttributeType with a reverse index (as FROM_DATAVERSE), not a copy of the table.
 
-The integer bounds, the GUID pattern and the stored form of date-times
-(portal.db.TIMESTAMP_FORMAT) are defined here or there once; every check
-imports them.
+The integer bounds, the GUID pattern and the normalisation of GUIDs and
+date-times are defined here once; the stored date-time format is
+portal.db.TIMESTAMP_FORMAT (the registry's timestamps use it too).
 """
 
 import math
@@ -98,6 +98,8 @@ def datetime_text(value: Any) -> str:
     """
     if type(value) is not str:
         raise ValueError(f"{value!r} is not an ISO 8601 date-time")
+    if _canonical_datetime(value):
+        return value  # already in the stored form: the common case
     try:
         moment = datetime.fromisoformat(value.strip())
     except ValueError:
