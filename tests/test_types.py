@@ -388,3 +388,17 @@ def test_metadata_document_types_every_property_from_the_table(
     assert props["dec"]["Scale"] == "2" and props["amount"]["Scale"] == "2"
     assert props["moment"]["Precision"] == "0"
     assert "Scale" not in props["dbl"] and "MaxLength" not in props["whole"]
+
+
+def test_the_org_store_imports_no_layer_above_it() -> None:
+    """portal.orgs (the type table with it) is below web, jobs, the sync engine and backends."""
+    import ast
+    from pathlib import Path
+
+    above = ("portal.web", "portal.sync", "portal.backends", "jobs")
+    for path in Path(types.__file__).parent.glob("*.py"):
+        for node in ast.walk(ast.parse(path.read_text())):
+            names = [a.name for a in node.names] if isinstance(node, ast.Import) else \
+                [node.module or ""] if isinstance(node, ast.ImportFrom) else []
+            for name in names:
+                assert not name.startswith(above), f"{path.name} imports {name}"
