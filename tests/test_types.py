@@ -26,7 +26,7 @@ from portal.orgs import records, schema, types
 from portal.orgs.metadata import Attribute, Entity, Option, check_entity
 from portal.orgs.store import OrgDb, current_version
 from portal.sync.filters import Group, matches, parse_filter, to_odata
-from portal.web.odata.entity_definitions import entity_definition
+from portal.web.odata.entity_definitions import attribute_definition, entity_definition
 from tests.odata_helpers import AUTH, ROOT
 
 
@@ -354,7 +354,8 @@ def test_type_names_read_back_as_written() -> None:
 
 def test_entity_definitions_and_the_dataverse_reader_round_trip_every_type() -> None:
     entity = probe_entity()
-    definition = entity_definition(entity, attributes=True)
+    definition = {**entity_definition(entity),
+                  "Attributes": [attribute_definition(entity, a) for a in entity.attributes]}
     written = {a["LogicalName"]: a for a in definition["Attributes"]}
     for attr in entity.attributes:
         kind = types.TYPES[attr.type]
