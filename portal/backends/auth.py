@@ -124,14 +124,35 @@ class TokenSource(ABC):
 
 
 class BearerAuth(AuthBase):
-    """requests' auth that puts the source's current token on every request."""
+    """requests' auth: the source's current token on every request, and one retry after a 401.
+
+    A token can be refused before its time (revoked, or the server's clock
+    differs); the request is sent once more with a new token, as requests'
+    own digest auth does, and a second 401 is the server's answer.
+    """
 
     def __init__(self, source: TokenSource) -> None:
         self.source = source
 
     def __call__(self, request: requests.PreparedRequest) -> requests.PreparedRequest:
         request.headers["Authorization"] = f"Bearer {self.source.token()}"
+        request.register_hook("response", self.handle_401)
         return request
+
+    def handle_401(self, response: requests.Response, **kwargs: Any) -> requests.Response:
+        """Renew the token and send the request again, once."""
+        if response.status_code != 401 or getattr(response.request, "bearer_retry", False):
+            return response
+        self.source.refused()
+        response.content  # noqa: B018 - read, so the connection can be used again
+        response.close()
+        retry = response.request.copy()
+        retry.headers["Authorization"] = f"Bearer {self.source.token()}"
+        retry.bearer_retry = True  # type: ignore[attr-defined]
+        again: requests.Response = response.connection.send(retry, **kwargs)
+        again.history.append(response)
+        again.request = retry
+        return again
 
 
 class _EntraHttpClient:

@@ -27,6 +27,10 @@ class ChangesPage:
     deleted: list[str]
     link: str | None  # the next page, or once `complete` the delta link for the next run
     complete: bool
+    # The server does not report this read's deletions (no change tracking, or
+    # a read started over): at its end the engine compares ids (read_ids).
+    reconcile: bool = False
+    note: str | None = None  # something the run's log should say (e.g. a read started over)
 
 
 @dataclass

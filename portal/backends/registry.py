@@ -10,6 +10,7 @@ from dataclasses import dataclass
 from typing import Any
 
 from portal.backends.base import Backend
+from portal.backends.dynamics import DynamicsBackend
 from portal.backends.resco import RescoBackend
 from portal.errors import InvalidInput, NotAvailable
 
@@ -31,7 +32,8 @@ class BackendType:
 
 BACKEND_TYPES = (
     BackendType("resco", "Resco Cloud", "3b2f3c1e-7f0c-4f4b-9a57-1c2d3e4f5a6b", RescoBackend),
-    BackendType("dynamics", "Dynamics CRM", "60650fb3-5d8b-45dd-b82e-459f3b019e9a", None),
+    BackendType("dynamics", "Dynamics CRM", "60650fb3-5d8b-45dd-b82e-459f3b019e9a",
+                DynamicsBackend),
     BackendType("odata", "OData v4", "9c1d6a53-2f7e-4b8a-8e1f-0a4b5c6d7e8f", None),
     BackendType("salesforce", "Salesforce", "d5a7e2c4-6b1f-4e3a-9c8d-2f4e6a8b0c1d", None),
 )

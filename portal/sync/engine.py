@@ -390,10 +390,14 @@ def download_entity(run: Run, setting: EntitySettings, total: int | None = None)
     done = 0
     started = time.monotonic()
     delta_link = None
+    reconcile = False
     # Closed on any exit: the backend may be reading the next page in a thread.
     with closing(run.backend.read_changes(entity, link, page_size=run.plan.page_size)) as pages:
         for page in pages:
             delta_link = page.link
+            reconcile = reconcile or page.reconcile
+            if page.note:
+                run.reporter.log("info", page.note, name)
             with immediate(org.db):
                 waiting = transactions.pending_records(org, name)
                 rows, leaving, versions = _page_writes(run, entity, names, rule, page, waiting)
@@ -409,8 +413,9 @@ def download_entity(run: Run, setting: EntitySettings, total: int | None = None)
             counts.deleted += gone
             done += len(page.upserts) + len(page.deleted)
             run.reporter.progress("download", name, done, total)
-    if delta_link is None and setting.sync_deletion:
-        # The read ended without a delta link: the server does not track deletions.
+    if (delta_link is None or reconcile) and setting.sync_deletion:
+        # The read ended without a delta link, or the backend says its deletions are
+        # unknown (no change tracking, a read started over): compare ids.
         counts.deleted += reconcile_deletions(org, run.backend, entity)
     run.reporter.log("info", f"downloaded {counts.downloaded}, deleted {counts.deleted} "
                      f"in {time.monotonic() - started:.2f} s", name)

@@ -1,0 +1,517 @@
+"""The `dynamics` backend: Dynamics 365 / Dataverse through its Web API, with MSAL tokens.
+
+It is the OData client of `odata.py` with the Dataverse dialect:
+
+* the server URL is the environment (`https://contoso.crm4.dynamics.com`) or
+  its Web API root; requests go to `/api/data/v9.2/`, with a bearer token
+  from MSAL (`auth.py`) whose authority the server names in its 401 answer;
+* metadata comes from EntityDefinitions, attributes expanded and typed casts
+  for option sets and lookup targets, N:N intersect tables from
+  ManyToManyRelationships; only tables that can be synced are offered
+  (`dataverse_metadata.skip_reason`);
+* records read with `$select` of the synced attributes, lookups as
+  `_x_value` (with `lookuplogicalname`, remembered so a polymorphic lookup
+  binds the table it points to); tables with ChangeTrackingEnabled are read
+  with `Prefer: odata.track-changes` and delta links, the others by a
+  `modifiedon` watermark with the engine's id reconciliation for deletions;
+  a delta link the server refuses (expired token) starts a full read, with
+  reconciliation, so nothing is lost or doubled;
+* writes as PATCH upserts with the record's own GUID (`If-None-Match: *` for
+  creates, `If-Match` of the last seen ETag otherwise) and lookups as
+  `nav@odata.bind`; N:N rows through associate / disassociate (`$ref`);
+* service protection: `429` waits as `Retry-After` says (the transport), a
+  wait longer than a run should sit through stops the run with the reason
+  (the next run resumes from its checkpoints), and the
+  `x-ms-ratelimit-*` headers slow the run down before it is throttled.
+"""
+
+import re
+import time
+from collections.abc import Generator, Iterator
+from typing import Any
+from urllib.parse import quote, urlsplit, urlunsplit
+
+import orjson
+import requests
+
+from portal.backends import dataverse_metadata as dvm
+from portal.backends.auth import (
+    BearerAuth,
+    ClientCredentials,
+    TokenSource,
+    UserPassword,
+    authority_of,
+    discover_authority,
+)
+from portal.backends.base import ChangesPage, Write, WriteResult
+from portal.backends.odata import RETRIES, ODataBackend, _message
+from portal.backends.prefetch import prefetched
+from portal.errors import BackendError, CredentialsRefused, InvalidInput
+from portal.orgs.metadata import SYSTEM_ATTRIBUTES, Attribute, Entity
+
+API_PATH = "api/data/v9.2/"
+API_RE = re.compile(r"/api/data/v\d+\.\d+/?")
+AUTH_KINDS = ("password", "client_credentials")
+MAX_PAGE_SIZE = 5000  # Dataverse's largest odata.maxpagesize
+# Service protection (learn.microsoft.com, power-apps/developer/data-platform/api-limits):
+# a user has 6,000 requests and 1,200,000 ms of execution time per 5 minutes.
+# Near the end of either budget each request waits, so the window refills
+# before the server throttles; a Retry-After longer than a run waits stops it.
+LOW_REQUESTS = 100
+LOW_TIME_MS = 60_000
+SLOW_DOWN_S = 1.0
+MAX_WAIT_S = 120
+# `#reconcile` on a stored link: this read started over (a refused delta
+# token), so when it ends, records the server no longer lists are deleted.
+# A fragment is never sent to the server.
+RECONCILE = "#reconcile"
+LOOKUP_TABLE = "Microsoft.Dynamics.CRM.lookuplogicalname"
+NAVIGATION = "Microsoft.Dynamics.CRM.associatednavigationproperty"
+
+
+def web_api_root(url: str) -> tuple[str, str]:
+    """(environment URL, Web API root) of an environment URL or of its Web API root."""
+    parts = urlsplit((url or "").strip())
+    match = API_RE.search(parts.path)
+    if match:
+        environment_path, root_path = parts.path[:match.start()], parts.path[:match.end()]
+    else:
+        environment_path = parts.path.rstrip("/")
+        root_path = f"{environment_path}/{API_PATH}"
+    root_path = root_path.rstrip("/") + "/"
+    return (urlunsplit((parts.scheme, parts.netloc, environment_path, "", "")),
+            urlunsplit((parts.scheme, parts.netloc, root_path, "", "")))
+
+
+def check_auth_kind(kind: str | None) -> str:
+    """Refuse an unknown way of signing in."""
+    kind = kind or "password"
+    if kind not in AUTH_KINDS:
+        raise InvalidInput(f"unknown sign-in {kind!r} (one of {', '.join(AUTH_KINDS)})",
+                           field="auth")
+    return kind
+
+
+class DynamicsBackend(ODataBackend):
+    """A Dataverse environment through its Web API, signed in by MSAL."""
+
+    kind = "dynamics"
+
+    def __init__(self, url: str, username: str, password: str, *, auth: str | None = None,
+                 tenant: str | None = None, authority: str | None = None,
+                 client_id: str | None = None, allow_private: bool = False,
+                 session: requests.Session | None = None, retries: int = RETRIES) -> None:
+        """`username`/`password` are the user's, or (auth='client_credentials') the
+        application's client id and secret; `client_id` is the public client of
+        the password flow; `tenant` or `authority` override the discovered one."""
+        self.environment, root = web_api_root(url)
+        super().__init__(root, username, password, allow_private=allow_private,
+                         session=session, retries=retries)
+        self.session.auth = None
+        self.bearer: BearerAuth | None = None  # once the authority is known
+        self.session.hooks["response"].append(self._service_protection)
+        self.auth_kind = check_auth_kind(auth)
+        self.username, self.password, self.client_id = username, password, client_id
+        self.authority = authority_of(tenant, authority)
+        self.tokens: TokenSource | None = None
+        # What the run learns of the server once: entity sets, change tracking,
+        # attributes, navigation properties, N:N relationships, lookup targets.
+        self._definitions: dict[str, dict[str, Any]] | None = None
+        self._attributes: dict[str, dict[str, dict[str, Any]]] = {}
+        self._navigations: dict[str, dict[tuple[str, str], str]] = {}
+        self._asked_navigations: set[str] = set()
+        self._relationships: list[dvm.ManyToMany] | None = None
+        self._targets: dict[str, str] = {}  # record id -> its table, as lookups named it
+
+    # --- transport ---------------------------------------------------------
+
+    def request(self, method: str, url: str, **kwargs: Any) -> requests.Response:
+        """One request with a bearer token (found, then cached, on first use)."""
+        # Per request, not on the session: MSAL's own requests share the session.
+        if self.bearer is None:
+            self.bearer = BearerAuth(self._token_source())
+        return super().request(method, url, auth=self.bearer, **kwargs)
+
+    def _token_source(self) -> TokenSource:
+        if self.tokens is None:
+            if self.authority is None:
+                challenge = discover_authority(self.session, self.root)
+                authority, resource = challenge.authority, challenge.resource
+            else:
+                authority, resource = self.authority, None
+            resource = resource or self.environment
+            if self.auth_kind == "client_credentials":
+                self.tokens = ClientCredentials(self.session, authority, resource,
+                                                self.username, self.password)
+            else:
+                self.tokens = UserPassword(self.session, authority, resource, self.username,
+                                           self.password, self.client_id or "")
+        return self.tokens
+
+    def _service_protection(self, response: requests.Response, *args: Any,
+                            **kwargs: Any) -> None:
+        """Slow down near the end of the budget; stop on a wait longer than a run sits through."""
+        if response.status_code == 429:
+            try:
+                wait = float(response.headers.get("Retry-After", "0"))
+            except ValueError:
+                wait = 0.0
+            if wait > MAX_WAIT_S:
+                raise BackendError(
+                    f"Dataverse's service protection limits are reached ({_message(response)}); "
+                    f"it asks to wait {wait:.0f} s, longer than a run waits ({MAX_WAIT_S} s). "
+                    "The run stops here; the next run continues where this one stopped")
+            return
+        remaining = _int(response.headers.get("x-ms-ratelimit-burst-remaining-xrm-requests"))
+        time_left = _int(response.headers.get("x-ms-ratelimit-time-remaining-xrm-requests"))
+        if (remaining is not None and remaining < LOW_REQUESTS) or \
+                (time_left is not None and time_left < LOW_TIME_MS):
+            time.sleep(SLOW_DOWN_S)
+
+    # --- the interface -----------------------------------------------------
+
+    def check_credentials(self) -> str:
+        """WhoAmI(): a token, and a user the environment knows (with a security role)."""
+        response = self.request("GET", "WhoAmI()")
+        if response.status_code == 403:
+            raise CredentialsRefused(
+                f"{self.environment} knows the sign-in but refused it ({_message(response)}): "
+                "give the user or application user a security role that can read and write "
+                "the tables to sync")
+        if response.status_code != 200:
+            raise BackendError(f"{self.root}WhoAmI() answered {response.status_code}: "
+                               f"{_message(response)} — is this a Dataverse environment?")
+        who = orjson.loads(response.content)
+        if not isinstance(who, dict) or "UserId" not in who:
+            raise BackendError(f"{self.root} is not a Dataverse Web API (WhoAmI gave no UserId)")
+        return f"{self.username} (user {who['UserId']})"
+
+    def read_metadata(self) -> list[Entity]:
+        """The tables that can be synced, with attributes, option sets, targets and N:N."""
+        definitions = self.definitions()
+        syncable = {n: d for n, d in definitions.items() if dvm.skip_reason(d) is None}
+        relationships = {r.intersect: r for r in self.relationships()
+                         if r.entity1 in syncable and r.entity2 in syncable}
+        entities = []
+        for name in sorted(syncable):
+            if syncable[name].get("IsIntersect") and name not in relationships:
+                continue  # an N:N whose sides are not both synced has nothing to join
+            data = self.get_json(f"{_key(name)}?$expand=Attributes")
+            self._attributes[name] = {str(a["LogicalName"]): a for a in
+                                      data.get("Attributes") or [] if a.get("LogicalName")}
+            self._add_casts(name, data.get("Attributes") or [])
+            entity = dvm.entity_from_definition(data)
+            if name in relationships:
+                entity = dvm.as_intersect(entity, relationships[name])
+            entities.append(entity)
+        return entities
+
+    def _add_casts(self, name: str, attributes: list[dict[str, Any]]) -> None:
+        """Options of picklists, states and statuses, and lookup targets, where not expanded."""
+        types = {str(a.get("AttributeType")) for a in attributes
+                 if dvm.readable(a) and not (a.get("OptionSet") or a.get("Targets"))}
+        casts = [("PicklistAttributeMetadata", "$select=LogicalName&$expand=OptionSet,"
+                  "GlobalOptionSet", {"Picklist"}),
+                 ("StateAttributeMetadata", "$select=LogicalName&$expand=OptionSet", {"State"}),
+                 ("StatusAttributeMetadata", "$select=LogicalName&$expand=OptionSet",
+                  {"Status"}),
+                 ("LookupAttributeMetadata", "$select=LogicalName,Targets",
+                  {"Lookup", "Customer", "Owner"})]
+        for cast, query, wanted in casts:
+            if types & wanted:
+                dvm.merge_casts(attributes, self.get_json(
+                    f"{_key(name)}/Attributes/Microsoft.Dynamics.CRM.{cast}?{query}"))
+
+    def read_changes(self, entity: Entity, link: str | None, *,
+                     page_size: int = 1000) -> Generator[ChangesPage, None, None]:
+        """Delta pages on tracked tables, a modifiedon watermark on the others."""
+        tracked = self.tracks_changes(entity)
+        full = f"{entity.entitysetname}?$select={','.join(self.select(entity))}"
+        prefer = ["odata.track-changes"] if tracked else []
+        prefer += [f"odata.maxpagesize={min(page_size, MAX_PAGE_SIZE)}",
+                   f'odata.include-annotations="{LOOKUP_TABLE},{NAVIGATION}"']
+        headers = {"Prefer": ",".join(prefer)}
+        has_modifiedon = "modifiedon" in self.server_attributes(entity)
+
+        def pages() -> Iterator[ChangesPage]:
+            url = link or full
+            reconcile = not tracked or url.endswith(RECONCILE)
+            url = url.removesuffix(RECONCILE)
+            note = None
+            newest = ""
+            while True:
+                response = self.request("GET", url, headers=headers)
+                if response.status_code != 200 and link is not None and url != full \
+                        and url == link.removesuffix(RECONCILE):
+                    # A delta token too old (or refused): read everything again, and
+                    # let the engine delete what the server no longer has.
+                    note = (f"the server refused the saved change link ({response.status_code}:"
+                            f" {_message(response)}); reading {entity.logicalname} again in "
+                            "full, deletions found by comparing ids")
+                    url, reconcile = full, True
+                    continue
+                if response.status_code != 200:
+                    raise BackendError(f"reading {entity.logicalname} answered "
+                                       f"{response.status_code}: {_message(response)}")
+                page = self.changes_page(entity, orjson.loads(response.content))
+                page.note, note = note, None
+                newest = max([newest, *(str(r.get("modifiedon") or "") for r in page.upserts)])
+                if not tracked and page.complete:
+                    # Next run: what changed since the newest change seen (ge: a record
+                    # changed in the same second comes again and is skipped by version).
+                    page.link = f"{full}&$filter=modifiedon ge {newest}" \
+                        if newest and has_modifiedon else None
+                elif reconcile and page.link:
+                    page.link += RECONCILE  # a resumed read still reconciles at its end
+                page.reconcile = reconcile
+                yield page
+                if page.complete or page.link is None:
+                    return
+                url = page.link.removesuffix(RECONCILE)
+
+        return prefetched(pages())
+
+    def record_from_server(self, entity: Entity, item: dict[str, Any]) -> dict[str, Any]:
+        """A Dataverse record in our form: `_x_value` as x, annotations dropped.
+
+        The table a lookup points to (`lookuplogicalname`) is remembered, so a
+        polymorphic lookup written back binds the same table.
+        """
+        record: dict[str, Any] = {}
+        for key, value in item.items():
+            if "@" in key:
+                if key.endswith(LOOKUP_TABLE) and value:
+                    column = key.split("@", 1)[0]
+                    target_id = item.get(column)
+                    if isinstance(target_id, str):
+                        self._targets[target_id.lower()] = str(value)
+                    nav = item.get(f"{column}@{NAVIGATION}")
+                    if nav:
+                        self._navigations.setdefault(entity.logicalname, {})[
+                            (column[1:-6], str(value))] = str(nav)
+                continue
+            if key.startswith("_") and key.endswith("_value"):
+                key = key[1:-6]
+                value = value.lower() if isinstance(value, str) else value
+            record[key] = value
+        pk = entity.primaryidattribute
+        if isinstance(record.get(pk), str):
+            record[pk] = record[pk].lower()
+        return record
+
+    def get_record(self, entity: Entity, record_id: str) -> tuple[dict[str, Any], str] | None:
+        """One record (its synced attributes) by id with its ETag, or None on 404."""
+        if entity.isintersect:
+            return self._intersect_row(entity, record_id)
+        response = self.request("GET", f"{entity.entitysetname}({record_id})?$select="
+                                f"{','.join(self.select(entity))}")
+        if response.status_code == 404:
+            return None
+        if response.status_code != 200:
+            raise BackendError(f"reading {entity.logicalname} {record_id} answered "
+                               f"{response.status_code}: {_message(response)}")
+        item = orjson.loads(response.content)
+        etag = str(item.pop("@odata.etag", "") or "")
+        return self.record_from_server(entity, item), etag
+
+    def apply_writes(self, writes: list[Write]) -> list[WriteResult]:
+        """Each write as its own request, in order (exactly-once as the engine's rules hold)."""
+        # Records created in this round can be lookup targets of later writes.
+        created = {w.record_id.lower(): w.entity.logicalname for w in writes
+                   if w.operation == "upsert"}
+        return [self._apply(write, created) for write in writes]
+
+    # --- writes ------------------------------------------------------------
+
+    def _apply(self, write: Write, created: dict[str, str]) -> WriteResult:
+        if write.entity.isintersect:
+            return self._apply_intersect(write)
+        url = f"{write.entity.entitysetname}({write.record_id})"
+        headers = {"Content-Type": "application/json", "Prefer": "return=representation"}
+        if write.if_match:
+            headers["If-Match"] = write.if_match
+        elif write.create_only:
+            headers["If-None-Match"] = "*"
+        if write.operation == "delete":
+            return self._result(write.entity, self.request("DELETE", url, headers=headers))
+        body = self.record_to_server(write.entity, write.values, creating=write.create_only,
+                                     created=created)
+        return self._result(write.entity, self.request("PATCH", url, data=orjson.dumps(body),
+                                                       headers=headers))
+
+    def record_to_server(self, entity: Entity, values: dict[str, Any], *,
+                         creating: bool = False,
+                         created: dict[str, str] | None = None) -> dict[str, Any]:
+        """Our values as a Dataverse body: lookups as `nav@odata.bind`, unwritable ones left out."""
+        server = self.server_attributes(entity)
+        body: dict[str, Any] = {}
+        for name, value in values.items():
+            info = server.get(name)
+            if name in SYSTEM_ATTRIBUTES or info is None or name == entity.primaryidattribute:
+                continue
+            if not (info.get("IsValidForCreate") if creating else info.get("IsValidForUpdate")):
+                continue  # computed or read-only on the server: synced down, never up
+            attr = entity.attribute(name)
+            if attr is not None and attr.type == "lookup":
+                target = self.lookup_target(attr, value, created or {}) if value else \
+                    attr.targets[0]
+                nav = self.navigation(entity, attr, target)
+                body[f"{nav}@odata.bind"] = \
+                    f"/{self.entity_set(target)}({value})" if value else None
+            else:
+                body[name] = value
+        return body
+
+    def lookup_target(self, attr: Attribute, record_id: str, created: dict[str, str]) -> str:
+        """The table a lookup's value is in: the only target, the one read, or the one found."""
+        record_id = str(record_id).lower()
+        if len(attr.targets) == 1:
+            return attr.targets[0]
+        for known in (self._targets.get(record_id), created.get(record_id)):
+            if known in attr.targets:
+                return str(known)
+        for target in attr.targets:  # a GUID is in one table: ask each
+            pk = self.definitions().get(target, {}).get("PrimaryIdAttribute") or f"{target}id"
+            response = self.request("GET", f"{self.entity_set(target)}({record_id})?$select={pk}")
+            if response.status_code == 200:
+                self._targets[record_id] = target
+                return target
+        return attr.targets[0]  # nowhere: the server refuses the bind with its message
+
+    def navigation(self, entity: Entity, attr: Attribute, target: str) -> str:
+        """The single-valued navigation property of a lookup to one target table."""
+        name = entity.logicalname
+        learned = self._navigations.get(name, {}).get((attr.logicalname, target))
+        if learned:
+            return learned  # as the server annotated a record it sent
+        if name not in self._asked_navigations:
+            self._asked_navigations.add(name)
+            found = self._navigations.setdefault(name, {})
+            response = self.request(
+                "GET", f"{_key(name)}/ManyToOneRelationships?$select=ReferencingAttribute,"
+                "ReferencedEntity,ReferencingEntityNavigationPropertyName")
+            if response.status_code == 200:
+                for item in orjson.loads(response.content).get("value", []):
+                    found[(str(item.get("ReferencingAttribute")),
+                           str(item.get("ReferencedEntity")))] = \
+                        str(item.get("ReferencingEntityNavigationPropertyName"))
+        # Dataverse's own names: the lookup's name, with the table for polymorphic ones
+        # (parentcustomerid_account); the owner is one navigation to users and teams.
+        default = attr.logicalname if len(attr.targets) == 1 or attr.logicalname == "ownerid" \
+            else f"{attr.logicalname}_{target}"
+        return self._navigations[name].get((attr.logicalname, target)) or default
+
+    def _apply_intersect(self, write: Write) -> WriteResult:
+        """An N:N row: associate its two records, or disassociate them ($ref)."""
+        relationship = self.relationship(write.entity)
+        if write.operation == "delete":
+            row = self._intersect_row(write.entity, write.record_id)
+            if row is None:
+                return WriteResult("missing", message="the N:N row does not exist")
+            values = row[0]
+        else:
+            values = write.values
+        one = values.get(relationship.attribute1)
+        two = values.get(relationship.attribute2)
+        if not one or not two:
+            return WriteResult("error", message=f"an N:N row of {write.entity.logicalname} "
+                               f"needs {relationship.attribute1} and {relationship.attribute2}")
+        base = f"{self.entity_set(relationship.entity1)}({one})/{relationship.navigation1}"
+        if write.operation == "delete":
+            response = self.request("DELETE", f"{base}({two})/$ref")
+        else:
+            response = self.request(
+                "POST", f"{base}/$ref", headers={"Content-Type": "application/json"},
+                data=orjson.dumps({"@odata.id": f"{self.root}"
+                                   f"{self.entity_set(relationship.entity2)}({two})"}))
+            if response.status_code >= 400 and "duplicate" in _message(response).lower():
+                return WriteResult("ok")  # associated already (our lost answer, or theirs)
+        return self._result(write.entity, response)
+
+    def _intersect_row(self, entity: Entity, record_id: str) -> tuple[dict[str, Any], str] | None:
+        response = self.request("GET", f"{entity.entitysetname}({record_id})")
+        if response.status_code == 404:
+            return None
+        if response.status_code != 200:
+            raise BackendError(f"reading {entity.logicalname} {record_id} answered "
+                               f"{response.status_code}: {_message(response)}")
+        item = orjson.loads(response.content)
+        etag = str(item.pop("@odata.etag", "") or "")
+        return self.record_from_server(entity, item), etag
+
+    def _result(self, entity: Entity, response: requests.Response) -> WriteResult:
+        """A write's answer as the engine's result."""
+        status = response.status_code
+        if status < 300:
+            body = orjson.loads(response.content) if response.content else None
+            version = response.headers.get("ETag") or (
+                body.get("@odata.etag") if isinstance(body, dict) else None)
+            record = self.record_from_server(entity, body) if isinstance(body, dict) else None
+            return WriteResult("ok", version=version, record=record)
+        if status == 412:
+            return WriteResult("conflict", message=_message(response))
+        if status == 404:
+            return WriteResult("missing", message=_message(response))
+        return WriteResult("error", message=f"{status}: {_message(response)}")
+
+    # --- what the run learns of the server ---------------------------------
+
+    def definitions(self) -> dict[str, dict[str, Any]]:
+        """Every table's EntityMetadata (without attributes), read once per run."""
+        if self._definitions is None:
+            payload = self.get_json("EntityDefinitions")
+            self._definitions = {str(d["LogicalName"]): d for d in payload.get("value", [])
+                                 if isinstance(d, dict) and d.get("LogicalName")}
+        return self._definitions
+
+    def entity_set(self, name: str) -> str:
+        """A table's entity set name (accounts for account)."""
+        found = self.definitions().get(name, {}).get("EntitySetName")
+        if not found:
+            raise BackendError(f"the server has no table {name!r}")
+        return str(found)
+
+    def tracks_changes(self, entity: Entity) -> bool:
+        """True when the table has change tracking on (delta links, deletions reported)."""
+        return bool(self.definitions().get(entity.logicalname, {}).get("ChangeTrackingEnabled"))
+
+    def server_attributes(self, entity: Entity) -> dict[str, dict[str, Any]]:
+        """The table's AttributeMetadata by name (what can be selected, created, updated)."""
+        name = entity.logicalname
+        if name not in self._attributes:
+            payload = self.get_json(f"{_key(name)}?$expand=Attributes")
+            self._attributes[name] = {str(a["LogicalName"]): a for a in
+                                      payload.get("Attributes") or [] if a.get("LogicalName")}
+        return self._attributes[name]
+
+    def select(self, entity: Entity) -> list[str]:
+        """`$select` of the entity's synced attributes the server has; lookups as `_x_value`."""
+        server = self.server_attributes(entity)
+        names = [a for a in entity.attributes if a.logicalname in server]
+        return [f"_{a.logicalname}_value" if a.type == "lookup" and not entity.isintersect
+                else a.logicalname for a in names]
+
+    def relationships(self) -> list[dvm.ManyToMany]:
+        """Every N:N relationship of the environment, read once per run."""
+        if self._relationships is None:
+            self._relationships = dvm.many_to_many(self.get_json(
+                "RelationshipDefinitions/Microsoft.Dynamics.CRM.ManyToManyRelationshipMetadata"))
+        return self._relationships
+
+    def relationship(self, entity: Entity) -> dvm.ManyToMany:
+        """The N:N relationship whose intersect table this is."""
+        for relationship in self.relationships():
+            if relationship.intersect == entity.logicalname:
+                return relationship
+        raise BackendError(f"{entity.logicalname} is not an N:N table of the server")
+
+
+def _key(name: str) -> str:
+    return f"EntityDefinitions(LogicalName='{quote(name)}')"
+
+
+def _int(value: str | None) -> int | None:
+    try:
+        return int(value) if value is not None else None
+    except ValueError:
+        return None
