@@ -107,7 +107,7 @@ def working_on(connection_id: int, kind: str, trigger: str) -> Iterator[Work]:
                 connection.backend, connection.url, connection.username,
                 connections.server_password(db, crypto.load_key(app.instance_path), connection_id),
                 retries=app.config["SYNC_HTTP_RETRIES"],
-                allow_private=app.config["ALLOW_PRIVATE_SERVERS"])
+                allow_private=app.config["ALLOW_PRIVATE_SERVERS"], **connection.server_options)
             work = Work(db, connection, org, backend, lock, run_id)
             yield work
         except BaseException as exc:

@@ -218,6 +218,14 @@ def m004_connection_requested_setup(db: Database) -> None:
     db.execute("ALTER TABLE connections ADD COLUMN requested_setup TEXT")
 
 
+@migrations()
+def m006_connection_server_options(db: Database) -> None:
+    # How a connection signs in beyond user name and password (JSON, no secrets:
+    # the secret is the encrypted password): for Dynamics the sign-in kind
+    # (user password or application user), tenant or authority, public client id.
+    db.execute("ALTER TABLE connections ADD COLUMN server_options TEXT")
+
+
 def registry_path(app: Flask) -> Path:
     """Where this app's registry database lives."""
     return Path(app.instance_path) / app.config["DATABASE"]

@@ -69,7 +69,12 @@ def test_connect_page_is_served_at_the_resco_address_and_at_connect(client: Flas
             assert f">{label}</label>" in page
         # Every backend type by its display name; the ones not built yet disabled.
         assert '<option selected value="resco">Resco Cloud</option>' in page
-        assert re.search(r'<option disabled value="dynamics">Dynamics CRM', page)
+        assert '<option value="dynamics">Dynamics CRM</option>' in page
+        assert "Dynamics CRM (coming soon)" not in page
+        assert re.search(r'<option disabled value="salesforce">Salesforce', page)
+        # Dynamics signs in by user name and password or as an application user.
+        assert '<option value="client_credentials">Application user' in page
+        assert ">Tenant (Dynamics, optional)</label>" in page
         assert 'type="submit" value="Connect"' in page
     assert client.get("/Register.aspx?otype=register").status_code == 404
     assert client.get("/Register.aspx").status_code == 404
@@ -86,7 +91,9 @@ def test_connect_page_is_served_at_the_resco_address_and_at_connect(client: Flas
     ({"password": "onlyletters", "confirm": "onlyletters"}, "password", "letters and digits"),
     ({"confirm": "pass-word-2"}, "confirm", "do not match"),
     ({"confirm": ""}, "confirm", "Type the password again"),
-    ({"backend": "dynamics"}, "backend", "not available on this portal yet"),
+    ({"backend": "salesforce"}, "backend", "not available on this portal yet"),
+    ({"backend": "dynamics", "server_tenant": "not a tenant/"}, "server_tenant",
+     "tenant must be a directory (tenant) id"),
     ({"backend": "bogus"}, "backend", "Not a valid choice"),
     ({"server_url": ""}, "server_url", "Enter the server's URL"),
     ({"server_url": "ftp://93.184.215.14/"}, "server_url", "http:// or https://"),

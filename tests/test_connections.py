@@ -46,7 +46,7 @@ def _create(app: Flask, db: Database, **kw: Any) -> None:
 
 BAD: list[tuple[str, Callable[[Flask, Database], Any], str]] = [
     ("backend", lambda app, db: _create(app, db, backend="nosuch"), "unknown backend"),
-    ("backend", lambda app, db: _create(app, db, backend="dynamics"), "not available"),
+    ("backend", lambda app, db: _create(app, db, backend="salesforce"), "not available"),
     ("url", lambda app, db: _create(app, db, url="ftp://x/"), "http:// or https://"),
     ("url", lambda app, db: _create(app, db, url="https://"), "name a host"),
     ("username", lambda app, db: _create(app, db, username=""), "user name"),
@@ -63,7 +63,36 @@ BAD: list[tuple[str, Callable[[Flask, Database], Any], str]] = [
     ("daily_at", lambda app, db: connections.set_schedule(db, 1, daily_at="25:00"), "HH:MM"),
     ("schedule", lambda app, db: connections.set_schedule(db, 1), "needs an interval"),
     ("status", lambda app, db: connections.set_status(db, 1, "happy"), "unknown status"),
+    ("auth", lambda app, db: _create(app, db, server_options={"tenant": "t"}),
+     "takes no sign-in options"),
+    ("auth", lambda app, db: _create(app, db, backend="dynamics",
+                                     server_options={"auth": "magic"}), "unknown sign-in"),
+    ("tenant", lambda app, db: _create(app, db, backend="dynamics",
+                                       server_options={"tenant": "no such/tenant"}),
+     "tenant must be"),
+    ("auth", lambda app, db: _create(app, db, backend="dynamics",
+                                     server_options={"secret": "x"}), "unknown Dynamics option"),
 ]
+
+
+def test_connection_keeps_dynamics_sign_in_options_and_the_secret_encrypted(
+        app: Flask, db: Database) -> None:
+    org = registry.get_org(db, "plain")
+    key = crypto.load_key(app.instance_path)
+    made = connections.create_connection(
+        db, key, org["id"], backend="dynamics", url="https://contoso.crm4.dynamics.com",
+        username="app-id", password="the-client-secret",
+        server_options={"auth": "client_credentials", "tenant": "contoso.onmicrosoft.com",
+                        "client_id": " "})
+    assert made.server_options == {"auth": "client_credentials",
+                                   "tenant": "contoso.onmicrosoft.com"}
+    row = db.execute("SELECT * FROM connections WHERE id = ?", [made.id]).fetchone()
+    assert "the-client-secret" not in str(row)
+    assert connections.server_password(db, key, made.id) == "the-client-secret"
+    changed = connections.update_server(db, key, made.id, backend="dynamics",
+                                        url=made.url, username="someone@contoso.com",
+                                        password="pw", server_options={})
+    assert changed.server_options == {"auth": "password"}
 
 
 @pytest.mark.parametrize("field, call, message", BAD)

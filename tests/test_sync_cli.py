@@ -74,7 +74,9 @@ CONNECT = ["sync", "connect", "plain", "--url", "https://crm.example.com/odata/v
 @pytest.mark.parametrize("args, message", [
     (["sync", "connect", "ghost", *CONNECT[3:]], "'ghost' does not exist"),
     ([*CONNECT, "--type", "nope"], "unknown backend type"),
-    ([*CONNECT, "--type", "dynamics"], "not available"),
+    ([*CONNECT, "--type", "salesforce"], "not available"),
+    ([*CONNECT, "--type", "dynamics", "--tenant", "not/a tenant"], "tenant must be"),
+    ([*CONNECT, "--tenant", "contoso.onmicrosoft.com"], "takes no sign-in options"),
     (["sync", "connect", "plain", "--url", "ftp://crm.example.com/", "--user", "u",
       "--password-stdin"], "must start with http"),
     ([*CONNECT[:-1], "--user", "", "--password-stdin"], "user name"),
@@ -130,6 +132,23 @@ def test_sync_cli_connect_refuses_a_private_server_unless_allowed(orgs: Flask,
         "--password-stdin"], input="server-pass1\n")
     assert result.exit_code == 1 and "loopback" in result.output
     assert state(orgs, redis) == before
+
+
+def test_sync_cli_connect_dynamics_as_an_application_user(orgs: Flask, redis: Redis) -> None:
+    from portal.db import get_db
+    from portal.sync import connections
+
+    result = orgs.test_cli_runner().invoke(args=[
+        "sync", "connect", "plain", "--type", "dynamics", "--url",
+        "https://93.184.215.14", "--user", "app-id", "--auth", "client_credentials",
+        "--tenant", "contoso.onmicrosoft.com", "--password-stdin"], input="app-secret\n")
+    assert result.exit_code == 0, result.output
+    with orgs.app_context():
+        [connection] = [c for c in connections.list_connections(get_db())
+                        if c.org_name == "plain"]
+    assert (connection.backend, connection.username) == ("dynamics", "app-id")
+    assert connection.server_options == {"auth": "client_credentials",
+                                         "tenant": "contoso.onmicrosoft.com"}
 
 
 def test_sync_cli_wait_gives_up_after_its_timeout(orgs: Flask, redis: Redis) -> None:

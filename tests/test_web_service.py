@@ -161,14 +161,15 @@ def test_connect_async_seed_xml_creates_and_connects_an_org(service_app: Flask, 
     assert client.get(f"{split.path}?token=forged").status_code == 401
 
 
-def test_connect_async_exact_seed_xml_names_dynamics_which_is_not_available_yet(
+def test_connect_async_exact_seed_xml_is_taken_as_dynamics_up_to_its_placeholder_url(
         app: Flask, redis: Redis) -> None:
-    response = post_xml(client_of(app), "martin", SEED_XML)
-    assert response.status_code == 422
-    assert xml_value(response.get_data(as_text=True), "Code") == "NotAvailable"
-    message = xml_value(response.get_data(as_text=True), "Message")
-    assert "Dynamics CRM" in message and "not available on this portal yet" in message
-    assert xml_value(response.get_data(as_text=True), "Element") == "SyncSetup/ProviderID"
+    # The seed's ProviderID is the dynamics backend now; its Url is a placeholder (and
+    # this portal has no mail, so the new admin's password is sent).
+    xml = SEED_XML.replace("<Company>Resco</Company>",
+                           f"<Company>Resco</Company><Password>{CLIENT_PASSWORD}</Password>")
+    response = post_xml(client_of(app), "martin", xml)
+    assert response.status_code == 400
+    assert xml_value(response.get_data(as_text=True), "Element") == "SyncSetup/Url"
     nothing_created(app, redis)
 
 
@@ -365,7 +366,17 @@ def test_connect_async_refuses_a_loopback_server_unless_allowed(app: Flask,
                     "Password": "p"}}, "MissingElement", "SyncSetup/RegistrationInfo"),
     ({"SyncSetup": {"ProviderID": RESCO, "Entities": "account"}}, "InvalidElement",
      "SyncSetup/Entities"),
-    ({"SyncSetup": {"ProviderID": DYNAMICS}}, "NotAvailable", "SyncSetup/ProviderID"),
+    ({"SyncSetup": {"ProviderID": DYNAMICS, "Url": "http://93.184.215.14/", "UserName": "u",
+                    "Password": "p", "ClientId": "c", "ClientSecret": "s",
+                    "RegistrationInfo": {"Email": "a@example.com", "Password": "pass-word-1"}}},
+     "InvalidElement", "SyncSetup/ClientSecret"),
+    ({"SyncSetup": {"ProviderID": DYNAMICS, "Url": "http://93.184.215.14/", "ClientSecret": "s",
+                    "RegistrationInfo": {"Email": "a@example.com", "Password": "pass-word-1"}}},
+     "MissingElement", "SyncSetup/ClientId"),
+    ({"SyncSetup": {"ProviderID": DYNAMICS, "Url": "http://93.184.215.14/", "UserName": "u",
+                    "Password": "p", "TenantId": "not a tenant/",
+                    "RegistrationInfo": {"Email": "a@example.com", "Password": "pass-word-1"}}},
+     "InvalidInput", "SyncSetup/TenantId"),
 ])
 def test_connect_async_refuses_bad_json_and_creates_nothing(
         app: Flask, redis: Redis, document: Any, code: str, element: str) -> None:

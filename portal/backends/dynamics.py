@@ -92,6 +92,20 @@ def check_auth_kind(kind: str | None) -> str:
     return kind
 
 
+OPTIONS = ("auth", "tenant", "authority", "client_id")
+
+
+def check_options(options: dict[str, str]) -> dict[str, str]:
+    """A connection's Dynamics sign-in options, checked: auth, tenant, authority, client_id."""
+    unknown = sorted(set(options) - set(OPTIONS))
+    if unknown:
+        raise InvalidInput(f"unknown Dynamics option {unknown[0]!r} (one of "
+                           f"{', '.join(OPTIONS)})", field="auth")
+    checked = {**options, "auth": check_auth_kind(options.get("auth"))}
+    authority_of(options.get("tenant"), options.get("authority"))  # refuses bad ones
+    return checked
+
+
 class DynamicsBackend(ODataBackend):
     """A Dataverse environment through its Web API, signed in by MSAL."""
 

@@ -11,6 +11,7 @@ from typing import Any
 
 from portal.backends.base import Backend
 from portal.backends.dynamics import DynamicsBackend
+from portal.backends.dynamics import check_options as check_dynamics_options
 from portal.backends.resco import RescoBackend
 from portal.errors import InvalidInput, NotAvailable
 
@@ -61,6 +62,17 @@ def available_backend(key_or_provider_id: str) -> BackendType:
         raise NotAvailable(f"the {kind.name} backend ({kind.provider_id}) is not available on "
                            "this portal yet", field="backend")
     return kind
+
+
+def check_options(kind: str, options: dict[str, str] | None) -> dict[str, str]:
+    """A backend type's sign-in options checked (only Dynamics has any); empty ones dropped."""
+    options = {k: v.strip() for k, v in (options or {}).items() if v and v.strip()}
+    if available_backend(kind).key == "dynamics":
+        return check_dynamics_options(options)
+    if options:
+        raise InvalidInput(f"the {backend_type(kind).name} backend takes no sign-in options "
+                           f"({', '.join(sorted(options))})", field="auth")
+    return options
 
 
 def make_backend(kind: str, url: str, username: str, password: str,

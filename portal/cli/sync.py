@@ -220,14 +220,24 @@ def show_connection(connection: Connection) -> None:
 @click.argument("org")
 @click.option("--type", "kind", default="resco", show_default=True,
               help="Backend type: its key (resco, dynamics, …) or its ProviderID GUID.")
-@click.option("--url", required=True, help="Service root of the server org.")
-@click.option("--user", required=True, help="User name on the server.")
+@click.option("--url", required=True, help="Service root of the server org (for Dynamics: "
+              "the environment URL, e.g. https://contoso.crm4.dynamics.com).")
+@click.option("--user", required=True, help="User name on the server (for a Dynamics "
+              "application user: its client id).")
 @click.option("--password-stdin", is_flag=True,
-              help="Read the server password from the first line of stdin "
+              help="Read the server password (or client secret) from the first line of stdin "
                    "(else it is prompted for).")
+@click.option("--auth", type=click.Choice(["password", "client_credentials"]), default=None,
+              help="Dynamics: sign in by user name and password (default) or as an "
+                   "application user (client credentials).")
+@click.option("--tenant", help="Dynamics: the tenant id or domain (default: the one the "
+              "environment names).")
+@click.option("--client-id", help="Dynamics, user name and password: the public client id "
+              "(default: the one Microsoft's samples use).")
 @wait_option
 @timeout_option
-def connect(org: str, kind: str, url: str, user: str, password_stdin: bool, wait: bool,
+def connect(org: str, kind: str, url: str, user: str, password_stdin: bool, auth: str | None,
+            tenant: str | None, client_id: str | None, wait: bool,
             timeout: float | None) -> None:
     """Connect an existing hosted org to a server org and enqueue the connect job."""
     db = get_db()
@@ -241,7 +251,9 @@ def connect(org: str, kind: str, url: str, user: str, password_stdin: bool, wait
         password = click.prompt("Server password", hide_input=True)
     connection = connections.create_connection(
         db, crypto.load_key(current_app.instance_path), found["id"], backend=backend.key,
-        url=url, username=user, password=password)
+        url=url, username=user, password=password, server_options={
+            k: v for k, v in (("auth", auth), ("tenant", tenant), ("client_id", client_id))
+            if v})
     after = newest_run_id(db, connection.org_id)
     job = enqueue_connect(get_redis(), connection.id)
     click.echo(f"Connection {connection.id} of {org} to {url} created; "

@@ -1,14 +1,16 @@
 """Connections in the registry: which server a client org syncs with, how, and when.
 
-A connection belongs to one client org. Its server password is kept
-encrypted (portal.crypto); its per-entity settings (enabled, Sync Deletion,
-sync filter) are rows of `connection_entities`. Where each entity's download
+A connection belongs to one client org. Its server password (or client
+secret) is kept encrypted (portal.crypto); how it signs in beyond that (for
+Dynamics: user password or application user, tenant) is `server_options`;
+its per-entity settings (enabled, Sync Deletion, sync filter) are rows of
+`connection_entities`. Where each entity's download
 stands is kept in the client org's own file (portal.orgs.sync_state).
 """
 
 import json
 import re
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from datetime import UTC, datetime, timedelta
 from enum import StrEnum
 from typing import Any
@@ -16,7 +18,7 @@ from typing import Any
 from sqlite_utils import Database
 
 from portal import crypto
-from portal.backends.registry import available_backend
+from portal.backends.registry import available_backend, check_options
 from portal.db import TIMESTAMP_FORMAT, immediate, utcnow
 from portal.errors import InvalidInput, NotFound
 
@@ -64,6 +66,7 @@ class Connection:
     last_run_at: str | None
     created: str
     updated: str
+    server_options: dict[str, str] = field(default_factory=dict)  # the backend's sign-in
 
 
 @dataclass
@@ -103,6 +106,7 @@ def _from_row(row: dict[str, Any]) -> Connection:
     values["status"] = ConnectionStatus(row["status"])
     values["conflict_policy"] = ConflictPolicy(row["conflict_policy"])
     values["progress"] = json.loads(row["progress"] or "{}")
+    values["server_options"] = json.loads(row.get("server_options") or "{}")
     values["write_offline"] = bool(row["write_offline"])
     values["schedule_active"] = bool(row["schedule_active"])
     return Connection(**values)
@@ -110,11 +114,13 @@ def _from_row(row: dict[str, Any]) -> Connection:
 
 def create_connection(db: Database, key: bytes, org_id: int, *, backend: str, url: str,
                       username: str, password: str, write_offline: bool = True,
-                      conflict_policy: str = ConflictPolicy.SERVER_WINS) -> Connection:
+                      conflict_policy: str = ConflictPolicy.SERVER_WINS,
+                      server_options: dict[str, str] | None = None) -> Connection:
     """Store a new connection of a client org, status pending."""
     kind = available_backend(backend)
     url = check_url(url)
     policy = check_policy(conflict_policy)
+    options = check_options(backend, server_options)
     if not username:
         raise InvalidInput("enter the server user name", field="username")
     if not password:
@@ -127,21 +133,24 @@ def create_connection(db: Database, key: bytes, org_id: int, *, backend: str, ur
             "org_id": org_id, "backend": kind.key, "url": url, "username": username,
             "password_encrypted": crypto.encrypt(key, password),
             "status": ConnectionStatus.PENDING, "write_offline": int(write_offline),
-            "conflict_policy": policy,
+            "conflict_policy": policy, "server_options": json.dumps(options),
             "created": now, "updated": now}).last_pk
     return get_connection(db, int(connection_id or 0))
 
 
 def update_server(db: Database, key: bytes, connection_id: int, *, backend: str, url: str,
-                  username: str, password: str) -> Connection:
+                  username: str, password: str,
+                  server_options: dict[str, str] | None = None) -> Connection:
     """Change the server of a connection (to fix a failed connect); status back to pending."""
     kind = available_backend(backend)
     url = check_url(url)
+    options = check_options(backend, server_options)
     with immediate(db):
         db.execute(
             "UPDATE connections SET backend = ?, url = ?, username = ?, password_encrypted = ?, "
-            "status = ?, error = NULL, updated = ? WHERE id = ?",
-            [kind.key, url, username, crypto.encrypt(key, password), ConnectionStatus.PENDING,
+            "server_options = ?, status = ?, error = NULL, updated = ? WHERE id = ?",
+            [kind.key, url, username, crypto.encrypt(key, password), json.dumps(options),
+             ConnectionStatus.PENDING,
              utcnow(), connection_id])
     return get_connection(db, connection_id)
 

@@ -46,6 +46,7 @@ class Registration:
     jobtitle: str | None = None
     phone: str | None = None
     country: str | None = None
+    server_options: dict[str, str] = field(default_factory=dict)  # e.g. Dynamics' sign-in
 
 
 @dataclass
@@ -102,7 +103,8 @@ def register_connection(db: Database, orgs_dir: str | Path, key: bytes, registra
             created = True
             connection = connections.create_connection(
                 db, key, org["id"], backend=registration.backend, url=url,
-                username=registration.username, password=registration.server_password)
+                username=registration.username, password=registration.server_password,
+                server_options=registration.server_options)
             if setup:
                 store_requested_setup(db, connection.id, setup)
     except BaseException:
@@ -184,14 +186,15 @@ def update_connected(db: Database, orgs_dir: str | Path, connection: Connection,
 
 def connect_existing(db: Database, key: bytes, org_id: int, *, backend: str, url: str,
                      username: str, password: str, allow_private: bool,
-                     setup: RequestedSetup | None = None,
-                     resolver: Resolver = resolve) -> Connection:
+                     setup: RequestedSetup | None = None, resolver: Resolver = resolve,
+                     server_options: dict[str, str] | None = None) -> Connection:
     """Connect an existing hosted org (no connection yet) to a server, with its requests."""
     available_backend(backend)
     url = check_server_url(url, allow_private=allow_private, resolver=resolver)
     with immediate(db):
         connection = connections.create_connection(db, key, org_id, backend=backend, url=url,
-                                                   username=username, password=password)
+                                                   username=username, password=password,
+                                                   server_options=server_options)
         if setup:
             store_requested_setup(db, connection.id, setup)
     return connection
@@ -199,7 +202,8 @@ def connect_existing(db: Database, key: bytes, org_id: int, *, backend: str, url
 
 def reconnect(db: Database, key: bytes, connection: Connection, *, backend: str, url: str,
               username: str, password: str, allow_private: bool,
-              setup: RequestedSetup | None = None, resolver: Resolver = resolve) -> Connection:
+              setup: RequestedSetup | None = None, resolver: Resolver = resolve,
+              server_options: dict[str, str] | None = None) -> Connection:
     """Point a pending or failed connection at (corrected) server values, with its requests."""
     available_backend(backend)
     url = check_server_url(url, allow_private=allow_private, resolver=resolver)
@@ -209,7 +213,8 @@ def reconnect(db: Database, key: bytes, connection: Connection, *, backend: str,
         raise InvalidInput("enter the server password", field="password")
     with immediate(db):
         updated = connections.update_server(db, key, connection.id, backend=backend, url=url,
-                                            username=username, password=password)
+                                            username=username, password=password,
+                                            server_options=server_options)
         store_requested_setup(db, connection.id, setup)
     return updated
 
@@ -224,6 +229,7 @@ class ServerValues:
     url: str
     username: str
     password: str
+    options: dict[str, str] = field(default_factory=dict)  # the backend's sign-in options
 
 
 class ConnectAsk(Protocol):
@@ -281,7 +287,7 @@ def connect_request(db: Database, orgs_dir: str | Path, key: bytes, org: str, as
         connection = connect_existing(
             db, key, existing["id"], backend=server.backend, url=server.url,
             username=server.username, password=server.password, allow_private=allow_private,
-            setup=setup, resolver=resolver)
+            setup=setup, resolver=resolver, server_options=server.options)
         return ConnectDecision(ConnectAction.CONNECT, connection,
                                f"connecting the existing organization {org} to the server")
     if found.status == ConnectionStatus.CONNECTED:
@@ -295,6 +301,7 @@ def connect_request(db: Database, orgs_dir: str | Path, key: bytes, org: str, as
     server = ask.server()  # pending or failed: connect again with the values sent
     connection = reconnect(db, key, found, backend=server.backend, url=server.url,
                            username=server.username, password=server.password,
-                           allow_private=allow_private, setup=setup, resolver=resolver)
+                           allow_private=allow_private, setup=setup, resolver=resolver,
+                           server_options=server.options)
     return ConnectDecision(ConnectAction.RECONNECT, connection,
                            f"connecting {org} to the server again")

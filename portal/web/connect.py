@@ -156,7 +156,10 @@ def status(org: str) -> ResponseReturnValue:
     connection = connection_for_token(org, request.args.get("token"))
     form = RetryForm(formdata=None, data={
         "backend": connection.backend, "server_url": connection.url,
-        "server_username": connection.username})
+        "server_username": connection.username,
+        "server_auth": connection.server_options.get("auth", "password"),
+        "server_tenant": connection.server_options.get("tenant"),
+        "server_client_id": connection.server_options.get("client_id")})
     return _status_page(connection, form)
 
 
@@ -183,7 +186,8 @@ def retry(org: str) -> ResponseReturnValue:
             connection = connections.update_server(
                 get_db(), load_key(current_app.instance_path), connection.id,
                 backend=form.backend.data, url=form.server_url.data,
-                username=form.server_username.data, password=form.server_password.data)
+                username=form.server_username.data, password=form.server_password.data,
+                server_options=form.server_options())
         except InvalidInput as refused:
             form.add_error(refused)
         else:

@@ -16,7 +16,11 @@ from portal.orgs import registry
 from portal.sync.registration import Registration, ServerValues
 
 MAX_TEXT = 2048
-SETUP_TEXT = ("ProviderID", "Url", "UserName", "Password")
+# Resco's four, then ours for Dynamics: an application user (ClientId and
+# ClientSecret, instead of UserName and Password), a tenant, and with
+# UserName/Password a ClientId alone names the public client of the password flow.
+SETUP_TEXT = ("ProviderID", "Url", "UserName", "Password", "TenantId", "ClientId",
+              "ClientSecret")
 REGISTRATION_TEXT = ("Email", "FirstName", "LastName", "Company", "Password", "JobTitle",
                      "Phone", "Country")
 SETUP_ELEMENTS = (*SETUP_TEXT, "RegistrationInfo", "Entities", "SyncFiltersXml")
@@ -54,14 +58,30 @@ class ConnectRequest:
                           f"SyncSetup/{name}")
         return value
 
+    def server_credentials(self) -> tuple[str, str, dict[str, str]]:
+        """(user name, password, sign-in options): UserName/Password, or ClientId/ClientSecret."""
+        options = {"tenant": self.text("TenantId") or ""}
+        if self.text("ClientSecret") is not None:
+            if self.text("UserName") is not None or self.text("Password") is not None:
+                raise Refused(400, "InvalidElement", "send UserName and Password, or ClientId "
+                              "and ClientSecret (an application user), not both",
+                              "SyncSetup/ClientSecret")
+            options["auth"] = "client_credentials"
+            return self.required("ClientId"), self.required("ClientSecret"), \
+                {k: v for k, v in options.items() if v}
+        options["client_id"] = self.text("ClientId") or ""
+        return self.required("UserName"), self.required("Password"), \
+            {k: v for k, v in options.items() if v}
+
     def registered(self, name: str) -> str | None:
         """A RegistrationInfo text value, stripped; None when absent or empty."""
         return ((self.registration or {}).get(name) or "").strip() or None
 
     def server(self) -> ServerValues:
         """The server values of SyncSetup; each must be there."""
-        return ServerValues(self.required("ProviderID"), self.required("Url"),
-                            self.required("UserName"), self.required("Password"))
+        provider, url = self.required("ProviderID"), self.required("Url")
+        username, password, options = self.server_credentials()
+        return ServerValues(provider, url, username, password, options)
 
     def registration_of(self, org: str) -> Registration:
         """A new org's admin (RegistrationInfo: Email and a good Password) and its server."""
@@ -84,6 +104,7 @@ class ConnectRequest:
             org=org, email=self.registered("Email") or "",
             password=self.registered("Password") or "", backend=server.backend,
             url=server.url, username=server.username, server_password=server.password,
+            server_options=server.options,
             firstname=self.registered("FirstName"), lastname=self.registered("LastName"),
             company=self.registered("Company"), jobtitle=self.registered("JobTitle"),
             phone=self.registered("Phone"), country=self.registered("Country"))

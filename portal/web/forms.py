@@ -7,7 +7,7 @@ from flask_wtf import FlaskForm
 from wtforms import BooleanField, Field, PasswordField, SelectField, StringField, SubmitField
 from wtforms.validators import EqualTo, InputRequired, Length, Optional, ValidationError
 
-from portal.backends.registry import BACKEND_TYPES, available_backend
+from portal.backends.registry import BACKEND_TYPES, available_backend, check_options
 from portal.backends.server_urls import check_server_url
 from portal.db import get_db
 from portal.errors import InvalidInput, NotFound
@@ -16,7 +16,13 @@ from portal.sync.registration import Registration
 
 # Which form field a data-layer refusal (InvalidInput.field) belongs beside.
 FIELD_OF_ERROR = {"name": "organization", "email": "email", "password": "password",
-                  "backend": "backend", "url": "server_url", "username": "server_username"}
+                  "backend": "backend", "url": "server_url", "username": "server_username",
+                  "auth": "server_auth", "tenant": "server_tenant",
+                  "authority": "server_tenant", "client_id": "server_client_id"}
+# How a Dynamics connection signs in (portal.backends.dynamics.AUTH_KINDS).
+SIGN_INS: list[tuple[str, str, dict[str, Any]]] = [
+    ("password", "User name and password", {}),
+    ("client_credentials", "Application user (client id and secret)", {})]
 
 
 def _checked(check: Any, value: Any) -> None:
@@ -53,11 +59,21 @@ class ServerFields(FlaskForm):
     server_username = StringField("Username", filters=[strip], validators=[
         InputRequired("Enter the server user name."), Length(max=254)])
     server_password = PasswordField("Password", validators=[
-        InputRequired("Enter the server password."), Length(max=1024)])
+        InputRequired("Enter the server password."), Length(max=1024)],
+        description="For a Dynamics application user: the client id above, its secret here.")
+    server_auth = SelectField("Sign-in (Dynamics)", default="password")
+    server_tenant = StringField("Tenant (Dynamics, optional)", filters=[strip], validators=[
+        Optional(), Length(max=254)], description="The directory (tenant) id or domain, "
+        "e.g. contoso.onmicrosoft.com. Left empty, the environment names its own.")
+    server_client_id = StringField("Public client id (Dynamics, optional)", filters=[strip],
+                                   validators=[Optional(), Length(max=100)],
+                                   description="For a user name and password only; empty: "
+                                   "the id Microsoft's samples use.")
 
     def __init__(self, *args: Any, **kwargs: Any) -> None:
         super().__init__(*args, **kwargs)
         self.backend.choices = backend_choices()  # type: ignore[assignment]
+        self.server_auth.choices = SIGN_INS  # type: ignore[assignment]
 
     def validate_backend(self, field: Field) -> None:
         """A known type whose backend this portal has."""
@@ -67,6 +83,21 @@ class ServerFields(FlaskForm):
         """http(s), a host, and (unless the operator allows it) a public address."""
         _checked(lambda url: check_server_url(
             url, allow_private=current_app.config["ALLOW_PRIVATE_SERVERS"]), field.data)
+
+    def validate_server_tenant(self, field: Field) -> None:
+        """Checked as the data layer checks it, for the type chosen."""
+        if self.backend.data == "dynamics":
+            _checked(lambda _: check_options(self.backend.data, self.server_options()),
+                     field.data)
+
+    def server_options(self) -> dict[str, str]:
+        """The sign-in options of the chosen type (only Dynamics has any)."""
+        if self.backend.data != "dynamics":
+            return {}
+        options = {"auth": self.server_auth.data or "password",
+                   "tenant": self.server_tenant.data or "",
+                   "client_id": self.server_client_id.data or ""}
+        return {k: v for k, v in options.items() if v}
 
     def add_error(self, refused: InvalidInput) -> None:
         """Show a refusal of the data layer beside its field (or above the form)."""
@@ -130,7 +161,7 @@ class ConnectForm(ServerFields):
             org=self.organization.data, email=self.email.data,
             password=self.password.data, backend=self.backend.data,
             url=self.server_url.data, username=self.server_username.data,
-            server_password=self.server_password.data,
+            server_password=self.server_password.data, server_options=self.server_options(),
             firstname=text(self.firstname), lastname=text(self.lastname),
             company=text(self.company), jobtitle=text(self.jobtitle),
             phone=text(self.phone), country=text(self.country))

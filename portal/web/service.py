@@ -58,7 +58,9 @@ JOB_KINDS = ("connect", "sync", "metadata")
 ELEMENT_OF_FIELD = {"backend": "SyncSetup/ProviderID", "url": "SyncSetup/Url",
                     "username": "SyncSetup/UserName", "entities": "SyncSetup/Entities",
                     "filter": "SyncSetup/SyncFiltersXml", "entity": "SyncSetup/Entities",
-                    "name": "{org}", "email": "RegistrationInfo/Email"}
+                    "name": "{org}", "email": "RegistrationInfo/Email",
+                    "tenant": "SyncSetup/TenantId", "authority": "SyncSetup/TenantId",
+                    "client_id": "SyncSetup/ClientId", "auth": "SyncSetup/ClientId"}
 REALM = 'Basic realm="CRM Sync web service", charset="UTF-8"'
 
 
