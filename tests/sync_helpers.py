@@ -25,10 +25,11 @@ class Side:
     """One portal's instance folder, its Flask app (for data-layer calls and jobs) and URL."""
 
     def __init__(self, instance: Path, redis_url: str, url: str | None = None,
-                 config: dict[str, Any] | None = None) -> None:
+                 config: dict[str, Any] | None = None, backend: str = "resco") -> None:
         self.instance = instance
         self.url = url
         self.redis_url = redis_url
+        self.backend = backend  # the type of the connections this side makes
         # Every server in these tests is a portal on 127.0.0.1.
         self.app: Flask = create_app({"TESTING": True, "INSTANCE_PATH": instance,
                                       "REDIS_URL": redis_url, "ALLOW_PRIVATE_SERVERS": True,
@@ -56,7 +57,7 @@ class Side:
             db = get_db()
             org = registry.get_org(db, client_org)
             return connections.create_connection(
-                db, crypto.load_key(self.instance), org["id"], backend="resco",
+                db, crypto.load_key(self.instance), org["id"], backend=self.backend,
                 url=server_url, username=ADMIN_EMAIL, password=password,
                 conflict_policy=policy).id
 

@@ -161,6 +161,35 @@ def test_connect_async_seed_xml_creates_and_connects_an_org(service_app: Flask, 
     assert client.get(f"{split.path}?token=forged").status_code == 401
 
 
+def test_connect_async_the_seeds_own_dynamics_request_ends_connected_with_identical_data(
+        service_app: Flask, redis: Redis, tmp_path: Path, redis_url: str, portal_process,  # type: ignore[no-untyped-def]
+        monkeypatch) -> None:
+    # The seed's ConnectRequest as sent, ProviderID 60650fb3-... kept, pointed at a hosted
+    # org's Dataverse Web API root (TLS, test CA) with the org user's e-mail and password.
+    from tests.sync_helpers import assert_identical
+    from tests.test_sync import SALES, dataverse_tls
+
+    tls = dataverse_tls(tmp_path / "tls")
+    server = Side(tmp_path / "server", redis_url)
+    server.create_org("srv")
+    with server.org("srv") as org:
+        seed_sales(org, accounts=40)
+    process = portal_process(tmp_path / "server", tls=tls)
+    monkeypatch.setenv("REQUESTS_CA_BUNDLE", str(tls.ca_file))
+    xml = seed_xml(f"{process.url}/dataverse/srv").replace(RESCO, DYNAMICS)
+    assert f"<ProviderID>{DYNAMICS}</ProviderID>" in xml
+    response = post_xml(client_of(service_app), "martin", xml)
+    assert response.status_code == 202, response.get_data(as_text=True)
+    work(service_app, redis)
+    with service_app.app_context():
+        connection = connections.connection_of_org(get_db(), "martin")
+        assert connection and connection.status == "connected", connection and connection.error
+        assert connection.backend == "dynamics"
+    with server.org("srv") as a, store.open_org(orgs_dir(service_app), "martin") as b:
+        assert list(b.entities()) == list(a.entities())
+        assert_identical(a, b, SALES)
+
+
 def test_connect_async_exact_seed_xml_is_taken_as_dynamics_up_to_its_placeholder_url(
         app: Flask, redis: Redis) -> None:
     # The seed's ProviderID is the dynamics backend now; its Url is a placeholder (and

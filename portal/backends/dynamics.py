@@ -134,6 +134,7 @@ class DynamicsBackend(ODataBackend):
         self._attributes: dict[str, dict[str, dict[str, Any]]] = {}
         self._navigations: dict[str, dict[tuple[str, str], str]] = {}
         self._asked_navigations: set[str] = set()
+        self._associate_only: set[str] = set()  # N:N tables written by $ref
         self._relationships: list[dvm.ManyToMany] | None = None
         self._targets: dict[str, str] = {}  # record id -> its table, as lookups named it
 
@@ -207,9 +208,7 @@ class DynamicsBackend(ODataBackend):
         relationships = {r.intersect: r for r in self.relationships()
                          if r.entity1 in syncable and r.entity2 in syncable}
         entities = []
-        for name in sorted(syncable):
-            if syncable[name].get("IsIntersect") and name not in relationships:
-                continue  # an N:N whose sides are not both synced has nothing to join
+        for name in syncable:  # in the server's order
             data = self.get_json(f"{_key(name)}?$expand=Attributes")
             self._attributes[name] = {str(a["LogicalName"]): a for a in
                                       data.get("Attributes") or [] if a.get("LogicalName")}
@@ -217,6 +216,8 @@ class DynamicsBackend(ODataBackend):
             entity = dvm.entity_from_definition(data)
             if name in relationships:
                 entity = dvm.as_intersect(entity, relationships[name])
+            elif entity.isintersect and not any(a.type == "lookup" for a in entity.attributes):
+                continue  # an N:N whose sides are not synced has nothing to join
             entities.append(entity)
         return entities
 
@@ -338,8 +339,18 @@ class DynamicsBackend(ODataBackend):
     # --- writes ------------------------------------------------------------
 
     def _apply(self, write: Write, created: dict[str, str]) -> WriteResult:
-        if write.entity.isintersect:
+        if write.entity.isintersect and write.entity.logicalname in self._associate_only:
             return self._apply_intersect(write)
+        result = self._apply_record(write, created)
+        if write.entity.isintersect and result.status == "error" and \
+                (result.message or "")[:3] in ("400", "405", "501"):
+            # Dataverse writes N:N rows only by associating the two records; a server
+            # that takes the row itself (a hosted org) keeps the client's own id.
+            self._associate_only.add(write.entity.logicalname)
+            return self._apply_intersect(write)
+        return result
+
+    def _apply_record(self, write: Write, created: dict[str, str]) -> WriteResult:
         url = f"{write.entity.entitysetname}({write.record_id})"
         headers = {"Content-Type": "application/json", "Prefer": "return=representation"}
         if write.if_match:
@@ -361,10 +372,13 @@ class DynamicsBackend(ODataBackend):
         body: dict[str, Any] = {}
         for name, value in values.items():
             info = server.get(name)
-            if name in SYSTEM_ATTRIBUTES or info is None or name == entity.primaryidattribute:
+            if name in SYSTEM_ATTRIBUTES or name == entity.primaryidattribute:
                 continue
-            if not (info.get("IsValidForCreate") if creating else info.get("IsValidForUpdate")):
+            if info is not None and not (info.get("IsValidForCreate") if creating
+                                         else info.get("IsValidForUpdate")):
                 continue  # computed or read-only on the server: synced down, never up
+            # An attribute the server does not have is sent all the same: its refusal
+            # leaves the change in error, where the admin sees it, instead of lost.
             attr = entity.attribute(name)
             if attr is not None and attr.type == "lookup":
                 target = self.lookup_target(attr, value, created or {}) if value else \
@@ -508,8 +522,12 @@ class DynamicsBackend(ODataBackend):
     def relationships(self) -> list[dvm.ManyToMany]:
         """Every N:N relationship of the environment, read once per run."""
         if self._relationships is None:
-            self._relationships = dvm.many_to_many(self.get_json(
-                "RelationshipDefinitions/Microsoft.Dynamics.CRM.ManyToManyRelationshipMetadata"))
+            response = self.request("GET", "RelationshipDefinitions/"
+                                    "Microsoft.Dynamics.CRM.ManyToManyRelationshipMetadata")
+            # A server without RelationshipDefinitions: its intersect tables are read as
+            # they describe themselves (lookups to both sides), and not written.
+            self._relationships = dvm.many_to_many(orjson.loads(response.content)) \
+                if response.status_code == 200 else []
         return self._relationships
 
     def relationship(self, entity: Entity) -> dvm.ManyToMany:
