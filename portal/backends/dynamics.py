@@ -33,6 +33,9 @@ from urllib.parse import quote, urlsplit, urlunsplit
 
 import orjson
 import requests
+from requests.adapters import HTTPAdapter
+from urllib3.response import BaseHTTPResponse
+from urllib3.util.retry import Retry
 
 from portal.backends import dataverse_metadata as dvm
 from portal.backends.auth import (
@@ -44,7 +47,7 @@ from portal.backends.auth import (
     discover_authority,
 )
 from portal.backends.base import ChangesPage, Write, WriteResult
-from portal.backends.odata import RETRIES, ODataBackend, _message
+from portal.backends.odata import RETRIES, ODataBackend, ServerRetry, _message, server_retry
 from portal.backends.prefetch import prefetched
 from portal.errors import BackendError, CredentialsRefused, InvalidInput
 from portal.orgs.metadata import SYSTEM_ATTRIBUTES, Attribute, Entity
@@ -81,6 +84,48 @@ def web_api_root(url: str) -> tuple[str, str]:
     root_path = root_path.rstrip("/") + "/"
     return (urlunsplit((parts.scheme, parts.netloc, environment_path, "", "")),
             urlunsplit((parts.scheme, parts.netloc, root_path, "", "")))
+
+
+class ServiceProtectionRetry(ServerRetry):
+    """The transport's retries; a 429 or 503 asking to wait longer than MAX_WAIT_S stops the run.
+
+    Waiting is right for a short Retry-After; a long one means the user's budget
+    is spent for minutes, and a job that sleeps holds its worker and its lock.
+    The run stops with the reason instead; the next run resumes from the checkpoints.
+    """
+
+    @classmethod
+    def from_retry(cls, retry: Retry) -> "ServiceProtectionRetry":
+        """The same settings as `retry`."""
+        made = cls.__new__(cls)
+        made.__dict__.update(retry.__dict__)
+        return made
+
+    def sleep_for_retry(self, response: BaseHTTPResponse) -> bool:
+        """Sleep as Retry-After says, unless it says more than a run waits."""
+        # Read here: urllib3's own reading is capped at retry_after_max.
+        wait = _seconds(response.headers.get("Retry-After"))
+        if wait is not None and wait > MAX_WAIT_S:
+            raise BackendError(
+                f"Dataverse's service protection limits are reached ({_error_text(response)}); "
+                f"it asks to wait {wait:.0f} s, longer than a run waits ({MAX_WAIT_S} s). "
+                "The run stops here; the next run continues where this one stopped")
+        return bool(super().sleep_for_retry(response))
+
+
+def _seconds(value: str | None) -> float | None:
+    try:
+        return float(value) if value is not None else None
+    except ValueError:
+        return None  # an HTTP date: urllib3 reads it (and caps it)
+
+
+def _error_text(response: BaseHTTPResponse) -> str:
+    try:
+        error = orjson.loads(response.data).get("error") or {}
+        return str(error.get("message") or response.status)
+    except (orjson.JSONDecodeError, AttributeError):
+        return str(response.status)
 
 
 def check_auth_kind(kind: str | None) -> str:
@@ -120,7 +165,13 @@ class DynamicsBackend(ODataBackend):
         the password flow; `tenant` or `authority` override the discovered one."""
         self.environment, root = web_api_root(url)
         super().__init__(root, username, password, allow_private=allow_private,
-                         session=session, retries=retries)
+                         session=session, retries=retries, max_retry_after=MAX_WAIT_S)
+        # The transport's retries, except that a Retry-After longer than a run
+        # waits stops the run (ServiceProtectionRetry).
+        adapter = HTTPAdapter(pool_connections=2, pool_maxsize=4, max_retries=(
+            ServiceProtectionRetry.from_retry(server_retry(retries, MAX_WAIT_S))))
+        self.session.mount("http://", adapter)
+        self.session.mount("https://", adapter)
         self.session.auth = None
         self.bearer: BearerAuth | None = None  # once the authority is known
         self.session.hooks["response"].append(self._service_protection)
@@ -165,18 +216,7 @@ class DynamicsBackend(ODataBackend):
 
     def _service_protection(self, response: requests.Response, *args: Any,
                             **kwargs: Any) -> None:
-        """Slow down near the end of the budget; stop on a wait longer than a run sits through."""
-        if response.status_code == 429:
-            try:
-                wait = float(response.headers.get("Retry-After", "0"))
-            except ValueError:
-                wait = 0.0
-            if wait > MAX_WAIT_S:
-                raise BackendError(
-                    f"Dataverse's service protection limits are reached ({_message(response)}); "
-                    f"it asks to wait {wait:.0f} s, longer than a run waits ({MAX_WAIT_S} s). "
-                    "The run stops here; the next run continues where this one stopped")
-            return
+        """Near the end of the budget the server reports, wait before the next request."""
         remaining = _int(response.headers.get("x-ms-ratelimit-burst-remaining-xrm-requests"))
         time_left = _int(response.headers.get("x-ms-ratelimit-time-remaining-xrm-requests"))
         if (remaining is not None and remaining < LOW_REQUESTS) or \
