@@ -438,6 +438,27 @@ def test_sync_dynamics_as_an_application_user_and_refused_secrets_readably(  # t
     _same(server, client)
 
 
+def test_sync_dynamics_through_a_429_storm_waits_as_told_and_ends_identical(  # type: ignore[no-untyped-def]
+        tmp_path: Path, redis_url: str, redis: Redis, portal_process, monkeypatch) -> None:
+    # The server's Dataverse root with service protection on and a small budget: the
+    # connect job meets 429s with Retry-After and waits them out; nothing is lost.
+    tls = dataverse_tls(tmp_path / "tls")
+    server = Side(tmp_path / "a", redis_url)
+    server.create_org("srv")
+    with server.org("srv") as org:
+        seed_sales(org, accounts=30)
+    process = portal_process(tmp_path / "a", tls=tls, env={
+        "PORTAL_DATAVERSE_SERVICE_PROTECTION": "true", "PORTAL_DATAVERSE_LIMIT_REQUESTS": "25",
+        "PORTAL_DATAVERSE_LIMIT_WINDOW_S": "2"})
+    monkeypatch.setenv("REQUESTS_CA_BUNDLE", str(tls.ca_file))
+    server.url = f"{process.url}/dataverse/srv"
+    client = Side(tmp_path / "b", redis_url, backend="dynamics",
+                  config={"SYNC_PAGE_SIZE": 10, "SYNC_HTTP_RETRIES": 20})
+    client.create_org("cli", template=None)
+    client.connect_now(redis, "cli", server.url)
+    _same(server, client)
+
+
 @resco_only
 def test_sync_backend_counts_records_for_progress(pair) -> None:  # type: ignore[no-untyped-def]
     from portal.backends.resco import RescoBackend

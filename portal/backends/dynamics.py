@@ -58,10 +58,11 @@ AUTH_KINDS = ("password", "client_credentials")
 MAX_PAGE_SIZE = 5000  # Dataverse's largest odata.maxpagesize
 # Service protection (learn.microsoft.com, power-apps/developer/data-platform/api-limits):
 # a user has 6,000 requests and 1,200,000 ms of execution time per 5 minutes.
-# Near the end of either budget each request waits, so the window refills
-# before the server throttles; a Retry-After longer than a run waits stops it.
-LOW_REQUESTS = 100
-LOW_TIME_MS = 60_000
+# Near the end of either budget (under LOW_SHARE of the most the server has
+# reported left, so an environment with other limits is judged by its own)
+# each request waits, so the window refills before the server throttles; a
+# Retry-After longer than a run waits stops it.
+LOW_SHARE = 0.05
 SLOW_DOWN_S = 1.0
 MAX_WAIT_S = 120
 # `#reconcile` on a stored link: this read started over (a refused delta
@@ -186,6 +187,7 @@ class DynamicsBackend(ODataBackend):
         self._navigations: dict[str, dict[tuple[str, str], str]] = {}
         self._asked_navigations: set[str] = set()
         self._associate_only: set[str] = set()  # N:N tables written by $ref
+        self._budget: dict[str, int] = {}  # the most of each budget the server said was left
         self._relationships: list[dvm.ManyToMany] | None = None
         self._targets: dict[str, str] = {}  # record id -> its table, as lookups named it
 
@@ -217,10 +219,14 @@ class DynamicsBackend(ODataBackend):
     def _service_protection(self, response: requests.Response, *args: Any,
                             **kwargs: Any) -> None:
         """Near the end of the budget the server reports, wait before the next request."""
-        remaining = _int(response.headers.get("x-ms-ratelimit-burst-remaining-xrm-requests"))
-        time_left = _int(response.headers.get("x-ms-ratelimit-time-remaining-xrm-requests"))
-        if (remaining is not None and remaining < LOW_REQUESTS) or \
-                (time_left is not None and time_left < LOW_TIME_MS):
+        low = False
+        for header in ("x-ms-ratelimit-burst-remaining-xrm-requests",
+                       "x-ms-ratelimit-time-remaining-xrm-requests"):
+            left = _int(response.headers.get(header))
+            if left is not None:
+                most = self._budget[header] = max(self._budget.get(header, 0), left)
+                low = low or left < most * LOW_SHARE
+        if low:
             time.sleep(SLOW_DOWN_S)
 
     # --- the interface -----------------------------------------------------
