@@ -15,11 +15,13 @@ from typing import Any
 
 import pytest
 
+from portal import multipart
 from portal.backends.base import Write
 from portal.backends.dynamics import MAX_WAIT_S, DynamicsBackend, web_api_root
 from portal.errors import BackendError, CredentialsRefused
+from portal.multipart import RequestPart
 from portal.orgs.metadata import Attribute, Entity
-from tests.scripted_https import Answer, ScriptedHttps, Seen, entra_authority, fixture
+from tests.scripted_https import FIXTURES, Answer, ScriptedHttps, Seen, entra_authority, fixture
 
 TENANT = "4baaeaaf-2771-4583-99eb-7c7e39aa1e74"
 API = "/api/data/v9.2/"
@@ -378,12 +380,34 @@ def test_dynamics_a_polymorphic_lookup_not_read_before_is_found_and_bound(datave
     backend.close()
 
 
-def test_dynamics_writes_conditional_upserts_and_maps_each_answer(dataverse) -> None:  # type: ignore[no-untyped-def]
+def _batch_server(dataverse: Dataverse, answers: dict[str, Answer]) -> list[RequestPart]:
+    """A `$batch` endpoint answering each part by its URL's last segment; the parts it got."""
+    received: list[RequestPart] = []
+
+    def answer(seen: Seen) -> Answer:
+        parts = multipart.parse_batch_request(seen.body, seen.headers["Content-Type"])
+        received.extend(parts)
+        out = []
+        for part in parts:
+            canned = answers[part.url.rsplit("/", 1)[-1]]
+            body = canned.body if isinstance(canned.body, bytes) else json.dumps(
+                canned.body).encode()
+            out.append(multipart.ResponsePart(canned.status, {
+                "Content-Type": "application/json; odata.metadata=minimal", **canned.headers},
+                body, part.content_id))
+        data, content_type = multipart.write_batch_response(out)
+        return Answer(200, data, {"Content-Type": content_type})
+
+    dataverse.route("POST", "$batch", answer)
+    return received
+
+
+def test_dynamics_writes_conditional_upserts_in_a_batch_and_maps_each_answer(dataverse) -> None:  # type: ignore[no-untyped-def]
     # MicrosoftDocs/powerapps-docs perform-conditional-operations-using-web-api.md: the 412
     # (ETag mismatch, and a create of a record that exists) and 404 bodies;
     # compose-http-requests-handle-errors.md: a plugin's 400 with annotations.
     _accounts(dataverse)
-    answers = {
+    received = _batch_server(dataverse, {
         "accounts(a1)": Answer(200, {"@odata.etag": 'W/"9"', "accountid": "a1", "name": "n",
                                      "modifiedon": "2026-12-02T00:00:00Z"}),
         "accounts(a2)": Answer(412, fixture(
@@ -393,10 +417,8 @@ def test_dynamics_writes_conditional_upserts_and_maps_each_answer(dataverse) -> 
         "accounts(a4)": Answer(404, fixture("dataverse/errors/404-record-not-found.response.json")),
         "accounts(a5)": Answer(400, fixture(
             "dataverse/errors/400-plugin-error-annotations.response.json")),
-    }
-    for path, answer in answers.items():
-        dataverse.route("PATCH", path, answer)
-    dataverse.route("DELETE", "accounts(a6)", Answer(204, b""))
+        "accounts(a6)": Answer(204, b""),
+    })
     backend = dataverse.backend()
     results = backend.apply_writes([
         Write(ACCOUNT, "a1", "upsert", {"name": "n"}, create_only=True),
@@ -412,12 +434,43 @@ def test_dynamics_writes_conditional_upserts_and_maps_each_answer(dataverse) -> 
     assert results[0].record["modifiedon"] == "2026-12-02T00:00:00Z"
     assert "doesn't match the RowVersion" in (results[1].message or "")
     assert (results[4].message or "").startswith("400: ")
-    sent = {s.path.rsplit("/", 1)[-1]: s for s in dataverse.server.seen
-            if s.method in ("PATCH", "DELETE")}
-    assert sent["accounts(a1)"].headers["If-None-Match"] == "*"
-    assert sent["accounts(a2)"].headers["If-Match"] == 'W/"1"'
-    assert sent["accounts(a6)"].headers["If-Match"] == 'W/"3"'
-    assert sent["accounts(a1)"].json() == {"name": "n"}
+    [batch] = dataverse.server.requests_to(API + "$batch")
+    assert batch.headers["Prefer"] == "odata.continue-on-error"
+    sent = {p.url.rsplit("/", 1)[-1]: p for p in received}
+    assert [p.method for p in received] == ["PATCH"] * 5 + ["DELETE"]
+    assert all(p.changeset is None for p in received)  # each write stands alone
+    assert sent["accounts(a1)"].header("If-None-Match") == "*"
+    assert sent["accounts(a2)"].header("If-Match") == 'W/"1"'
+    assert sent["accounts(a6)"].header("If-Match") == 'W/"3"'
+    assert json.loads(sent["accounts(a1)"].body) == {"name": "n"}
+
+
+def test_dynamics_reads_the_documented_continue_on_error_batch_answer(dataverse) -> None:  # type: ignore[no-untyped-def]
+    # MicrosoftDocs/powerapps-docs execute-batch-operations-using-web-api.md: with
+    # Prefer: odata.continue-on-error, a 400 part (0x80044331) then two 204 parts.
+    text = (FIXTURES / "dataverse/batch/error-continue-on-error.response.http").read_text()
+    body = text.split("\n\n", 1)[1]
+    boundary = body.split("\n", 1)[0][2:]
+    _accounts(dataverse)
+    dataverse.route("POST", "$batch", Answer(200, body.encode(), {
+        "Content-Type": f"multipart/mixed; boundary={boundary}"}))
+    backend = dataverse.backend()
+    results = backend.apply_writes([Write(ACCOUNT, f"t{n}", "upsert", {"name": "x"},
+                                          create_only=True) for n in range(3)])
+    backend.close()
+    assert [r.status for r in results] == ["error", "ok", "ok"]
+    assert "The length of the 'subject' attribute" in (results[0].message or "")
+
+
+def test_dynamics_a_batch_over_1000_writes_goes_in_several(dataverse) -> None:  # type: ignore[no-untyped-def]
+    _accounts(dataverse)
+    received = _batch_server(dataverse, {f"accounts(r{n})": Answer(204, b"")
+                                         for n in range(1500)})
+    backend = dataverse.backend()
+    results = backend.apply_writes([Write(ACCOUNT, f"r{n}", "delete") for n in range(1500)])
+    backend.close()
+    assert len(dataverse.server.requests_to(API + "$batch")) == 2
+    assert len(received) == 1500 and {r.status for r in results} == {"ok"}
 
 
 def test_dynamics_associates_and_disassociates_n_to_n_rows(dataverse) -> None:  # type: ignore[no-untyped-def]
@@ -431,7 +484,8 @@ def test_dynamics_associates_and_disassociates_n_to_n_rows(dataverse) -> None:  
     # Dataverse refuses writing an intersect row itself (composed: Learn shows no body).
     refused = Answer(400, {"error": {"code": "0x80040203", "message": "The 'Create' method "
                                      "does not support entities of type 'intersect'"}})
-    dataverse.route("PATCH", "sample_sample_bankaccounts_contactsset(", refused)
+    _batch_server(dataverse, {f"sample_sample_bankaccounts_contactsset({row})": refused
+                              for row in ("r1", "r2", "r3")})
     dataverse.route("POST", nav + "/$ref", Answer(204, b""))
     dataverse.route("GET", "sample_sample_bankaccounts_contactsset(r2)", Answer(200, {
         "sample_sample_bankaccounts_contactsid": "r2", "sample_bankaccountid": "b1",
@@ -446,8 +500,8 @@ def test_dynamics_associates_and_disassociates_n_to_n_rows(dataverse) -> None:  
         Write(link, "r2", "delete"), Write(link, "r3", "delete")])
     backend.close()
     assert [r.status for r in results] == ["ok", "ok", "missing"]
-    # Tried once as a row, then associated; deletes went straight to disassociate.
-    assert len([s for s in dataverse.server.seen if s.method == "PATCH"]) == 1
+    # Tried once as a row (in the batch), then associated; deletes went to disassociate.
+    assert len(dataverse.server.requests_to(API + "$batch")) == 1
     post = dataverse.server.requests_to(API + nav + "/$ref")[0]
     assert post.json() == {"@odata.id": f"{dataverse.server.url}{API}contacts(c1)"}
     assert dataverse.server.requests_to(API + nav + "(c9)/$ref")[0].method == "DELETE"

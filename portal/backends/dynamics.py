@@ -37,6 +37,7 @@ from requests.adapters import HTTPAdapter
 from urllib3.response import BaseHTTPResponse
 from urllib3.util.retry import Retry
 
+from portal import multipart
 from portal.backends import dataverse_metadata as dvm
 from portal.backends.auth import (
     BearerAuth,
@@ -47,9 +48,16 @@ from portal.backends.auth import (
     discover_authority,
 )
 from portal.backends.base import ChangesPage, Write, WriteResult
-from portal.backends.odata import RETRIES, ODataBackend, ServerRetry, _message, server_retry
+from portal.backends.odata import (
+    BATCH_LIMIT,
+    RETRIES,
+    ODataBackend,
+    ServerRetry,
+    _message,
+    server_retry,
+)
 from portal.backends.prefetch import prefetched
-from portal.errors import BackendError, CredentialsRefused, InvalidInput
+from portal.errors import BackendError, CredentialsRefused, InvalidInput, MalformedMultipart
 from portal.orgs.metadata import SYSTEM_ATTRIBUTES, Attribute, Entity
 
 API_PATH = "api/data/v9.2/"
@@ -69,6 +77,8 @@ MAX_WAIT_S = 120
 # token), so when it ends, records the server no longer lists are deleted.
 # A fragment is never sent to the server.
 RECONCILE = "#reconcile"
+# How a server refuses writing an N:N row as a record (then it is associated instead).
+REFUSED_ROW = ("400", "405", "501")
 LOOKUP_TABLE = "Microsoft.Dynamics.CRM.lookuplogicalname"
 NAVIGATION = "Microsoft.Dynamics.CRM.associatednavigationproperty"
 
@@ -376,39 +386,71 @@ class DynamicsBackend(ODataBackend):
         return self.record_from_server(entity, item), etag
 
     def apply_writes(self, writes: list[Write]) -> list[WriteResult]:
-        """Each write as its own request, in order (exactly-once as the engine's rules hold)."""
+        """Writes in multipart `$batch` calls of at most 1,000, in order, continue-on-error.
+
+        Each write stands alone (no change set): a refused one does not stop the
+        others, and exactly-once rests on the engine's rules (a create's own GUID
+        with If-None-Match, If-Match of the last seen ETag). N:N rows a server
+        takes only by association go one by one after the batch ($ref).
+        """
         # Records created in this round can be lookup targets of later writes.
         created = {w.record_id.lower(): w.entity.logicalname for w in writes
                    if w.operation == "upsert"}
-        return [self._apply(write, created) for write in writes]
+        results: dict[int, WriteResult] = {}
+        batched = [n for n, w in enumerate(writes)
+                   if w.entity.logicalname not in self._associate_only]
+        for start in range(0, len(batched), BATCH_LIMIT):
+            chunk = batched[start:start + BATCH_LIMIT]
+            answers = self._send_batch([writes[n] for n in chunk], created)
+            results.update(zip(chunk, answers, strict=True))
+        for n, write in enumerate(writes):
+            result = results.get(n)
+            if write.entity.isintersect and (result is None or (
+                    result.status == "error" and (result.message or "")[:3] in REFUSED_ROW)):
+                # Dataverse writes N:N rows only by associating the two records; a server
+                # that takes the row itself (a hosted org) keeps the client's own id.
+                self._associate_only.add(write.entity.logicalname)
+                results[n] = self._apply_intersect(write)
+        return [results[n] for n in range(len(writes))]
 
     # --- writes ------------------------------------------------------------
 
-    def _apply(self, write: Write, created: dict[str, str]) -> WriteResult:
-        if write.entity.isintersect and write.entity.logicalname in self._associate_only:
-            return self._apply_intersect(write)
-        result = self._apply_record(write, created)
-        if write.entity.isintersect and result.status == "error" and \
-                (result.message or "")[:3] in ("400", "405", "501"):
-            # Dataverse writes N:N rows only by associating the two records; a server
-            # that takes the row itself (a hosted org) keeps the client's own id.
-            self._associate_only.add(write.entity.logicalname)
-            return self._apply_intersect(write)
-        return result
+    def _send_batch(self, writes: list[Write], created: dict[str, str]) -> list[WriteResult]:
+        """One multipart `$batch` of independent requests; a result per write."""
+        parts = [self._write_part(write, created, str(n + 1)) for n, write in enumerate(writes)]
+        body, content_type = multipart.write_batch_request(parts)
+        response = self.request("POST", "$batch", data=body, headers={
+            "Content-Type": content_type, "Prefer": "odata.continue-on-error"})
+        if response.status_code != 200:
+            raise BackendError(f"$batch answered {response.status_code}: {_message(response)}")
+        try:
+            answers = multipart.parse_batch_response(response.content,
+                                                     response.headers.get("Content-Type"))
+        except MalformedMultipart as exc:
+            raise BackendError(f"the server's $batch answer cannot be read: {exc.message}") \
+                from None
+        by_id = {a.content_id: a for a in answers if a.content_id}
+        results = []
+        for n, write in enumerate(writes):
+            answer = by_id.get(str(n + 1)) or (answers[n] if n < len(answers) and
+                                               not answers[n].content_id else None)
+            results.append(self._part_result(write.entity, answer))
+        return results
 
-    def _apply_record(self, write: Write, created: dict[str, str]) -> WriteResult:
-        url = f"{write.entity.entitysetname}({write.record_id})"
+    def _write_part(self, write: Write, created: dict[str, str],
+                    content_id: str) -> multipart.RequestPart:
+        """A write as one request of a batch: PATCH (upsert) or DELETE of the record's GUID."""
+        url = f"{self.root}{write.entity.entitysetname}({write.record_id})"
         headers = {"Content-Type": "application/json", "Prefer": "return=representation"}
         if write.if_match:
             headers["If-Match"] = write.if_match
         elif write.create_only:
             headers["If-None-Match"] = "*"
         if write.operation == "delete":
-            return self._result(write.entity, self.request("DELETE", url, headers=headers))
+            return multipart.RequestPart("DELETE", url, headers, b"", content_id)
         body = self.record_to_server(write.entity, write.values, creating=write.create_only,
                                      created=created)
-        return self._result(write.entity, self.request("PATCH", url, data=orjson.dumps(body),
-                                                       headers=headers))
+        return multipart.RequestPart("PATCH", url, headers, orjson.dumps(body), content_id)
 
     def record_to_server(self, entity: Entity, values: dict[str, Any], *,
                          creating: bool = False,
@@ -515,18 +557,35 @@ class DynamicsBackend(ODataBackend):
 
     def _result(self, entity: Entity, response: requests.Response) -> WriteResult:
         """A write's answer as the engine's result."""
-        status = response.status_code
+        return self._answer(entity, response.status_code, response.headers.get("ETag"),
+                            response.content)
+
+    def _part_result(self, entity: Entity, part: multipart.ResponsePart | None) -> WriteResult:
+        """A batch part's answer as the engine's result (none: the server skipped it)."""
+        if part is None:
+            return WriteResult("error", message="the server gave no answer to this write")
+        return self._answer(entity, part.status, part.header("ETag"), part.body)
+
+    def _answer(self, entity: Entity, status: int, etag: str | None,
+                content: bytes) -> WriteResult:
+        body: Any = None
+        if content:
+            try:
+                body = orjson.loads(content)
+            except orjson.JSONDecodeError:
+                body = None
         if status < 300:
-            body = orjson.loads(response.content) if response.content else None
-            version = response.headers.get("ETag") or (
-                body.get("@odata.etag") if isinstance(body, dict) else None)
+            version = etag or (body.get("@odata.etag") if isinstance(body, dict) else None)
             record = self.record_from_server(entity, body) if isinstance(body, dict) else None
             return WriteResult("ok", version=version, record=record)
+        error = body.get("error") if isinstance(body, dict) else None
+        message = str(error.get("message")) if isinstance(error, dict) and \
+            error.get("message") else content[:200].decode(errors="replace") or str(status)
         if status == 412:
-            return WriteResult("conflict", message=_message(response))
+            return WriteResult("conflict", message=message)
         if status == 404:
-            return WriteResult("missing", message=_message(response))
-        return WriteResult("error", message=f"{status}: {_message(response)}")
+            return WriteResult("missing", message=message)
+        return WriteResult("error", message=f"{status}: {message}")
 
     # --- what the run learns of the server ---------------------------------
 
