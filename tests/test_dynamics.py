@@ -551,3 +551,18 @@ def test_dynamics_low_ratelimit_headers_slow_the_run_down(dataverse) -> None:  #
     backend.check_credentials()
     assert time.monotonic() - started >= 0.9  # it paused before going on
     backend.close()
+
+
+def test_dynamics_an_explicit_authority_is_used_without_asking_the_server(dataverse) -> None:  # type: ignore[no-untyped-def]
+    dataverse.route("GET", "WhoAmI()", Answer(200, fixture("dataverse/whoami.response.json")))
+    backend = dataverse.backend(authority=f"{dataverse.server.url}/{TENANT}")
+    backend.check_credentials()
+    backend.close()
+    assert all("Authorization" in s.headers for s in dataverse.server.requests_to(API))
+    # The token is for the environment itself when no challenge named a resource.
+    token = dataverse.server.requests_to(f"/{TENANT}/oauth2/v2.0/token")[0].form()
+    assert token["scope"] == f"{dataverse.server.url}/.default"
+    named = DynamicsBackend("https://contoso.crm4.dynamics.com", "u", "p",
+                            tenant="contoso.onmicrosoft.com", allow_private=True)  # no DNS here
+    assert named.authority == "https://login.microsoftonline.com/contoso.onmicrosoft.com"
+    named.close()
