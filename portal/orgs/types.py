@@ -6,7 +6,8 @@ whole column), both filters (the form a FetchXML or OData `$filter` value is
 compared in), the OData service (Edm type and facets of `$metadata`) and the
 Dataverse metadata (AttributeType and `@odata.type` names, written and read).
 A backend for another system adds its type names to the table as a field of
-AttributeType with a reverse index (as FROM_DATAVERSE), not a copy of the table.
+AttributeType with a reverse index (as FROM_DATAVERSE, FROM_SALESFORCE), not a
+copy of the table.
 
 The integer bounds, the GUID pattern and the normalisation of GUIDs and
 date-times are defined here once; the stored date-time format is
@@ -440,6 +441,8 @@ class AttributeType:
     targets: bool = False  # lookup: the entities it points to
     # Further Dataverse AttributeTypes and AttributeMetadata types read as this type.
     dataverse_reads: tuple[str, ...] = ()
+    # Salesforce field types (describe's `type`) read as this type; see from_salesforce.
+    salesforce: tuple[str, ...] = ()
 
     @property
     def dataverse_type_name(self) -> str:
@@ -504,34 +507,46 @@ def _table(*types: AttributeType) -> dict[str, AttributeType]:
 # listed is the one that name reads as (Edm.String is a string, not a memo).
 TYPES = _table(
     AttributeType("uniqueidentifier", "TEXT", GUID, "Edm.Guid",
-                  "Uniqueidentifier", "UniqueIdentifierAttributeMetadata"),
+                  "Uniqueidentifier", "UniqueIdentifierAttributeMetadata",
+                  salesforce=("id",)),
     AttributeType("string", "TEXT", TEXT, "Edm.String",
-                  "String", "StringAttributeMetadata", maxlength=100),
+                  "String", "StringAttributeMetadata", maxlength=100,
+                  # Salesforce picklist values are text (the API name), not numbers:
+                  # they stay text, and their values and labels are kept beside the entity.
+                  salesforce=("string", "email", "phone", "url", "picklist", "multipicklist",
+                              "combobox", "encryptedstring")),
     AttributeType("memo", "TEXT", TEXT, "Edm.String",
-                  "Memo", "MemoAttributeMetadata", maxlength=2000),
+                  "Memo", "MemoAttributeMetadata", maxlength=2000,
+                  salesforce=("textarea",)),
     AttributeType("integer", "INTEGER", INTEGER, "Edm.Int32",
-                  "Integer", "IntegerAttributeMetadata", bounds=INT32),
+                  "Integer", "IntegerAttributeMetadata", bounds=INT32,
+                  salesforce=("int",)),
     AttributeType("bigint", "INTEGER", INTEGER, "Edm.Int64",
-                  "BigInt", "BigIntAttributeMetadata", bounds=INT64),
+                  "BigInt", "BigIntAttributeMetadata", bounds=INT64,
+                  salesforce=("long",)),
     # Decimal and money are REAL: SQLite has no decimal type, and Dataverse's
     # precision (at most 10 places) fits a double.
     AttributeType("decimal", "REAL", NUMBER, "Edm.Decimal",
-                  "Decimal", "DecimalAttributeMetadata", precision=2),
+                  "Decimal", "DecimalAttributeMetadata", precision=2,
+                  salesforce=("percent",)),
     AttributeType("double", "REAL", NUMBER, "Edm.Double",
-                  "Double", "DoubleAttributeMetadata"),
+                  "Double", "DoubleAttributeMetadata", salesforce=("double",)),
     AttributeType("money", "REAL", NUMBER, "Edm.Decimal",
-                  "Money", "MoneyAttributeMetadata", precision=2),
+                  "Money", "MoneyAttributeMetadata", precision=2,
+                  salesforce=("currency",)),
     AttributeType("boolean", "INTEGER", BOOLEAN, "Edm.Boolean",
-                  "Boolean", "BooleanAttributeMetadata"),
+                  "Boolean", "BooleanAttributeMetadata", salesforce=("boolean",)),
     AttributeType("datetime", "TEXT", DATETIME, "Edm.DateTimeOffset",
-                  "DateTime", "DateTimeAttributeMetadata"),
+                  "DateTime", "DateTimeAttributeMetadata",
+                  # A Salesforce date is kept as midnight UTC and written back as its date.
+                  salesforce=("datetime", "date")),
     AttributeType("picklist", "INTEGER", INTEGER, "Edm.Int32",
                   "Picklist", "PicklistAttributeMetadata", bounds=INT32, options=True,
                   dataverse_reads=("State", "Status", "StateAttributeMetadata",
                                    "StatusAttributeMetadata")),
     AttributeType("lookup", "TEXT", GUID, "Edm.Guid",
                   "Lookup", "LookupAttributeMetadata", targets=True,
-                  dataverse_reads=("Customer", "Owner")),
+                  dataverse_reads=("Customer", "Owner"), salesforce=("reference",)),
 )
 ATTRIBUTE_TYPES = tuple(TYPES)
 
@@ -547,6 +562,7 @@ def _index(names_of: Callable[[AttributeType], Iterable[str]]) -> dict[str, Attr
 
 FROM_DATAVERSE = _index(lambda t: (t.dataverse, t.dataverse_metadata, *t.dataverse_reads))
 FROM_EDM = _index(lambda t: (t.edm,))
+FROM_SALESFORCE = _index(lambda t: t.salesforce)
 
 
 def from_dataverse(attribute_type: Any, odata_type: Any = None) -> AttributeType | None:
@@ -560,6 +576,15 @@ def from_dataverse(attribute_type: Any, odata_type: Any = None) -> AttributeType
     if isinstance(odata_type, str):
         return FROM_DATAVERSE.get(odata_type.rsplit(".", 1)[-1])
     return None
+
+
+def from_salesforce(field_type: Any) -> AttributeType | None:
+    """Our type of a Salesforce field type (describe's `type`); None for a type we do not model.
+
+    Not modelled, so not synced: compound `address` and `location` (their parts
+    are fields of their own), `base64` (files), `time`, `anyType`, `complexvalue`.
+    """
+    return FROM_SALESFORCE.get(field_type) if isinstance(field_type, str) else None
 
 
 def from_edm(edm: str) -> AttributeType | None:
