@@ -16,6 +16,7 @@ GUID is the shared key mapping's job, not this module's.
 """
 
 import re
+from collections.abc import Collection
 from dataclasses import dataclass, field
 from typing import Any
 
@@ -49,14 +50,19 @@ def salesforce_id(value: Any) -> str:
 
     The last 3 characters of an 18-character id encode, 5 characters each, which
     of the 15 are upper case, so an 18-character id survives case-insensitive
-    handling: its case is restored from the suffix, and a suffix that does not
-    fit the id is refused.
+    handling: the case of one written all in lower or all in upper case is
+    restored from the suffix. A mixed-case id whose case disagrees with its
+    suffix was altered, and is refused.
     """
     if not isinstance(value, str) or not _ID_RE.fullmatch(value):
         raise ValueError(f"{value!r} is not a Salesforce id (15 or 18 letters and digits)")
     base = value[:15]
     if len(value) == 18:
-        base = _restore_case(base, value[15:])
+        restored = _restore_case(base, value[15:])
+        if restored != base and base not in (base.lower(), base.upper()):
+            raise ValueError(f"{value!r} is not a Salesforce id (its case disagrees with its"
+                             " checksum)")
+        base = restored
     return base + _suffix(base)
 
 
@@ -124,11 +130,15 @@ class SalesforceObject:
         return name if name in self.fields else None
 
 
-def object_from_describe(describe: dict[str, Any]) -> SalesforceObject:
+def object_from_describe(describe: dict[str, Any], synced: Collection[str]) -> SalesforceObject:
     """An sObject Describe answer as our Entity (checked and completed) and its field names.
 
-    Fields of types we do not model (see portal.orgs.types.from_salesforce) are skipped.
+    `synced` names the objects that sync (synced_objects). A reference keeps
+    the targets among them and is skipped when none is: a lookup must point to
+    an entity the client has. Fields of types we do not model (see
+    portal.orgs.types.from_salesforce) are skipped too.
     """
+    names = {n.lower() for n in synced} | {str(describe["name"]).lower()}
     api_name = str(describe["name"])
     label = str(describe.get("label") or api_name)
     fields: dict[str, str] = {}
@@ -143,6 +153,10 @@ def object_from_describe(describe: dict[str, Any]) -> SalesforceObject:
         attr = _attribute(item)
         if attr is None:
             continue
+        if attr.type == "lookup":
+            attr.targets = [t for t in attr.targets if t in names]
+            if not attr.targets:
+                continue
         name = attr.logicalname
         fields[name] = str(item["name"])
         types[name] = str(item["type"])
@@ -163,9 +177,9 @@ def object_from_describe(describe: dict[str, Any]) -> SalesforceObject:
     entity = Entity(logicalname=logicalname, displayname=label, primaryidattribute="id",
                     primarynameattribute=name_field, entitysetname=entity_set_name(logicalname),
                     attributes=attributes)
-    return SalesforceObject(check_entity(entity), api_name, fields, types, frozenset(createable),
-                            frozenset(updateable), picklists, external_ids,
-                            describe.get("keyPrefix") or None)
+    return SalesforceObject(check_entity(entity, names), api_name, fields, types,
+                            frozenset(createable), frozenset(updateable), picklists,
+                            external_ids, describe.get("keyPrefix") or None)
 
 
 def _attribute(item: dict[str, Any]) -> Attribute | None:
