@@ -295,6 +295,28 @@ def test_fields_the_operation_may_not_set_are_refused(contact: Any, values: Any,
     assert caught.value.field == refused
 
 
+@pytest.mark.parametrize(("values", "key", "refused"), [
+    ({"birthdate": "29 Feb 1980"}, None, "birthdate"),
+    ({"accountid": "9b2f6a4e-0c1d-4e3a-9c8d-2f4e6a8b0c1d"}, None, "accountid"),  # a GUID
+    ({"title": "x"}, "not-an-id", "id"),
+])
+def test_values_salesforce_cannot_take_are_refused(contact: Any, values: Any, key: Any,
+                                                   refused: str) -> None:
+    with pytest.raises(InvalidInput) as caught:
+        record_body(contact, values, key=key)
+    assert caught.value.field == refused
+
+
+def test_an_update_key_is_sent_in_its_18_character_form(contact: Any) -> None:
+    assert record_body(contact, {}, key="003xx000004TmiQ")["id"] == "003xx000004TmiQAAS"
+
+
+def test_a_bad_value_in_an_answer_is_a_backend_error(contact: Any) -> None:
+    row = {"Id": "003RO0000035WQgYAM", "Birthdate": "someday"}
+    with pytest.raises(BackendError, match="Contact.Birthdate"):
+        query_page(contact, {"done": True, "records": [row]})
+
+
 def test_a_createable_only_field_may_be_set_on_create(contact: Any) -> None:
     assert record_body(contact, {"origin__c": "web"})["Origin__c"] == "web"
 

@@ -263,7 +263,11 @@ def record_from_row(obj: SalesforceObject, row: dict[str, Any]) -> dict[str, Any
         name = obj.attribute_name(api_name)
         if name is None:
             continue  # `attributes`, relationship objects, fields we do not model
-        record[name] = _read_value(obj.field_types[name], value)
+        try:
+            record[name] = _read_value(obj.field_types[name], value)
+        except ValueError as exc:
+            raise BackendError(f"Salesforce answered a bad {obj.api_name}.{api_name}: {exc}"
+                               ) from None
     return record
 
 
@@ -288,7 +292,10 @@ def record_body(obj: SalesforceObject, values: dict[str, Any], *,
     operation = "created" if key is None else "updated"
     body: dict[str, Any] = {"attributes": {"type": obj.api_name}}
     if key is not None:
-        body["id"] = salesforce_id(key)
+        try:
+            body["id"] = salesforce_id(key)
+        except ValueError as exc:
+            raise InvalidInput(str(exc), field="id") from None
     for name, value in values.items():
         if name == "id":
             continue  # the key is the record's id
@@ -297,7 +304,11 @@ def record_body(obj: SalesforceObject, values: dict[str, Any], *,
         if name not in allowed:
             raise InvalidInput(f"field {obj.fields[name]} of {obj.api_name} cannot be {operation}"
                                " in Salesforce", field=name)
-        body[obj.fields[name]] = _write_value(obj.field_types[name], value)
+        try:
+            body[obj.fields[name]] = _write_value(obj.field_types[name], value)
+        except ValueError as exc:
+            raise InvalidInput(f"field {obj.fields[name]} of {obj.api_name}: {exc}",
+                               field=name) from None
     return body
 
 
