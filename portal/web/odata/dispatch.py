@@ -11,6 +11,7 @@ from portal.web.odata import (
     customization,
     entities,
     entity_definitions,
+    functions,
     metadata_changes,
 )
 from portal.web.odata.csdl import metadata_document
@@ -65,6 +66,10 @@ def route(req: ApiRequest) -> ApiResponse:
         return metadata_changes.change(req, path)
     if path == "CreateEntities":
         return metadata_changes.create_entities(req)
+    if req.dialect.functions and path in functions.FUNCTIONS:
+        if method != "GET":
+            raise not_allowed(method, "GET")
+        return functions.whoami(req)
     match = RESOURCE_RE.match(path)
     if match is None:
         raise ProtocolError(404, "NotFound", f"no resource {path!r} in this service")

@@ -13,6 +13,7 @@ from werkzeug.datastructures import Headers, MultiDict
 
 from portal.errors import PortalError
 from portal.orgs.store import OrgDb
+from portal.web.odata.dialect import ORG_API, Dialect
 
 JSON_TYPE = "application/json; odata.metadata=minimal; charset=utf-8"
 ODATA_VERSION = "4.0"
@@ -131,8 +132,10 @@ class ApiRequest:
     org: OrgDb
     secret: str
     user: dict[str, Any] = field(default_factory=dict)  # the authenticated org user
-    # The ErrorCode field this request's error bodies take their codes from (the dialect's).
+    # The ErrorCode field this request's error bodies take their codes from: the dialect's
+    # (set from it by the blueprint; its own field so a request can be coded on its own).
     error_codes: str = "odata"
+    dialect: Dialect = ORG_API
 
 
 @dataclass
