@@ -26,6 +26,7 @@ from portal.web.odata.options import check_options
 
 RESOURCE_RE = re.compile(r"^([A-Za-z_][A-Za-z0-9_]*)(?:\((.*)\))?$")
 METADATA_RE = re.compile(r"^(EntityDefinitions|RelationshipDefinitions)(?:[(/]|$)")
+SET_RE = re.compile(r"^[A-Za-z_][A-Za-z0-9_]*$")
 
 
 def dispatch(req: ApiRequest) -> ApiResponse:
@@ -70,6 +71,10 @@ def route(req: ApiRequest) -> ApiResponse:
         if method != "GET":
             raise not_allowed(method, "GET")
         return functions.whoami(req)
+    if path.endswith("/$count") and SET_RE.match(path[:-len("/$count")]):
+        if method != "GET":
+            raise not_allowed(method, "GET")
+        return collections.count_collection(req, req.org.entity_by_set(path[:-len("/$count")]))
     match = RESOURCE_RE.match(path)
     if match is None:
         raise ProtocolError(404, "NotFound", f"no resource {path!r} in this service")
