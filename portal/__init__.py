@@ -42,6 +42,7 @@ def create_app(test_config: dict[str, Any] | None = None) -> Flask:
     app.register_blueprint(public.bp)
     app.register_blueprint(api.bp)
     app.register_blueprint(dataverse.bp)
+    app.register_blueprint(dataverse.realm_bp)
     app.register_blueprint(connect.bp)
     app.register_blueprint(service.bp)
     rate_limits.init_app(app)

@@ -29,6 +29,9 @@ from portal.web.odata.dialect import DATAVERSE
 
 bp = Blueprint("dataverse", __name__, url_prefix="/dataverse")
 csrf.exempt(bp)
+# MSAL's password grant first asks the authority's host for the user's realm, at
+# https://<host>/common/userrealm/<user> (msal.authority.user_realm_discovery).
+realm_bp = Blueprint("userrealm", __name__, url_prefix="/common")
 
 # Scopes MSAL adds to a user sign-in; they name no resource.
 OIDC_SCOPES = {"openid", "profile", "offline_access"}
@@ -58,6 +61,15 @@ def openid_configuration(org: str) -> ResponseReturnValue:
         "claims_supported": [],
         "tenant_region_scope": None,
     })
+
+
+@realm_bp.get("/userrealm/<path:username>")
+def user_realm(username: str) -> ResponseReturnValue:
+    """Every portal user is "Managed" (signs in with a password here, not federated)."""
+    return jsonify({"ver": "1.0", "account_type": "Managed",
+                    "domain_name": username.rpartition("@")[2],
+                    "cloud_instance_name": request.host.split(":")[0],
+                    "cloud_audience_urn": "urn:federation:MicrosoftOnline"})
 
 
 @bp.post("/<org>/oauth2/v2.0/token")
