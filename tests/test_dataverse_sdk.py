@@ -236,3 +236,56 @@ def test_sdk_records_list_with_filter_select_orderby_and_paging(served: Served) 
     assert rows[0]["name"] == "Account 1199" and rows[-1]["name"] == "Account 1000"
     everything = list(client.records.list("account", select=["name"], page_size=500))
     assert len({r["accountid"] for r in everything}) == 1200
+
+
+def test_sdk_records_create_many_update_many_upsert_and_delete_many(served: Served) -> None:
+    from PowerPlatform.Dataverse.models.upsert import UpsertItem
+
+    client = sdk_client(served)
+    ids = client.records.create("account", [{"name": f"Bulk {i}"} for i in range(3)])
+    assert len(ids) == 3
+    assert served.org.db.execute("SELECT count(*) FROM account").fetchone()[0] == 3
+    client.records.update("account", ids, {"numberofemployees": 7})  # UpdateMultiple
+    assert {r[0] for r in served.org.db.execute("SELECT numberofemployees FROM account")} == {7}
+    client.records.update("account", ids[:2], [{"name": "First"}, {"name": "Second"}])
+    assert client.records.retrieve("account", ids[1])["name"] == "Second"
+    new_id = str(uuid.uuid4())
+    client.records.upsert("account", [UpsertItem(alternate_key={"accountid": new_id},
+                                                 record={"name": "Upserted"})])
+    client.records.upsert("account", [
+        UpsertItem(alternate_key={"accountid": new_id}, record={"name": "Upserted again"}),
+        UpsertItem(alternate_key={"accountid": ids[0]}, record={"name": "First again"})])
+    assert client.records.retrieve("account", new_id)["name"] == "Upserted again"
+    assert client.records.retrieve("account", ids[0])["name"] == "First again"
+    client.records.delete("account", ids + [new_id], use_bulk_delete=False)
+    assert served.org.db.execute("SELECT count(*) FROM account").fetchone()[0] == 0
+
+
+def test_sdk_create_many_is_all_or_nothing(served: Served) -> None:
+    from PowerPlatform.Dataverse.core.errors import HttpError
+
+    client = sdk_client(served)
+    with pytest.raises(HttpError) as refused:
+        client.records.create("account", [{"name": "Good"}, {"name": "x" * 500}])
+    assert refused.value.status_code == 400
+    assert "Targets[1]" in str(refused.value)
+    assert served.org.db.execute("SELECT count(*) FROM account").fetchone()[0] == 0
+
+
+def test_sdk_reads_lookups_expansions_and_formatted_values(served: Served) -> None:
+    client = sdk_client(served)
+    account_id = client.records.create("account", {"name": "Contoso", "revenue": 1500})
+    contact_id = client.records.create("contact", {
+        "lastname": "Doe", "parentcustomerid_account@odata.bind": f"/accounts({account_id})"})
+    contact = client.records.retrieve("contact", contact_id, select=["lastname"],
+                                      expand=["parentcustomerid_account($select=name)"],
+                                      include_annotations="*")
+    assert contact["parentcustomerid_account"]["name"] == "Contoso"
+    listed = list(client.records.list(
+        "account", select=["name", "revenue"], filter=f"accountid eq {account_id}",
+        include_annotations="OData.Community.Display.V1.FormattedValue"))
+    assert listed[0]["revenue@OData.Community.Display.V1.FormattedValue"] == "$1,500.00"
+    contacts = list(client.records.list(
+        "contact", select=["lastname", "_parentcustomerid_value"],
+        filter=f"_parentcustomerid_value eq {account_id}", count=True))
+    assert [c["contactid"] for c in contacts] == [contact_id]

@@ -6,6 +6,7 @@ from flask import current_app
 
 from portal.errors import PortalError
 from portal.web.odata import (
+    actions,
     batch,
     collections,
     customization,
@@ -71,6 +72,9 @@ def route(req: ApiRequest) -> ApiResponse:
         if method != "GET":
             raise not_allowed(method, "GET")
         return functions.whoami(req)
+    bound = actions.bound_action(path) if req.dialect.functions else None
+    if bound is not None:
+        return actions.run(req, req.org.entity_by_set(bound[0]), bound[1])
     if path.endswith("/$count") and SET_RE.match(path[:-len("/$count")]):
         if method != "GET":
             raise not_allowed(method, "GET")
