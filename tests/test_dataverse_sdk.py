@@ -289,3 +289,32 @@ def test_sdk_reads_lookups_expansions_and_formatted_values(served: Served) -> No
         "contact", select=["lastname", "_parentcustomerid_value"],
         filter=f"_parentcustomerid_value eq {account_id}", count=True))
     assert [c["contactid"] for c in contacts] == [contact_id]
+
+
+def test_sdk_query_builder(served: Served) -> None:
+    from PowerPlatform.Dataverse.models.filters import col
+
+    records.save_records(served.org, "account", [
+        {"accountid": str(uuid.UUID(int=i + 1)), "name": f"Account {i:03d}",
+         "numberofemployees": i, "creditonhold": i % 2 == 0} for i in range(300)])
+    client = sdk_client(served)
+    result = list(client.query.builder("account")
+                  .select("name", "numberofemployees")
+                  .where((col("numberofemployees") < 10) | (col("numberofemployees") >= 295))
+                  .where(col("creditonhold") == False)  # noqa: E712 - the SDK's operator
+                  .where(col("name").startswith("Account"))
+                  .order_by("numberofemployees", descending=True)
+                  .page_size(2)
+                  .execute())
+    assert [r["numberofemployees"] for r in result] == [299, 297, 295, 9, 7, 5, 3, 1]
+    top = list(client.query.builder("account").where(col("numberofemployees") <= 3)
+               .top(2).execute())
+    assert len(top) == 2
+    # Dataverse's query functions (col.in_ sends Microsoft.Dynamics.CRM.In(...)) are not
+    # served: a 400 that says why.
+    from PowerPlatform.Dataverse.core.errors import HttpError
+
+    with pytest.raises(HttpError) as refused:
+        list(client.query.builder("account").where(col("numberofemployees").in_([1, 2]))
+             .execute())
+    assert refused.value.status_code == 400
