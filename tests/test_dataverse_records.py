@@ -305,3 +305,41 @@ def test_writes_through_this_root_are_the_org_apis_writes(
     assert [op for _, op in operations] == ["create", "update", "delete"]
     assert sales_org.db.execute("SELECT count(*) FROM _tombstones WHERE id = ?",
                                 [new_id]).fetchone()[0] == 1
+
+
+def test_paging_through_20000_records(client: FlaskClient, sales_org: OrgDb,
+                                      token: dict[str, str]) -> None:
+    records.save_records(sales_org, "account", (
+        {"accountid": str(uuid.UUID(int=i + 1000)), "name": f"A {i:05d}"} for i in range(20000)))
+    seen: list[str] = []
+    url = DV_ROOT + "accounts?$select=name&$count=true"
+    pages = 0
+    while url:
+        answer = client.get(url, headers=token)
+        assert answer.status_code == 200
+        body = answer.json
+        assert body["@odata.count"] == 20001  # with the fixture's account
+        seen += [r["accountid"] for r in body["value"]]
+        url = body.get("@odata.nextLink", "")
+        pages += 1
+    assert pages == 5  # 5,000 a page
+    assert len(seen) == len(set(seen)) == 20001
+
+
+def test_change_tracking_on_this_root(client: FlaskClient, sales_org: OrgDb,
+                                      token: dict[str, str]) -> None:
+    first = get(client, "contacts?$select=fullname,_parentcustomerid_value", token,
+                "odata.track-changes").json
+    delta = first["@odata.deltaLink"]
+    assert delta.startswith("http://localhost" + DV_ROOT + "contacts?")
+    records.update_record(sales_org, "contact", CONTACT, {"jobtitle": "Barista"})
+    new = records.create_record(sales_org, "contact", {"lastname": "New"})
+    records.delete_record(sales_org, "contact", new["contactid"])
+    changes = client.get(delta, headers=token).json
+    changed = [v for v in changes["value"] if "id" not in v]
+    deleted = [v for v in changes["value"] if "id" in v]
+    assert [c["contactid"] for c in changed] == [CONTACT]
+    assert changed[0]["_parentcustomerid_value"] == ACCOUNT
+    assert deleted == [{"@odata.context": "http://localhost" + DV_ROOT +
+                        "$metadata#contacts/$deletedEntity", "id": new["contactid"],
+                        "reason": "deleted"}]
