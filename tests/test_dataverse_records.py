@@ -343,3 +343,61 @@ def test_change_tracking_on_this_root(client: FlaskClient, sales_org: OrgDb,
     assert deleted == [{"@odata.context": "http://localhost" + DV_ROOT +
                         "$metadata#contacts/$deletedEntity", "id": new["contactid"],
                         "reason": "deleted"}]
+
+
+FETCH = """<fetch count="2">
+  <entity name="account">
+    <attribute name="name" />
+    <attribute name="revenue" />
+    <order attribute="name" />
+    <filter type="and">
+      <condition attribute="revenue" operator="ge" value="100" />
+      <filter type="or">
+        <condition attribute="name" operator="like" value="F%" />
+        <condition attribute="name" operator="eq" value="Litware, Inc. (sample)" />
+      </filter>
+    </filter>
+  </entity>
+</fetch>"""
+
+
+def test_fetchxml_query_with_filter_order_and_pages(client: FlaskClient, sales_org: OrgDb,
+                                                    token: dict[str, str]) -> None:
+    """Microsoft Learn: "Use FetchXml to query data", "Page results using FetchXml"."""
+    records.save_records(sales_org, "account", [
+        {"accountid": str(uuid.UUID(int=i + 100)), "name": f"F{i}", "revenue": i * 100}
+        for i in range(4)])
+    prefer = ('odata.include-annotations="Microsoft.Dynamics.CRM.fetchxmlpagingcookie,'
+              'Microsoft.Dynamics.CRM.morerecords"')
+    first = client.get(DV_ROOT + "accounts", query_string={"fetchXml": FETCH},
+                       headers={**token, "Prefer": prefer})
+    assert first.status_code == 200, first.json
+    assert [r["name"] for r in first.json["value"]] == ["F1", "F2"]
+    assert first.json["@Microsoft.Dynamics.CRM.morerecords"] is True
+    assert 'pagenumber="2"' in first.json["@Microsoft.Dynamics.CRM.fetchxmlpagingcookie"]
+    second = client.get(DV_ROOT + "accounts",
+                        query_string={"fetchXml": FETCH.replace('count="2"',
+                                                                'count="2" page="2"')},
+                        headers={**token, "Prefer": prefer})
+    assert [r["name"] for r in second.json["value"]] == ["F3", "Litware, Inc. (sample)"]
+    assert second.json["@Microsoft.Dynamics.CRM.morerecords"] is False
+    assert set(second.json["value"][0]) == {"@odata.etag", "accountid", "name", "revenue"}
+
+
+@pytest.mark.parametrize("xml, status", [
+    ("<fetch><entity name='account'><link-entity name='contact' from='parentcustomerid' "
+     "to='accountid'/></entity></fetch>", 501),
+    ("<fetch aggregate='true'><entity name='account'/></fetch>", 501),
+    ("<fetch><entity name='contact'/></fetch>", 400),
+    ("<fetch><entity name='account'><filter><condition attribute='nothere' operator='eq' "
+     "value='1'/></filter></entity></fetch>", 400),
+    ("<fetch count='0'><entity name='account'/></fetch>", 400),
+    ("<!DOCTYPE x [<!ENTITY a 'b'>]><fetch><entity name='account'/></fetch>", 400),
+    ("<fetch>", 400),
+], ids=["link-entity", "aggregate", "other-entity", "unknown-attribute", "count", "dtd",
+        "malformed"])
+def test_fetchxml_bad_input_is_refused(client: FlaskClient, token: dict[str, str], xml: str,
+                                       status: int) -> None:
+    answer = client.get(DV_ROOT + "accounts", query_string={"fetchXml": xml}, headers=token)
+    assert answer.status_code == status
+    assert answer.json["error"]["message"]

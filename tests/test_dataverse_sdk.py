@@ -318,3 +318,22 @@ def test_sdk_query_builder(served: Served) -> None:
         list(client.query.builder("account").where(col("numberofemployees").in_([1, 2]))
              .execute())
     assert refused.value.status_code == 400
+
+
+def test_sdk_fetchxml_pages_through_a_filtered_query(served: Served) -> None:
+    records.save_records(served.org, "account", [
+        {"accountid": str(uuid.UUID(int=i + 1)), "name": f"Account {i:03d}",
+         "numberofemployees": i} for i in range(30)])
+    client = sdk_client(served)
+    query = client.query.fetchxml("""
+      <fetch count="4">
+        <entity name="account">
+          <attribute name="name" />
+          <order attribute="numberofemployees" descending="true" />
+          <filter><condition attribute="numberofemployees" operator="lt" value="10" /></filter>
+        </entity>
+      </fetch>""")
+    pages = list(query.execute_pages())
+    names = [r["name"] for page in pages for r in page]
+    assert len(pages) == 3
+    assert names == [f"Account {i:03d}" for i in range(9, -1, -1)]

@@ -17,6 +17,7 @@ from portal.orgs.store import current_version, metadata_version
 from portal.web.odata import shapes
 from portal.web.odata.delta import make_deltatoken, read_deltatoken
 from portal.web.odata.etags import etag
+from portal.web.odata.fetchxml import read_fetchxml
 from portal.web.odata.messages import (
     ApiRequest,
     ApiResponse,
@@ -63,6 +64,8 @@ def applied(prefs: Preferences, page_size: int, tracked: bool, shape: shapes.Sha
 
 def read_collection(req: ApiRequest, entity: Entity) -> ApiResponse:
     """GET /{set}: a page of records, with nextLink, count and (tracked) deltaLink."""
+    if req.dialect.fetchxml and "fetchXml" in req.args:
+        return read_fetchxml(req, entity)
     opts = parse_options(req.args, entity, req.dialect)
     prefs = parse_prefer(req.headers.getlist("Prefer"))
     if opts.deltatoken is not None:

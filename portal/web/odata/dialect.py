@@ -35,8 +35,10 @@ class Dialect:
     annotations: bool
     # $expand of single-valued navigation properties (with $select inside).
     expand: bool
-    # Dataverse's functions (WhoAmI) at the service root.
+    # Dataverse's functions (WhoAmI) at the service root and bulk actions on entity sets.
     functions: bool
+    # Dataverse's FetchXML queries: GET {set}?fetchXml=...
+    fetchxml: bool
     # POST answers 201 with the record (OData's default) or 204 (Dataverse's,
     # unless Prefer: return=representation).
     create_returns_record: bool
@@ -65,6 +67,7 @@ ORG_API = Dialect(
     annotations=False,
     expand=False,
     functions=False,
+    fetchxml=False,
     create_returns_record=True,
     bearer_challenge=False,
     default_page_size=1000,  # as Resco Cloud
@@ -80,6 +83,7 @@ DATAVERSE = Dialect(
     annotations=True,
     expand=True,
     functions=True,
+    fetchxml=True,
     create_returns_record=False,
     bearer_challenge=True,
     # Dataverse pages 5,000 records unless odata.maxpagesize asks for fewer.
