@@ -337,3 +337,13 @@ def test_sdk_fetchxml_pages_through_a_filtered_query(served: Served) -> None:
     names = [r["name"] for page in pages for r in page]
     assert len(pages) == 3
     assert names == [f"Account {i:03d}" for i in range(9, -1, -1)]
+
+
+def test_sdk_sql_query_is_refused_not_ignored(served: Served) -> None:
+    from PowerPlatform.Dataverse.core.errors import HttpError
+
+    records.save_records(served.org, "account", [{"accountid": str(uuid.UUID(int=1)),
+                                                  "name": "A"}])
+    with pytest.raises(HttpError) as refused:
+        sdk_client(served).query.sql("SELECT name FROM account")
+    assert refused.value.status_code == 501

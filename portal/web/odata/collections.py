@@ -21,6 +21,7 @@ from portal.web.odata.fetchxml import read_fetchxml
 from portal.web.odata.messages import (
     ApiRequest,
     ApiResponse,
+    ProtocolError,
     bad_request,
     json_response,
     raw_json_response,
@@ -64,6 +65,10 @@ def applied(prefs: Preferences, page_size: int, tracked: bool, shape: shapes.Sha
 
 def read_collection(req: ApiRequest, entity: Entity) -> ApiResponse:
     """GET /{set}: a page of records, with nextLink, count and (tracked) deltaLink."""
+    unserved = req.dialect.unserved_options & set(req.args)
+    if unserved:
+        raise ProtocolError(501, "NotImplemented",
+                            f"the {sorted(unserved)[0]} query option is not supported")
     if req.dialect.fetchxml and "fetchXml" in req.args:
         return read_fetchxml(req, entity)
     opts = parse_options(req.args, entity, req.dialect)

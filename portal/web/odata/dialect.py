@@ -39,6 +39,8 @@ class Dialect:
     functions: bool
     # Dataverse's FetchXML queries: GET {set}?fetchXml=...
     fetchxml: bool
+    # Custom query options that mean a query the dialect does not serve: 501, not ignored.
+    unserved_options: frozenset[str]
     # POST answers 201 with the record (OData's default) or 204 (Dataverse's,
     # unless Prefer: return=representation).
     create_returns_record: bool
@@ -68,6 +70,7 @@ ORG_API = Dialect(
     expand=False,
     functions=False,
     fetchxml=False,
+    unserved_options=frozenset(),
     create_returns_record=True,
     bearer_challenge=False,
     default_page_size=1000,  # as Resco Cloud
@@ -84,6 +87,7 @@ DATAVERSE = Dialect(
     expand=True,
     functions=True,
     fetchxml=True,
+    unserved_options=frozenset({"sql"}),  # Dataverse's SQL over the Web API
     create_returns_record=False,
     bearer_challenge=True,
     # Dataverse pages 5,000 records unless odata.maxpagesize asks for fewer.
