@@ -401,3 +401,22 @@ def test_fetchxml_bad_input_is_refused(client: FlaskClient, token: dict[str, str
     answer = client.get(DV_ROOT + "accounts", query_string={"fetchXml": xml}, headers=token)
     assert answer.status_code == status
     assert answer.json["error"]["message"]
+
+
+def test_metadata_names_lookups_as_the_records_do(client: FlaskClient, token: dict[str, str]
+                                                  ) -> None:
+    from defusedxml.ElementTree import fromstring
+
+    edm = "{http://docs.oasis-open.org/odata/ns/edm}"
+
+    def contact_properties(document: bytes) -> set[str]:
+        types = fromstring(document).iter(edm + "EntityType")
+        contact = next(t for t in types if t.get("Name") == "contact")
+        return {p.get("Name", "") for p in contact.iter(edm + "Property")}
+
+    dataverse = client.get(DV_ROOT + "$metadata", headers=token)
+    org_api = client.get("/odata/v4/sales/$metadata", headers=AUTH)
+    assert dataverse.status_code == org_api.status_code == 200
+    assert "_parentcustomerid_value" in contact_properties(dataverse.data)
+    assert "parentcustomerid" not in contact_properties(dataverse.data)
+    assert "parentcustomerid" in contact_properties(org_api.data)

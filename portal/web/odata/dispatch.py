@@ -54,7 +54,7 @@ def route(req: ApiRequest) -> ApiResponse:
     if path == "$metadata":
         if method != "GET":
             raise not_allowed(method, "GET")
-        return ApiResponse(200, metadata_document(req.org),
+        return ApiResponse(200, metadata_document(req.org, req.dialect),
                            {"Content-Type": "application/xml; charset=utf-8"})
     if path == "$batch":
         if method != "POST":
