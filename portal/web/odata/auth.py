@@ -38,7 +38,7 @@ _cache_lock = threading.Lock()
 
 
 def unauthorized() -> ProtocolError:
-    """The one answer to every failed authentication."""
+    """The one answer to every failed authentication (Org API: a Basic challenge)."""
     return ProtocolError(401, "Unauthorized",
                          "valid credentials of this organization are required",
                          headers={"WWW-Authenticate": REALM})
@@ -49,7 +49,7 @@ def authority(base_url: str, org: str) -> str:
     return f"{base_url}dataverse/{org}"
 
 
-def bearer_refusal(base_url: str, org: str, dialect: Dialect, *, code: str, message: str,
+def bearer_refusal(base_url: str, org: str, *, code: str, message: str,
                    error: str | None = None) -> ProtocolError:
     """The Dataverse 401: a Bearer challenge naming the org's authority and resource."""
     params = []
@@ -70,24 +70,37 @@ def _cache_key(secret: str, scope: str, org: str, email: str, password: str) -> 
 def authenticate(get_db: Callable[[], Database], secret: str, scope: str, org: str,
                  authorization: Authorization | None, *, dialect: Dialect = ORG_API,
                  base_url: str = "") -> dict[str, Any]:
-    """The org user the request's credentials belong to; 401 for anything else.
+    """The org user the request's credentials belong to, by the kinds the dialect accepts;
+    401 for anything else.
 
     `scope` names the registry (its path), so two portals in one process never
     share a cache entry. `base_url` (the portal's, ending in '/') is named in
     the Bearer challenge.
     """
-    if AuthKind.OAUTH in dialect.auth_kinds:
-        return _oauth_user(get_db, secret, org, authorization, dialect, base_url)
-    if authorization is None:
-        raise unauthorized()
-    if authorization.type == "bearer" and authorization.token:
-        user = tokens.check_token(get_db(), org, authorization.token)
-        if user is None:
-            raise unauthorized()
-        return user
-    email, password = authorization.username, authorization.password
-    if authorization.type != "basic" or not email or password is None:
-        raise unauthorized()
+    kinds = dialect.auth_kinds
+    if authorization is not None and authorization.type == "bearer" and authorization.token:
+        if AuthKind.OAUTH in kinds:
+            return _oauth_user(get_db, secret, org, authorization.token, base_url)
+        if AuthKind.API_TOKEN in kinds:
+            user = tokens.check_token(get_db(), org, authorization.token)
+            if user is not None:
+                return user
+    elif authorization is not None and authorization.type == "basic" and \
+            AuthKind.BASIC in kinds and authorization.username and \
+            authorization.password is not None:
+        user = _password_user(get_db, secret, scope, org, authorization.username,
+                              authorization.password)
+        if user is not None:
+            return user
+    if dialect.bearer_challenge:
+        raise bearer_refusal(base_url, org, code="RequestIsNotAuthenticated",
+                             message="a Bearer access token of this organization is required")
+    raise unauthorized()
+
+
+def _password_user(get_db: Callable[[], Database], secret: str, scope: str, org: str,
+                   email: str, password: str) -> dict[str, Any] | None:
+    """The org user of an e-mail and password (successful checks cached), or None."""
     key = _cache_key(secret, scope, org, email, password)
     now = time.monotonic()
     with _cache_lock:
@@ -96,7 +109,7 @@ def authenticate(get_db: Callable[[], Database], secret: str, scope: str, org: s
             return hit[1]
     user = registry.authenticate(get_db(), org, email, password)
     if user is None:
-        raise unauthorized()
+        return None
     with _cache_lock:
         _cache[key] = (now + CACHE_TTL_S, user)
         _cache.move_to_end(key)
@@ -105,22 +118,18 @@ def authenticate(get_db: Callable[[], Database], secret: str, scope: str, org: s
     return user
 
 
-def _oauth_user(get_db: Callable[[], Database], secret: str, org: str,
-                authorization: Authorization | None, dialect: Dialect, base_url: str
-                ) -> dict[str, Any]:
+def _oauth_user(get_db: Callable[[], Database], secret: str, org: str, token: str,
+                base_url: str) -> dict[str, Any]:
     """The application user or org user an OAuth access token names; Dataverse's 401 else."""
-    if authorization is None or authorization.type != "bearer" or not authorization.token:
-        raise bearer_refusal(base_url, org, dialect, code="RequestIsNotAuthenticated",
-                             message="a Bearer access token of this organization is required")
     try:
-        claims = access_tokens.read_token(secret, org, authorization.token)
+        claims = access_tokens.read_token(secret, org, token)
     except access_tokens.TokenRefused as refused:
-        raise bearer_refusal(base_url, org, dialect,
+        raise bearer_refusal(base_url, org,
                              code="ExpiredAuthTicket" if refused.expired else "BadAuthTicket",
                              message=refused.reason, error="invalid_token") from None
     user = principal_user(get_db(), org, claims.principal, claims.subject)
     if user is None:
-        raise bearer_refusal(base_url, org, dialect, code="BadAuthTicket",
+        raise bearer_refusal(base_url, org, code="BadAuthTicket",
                              message="the access token's user no longer exists or was revoked",
                              error="invalid_token")
     return user

@@ -17,6 +17,7 @@ from typing import Any
 
 from portal.orgs import queries
 from portal.orgs.metadata import Attribute, Entity
+from portal.orgs.store import OrgDb
 from portal.web.odata.dialect import Dialect
 from portal.web.odata.messages import ProtocolError, bad_request
 from portal.web.odata.options import parse_select
@@ -153,7 +154,7 @@ def parse_annotations(value: str | None, dialect: Dialect) -> list[str]:
     return [p.strip() for p in value.split(",") if p.strip()]
 
 
-def shape_records(org: Any, entity: Entity, records: list[dict[str, Any]], shape: Shape,
+def shape_records(org: OrgDb, entity: Entity, records: list[dict[str, Any]], shape: Shape,
                   dialect: Dialect) -> list[dict[str, Any]]:
     """Records with the annotations and expansions a read asked for (keys as the dialect's)."""
     if not shape.needed:
@@ -236,7 +237,7 @@ def _ids_by_lookup(entity: Entity, records: list[dict[str, Any]], keys: dict[str
     return found
 
 
-def _lookup_targets(org: Any, entity: Entity, records: list[dict[str, Any]],
+def _lookup_targets(org: OrgDb, entity: Entity, records: list[dict[str, Any]],
                     keys: dict[str, str], entities: dict[str, Entity]
                     ) -> dict[str, tuple[str, str | None]]:
     """GUID -> (target entity, its primary name) for every lookup value of these records."""
@@ -262,7 +263,7 @@ def _lookup_targets(org: Any, entity: Entity, records: list[dict[str, Any]],
     return found
 
 
-def _expanded(org: Any, expansion: Expansion, records: list[dict[str, Any]],
+def _expanded(org: OrgDb, expansion: Expansion, records: list[dict[str, Any]],
               keys: dict[str, str], entities: dict[str, Entity], dialect: Dialect
               ) -> dict[str, dict[str, Any]]:
     """GUID -> the expanded target record (its $select, pk and @odata.etag)."""
