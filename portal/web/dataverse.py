@@ -19,8 +19,8 @@ from urllib.parse import urlsplit
 from flask import Blueprint, Response, current_app, jsonify, request
 from flask.typing import ResponseReturnValue
 
-from portal.extensions import csrf
 from portal.db import get_db
+from portal.extensions import csrf
 from portal.orgs import access_tokens, application_users, registry
 from portal.orgs.access_tokens import Principal
 from portal.web.api import METHODS, odata_errors, serve
