@@ -22,6 +22,7 @@ from portal.db import get_db
 from portal.errors import NotFound
 from portal.orgs import access_tokens, application_users, registry
 from portal.orgs.store import OrgDb
+from portal.web.odata.messages import ERROR_CODES, ErrorKind
 from tests.conftest import ADMIN_EMAIL, ADMIN_PASSWORD, orgs_dir
 from tests.dataverse_helpers import (
     DV_ROOT,
@@ -173,7 +174,7 @@ def test_request_without_token_gets_the_bearer_challenge_dataverse_gives(
     assert challenge_parts(header) == {
         "authorization_uri": "http://localhost/dataverse/sales/oauth2/authorize",
         "resource_id": "http://localhost/dataverse/sales/"}
-    assert answer.json["error"]["code"] == "RequestIsNotAuthenticated"
+    assert answer.json["error"]["code"] == ERROR_CODES[ErrorKind.UNAUTHORIZED].dataverse
 
 
 @pytest.mark.parametrize("headers", [AUTH, {"Authorization": "Bearer not-a-token"}],
@@ -204,7 +205,7 @@ def test_expired_token_is_refused_with_dataverses_401(app: Flask, client: FlaskC
                                       lifetime_s=60, now=time.time() - 3600)
     answer = client.get(DV_ROOT + "accounts", headers=bearer(token))
     assert answer.status_code == 401
-    assert answer.json == {"error": {"code": "ExpiredAuthTicket",
+    assert answer.json == {"error": {"code": ERROR_CODES[ErrorKind.UNAUTHORIZED].dataverse,
                                      "message": "the access token has expired"}}
     parts = challenge_parts(answer.headers["WWW-Authenticate"])
     assert parts["error"] == "invalid_token"

@@ -30,7 +30,8 @@ from portal.web.odata.messages import (
     ODATA_VERSION,
     ApiRequest,
     ApiResponse,
-    error_response,
+    ErrorKind,
+    ProtocolError,
     portal_error_response,
 )
 
@@ -38,6 +39,8 @@ bp = Blueprint("api", __name__, url_prefix="/odata/v4")
 csrf.exempt(bp)
 
 METHODS = ["GET", "POST", "PATCH", "PUT", "DELETE"]
+# The kinds of werkzeug's refusals, for the dialects' error codes.
+HTTP_KINDS = {404: ErrorKind.NOT_FOUND, 405: ErrorKind.METHOD_NOT_ALLOWED}
 
 
 @bp.route("/<org>/", defaults={"resource": ""}, methods=METHODS)
@@ -74,6 +77,7 @@ def _serve(dialect: Dialect, org: str, resource: str, user: dict[str, Any]) -> R
         org=org_connection(orgs_dir, org),
         secret=app.config["SECRET_KEY"],
         user=user,
+        error_codes=dialect.error_codes,
         dialect=dialect,
     )
     answer = dispatch(req)
@@ -102,27 +106,33 @@ def flask_response(answer: ApiResponse) -> Response:
     return response
 
 
-def odata_errors(blueprint: Blueprint) -> None:
-    """Answer every error of a blueprint serving OData in the OData error format."""
+def odata_errors(blueprint: Blueprint, dialect: Dialect) -> None:
+    """Answer every error of a blueprint serving OData in the OData error format,
+    with the dialect's codes (refusals before dispatch: 401, 429, 413...)."""
 
     @blueprint.errorhandler(PortalError)
     def portal_error(error: PortalError) -> ResponseReturnValue:
         """A refusal of the data layer or the protocol, as an OData error."""
-        return flask_response(portal_error_response(error))
+        return flask_response(portal_error_response(error, dialect.error_codes))
 
     @blueprint.errorhandler(HTTPException)
     def http_error(error: HTTPException) -> ResponseReturnValue:
         """Werkzeug's refusals (413, 405...) in the OData error format."""
+        status = error.code or 500
         code = (error.name or "Error").replace(" ", "")
-        return flask_response(error_response(error.code or 500, code,
-                                             error.description or code))
+        kind = HTTP_KINDS.get(status, ErrorKind.INTERNAL if status >= 500
+                              else ErrorKind.BAD_REQUEST)
+        refusal = ProtocolError(status, code, error.description or code, kind=kind)
+        return flask_response(portal_error_response(refusal, dialect.error_codes))
 
     @blueprint.errorhandler(Exception)
     def unexpected(error: Exception) -> ResponseReturnValue:
         """Anything else: logged, and a 500 without a stack trace."""
         current_app.logger.exception("unhandled error on %s %s", request.method, request.path)
-        return flask_response(error_response(
-            500, "InternalServerError", "Something went wrong on our side; it has been logged."))
+        refusal = ProtocolError(500, "InternalServerError",
+                                "Something went wrong on our side; it has been logged.",
+                                kind=ErrorKind.INTERNAL)
+        return flask_response(portal_error_response(refusal, dialect.error_codes))
 
 
-odata_errors(bp)
+odata_errors(bp, ORG_API)

@@ -198,4 +198,4 @@ def entra_error(status: int, error: str, code: int, description: str) -> Respons
     return response
 
 
-odata_errors(bp)
+odata_errors(bp, DATAVERSE)

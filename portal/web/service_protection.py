@@ -27,7 +27,7 @@ from redis import Redis, RedisError
 
 from portal.queue import get_redis
 from portal.web.odata.dialect import Dialect
-from portal.web.odata.messages import ProtocolError
+from portal.web.odata.messages import ErrorKind, ProtocolError
 
 BUCKET_S = 5
 
@@ -62,9 +62,10 @@ def user_key(org: str, user: dict[str, Any]) -> str:
     return f"portal:sp:{org}:{user.get('kind', 'user')}:{user['id']}"
 
 
-def too_many(code: str, message: str, retry_after: int) -> ProtocolError:
-    """Dataverse's 429 with Retry-After (whole seconds, at least 1)."""
-    return ProtocolError(429, code, message, headers={"Retry-After": str(max(1, retry_after))})
+def too_many(kind: ErrorKind, message: str, retry_after: int) -> ProtocolError:
+    """Dataverse's 429 with Retry-After (whole seconds, at least 1); its code is the kind's."""
+    return ProtocolError(429, "TooManyRequests", message, kind=kind,
+                         headers={"Retry-After": str(max(1, retry_after))})
 
 
 def _buckets(now: float, window_s: int) -> list[int]:
@@ -89,12 +90,12 @@ def check(redis: Redis, key: str, limits: Limits, now: float) -> tuple[int, int]
     requests = [int(v or 0) for v in redis.mget([f"{key}:req:{b}" for b in buckets])]
     spent = [int(v or 0) for v in redis.mget([f"{key}:ms:{b}" for b in buckets])]
     if sum(requests) >= limits.requests:
-        raise too_many("0x80072322",
+        raise too_many(ErrorKind.TOO_MANY_REQUESTS,
                        f"Number of requests exceeded the limit of {limits.requests} over time "
                        f"window of {limits.window_s} seconds.",
                        _wait(buckets, requests, limits.requests, now, limits.window_s))
     if sum(spent) >= limits.execution_ms:
-        raise too_many("0x80072321",
+        raise too_many(ErrorKind.TOO_MUCH_EXECUTION_TIME,
                        f"Combined execution time of incoming requests exceeded limit of "
                        f"{limits.execution_ms:,} milliseconds over time window of "
                        f"{limits.window_s} seconds. Decrease number of concurrent requests or "
@@ -127,7 +128,8 @@ class Held:
         self.redis.expire(self.concurrent_key, self.limits.window_s)  # a killed process frees it
         if running > self.limits.concurrent:
             self.redis.decr(self.concurrent_key)
-            raise too_many("0x80072326", "Number of concurrent requests exceeded the limit of "
+            raise too_many(ErrorKind.TOO_MANY_CONCURRENT,
+                           "Number of concurrent requests exceeded the limit of "
                            f"{self.limits.concurrent}.", 1)
         self.started = time.monotonic()
         return Budget({"x-ms-ratelimit-burst-remaining-xrm-requests": str(remaining),

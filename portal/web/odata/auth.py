@@ -21,7 +21,7 @@ from werkzeug.datastructures import Authorization
 
 from portal.orgs import access_tokens, application_users, registry, tokens
 from portal.web.odata.dialect import ORG_API, AuthKind, Dialect
-from portal.web.odata.messages import ProtocolError
+from portal.web.odata.messages import ErrorKind, ProtocolError
 
 REALM = 'Basic realm="CRM Sync Org API", charset="UTF-8"'
 
@@ -41,7 +41,7 @@ def unauthorized() -> ProtocolError:
     """The one answer to every failed authentication (Org API: a Basic challenge)."""
     return ProtocolError(401, "Unauthorized",
                          "valid credentials of this organization are required",
-                         headers={"WWW-Authenticate": REALM})
+                         headers={"WWW-Authenticate": REALM}, kind=ErrorKind.UNAUTHORIZED)
 
 
 def authority(base_url: str, org: str) -> str:
@@ -49,16 +49,20 @@ def authority(base_url: str, org: str) -> str:
     return f"{base_url}dataverse/{org}"
 
 
-def bearer_refusal(base_url: str, org: str, *, code: str, message: str,
-                   error: str | None = None) -> ProtocolError:
-    """The Dataverse 401: a Bearer challenge naming the org's authority and resource."""
+def bearer_refusal(base_url: str, org: str, *, message: str, error: str | None = None
+                   ) -> ProtocolError:
+    """The Dataverse 401: a Bearer challenge naming the org's authority and resource.
+
+    Its body has the code of ErrorKind.UNAUTHORIZED in the dialect's error codes; the
+    message says what was wrong (missing, expired, another org's, altered, revoked).
+    """
     params = []
     if error:
         # RFC 6750 3.1; Dataverse adds these when a token was sent but refused.
         params.append(f'error={error}, error_description="{message}"')
     params.append(f"authorization_uri={authority(base_url, org)}/oauth2/authorize")
     params.append(f"resource_id={authority(base_url, org)}/")
-    return ProtocolError(401, code, message,
+    return ProtocolError(401, "Unauthorized", message, kind=ErrorKind.UNAUTHORIZED,
                          headers={"WWW-Authenticate": "Bearer " + ", ".join(params)})
 
 
@@ -93,7 +97,7 @@ def authenticate(get_db: Callable[[], Database], secret: str, scope: str, org: s
         if user is not None:
             return user
     if dialect.bearer_challenge:
-        raise bearer_refusal(base_url, org, code="RequestIsNotAuthenticated",
+        raise bearer_refusal(base_url, org,
                              message="a Bearer access token of this organization is required")
     raise unauthorized()
 
@@ -124,12 +128,11 @@ def _oauth_user(get_db: Callable[[], Database], secret: str, org: str, token: st
     try:
         claims = access_tokens.read_token(secret, org, token)
     except access_tokens.TokenRefused as refused:
-        raise bearer_refusal(base_url, org,
-                             code="ExpiredAuthTicket" if refused.expired else "BadAuthTicket",
-                             message=refused.reason, error="invalid_token") from None
+        raise bearer_refusal(base_url, org, message=refused.reason,
+                             error="invalid_token") from None
     user = principal_user(get_db(), org, claims.principal, claims.subject)
     if user is None:
-        raise bearer_refusal(base_url, org, code="BadAuthTicket",
+        raise bearer_refusal(base_url, org,
                              message="the access token's user no longer exists or was revoked",
                              error="invalid_token")
     return user

@@ -2,8 +2,8 @@
 
 A dialect is data, not code: where an org's service root is, which
 credentials it takes, how a lookup is named in records, whether Dataverse's
-annotations and WhoAmI are served, the shape of its 401 and its paging
-limits. Every handler in portal/web/odata reads `req.dialect`; no module is
+annotations and WhoAmI are served, the shape of its 401, its error codes
+and its paging limits. Every handler in portal/web/odata reads `req.dialect`; no module is
 copied per dialect.
 """
 
@@ -46,6 +46,8 @@ class Dialect:
     create_returns_record: bool
     # The 401 challenge: Basic with a realm, or Bearer naming the org's authority.
     bearer_challenge: bool
+    # Which column of messages.ERROR_CODES its error bodies take their codes from.
+    error_codes: str
     # Server paging: the page size without Prefer: odata.maxpagesize, and the most it may ask.
     default_page_size: int
     max_page_size: int
@@ -73,6 +75,7 @@ ORG_API = Dialect(
     unserved_options=frozenset(),
     create_returns_record=True,
     bearer_challenge=False,
+    error_codes="odata",
     default_page_size=1000,  # as Resco Cloud
     max_page_size=5000,
     service_protection=False,
@@ -90,6 +93,7 @@ DATAVERSE = Dialect(
     unserved_options=frozenset({"sql"}),  # Dataverse's SQL over the Web API
     create_returns_record=False,
     bearer_challenge=True,
+    error_codes="dataverse",
     # Dataverse pages 5,000 records unless odata.maxpagesize asks for fewer.
     default_page_size=5000,
     max_page_size=5000,
