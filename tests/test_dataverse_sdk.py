@@ -347,3 +347,44 @@ def test_sdk_sql_query_is_refused_not_ignored(served: Served) -> None:
     with pytest.raises(HttpError) as refused:
         sdk_client(served).query.sql("SELECT name FROM account")
     assert refused.value.status_code == 501
+
+
+def test_sdk_tables_get_list_create_columns_delete(served: Served) -> None:
+    client = sdk_client(served)
+    account = client.tables.get("account")
+    assert account is not None and account["entity_set_name"] == "accounts"
+    listed = client.tables.list()
+    assert {"account", "contact", "lead"} <= {t["LogicalName"] for t in listed}
+    created = client.tables.create("new_widget", {"new_size": "int", "new_note": "string"})
+    assert created["entity_set_name"]
+    client.tables.add_columns("new_widget", {"new_weight": "decimal"})
+    widget_id = client.records.create("new_widget", {"new_name": "W", "new_size": 3,
+                                                     "new_weight": 1.5})
+    assert client.records.retrieve("new_widget", widget_id)["new_size"] == 3
+    client.tables.remove_columns("new_widget", ["new_note"])
+    assert "new_note" not in {a.logicalname for a in served.org.entity("new_widget").attributes}
+    client.tables.delete("new_widget")
+    assert client.tables.get("new_widget") is None
+
+
+def test_sdk_batch_with_a_change_set(served: Served) -> None:
+    client = sdk_client(served)
+    account_id = client.records.create("account", {"name": "Batch base"})
+    batch = client.batch.new()
+    batch.records.retrieve("account", account_id, select=["name"])
+    with batch.changeset() as change_set:
+        contact = change_set.records.create("contact", {"lastname": "In a change set"})
+        change_set.records.update("account", account_id,
+                                  {"primarycontactid@odata.bind": contact})
+    result = batch.execute()
+    assert not result.has_errors, [r.error_message for r in result.failed]
+    row = served.org.db.execute("SELECT primarycontactid FROM account WHERE accountid = ?",
+                                [account_id]).fetchone()
+    assert row[0] is not None
+    failing = client.batch.new()
+    with failing.changeset() as change_set:
+        change_set.records.create("contact", {"lastname": "never written"})
+        change_set.records.create("contact", {"firstname": "no lastname"})  # required
+    assert failing.execute().has_errors
+    assert served.org.db.execute("SELECT count(*) FROM contact WHERE lastname = ?",
+                                 ["never written"]).fetchone()[0] == 0
