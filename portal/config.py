@@ -69,6 +69,18 @@ SETTINGS = (
             "(`limits` notation), counted in the job queue's Redis"),
     Setting("RATELIMIT_ENABLED", bool, None,
             "rate limits on or off; null: on, except in tests", optional=True),
+    Setting("DATAVERSE_TOKEN_LIFETIME_S", int, 3599,
+            "Dataverse root: seconds an OAuth access token is valid (expires_in)"),
+    Setting("DATAVERSE_SERVICE_PROTECTION", bool, False,
+            "Dataverse root: per-user service protection limits (429), counted in the job "
+            "queue's Redis; off by default (`make run`), on in the tests that test it"),
+    Setting("DATAVERSE_LIMIT_REQUESTS", int, 6000,
+            "service protection: requests per user in the window"),
+    Setting("DATAVERSE_LIMIT_EXECUTION_MS", int, 1_200_000,
+            "service protection: combined execution time per user in the window, ms"),
+    Setting("DATAVERSE_LIMIT_CONCURRENT", int, 52,
+            "service protection: concurrent requests per user"),
+    Setting("DATAVERSE_LIMIT_WINDOW_S", int, 300, "service protection: sliding window, seconds"),
 )
 SETTING = {s.name: s for s in SETTINGS}
 # Read from the environment before the config exists (create_app).

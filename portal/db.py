@@ -219,6 +219,26 @@ def m004_connection_requested_setup(db: Database) -> None:
 
 
 @migrations()
+def m005_application_users(db: Database) -> None:
+    # OAuth 2.0 clients of an org's Dataverse root (client credentials grant):
+    # a client id, a SHA-256 of the secret (random and long, like API tokens),
+    # revoked ones stay listed. Deleting an org takes its application users along.
+    db.execute("""
+        CREATE TABLE application_users (
+            id INTEGER PRIMARY KEY,
+            org_id INTEGER NOT NULL REFERENCES orgs(id) ON DELETE CASCADE,
+            client_id TEXT NOT NULL,
+            name TEXT NOT NULL,
+            secret_hash TEXT NOT NULL,
+            is_admin INTEGER NOT NULL DEFAULT 0,
+            created TEXT NOT NULL,
+            revoked TEXT
+        )""")
+    db.execute("CREATE UNIQUE INDEX idx_application_users_client ON application_users "
+               "(client_id)")
+
+
+@migrations()
 def m006_connection_server_options(db: Database) -> None:
     # How a connection signs in beyond user name and password (JSON, no secrets:
     # the secret is the encrypted password): for Dynamics the sign-in kind

@@ -1,7 +1,10 @@
 """A real portal process for tests: gunicorn on 127.0.0.1, a free port, stopped at teardown.
 
 Used by the Org API tests against real OData clients, and by the sync engine
-tests, which start two portals and sync between them over HTTP.
+tests, which start two portals and sync between them over HTTP. With `tls`
+(a throwaway CA made by trustme), gunicorn serves HTTPS: Microsoft's
+Dataverse SDK refuses any other scheme. Clients then trust the CA through
+REQUESTS_CA_BUNDLE=tls.ca_file.
 """
 
 import ctypes
@@ -11,6 +14,7 @@ import socket
 import subprocess
 import sys
 import time
+from dataclasses import dataclass
 from pathlib import Path
 
 import requests
@@ -38,22 +42,50 @@ def free_port() -> int:
         return int(sock.getsockname()[1])
 
 
+@dataclass(frozen=True)
+class Tls:
+    """A server certificate for 127.0.0.1 and the CA that signed it, as PEM files."""
+
+    certfile: Path
+    keyfile: Path
+    ca_file: Path
+
+    @classmethod
+    def make(cls, folder: Path) -> "Tls":
+        """A new test CA (trustme) and a certificate for 127.0.0.1 and localhost, in `folder`."""
+        import trustme
+
+        folder.mkdir(parents=True, exist_ok=True)
+        ca = trustme.CA()
+        server = ca.issue_cert("127.0.0.1", "localhost")
+        tls = cls(folder / "server.pem", folder / "server.key", folder / "ca.pem")
+        server.cert_chain_pems[0].write_to_path(str(tls.certfile))
+        for extra in server.cert_chain_pems[1:]:
+            extra.write_to_path(str(tls.certfile), append=True)
+        server.private_key_pem.write_to_path(str(tls.keyfile))
+        ca.cert_pem.write_to_path(str(tls.ca_file))
+        return tls
+
+
 class PortalProcess:
     """One portal served by gunicorn from an instance folder; `url` is its base URL."""
 
     def __init__(self, instance_path: Path, redis_url: str, *, workers: int = 2,
-                 env: dict[str, str] | None = None) -> None:
+                 env: dict[str, str] | None = None, tls: Tls | None = None) -> None:
         self.instance_path = Path(instance_path)
         self.port = free_port()
-        self.url = f"http://127.0.0.1:{self.port}"
+        self.tls = tls
+        self.url = f"{'https' if tls else 'http'}://127.0.0.1:{self.port}"
         self.log_path = self.instance_path / "gunicorn.log"
         self.instance_path.mkdir(parents=True, exist_ok=True)
         environment = {**os.environ, "PORTAL_INSTANCE_PATH": str(self.instance_path),
                        "REDIS_URL": redis_url, **(env or {})}
         self._log = open(self.log_path, "wb")  # noqa: SIM115 - closed in stop()
+        certificate = ["--certfile", str(tls.certfile), "--keyfile", str(tls.keyfile)] \
+            if tls else []
         self.process = subprocess.Popen(
             [sys.executable, "-m", "gunicorn", "--bind", f"127.0.0.1:{self.port}",
-             "--workers", str(workers), "--graceful-timeout", "2", "wsgi:app"],
+             "--workers", str(workers), "--graceful-timeout", "2", *certificate, "wsgi:app"],
             cwd=ROOT, env=environment, stdout=self._log, stderr=subprocess.STDOUT,
             preexec_fn=_die_with_parent)  # noqa: PLW1509 - start from the main thread
         self._wait_until_up()
@@ -64,7 +96,8 @@ class PortalProcess:
             if self.process.poll() is not None:
                 break
             try:
-                requests.get(self.url + "/health", timeout=5)
+                requests.get(self.url + "/health", timeout=5,
+                             verify=str(self.tls.ca_file) if self.tls else True)
                 return
             except requests.RequestException:  # not listening yet, or busy starting
                 time.sleep(0.05)

@@ -2,12 +2,12 @@
 
 from flask import Flask
 
-from portal.cli import orgs, sync, tokens, transactions
+from portal.cli import applications, orgs, sync, tokens, transactions
 
 
 def init_app(app: Flask) -> None:
     """Register the commands on the app's CLI."""
     app.cli.add_command(orgs.init_db)
-    for group in (orgs.orgs_cli, tokens.tokens_cli, sync.sync_cli,
-                  transactions.transactions_cli):
+    for group in (orgs.orgs_cli, tokens.tokens_cli, applications.applications_cli,
+                  sync.sync_cli, transactions.transactions_cli):
         app.cli.add_command(group)

@@ -8,18 +8,25 @@ key of the previous page's last row, so deep pages cost what the first does.
 
 from typing import Any
 
+import orjson
+
 from portal.orgs.metadata import Entity
 from portal.orgs.store import OrgDb
 
 # SQLite allows 127 arguments per function call: json_object() takes the
 # attributes in chunks of this many name/value pairs, spliced into one object.
 PAIRS_PER_CALL = 60
+IDS_PER_QUERY = 500  # bound values per statement stay under SQLite's 999
 
 Order = list[tuple[str, bool]]  # (attribute, descending)
 
 
-def row_json_sql(entity: Entity, names: list[str]) -> str:
-    """SQL expression making one record's JSON: @odata.etag first, then the attributes."""
+def row_json_sql(entity: Entity, names: list[str], keys: dict[str, str] | None = None) -> str:
+    """SQL expression making one record's JSON: @odata.etag first, then the attributes.
+
+    `keys` renames attributes in the JSON (the Dataverse root's `_{lookup}_value`).
+    """
+    keys = keys or {}
     booleans = {a.logicalname for a in entity.attributes if a.type == "boolean"}
     pairs = ["'@odata.etag', 'W/\"' || [versionnumber] || '\"'"]
     for name in names:
@@ -28,7 +35,7 @@ def row_json_sql(entity: Entity, names: list[str]) -> str:
                      "ELSE json('false') END")
         else:
             value = f"[{name}]"
-        pairs.append(f"'{name}', {value}")
+        pairs.append(f"'{keys.get(name, name)}', {value}")
     chunks = [pairs[i:i + PAIRS_PER_CALL] for i in range(0, len(pairs), PAIRS_PER_CALL)]
     calls = [f"json_object({', '.join(chunk)})" for chunk in chunks]
     if len(calls) == 1:
@@ -74,8 +81,8 @@ def after_condition(order: Order, values: list[Any]) -> tuple[str, list[Any]]:
 
 def read_page(org: OrgDb, entity: Entity, names: list[str], *, where: str = "",
               params: list[Any] | None = None, order: Order | None = None,
-              after: list[Any] | None = None, offset: int = 0, limit: int = 1000
-              ) -> tuple[str, int, list[Any] | None]:
+              after: list[Any] | None = None, offset: int = 0, limit: int = 1000,
+              keys: dict[str, str] | None = None) -> tuple[str, int, list[Any] | None]:
     """Up to `limit` records as one JSON array body (without brackets), how many there are,
     and the sort key of the last one when more records follow (else None).
 
@@ -92,14 +99,15 @@ def read_page(org: OrgDb, entity: Entity, names: list[str], *, where: str = "",
     source = (f" FROM [{entity.logicalname}]"
               + (f" WHERE {' AND '.join(conditions)}" if conditions else "")
               + " ORDER BY " + ", ".join(f"[{n}]{' DESC' if d else ''}" for n, d in order))
-    keys = ", ".join(f"[{name}]" for name, _ in order)
+    sort_columns = ", ".join(f"[{name}]" for name, _ in order)
     # The last record of this page and whether one follows: keys only, no JSON made.
-    ahead = org.db.conn.execute(f"SELECT {keys}{source} LIMIT 2 OFFSET ?",
+    ahead = org.db.conn.execute(f"SELECT {sort_columns}{source} LIMIT 2 OFFSET ?",
                                 [*values, offset + limit - 1]).fetchall()
     # One string for the whole page: no Python object per record. SQLite feeds
     # the ordered subquery to group_concat row by row, in its order.
+    row_json = row_json_sql(entity, names, keys)
     text, count = org.db.conn.execute(
-        f"SELECT group_concat(j, ','), count(*) FROM (SELECT {row_json_sql(entity, names)} AS j"
+        f"SELECT group_concat(j, ','), count(*) FROM (SELECT {row_json} AS j"
         f"{source} LIMIT ? OFFSET ?)", [*values, limit, offset]).fetchone()
     last = list(ahead[0]) if len(ahead) == 2 else None
     return text or "", count, last
@@ -112,11 +120,25 @@ def count(org: OrgDb, entity: Entity, *, where: str = "", params: list[Any] | No
     return int(org.db.conn.execute(sql, params or []).fetchone()[0])
 
 
-def record_json(org: OrgDb, entity: Entity, names: list[str], record_id: str
-                ) -> tuple[str, int] | None:
+def record_json(org: OrgDb, entity: Entity, names: list[str], record_id: str,
+                keys: dict[str, str] | None = None) -> tuple[str, int] | None:
     """One record as (JSON text with @odata.etag, versionnumber), or None."""
     pk = entity.primaryidattribute
     row = org.db.conn.execute(
-        f"SELECT {row_json_sql(entity, names)}, versionnumber FROM [{entity.logicalname}] "
+        f"SELECT {row_json_sql(entity, names, keys)}, versionnumber FROM [{entity.logicalname}] "
         f"WHERE [{pk}] = ?", [record_id]).fetchone()
     return (row[0], row[1]) if row else None
+
+
+def records_by_ids(org: OrgDb, entity: Entity, names: list[str], ids: list[str],
+                   keys: dict[str, str] | None = None) -> dict[str, dict[str, Any]]:
+    """Records by id (those that exist), decoded: id -> record with @odata.etag."""
+    pk = entity.primaryidattribute
+    found: dict[str, dict[str, Any]] = {}
+    for i in range(0, len(ids), IDS_PER_QUERY):
+        chunk = ids[i:i + IDS_PER_QUERY]
+        rows = org.db.conn.execute(
+            f"SELECT [{pk}], {row_json_sql(entity, names, keys)} FROM [{entity.logicalname}] "
+            f"WHERE [{pk}] IN ({', '.join('?' * len(chunk))})", chunk).fetchall()
+        found.update((row[0], orjson.loads(row[1])) for row in rows)
+    return found

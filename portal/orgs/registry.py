@@ -107,6 +107,14 @@ def delete_org(db: Database, orgs_dir: str | Path, name: str) -> None:
     store.remove_org_file(orgs_dir, name)
 
 
+def get_user(db: Database, org_name: str, user_id: int) -> dict[str, Any] | None:
+    """An org's user by id, or None."""
+    rows = list(db.query(
+        "SELECT org_users.* FROM org_users JOIN orgs ON orgs.id = org_users.org_id "
+        "WHERE orgs.name = ? AND org_users.id = ?", [org_name, user_id]))
+    return rows[0] if rows else None
+
+
 def authenticate(db: Database, org_name: str, email: str, password: str) -> dict[str, Any] | None:
     """The org user with these credentials, or None (same answer for any kind of mismatch)."""
     rows = list(db.query(

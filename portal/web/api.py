@@ -2,9 +2,12 @@
 
 This module is the Flask side only: credentials, the body size limit, the
 org's connection and the error answers. The protocol itself lives in
-portal/web/odata (dispatch and the handlers), which $batch reuses.
+portal/web/odata (dispatch and the handlers), which $batch reuses. `serve`
+answers for either dialect; portal/web/dataverse.py mounts the Dataverse root
+on it.
 """
 
+from typing import Any
 
 from flask import Blueprint, Response, current_app, request
 from flask.typing import ResponseReturnValue
@@ -18,14 +21,17 @@ from portal.orgs import transactions
 from portal.orgs.store import orgs_path
 from portal.queue import enqueue_upload, get_redis
 from portal.sync.connections import ConnectionStatus, connection_of_org
+from portal.web import service_protection
 from portal.web.odata import auth
 from portal.web.odata.connections import org_connection
+from portal.web.odata.dialect import ORG_API, Dialect
 from portal.web.odata.dispatch import dispatch
 from portal.web.odata.messages import (
     ODATA_VERSION,
     ApiRequest,
     ApiResponse,
-    error_response,
+    ErrorKind,
+    ProtocolError,
     portal_error_response,
 )
 
@@ -33,15 +39,30 @@ bp = Blueprint("api", __name__, url_prefix="/odata/v4")
 csrf.exempt(bp)
 
 METHODS = ["GET", "POST", "PATCH", "PUT", "DELETE"]
+# The kinds of werkzeug's refusals, for the dialects' error codes.
+HTTP_KINDS = {404: ErrorKind.NOT_FOUND, 405: ErrorKind.METHOD_NOT_ALLOWED}
 
 
 @bp.route("/<org>/", defaults={"resource": ""}, methods=METHODS)
 @bp.route("/<org>/<path:resource>", methods=METHODS)
 def service(org: str, resource: str) -> ResponseReturnValue:
     """Any request to an org's service: authenticate, then hand it to the OData dispatch."""
+    return serve(ORG_API, org, resource)
+
+
+def serve(dialect: Dialect, org: str, resource: str) -> Response:
+    """One request to an org's service root in a dialect: authenticate, limit, dispatch."""
     app = current_app
     user = auth.authenticate(get_db, app.config["SECRET_KEY"], str(registry_path(app)), org,
-                             request.authorization)
+                             request.authorization, dialect=dialect, base_url=request.root_url)
+    with service_protection.budget(dialect, org, user) as limits:
+        response = _serve(dialect, org, resource, user)
+    response.headers.update(limits.headers)
+    return response
+
+
+def _serve(dialect: Dialect, org: str, resource: str, user: dict[str, Any]) -> Response:
+    app = current_app
     # Read the body under the API's own limit: werkzeug answers 413 beyond it.
     request.max_content_length = app.config["API_MAX_CONTENT_LENGTH"]
     body = request.get_data(cache=False)
@@ -52,15 +73,17 @@ def service(org: str, resource: str) -> ResponseReturnValue:
         args=request.args,
         headers=request.headers,  # type: ignore[arg-type]
         body=body,
-        service_root=f"{request.root_url}odata/v4/{org}/",
+        service_root=dialect.service_root(request.root_url, org),
         org=org_connection(orgs_dir, org),
         secret=app.config["SECRET_KEY"],
         user=user,
+        error_codes=dialect.error_codes,
+        dialect=dialect,
     )
     answer = dispatch(req)
     if request.method != "GET" and answer.status < 400 and transactions.is_client(req.org.db):
         _upload_now(org)
-    return _flask(answer)
+    return flask_response(answer)
 
 
 def _upload_now(org: str) -> None:
@@ -76,28 +99,40 @@ def _upload_now(org: str) -> None:
         current_app.logger.warning("instant upload of %s not queued: %s", org, exc)
 
 
-def _flask(answer: ApiResponse) -> Response:
+def flask_response(answer: ApiResponse) -> Response:
+    """An ApiResponse as a Flask response, with OData-Version."""
     response = Response(answer.body, status=answer.status, headers=answer.headers)
     response.headers["OData-Version"] = ODATA_VERSION
     return response
 
 
-@bp.errorhandler(PortalError)
-def portal_error(error: PortalError) -> ResponseReturnValue:
-    """A refusal of the data layer or the protocol, as an OData error."""
-    return _flask(portal_error_response(error))
+def odata_errors(blueprint: Blueprint, dialect: Dialect) -> None:
+    """Answer every error of a blueprint serving OData in the OData error format,
+    with the dialect's codes (refusals before dispatch: 401, 429, 413...)."""
+
+    @blueprint.errorhandler(PortalError)
+    def portal_error(error: PortalError) -> ResponseReturnValue:
+        """A refusal of the data layer or the protocol, as an OData error."""
+        return flask_response(portal_error_response(error, dialect.error_codes))
+
+    @blueprint.errorhandler(HTTPException)
+    def http_error(error: HTTPException) -> ResponseReturnValue:
+        """Werkzeug's refusals (413, 405...) in the OData error format."""
+        status = error.code or 500
+        code = (error.name or "Error").replace(" ", "")
+        kind = HTTP_KINDS.get(status, ErrorKind.INTERNAL if status >= 500
+                              else ErrorKind.BAD_REQUEST)
+        refusal = ProtocolError(status, code, error.description or code, kind=kind)
+        return flask_response(portal_error_response(refusal, dialect.error_codes))
+
+    @blueprint.errorhandler(Exception)
+    def unexpected(error: Exception) -> ResponseReturnValue:
+        """Anything else: logged, and a 500 without a stack trace."""
+        current_app.logger.exception("unhandled error on %s %s", request.method, request.path)
+        refusal = ProtocolError(500, "InternalServerError",
+                                "Something went wrong on our side; it has been logged.",
+                                kind=ErrorKind.INTERNAL)
+        return flask_response(portal_error_response(refusal, dialect.error_codes))
 
 
-@bp.errorhandler(HTTPException)
-def http_error(error: HTTPException) -> ResponseReturnValue:
-    """Werkzeug's refusals (413, 405...) in the OData error format."""
-    code = (error.name or "Error").replace(" ", "")
-    return _flask(error_response(error.code or 500, code, error.description or code))
-
-
-@bp.errorhandler(Exception)
-def unexpected(error: Exception) -> ResponseReturnValue:
-    """Anything else: logged, and a 500 without a stack trace."""
-    current_app.logger.exception("unhandled error on %s %s", request.method, request.path)
-    return _flask(error_response(500, "InternalServerError",
-                                 "Something went wrong on our side; it has been logged."))
+odata_errors(bp, ORG_API)

@@ -13,24 +13,28 @@ from portal.db import snapshot
 from portal.orgs import queries
 from portal.orgs.changes import changes_since
 from portal.orgs.metadata import Entity
-from portal.orgs.store import current_version
+from portal.orgs.store import current_version, metadata_version
+from portal.web.odata import shapes
 from portal.web.odata.delta import make_deltatoken, read_deltatoken
 from portal.web.odata.etags import etag
+from portal.web.odata.fetchxml import read_fetchxml
 from portal.web.odata.messages import (
     ApiRequest,
     ApiResponse,
+    ProtocolError,
     bad_request,
     json_response,
     raw_json_response,
 )
-from portal.web.odata.options import QueryOptions, parse_options
+from portal.web.odata.options import QueryOptions, check_options, parse_options
 from portal.web.odata.paging import PageState, make_skiptoken, query_digest, read_skiptoken
 from portal.web.odata.prefer import Preferences, parse_prefer
 
-# A page holds 1,000 records unless Prefer: odata.maxpagesize asks for another size,
-# up to 5,000 (Dataverse's limit; sync clients read in pages of 5,000).
-DEFAULT_PAGE_SIZE = 1000
-MAX_PAGE_SIZE = 5000
+
+def page_size_of(req: ApiRequest, prefs: Preferences) -> int:
+    """The page size: the dialect's (Org API 1,000, Dataverse 5,000) unless
+    Prefer: odata.maxpagesize asks for another, up to the dialect's most (5,000)."""
+    return min(prefs.maxpagesize or req.dialect.default_page_size, req.dialect.max_page_size)
 
 
 def link(req: ApiRequest, set_name: str, params: list[tuple[str, str]]) -> str:
@@ -46,9 +50,12 @@ def context_url(req: ApiRequest, entity: Entity, opts_select: str | None, suffix
     return f"{req.service_root}$metadata#{entity.entitysetname}{select}{suffix}"
 
 
-def applied(prefs: Preferences, page_size: int, tracked: bool) -> dict[str, str]:
+def applied(prefs: Preferences, page_size: int, tracked: bool, shape: shapes.Shape | None = None
+            ) -> dict[str, str]:
     """The Preference-Applied header for the preferences that were honoured."""
     done = []
+    if shape is not None and shape.annotations:
+        done.append(f'odata.include-annotations="{prefs.include_annotations}"')
     if prefs.maxpagesize is not None:
         done.append(f"odata.maxpagesize={page_size}")
     if tracked:
@@ -58,14 +65,22 @@ def applied(prefs: Preferences, page_size: int, tracked: bool) -> dict[str, str]
 
 def read_collection(req: ApiRequest, entity: Entity) -> ApiResponse:
     """GET /{set}: a page of records, with nextLink, count and (tracked) deltaLink."""
-    opts = parse_options(req.args, entity)
+    unserved = req.dialect.unserved_options & set(req.args)
+    if unserved:
+        raise ProtocolError(501, "NotImplemented",
+                            f"the {sorted(unserved)[0]} query option is not supported")
+    if req.dialect.fetchxml and "fetchXml" in req.args:
+        return read_fetchxml(req, entity)
+    opts = parse_options(req.args, entity, req.dialect)
     prefs = parse_prefer(req.headers.getlist("Prefer"))
     if opts.deltatoken is not None:
         return read_delta(req, entity, opts, prefs)
+    shape = read_shape(req, entity, prefs)
+    keys = shapes.json_keys(entity, req.dialect)
     set_name = entity.entitysetname
     digest = query_digest(req.org.name, set_name, req.args.get("$filter"),
                           req.args.get("$orderby"))
-    page_size = min(prefs.maxpagesize or DEFAULT_PAGE_SIZE, MAX_PAGE_SIZE)
+    page_size = page_size_of(req, prefs)
     if opts.skiptoken is not None:
         state = read_skiptoken(req.secret, digest, opts.skiptoken)
         if prefs.maxpagesize is None:
@@ -85,10 +100,15 @@ def read_collection(req: ApiRequest, entity: Entity) -> ApiResponse:
         if tracked and version is None:
             version = current_version(db)
         text, sent, last = queries.read_page(
-            req.org, entity, opts.select, where=opts.where, params=opts.params,
-            order=opts.orderby, after=after, offset=offset, limit=limit) if limit else ("", 0, None)
+            req.org, entity, shape.columns(opts.select, keys), where=opts.where, params=opts.params,
+            order=opts.orderby, after=after, offset=offset, limit=limit, keys=keys
+        ) if limit else ("", 0, None)
         total = queries.count(req.org, entity, where=opts.where, params=opts.params) \
             if opts.count else None
+        if shape.needed and text:
+            records = shapes.shape_records(req.org, entity, orjson.loads("[" + text + "]"),
+                                           shape, req.dialect)
+            text = orjson.dumps(records)[1:-1].decode()
     more = last is not None
     if remaining is not None:
         remaining -= sent
@@ -96,6 +116,8 @@ def read_collection(req: ApiRequest, entity: Entity) -> ApiResponse:
     parts = [b'{"@odata.context":', orjson.dumps(context_url(req, entity, req.args.get("$select")))]
     if total is not None:
         parts.append(b',"@odata.count":%d' % total)
+    for name, value in collection_annotations(req, shape, total).items():
+        parts += [b",", orjson.dumps(name), b":", orjson.dumps(value)]
     parts += [b',"value":[', text.encode(), b"]"]
     if more:
         assert last is not None
@@ -108,7 +130,32 @@ def read_collection(req: ApiRequest, entity: Entity) -> ApiResponse:
         assert version is not None
         parts += [b',"@odata.deltaLink":', orjson.dumps(delta_link(req, entity, version))]
     parts.append(b"}")
-    return raw_json_response(b"".join(parts), headers=applied(prefs, page_size, tracked))
+    return raw_json_response(b"".join(parts), headers=applied(prefs, page_size, tracked, shape))
+
+
+def count_collection(req: ApiRequest, entity: Entity) -> ApiResponse:
+    """GET /{set}/$count: how many records match $filter, as plain text (OData 4.0, 11.2.9)."""
+    check_options(req.args, {"$filter", "$format"})
+    opts = parse_options(req.args, entity, req.dialect)
+    total = queries.count(req.org, entity, where=opts.where, params=opts.params)
+    return ApiResponse(200, str(total).encode(), {"Content-Type": "text/plain"})
+
+
+def read_shape(req: ApiRequest, entity: Entity, prefs: Preferences) -> shapes.Shape:
+    """The annotations and expansions a read asks for, as its dialect serves them."""
+    return shapes.Shape(
+        shapes.parse_annotations(prefs.include_annotations, req.dialect),
+        shapes.parse_expand(req.args.get("$expand"), entity, req.org.entities(), req.dialect))
+
+
+def collection_annotations(req: ApiRequest, shape: shapes.Shape, total: int | None
+                           ) -> dict[str, Any]:
+    """Dataverse's annotations of a collection (record count, metadata version)."""
+    if not shape.wants("Microsoft.Dynamics.CRM.totalrecordcount"):
+        return {}
+    return {"@Microsoft.Dynamics.CRM.totalrecordcount": -1 if total is None else total,
+            "@Microsoft.Dynamics.CRM.totalrecordcountlimitexceeded": False,
+            "@Microsoft.Dynamics.CRM.globalmetadataversion": str(metadata_version(req.org.db))}
 
 
 def delta_link(req: ApiRequest, entity: Entity, version: int) -> str:
@@ -127,10 +174,11 @@ def read_delta(req: ApiRequest, entity: Entity, opts: QueryOptions, prefs: Prefe
         raise bad_request(f"{extra[0]} cannot be combined with $deltatoken", extra[0])
     version = read_deltatoken(req.secret, req.org.name, entity.entitysetname, opts.deltatoken
                               or "")
-    page_size = min(prefs.maxpagesize or DEFAULT_PAGE_SIZE, MAX_PAGE_SIZE)
+    page_size = page_size_of(req, prefs)
     page = changes_since(req.org, entity.logicalname, version, limit=page_size)
     deleted_context = f"{req.service_root}$metadata#{entity.entitysetname}/$deletedEntity"
     names = opts.select
+    keys = shapes.json_keys(entity, req.dialect)
     values: list[dict[str, Any]] = []
     for change in page.changes:
         if change.record is None:
@@ -139,7 +187,7 @@ def read_delta(req: ApiRequest, entity: Entity, opts: QueryOptions, prefs: Prefe
         else:
             record = change.record
             values.append({"@odata.etag": etag(change.version),
-                           **{name: record.get(name) for name in names}})
+                           **{keys.get(name, name): record.get(name) for name in names}})
     payload: dict[str, Any] = {
         "@odata.context": context_url(req, entity, req.args.get("$select"), "/$delta"),
         "value": values}

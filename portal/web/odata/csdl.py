@@ -6,7 +6,9 @@ named `{lookup}_{target}` as Dataverse names its single-valued navigation
 properties. They carry no ReferentialConstraint on purpose: with one,
 python-odata drops the foreign-key property from every insert it sends (it
 expects an `@odata.bind` instead), and the lookup would be lost
-(see docs/org-api.md). Writes accept both forms.
+(see docs/org-api.md). Writes accept both forms. The document follows the
+request's dialect: on the Dataverse root a lookup property is `_{name}_value`,
+as its records name it.
 """
 
 from xml.sax.saxutils import quoteattr
@@ -14,6 +16,7 @@ from xml.sax.saxutils import quoteattr
 from portal.orgs.metadata import Attribute, Entity
 from portal.orgs.store import OrgDb
 from portal.orgs.types import TYPES, edm_facets
+from portal.web.odata.dialect import ORG_API, Dialect
 
 NAMESPACE = "Microsoft.Dynamics.CRM"
 CONTAINER = "System"
@@ -42,20 +45,23 @@ def navigations(entity: Entity, entities: dict[str, Entity]) -> list[tuple[str, 
     return found
 
 
-def metadata_document(org: OrgDb) -> bytes:
-    """The org's $metadata, cached until its metadata changes."""
+def metadata_document(org: OrgDb, dialect: Dialect = ORG_API) -> bytes:
+    """The org's $metadata in a dialect, cached until its metadata changes."""
     entities = org.entities()  # first: a metadata change clears org.derived
-    cached = org.derived.get("csdl")
+    key = f"csdl:{dialect.name}"
+    cached = org.derived.get(key)
     if cached is None:
-        cached = org.derived["csdl"] = _build(entities).encode()
+        cached = org.derived[key] = _build(entities, dialect).encode()
     return cached
 
 
-def _property(attr: Attribute, pk: str) -> str:
+def _property(attr: Attribute, pk: str, dialect: Dialect) -> str:
     facets = "".join(f' {name}="{value}"' for name, value in edm_facets(attr))
     if attr.logicalname == pk:
         facets += ' Nullable="false"'
-    head = f'<Property Name="{attr.logicalname}" Type="{TYPES[attr.type].edm}"{facets}'
+    # Lookups are named as the dialect's records name them (Dataverse: _{name}_value).
+    name = dialect.lookup_key(attr.logicalname) if attr.type == "lookup" else attr.logicalname
+    head = f'<Property Name="{name}" Type="{TYPES[attr.type].edm}"{facets}'
     notes = []
     if attr.logicalname in COMPUTED:
         notes.append(f'<Annotation Term="{CORE}.Computed" Bool="true"/>')
@@ -72,13 +78,13 @@ def _property(attr: Attribute, pk: str) -> str:
     return head + ">" + "".join(notes) + "</Property>"
 
 
-def _build(entities: dict[str, Entity]) -> str:
+def _build(entities: dict[str, Entity], dialect: Dialect) -> str:
     types, sets = [], []
     for entity in entities.values():
         pk = entity.primaryidattribute
         parts = [f'<EntityType Name="{entity.logicalname}">',
                  f'<Key><PropertyRef Name="{pk}"/></Key>']
-        parts += [_property(a, pk) for a in entity.attributes]
+        parts += [_property(a, pk, dialect) for a in entity.attributes]
         navs = navigations(entity, entities)
         parts += [f'<NavigationProperty Name="{name}" Type="{NAMESPACE}.{target}"/>'
                   for name, _, target in navs]

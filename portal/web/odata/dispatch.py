@@ -6,11 +6,13 @@ from flask import current_app
 
 from portal.errors import PortalError
 from portal.web.odata import (
+    actions,
     batch,
     collections,
     customization,
     entities,
     entity_definitions,
+    functions,
     metadata_changes,
 )
 from portal.web.odata.csdl import metadata_document
@@ -25,6 +27,7 @@ from portal.web.odata.options import check_options
 
 RESOURCE_RE = re.compile(r"^([A-Za-z_][A-Za-z0-9_]*)(?:\((.*)\))?$")
 METADATA_RE = re.compile(r"^(EntityDefinitions|RelationshipDefinitions)(?:[(/]|$)")
+SET_RE = re.compile(r"^[A-Za-z_][A-Za-z0-9_]*$")
 
 
 def dispatch(req: ApiRequest) -> ApiResponse:
@@ -51,7 +54,7 @@ def route(req: ApiRequest) -> ApiResponse:
     if path == "$metadata":
         if method != "GET":
             raise not_allowed(method, "GET")
-        return ApiResponse(200, metadata_document(req.org),
+        return ApiResponse(200, metadata_document(req.org, req.dialect),
                            {"Content-Type": "application/xml; charset=utf-8"})
     if path == "$batch":
         if method != "POST":
@@ -65,6 +68,17 @@ def route(req: ApiRequest) -> ApiResponse:
         return metadata_changes.change(req, path)
     if path == "CreateEntities":
         return metadata_changes.create_entities(req)
+    if req.dialect.functions and path in functions.FUNCTIONS:
+        if method != "GET":
+            raise not_allowed(method, "GET")
+        return functions.whoami(req)
+    bound = actions.bound_action(path) if req.dialect.functions else None
+    if bound is not None:
+        return actions.run(req, req.org.entity_by_set(bound[0]), bound[1])
+    if path.endswith("/$count") and SET_RE.match(path[:-len("/$count")]):
+        if method != "GET":
+            raise not_allowed(method, "GET")
+        return collections.count_collection(req, req.org.entity_by_set(path[:-len("/$count")]))
     match = RESOURCE_RE.match(path)
     if match is None:
         raise ProtocolError(404, "NotFound", f"no resource {path!r} in this service")

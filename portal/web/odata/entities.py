@@ -12,6 +12,7 @@ from portal.errors import AlreadyExists
 from portal.orgs import queries, records
 from portal.orgs.metadata import Entity
 from portal.orgs.types import normalize_guid
+from portal.web.odata import shapes
 from portal.web.odata.bodies import read_object, record_values
 from portal.web.odata.etags import etag, parse_if_match
 from portal.web.odata.messages import (
@@ -41,11 +42,16 @@ def entity_url(req: ApiRequest, entity: Entity, record_id: str) -> str:
 
 
 def record_body(req: ApiRequest, entity: Entity, record: dict[str, Any]) -> bytes:
-    """A record written by the data layer as an OData entity body."""
+    """A record written by the data layer as an OData entity body, in the dialect's shape."""
+    keys = shapes.json_keys(entity, req.dialect)
+    shaped = {keys.get(name, name): value for name, value in record.items()}
+    shape = shapes.Shape(shapes.parse_annotations(
+        parse_prefer(req.headers.getlist("Prefer")).include_annotations, req.dialect))
+    [shaped] = shapes.shape_records(req.org, entity, [shaped], shape, req.dialect)
     return orjson.dumps({
         "@odata.context": f"{req.service_root}$metadata#{entity.entitysetname}/$entity",
         "@odata.etag": etag(record["versionnumber"]),
-        **record})
+        **shaped})
 
 
 def write_headers(req: ApiRequest, entity: Entity, record: dict[str, Any]) -> dict[str, str]:
@@ -56,14 +62,27 @@ def write_headers(req: ApiRequest, entity: Entity, record: dict[str, Any]) -> di
 
 def read_record(req: ApiRequest, entity: Entity, key: str) -> ApiResponse:
     """GET /{set}(<id>) with $select; 304 when If-None-Match names the current version."""
-    check_options(req.args, {"$select", "$format"})
+    check_options(req.args, {"$select", "$format"} | ({"$expand"} if req.dialect.expand
+                                                      else set()))
     record_id = parse_key(entity, key)
     names = parse_select(req.args.get("$select"), entity)
-    found = queries.record_json(req.org, entity, names, record_id)
+    keys = shapes.json_keys(entity, req.dialect)
+    prefs = parse_prefer(req.headers.getlist("Prefer"))
+    shape = shapes.Shape(
+        shapes.parse_annotations(prefs.include_annotations, req.dialect),
+        shapes.parse_expand(req.args.get("$expand"), entity, req.org.entities(), req.dialect))
+    found = queries.record_json(req.org, entity, shape.columns(names, keys), record_id, keys)
     if found is None:
         raise ProtocolError(404, "NotFound", f"{entity.logicalname} {record_id} does not exist")
     text, version = found
+    if shape.needed:
+        [record] = shapes.shape_records(req.org, entity, [orjson.loads(text)], shape,
+                                        req.dialect)
+        text = orjson.dumps(record).decode()
     headers = {"ETag": etag(version)}
+    if shape.annotations:
+        headers["Preference-Applied"] = f'odata.include-annotations="{prefs.include_annotations}"'
+
     if req.headers.get("If-None-Match") in (etag(version), "*"):
         return ApiResponse(304, b"", headers)
     select = req.args.get("$select")
@@ -121,7 +140,8 @@ def _answer(req: ApiRequest, entity: Entity, record: dict[str, Any], *, created:
     headers = write_headers(req, entity, record)
     if created:
         headers["Location"] = headers["OData-EntityId"]
-    wants_body = prefer == "representation" or (created and prefer != "minimal")
+    wants_body = prefer == "representation" or (
+        created and req.dialect.create_returns_record and prefer != "minimal")
     if prefer:
         headers["Preference-Applied"] = f"return={prefer}"
     if not wants_body:

@@ -13,6 +13,7 @@ from werkzeug.datastructures import Headers, MultiDict
 
 from portal.errors import PortalError
 from portal.orgs.store import OrgDb
+from portal.web.odata.dialect import ORG_API, Dialect
 
 JSON_TYPE = "application/json; odata.metadata=minimal; charset=utf-8"
 ODATA_VERSION = "4.0"
@@ -34,6 +35,10 @@ class ErrorKind(StrEnum):
     DELTA_TOKEN_UNKNOWN = "delta_token_unknown"  # altered, or from another org or set
     DELTA_TOKEN_EXPIRED = "delta_token_expired"  # older than the change feed it continues
     FAILED_DEPENDENCY = "failed_dependency"
+    # Service protection (429): a user's requests, execution time or concurrent requests.
+    TOO_MANY_REQUESTS = "too_many_requests"
+    TOO_MUCH_EXECUTION_TIME = "too_much_execution_time"
+    TOO_MANY_CONCURRENT = "too_many_concurrent"
     NOT_IMPLEMENTED = "not_implemented"
     INTERNAL = "internal"
 
@@ -76,6 +81,10 @@ ERROR_CODES: dict[ErrorKind, ErrorCode] = {
         "DeltaTokenExpired", "0x80044352",
         "Version stamp associated with the client has expired. Please perform a full sync."),
     ErrorKind.FAILED_DEPENDENCY: ErrorCode("FailedDependency", INVALID_ARGUMENT),
+    # "Service protection API limits" (api-limits.md); the messages name the limits set.
+    ErrorKind.TOO_MANY_REQUESTS: ErrorCode("TooManyRequests", "0x80072322"),
+    ErrorKind.TOO_MUCH_EXECUTION_TIME: ErrorCode("TooManyRequests", "0x80072321"),
+    ErrorKind.TOO_MANY_CONCURRENT: ErrorCode("TooManyRequests", "0x80072326"),
     ErrorKind.NOT_IMPLEMENTED: ErrorCode("NotImplemented", INVALID_ARGUMENT),
     ErrorKind.INTERNAL: ErrorCode("InternalServerError", "0x80040216"),
 }
@@ -131,8 +140,10 @@ class ApiRequest:
     org: OrgDb
     secret: str
     user: dict[str, Any] = field(default_factory=dict)  # the authenticated org user
-    # The ErrorCode field this request's error bodies take their codes from (the dialect's).
+    # The ErrorCode field this request's error bodies take their codes from: the dialect's
+    # (set from it by the blueprint; its own field so a request can be coded on its own).
     error_codes: str = "odata"
+    dialect: Dialect = ORG_API
 
 
 @dataclass

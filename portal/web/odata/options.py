@@ -12,6 +12,7 @@ from werkzeug.datastructures import MultiDict
 
 from portal.orgs.metadata import Entity
 from portal.orgs.types import INT32
+from portal.web.odata.dialect import ORG_API, Dialect
 from portal.web.odata.filters import parse_filter
 from portal.web.odata.messages import ProtocolError, bad_request
 
@@ -55,7 +56,7 @@ def check_options(args: MultiDict[str, str], allowed: set[str]) -> None:
     for name in args:
         if not name.startswith("$"):
             continue  # custom query options are allowed and ignored (OData 4.0, 5.2)
-        if name in NOT_IMPLEMENTED:
+        if name in NOT_IMPLEMENTED and name not in allowed:
             raise ProtocolError(501, "NotImplemented", f"{name} is not supported")
         if name not in allowed:
             raise bad_request(f"unknown or misplaced query option {name}", name)
@@ -64,6 +65,15 @@ def check_options(args: MultiDict[str, str], allowed: set[str]) -> None:
     fmt = args.get("$format")
     if fmt is not None and fmt.split(";")[0].strip().lower() not in ("json", "application/json"):
         raise ProtocolError(406, "NotAcceptable", "only $format=json is served")
+
+
+def logical_name(entity: Entity, name: str) -> str:
+    """The attribute a query names: its logical name, or a lookup's `_{lookup}_value`."""
+    if name.startswith("_") and name.endswith("_value"):
+        attr = entity.attribute(name[1:-len("_value")])
+        if attr is not None and attr.type == "lookup":
+            return attr.logicalname
+    return name
 
 
 def parse_select(text: str | None, entity: Entity) -> list[str]:
@@ -75,7 +85,7 @@ def parse_select(text: str | None, entity: Entity) -> list[str]:
     known = set(names)
     chosen = [pk]
     for part in text.split(","):
-        name = part.strip()
+        name = logical_name(entity, part.strip())
         if name not in known:
             raise bad_request(f"$select: {entity.logicalname} has no property {name!r}", "$select")
         if name not in chosen:
@@ -95,16 +105,18 @@ def parse_orderby(text: str | None, entity: Entity) -> list[tuple[str, bool]]:
                                           ("asc", "desc")):
             raise bad_request(f"$orderby: {part.strip()!r} is not '<property> [asc|desc]'",
                               "$orderby")
-        if words[0] not in known:
+        name = logical_name(entity, words[0])
+        if name not in known:
             raise bad_request(f"$orderby: {entity.logicalname} has no property {words[0]!r}",
                               "$orderby")
-        order.append((words[0], len(words) == 2 and words[1].lower() == "desc"))
+        order.append((name, len(words) == 2 and words[1].lower() == "desc"))
     return order
 
 
-def parse_options(args: MultiDict[str, str], entity: Entity) -> QueryOptions:
-    """Every query option of an entity set read, checked."""
-    check_options(args, SUPPORTED)
+def parse_options(args: MultiDict[str, str], entity: Entity, dialect: Dialect = ORG_API
+                  ) -> QueryOptions:
+    """Every query option of an entity set read, checked ($expand where the dialect serves it)."""
+    check_options(args, SUPPORTED | ({"$expand"} if dialect.expand else set()))
     opts = QueryOptions(select=parse_select(args.get("$select"), entity),
                         orderby=parse_orderby(args.get("$orderby"), entity))
     if args.get("$filter") is not None:
