@@ -127,7 +127,7 @@ class KeyedServer(Backend):
                 records_, {r["accountid"]: f'W/"{self.rows[k]["version"]}"'
                            for r, k in zip(records_, chunk, strict=True)}, [],
                 None if last else str(start + page_size), last,
-                {r["accountid"]: str(k) for r, k in zip(records_, chunk, strict=True)})
+                keys={r["accountid"]: str(k) for r, k in zip(records_, chunk, strict=True)})
 
     def read_ids(self, entity: Entity) -> Iterator[list[str]]:
         yield [str(k) for k in self.rows]
