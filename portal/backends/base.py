@@ -31,6 +31,9 @@ class ChangesPage:
     # a read started over): at its end the engine compares ids (read_ids).
     reconcile: bool = False
     note: str | None = None  # something the run's log should say (e.g. a read started over)
+    # Where the server's keys are not GUIDs (`Backend.keyed`): record id (upserts and
+    # deletions, each `sync_state.server_key_id` of its key) -> the server's key.
+    keys: dict[str, str] = field(default_factory=dict)
 
 
 @dataclass
@@ -43,6 +46,7 @@ class Write:
     values: dict[str, Any] = field(default_factory=dict)
     if_match: str | None = None  # the server version this write expects, if any
     create_only: bool = False  # If-None-Match: *, so a repeated create is recognised
+    server_key: str | None = None  # the record's key on a keyed server, once known
 
 
 @dataclass
@@ -53,6 +57,7 @@ class WriteResult:
     version: str | None = None
     message: str | None = None
     record: dict[str, Any] | None = None  # the record as the server stored it, if it said
+    server_key: str | None = None  # the key a keyed server gave the record (creates)
 
 
 class Backend(ABC):
@@ -62,6 +67,10 @@ class Backend(ABC):
     supports_delta: bool = False  # change and deletion tracking (per backend object)
     supports_batch: ClassVar[bool] = False
     supports_etags: ClassVar[bool] = False
+    # The server knows records by keys that are not GUIDs (integers, strings,
+    # composite keys, Salesforce ids): pages carry `keys`, `read_ids` yields
+    # server keys and `get_record` takes one. See docs/architecture.md.
+    keyed: ClassVar[bool] = False
 
     @abstractmethod
     def check_credentials(self) -> str:
@@ -85,11 +94,11 @@ class Backend(ABC):
 
     @abstractmethod
     def read_ids(self, entity: Entity) -> Iterator[list[str]]:
-        """Pages of the ids of every record of the entity (deletion reconciliation)."""
+        """Pages of the ids (server keys, if `keyed`) of every record (deletion reconciliation)."""
 
     @abstractmethod
     def get_record(self, entity: Entity, record_id: str) -> tuple[dict[str, Any], str] | None:
-        """One record and its version, or None when the server has no such record."""
+        """One record and its version by id (server key, if `keyed`), or None when it has none."""
 
     @abstractmethod
     def apply_writes(self, writes: list[Write]) -> list[WriteResult]:

@@ -116,6 +116,16 @@ def m002_sync_client_tables(db: Database) -> None:
     db.table("_org").insert({"key": "sync_client", "value": 0})
 
 
+@org_migrations()
+def m003_server_keys(db: Database) -> None:
+    # The server's own key of a record where the server's keys are not GUIDs
+    # (integers, strings, composite keys as JSON, Salesforce ids): the client
+    # keeps its GUID, and this maps one to the other (sync_state.ids_for_keys).
+    db.execute("ALTER TABLE _server_versions ADD COLUMN server_key TEXT")
+    db.execute("CREATE UNIQUE INDEX idx_server_versions_key ON _server_versions "
+               "(entity, server_key) WHERE server_key IS NOT NULL")
+
+
 class OrgDb:
     """An open org file: its connection plus its metadata, cached until it changes."""
 

@@ -1,13 +1,15 @@
-"""Where a client org's download stands, and the server versions of its records.
+"""Where a client org's download stands, and the server versions (and keys) of its records.
 
-Both live in the client org's own file so that the sync engine commits a
+All live in the client org's own file so that the sync engine commits a
 downloaded page, its records' server versions and the new checkpoint in one
 transaction: a run killed anywhere resumes from the last committed page.
 """
 
-from collections.abc import Iterator
+import uuid
+from collections.abc import Iterable, Iterator
 from contextlib import contextmanager
 from dataclasses import dataclass
+from typing import Any
 
 import orjson
 from sqlite_utils import Database
@@ -63,18 +65,72 @@ def server_versions(org: OrgDb, entity: str, ids: list[str]) -> dict[str, str]:
         "(SELECT value FROM json_each(?))", [entity, orjson.dumps(ids).decode()]).fetchall())
 
 
-def save_server_versions(db: Database, entity: str, versions: dict[str, str]) -> None:
-    """Remember the server versions of records (inside the caller's transaction)."""
+def save_server_versions(db: Database, entity: str, versions: dict[str, str],
+                         keys: dict[str, str] | None = None) -> None:
+    """Remember the server versions (and keys, if given) of records, in the caller's transaction.
+
+    A record's known server key is kept when a later save brings none.
+    """
+    keys = keys or {}
     db.conn.executemany(
-        "INSERT INTO _server_versions (entity, id, version) VALUES (?, ?, ?) "
-        "ON CONFLICT(entity, id) DO UPDATE SET version = excluded.version",
-        [(entity, i, v) for i, v in versions.items()])
+        "INSERT INTO _server_versions (entity, id, version, server_key) VALUES (?, ?, ?, ?) "
+        "ON CONFLICT(entity, id) DO UPDATE SET version = excluded.version, "
+        "server_key = coalesce(excluded.server_key, _server_versions.server_key)",
+        [(entity, i, v, keys.get(i)) for i, v in versions.items()])
 
 
 def forget_server_versions(db: Database, entity: str, ids: list[str]) -> None:
     """Forget records the server no longer has (inside the caller's transaction)."""
     db.conn.executemany("DELETE FROM _server_versions WHERE entity = ? AND id = ?",
                         [(entity, i) for i in ids])
+
+
+# --- server keys that are not GUIDs (docs/architecture.md) ------------------------
+
+# Ours, fixed forever: the GUID of a server key never seen before is derived in it.
+SERVER_KEY_NAMESPACE = uuid.UUID("0fb24514-23b3-45c4-83f3-6a683a15092c")
+
+
+def key_text(properties: dict[str, Any]) -> str:
+    """A server key's one text form: the value of a single key property, else JSON in key order.
+
+    `properties` maps the key's property names to their values in the key's order.
+    """
+    if len(properties) == 1:
+        return str(next(iter(properties.values())))
+    return orjson.dumps(properties).decode()  # orjson keeps insertion (key) order
+
+
+def server_key_id(entity: str, key: str) -> str:
+    """The GUID derived from a server key: the same key of the same entity, the same GUID."""
+    return str(uuid.uuid5(SERVER_KEY_NAMESPACE, f"{entity}\x1f{key}"))
+
+
+def ids_for_keys(db: Database, entity: str, keys: Iterable[str]) -> dict[str, str]:
+    """The client GUID of each server key: the stored mapping, else the derived GUID.
+
+    A stored mapping is one learnt from a create's answer (the client's random
+    GUID) or saved with a downloaded page; a key never seen derives its GUID, so
+    a page re-read after a lost commit maps to the same GUIDs.
+    """
+    wanted = list(dict.fromkeys(keys))
+    if not wanted:
+        return {}
+    stored = dict(db.execute(
+        "SELECT server_key, id FROM _server_versions WHERE entity = ? AND server_key IN "
+        "(SELECT value FROM json_each(?))", [entity, orjson.dumps(wanted).decode()]).fetchall())
+    return {k: stored.get(k) or server_key_id(entity, k) for k in wanted}
+
+
+def keys_for_ids(db: Database, entity: str, ids: Iterable[str]) -> dict[str, str]:
+    """The server keys known of these client records (records the server has not got are absent)."""
+    wanted = list(ids)
+    if not wanted:
+        return {}
+    return dict(db.execute(
+        "SELECT id, server_key FROM _server_versions WHERE entity = ? AND server_key IS NOT NULL "
+        "AND id IN (SELECT value FROM json_each(?))",
+        [entity, orjson.dumps(wanted).decode()]).fetchall())
 
 
 class ListedIds:

@@ -16,6 +16,7 @@ the queue. Exactness rests on three rules:
   server's change feed are recognised by their version and skipped.
 """
 
+import dataclasses
 import time
 from collections.abc import Callable
 from contextlib import closing
@@ -220,16 +221,20 @@ def upload(run: Run) -> None:
         if not sendable:
             continue
         known: dict[tuple[str, str], str] = {}
+        keys: dict[tuple[str, str], str] = {}
         for name in {g.entity for g in sendable}:
             record_ids = [g.record_id for g in sendable if g.entity == name]
             known.update({(name, i): v for i, v in
                           sync_state.server_versions(org, name, record_ids).items()})
-        writes = [_write(entities[g.entity], g, known.get((g.entity, g.record_id)))
-                  for g in sendable]
+            if backend.keyed:
+                keys.update({(name, i): k for i, k in
+                             sync_state.keys_for_ids(org.db, name, record_ids).items()})
+        writes = [_write(entities[g.entity], g, known.get((g.entity, g.record_id)),
+                         keys.get((g.entity, g.record_id))) for g in sendable]
         answers = backend.apply_writes(writes)
         # The server's records of refused writes are read before the write lock is
         # taken: API writers of the client org must not wait on the network.
-        servers = {n: backend.get_record(w.entity, w.record_id)
+        servers = {n: _server_record(backend, w)
                    for n, (w, a) in enumerate(zip(writes, answers, strict=True))
                    if _needs_server_record(w, a)}
         retry: list[tuple[_Group, Write]] = []
@@ -248,14 +253,30 @@ def upload(run: Run) -> None:
         run.reporter.progress("upload", None, done, None)
 
 
-def _write(entity: Entity, group: _Group, known_version: str | None) -> Write:
+def _write(entity: Entity, group: _Group, known_version: str | None,
+           server_key: str | None) -> Write:
     if group.deletes:
-        return Write(entity, group.record_id, "delete", if_match=known_version)
+        return Write(entity, group.record_id, "delete", if_match=known_version,
+                     server_key=server_key)
     if group.created_here:
         # Create-only: if our first attempt's answer was lost, the repeat gets 412
         # and the engine finds its own record there, instead of writing it twice.
-        return Write(entity, group.record_id, "upsert", group.values(), create_only=True)
-    return Write(entity, group.record_id, "upsert", group.values(), if_match=known_version)
+        return Write(entity, group.record_id, "upsert", group.values(), create_only=True,
+                     server_key=server_key)
+    return Write(entity, group.record_id, "upsert", group.values(), if_match=known_version,
+                 server_key=server_key)
+
+
+def _server_record(backend: Backend, write: Write) -> tuple[dict[str, Any], str] | None:
+    """The server's record of a write, under the client's id (a keyed server's by its key)."""
+    if not backend.keyed:
+        return backend.get_record(write.entity, write.record_id)
+    if write.server_key is None:
+        return None  # the server never told us this record's key: it has no such record
+    found = backend.get_record(write.entity, write.server_key)
+    if found is None:
+        return None
+    return {**found[0], write.entity.primaryidattribute: write.record_id}, found[1]
 
 
 def _needs_server_record(write: Write, answer: WriteResult) -> bool:
@@ -274,7 +295,7 @@ def _settle(run: Run, group: _Group, write: Write, answer: WriteResult,
     counts = run.result.of(group.entity)
     name, record_id = group.entity, group.record_id
     if answer.status == "ok":
-        _accepted(org, group, answer.version, answer.record)
+        _accepted(org, group, answer.version, answer.record, answer.server_key)
         counts.uploaded += 1
         return None
     if answer.status == "missing" and group.deletes:
@@ -297,10 +318,14 @@ def _settle(run: Run, group: _Group, write: Write, answer: WriteResult,
 
 
 def _accepted(org: OrgDb, group: _Group, version: str | None,
-              server_record: dict[str, Any] | None) -> None:
-    """The server has the group's change: mark it processed and take the server's times."""
+              server_record: dict[str, Any] | None, server_key: str | None = None) -> None:
+    """The server has the group's change: mark it processed and take the server's times.
+
+    A keyed server's key for a record created here is kept with its version.
+    """
     transactions.mark(org.db, group.ids, TransactionStatus.PROCESSED)
-    _remember(org, group.entity, group.record_id, version, deleted=group.deletes)
+    _remember(org, group.entity, group.record_id, version, deleted=group.deletes,
+              server_key=server_key)
     if server_record and not group.deletes:
         # The server stamped the record with its own times: take them, so both
         # sides hold the same values (the other values are ours already).
@@ -332,7 +357,8 @@ def _upload_conflict(run: Run, group: _Group, write: Write,
             **(client_record or {}), **group.values()}
         values = {k: v for k, v in values.items()
                   if k not in ("createdon", "modifiedon", "versionnumber")}
-        return Write(write.entity, record_id, write.operation, values, if_match=None)
+        return Write(write.entity, record_id, write.operation, values, if_match=None,
+                     server_key=write.server_key)
     # Server wins: bring the server's version (or its deletion) to the client now.
     if server is None:
         records.delete_records(org, name, [record_id], from_server=True)
@@ -345,12 +371,13 @@ def _upload_conflict(run: Run, group: _Group, write: Write,
 
 
 def _remember(org: OrgDb, entity: str, record_id: str, version: str | None,
-              deleted: bool = False) -> None:
+              deleted: bool = False, server_key: str | None = None) -> None:
     """Note what the server now holds of a record: its version ("" if it gave none), or nothing."""
     if deleted:
         sync_state.forget_server_versions(org.db, entity, [record_id])
     else:
-        sync_state.save_server_versions(org.db, entity, {record_id: version or ""})
+        sync_state.save_server_versions(org.db, entity, {record_id: version or ""},
+                                        {record_id: server_key} if server_key else None)
 
 
 def _names(entity: Entity) -> set[str]:
@@ -399,13 +426,14 @@ def download_entity(run: Run, setting: EntitySettings, total: int | None = None)
             if page.note:
                 run.reporter.log("info", page.note, name)
             with immediate(org.db):
+                page = _client_ids(org, entity, page)
                 waiting = transactions.pending_records(org, name)
                 rows, leaving, versions = _page_writes(run, entity, names, rule, page, waiting)
                 deleted = [i for i in page.deleted if i not in waiting] \
                     if setting.sync_deletion else []
                 records.save_records(org, name, rows, from_server=True)
                 gone = records.delete_records(org, name, deleted + leaving, from_server=True)
-                sync_state.save_server_versions(org.db, name, versions)
+                sync_state.save_server_versions(org.db, name, versions, page.keys)
                 sync_state.forget_server_versions(org.db, name, deleted + leaving)
                 sync_state.save_checkpoint(org.db, sync_state.Checkpoint(
                     name, page.link, page.complete, setting.filter))
@@ -432,6 +460,8 @@ def reconcile_deletions(org: OrgDb, backend: Backend, entity: Entity) -> int:
     name = entity.logicalname
     with sync_state.listed_ids(org) as listing:
         for ids in backend.read_ids(entity):
+            if backend.keyed:  # a keyed server lists its keys: these are the client's GUIDs
+                ids = list(sync_state.ids_for_keys(org.db, name, ids).values())
             listing.add(ids)
         with immediate(org.db):
             waiting = transactions.pending_records(org, name)
@@ -439,6 +469,27 @@ def reconcile_deletions(org: OrgDb, backend: Backend, entity: Entity) -> int:
             deleted = records.delete_records(org, name, gone, from_server=True)
             sync_state.forget_server_versions(org.db, name, gone)
     return deleted
+
+
+def _client_ids(org: OrgDb, entity: Entity, page: ChangesPage) -> ChangesPage:
+    """A keyed server's page under the client's GUIDs: a stored mapping wins over the derived one.
+
+    The backend gives each record the GUID derived from its key; a record created
+    here kept its own random GUID, learnt with its key from the create's answer.
+    """
+    if not page.keys:
+        return page
+    ids = sync_state.ids_for_keys(org.db, entity.logicalname, page.keys.values())
+    moved = {i: ids[k] for i, k in page.keys.items() if ids[k] != i}
+    if not moved:
+        return page
+    pk = entity.primaryidattribute
+    return dataclasses.replace(
+        page,
+        upserts=[{**r, pk: moved[r[pk]]} if r[pk] in moved else r for r in page.upserts],
+        versions={moved.get(i, i): v for i, v in page.versions.items()},
+        deleted=[moved.get(i, i) for i in page.deleted],
+        keys={moved.get(i, i): k for i, k in page.keys.items()})
 
 
 def _page_writes(run: Run, entity: Entity, names: set[str], rule: filters.Filter | None,
