@@ -37,13 +37,14 @@ def create_app(test_config: dict[str, Any] | None = None) -> Flask:
     csrf.init_app(app)
     db.init_app(app)
 
-    from portal.web import api, connect, errors, public, rate_limits, service
+    from portal.web import api, auth_throttle, connect, errors, public, rate_limits, service
 
     app.register_blueprint(public.bp)
     app.register_blueprint(api.bp)
     app.register_blueprint(connect.bp)
     app.register_blueprint(service.bp)
     rate_limits.init_app(app)
+    auth_throttle.init_app(app)
     errors.init_app(app)
 
     from portal import cli

@@ -18,6 +18,7 @@ from portal.orgs import transactions
 from portal.orgs.store import orgs_path
 from portal.queue import enqueue_upload, get_redis
 from portal.sync.connections import ConnectionStatus, connection_of_org
+from portal.web import auth_throttle
 from portal.web.odata import auth
 from portal.web.odata.connections import org_connection
 from portal.web.odata.dispatch import dispatch
@@ -25,6 +26,7 @@ from portal.web.odata.messages import (
     ODATA_VERSION,
     ApiRequest,
     ApiResponse,
+    ProtocolError,
     error_response,
     portal_error_response,
 )
@@ -40,8 +42,15 @@ METHODS = ["GET", "POST", "PATCH", "PUT", "DELETE"]
 def service(org: str, resource: str) -> ResponseReturnValue:
     """Any request to an org's service: authenticate, then hand it to the OData dispatch."""
     app = current_app
-    user = auth.authenticate(get_db, app.config["SECRET_KEY"], str(registry_path(app)), org,
-                             request.authorization)
+    account = _account(org)
+    auth_throttle.check(account)
+    try:
+        user = auth.authenticate(get_db, app.config["SECRET_KEY"], str(registry_path(app)), org,
+                                 request.authorization)
+    except ProtocolError:
+        if request.authorization is not None:  # credentials were tried, and refused
+            auth_throttle.failed(account)
+        raise
     # Read the body under the API's own limit: werkzeug answers 413 beyond it.
     request.max_content_length = app.config["API_MAX_CONTENT_LENGTH"]
     body = request.get_data(cache=False)
@@ -61,6 +70,14 @@ def service(org: str, resource: str) -> ResponseReturnValue:
     if request.method != "GET" and answer.status < 400 and transactions.is_client(req.org.db):
         _upload_now(org)
     return _flask(answer)
+
+
+def _account(org: str) -> str | None:
+    """Who a request signs in as, for the throttle (None: an API token, counted by address)."""
+    authorization = request.authorization
+    if authorization is not None and authorization.type == "basic":
+        return auth_throttle.account(org, authorization.username or "")
+    return None
 
 
 def _upload_now(org: str) -> None:
@@ -90,9 +107,11 @@ def portal_error(error: PortalError) -> ResponseReturnValue:
 
 @bp.errorhandler(HTTPException)
 def http_error(error: HTTPException) -> ResponseReturnValue:
-    """Werkzeug's refusals (413, 405...) in the OData error format."""
+    """Werkzeug's refusals (413, 405, 429...) in the OData error format, headers kept."""
     code = (error.name or "Error").replace(" ", "")
-    return _flask(error_response(error.code or 500, code, error.description or code))
+    headers = {k: v for k, v in error.get_headers() if k.lower() != "content-type"}
+    return _flask(error_response(error.code or 500, code, error.description or code,
+                                 headers=headers))
 
 
 @bp.errorhandler(Exception)
