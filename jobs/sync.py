@@ -16,6 +16,7 @@ dispatcher then marks the run failed ("abandoned: the worker stopped") and
 resumes an abandoned connect from its last committed page.
 """
 
+import sqlite3
 import threading
 import time
 from collections.abc import Iterator
@@ -190,8 +191,7 @@ def working_on(connection_id: int, kind: str, trigger: str,
             work = Work(db, connection, org, backend, keeper, run_id)
             yield work
         except BaseException as exc:
-            reason = exc.message if isinstance(exc, PortalError) else \
-                f"{exc.__class__.__name__}: {exc}"
+            reason = failure_reason(exc)
             # Stopped by the server's limits: what was committed stays, the next run resumes.
             status = runs.RunStatus.LIMITED if isinstance(exc, ServerLimited) \
                 else runs.RunStatus.FAILED
@@ -217,6 +217,34 @@ def working_on(connection_id: int, kind: str, trigger: str,
                 lock.release()
             except (LockError, RedisError):  # expired or Redis gone: nothing left to release
                 pass
+
+
+# SQLite's answers a run can meet on the client org's file, as the admin reads them.
+# A page is written in one transaction: whichever it is, nothing of that page is.
+SQLITE_REASONS = {
+    "SQLITE_FULL": "the disk is full (the client org's file could not grow)",
+    # WAL mode: the shared-memory index beside the file could not grow (a full disk).
+    "SQLITE_IOERR_SHMSIZE": "the disk is full (the client org's file could not grow)",
+    "SQLITE_BUSY": "the client org's file is locked by another writer",
+    "SQLITE_LOCKED": "the client org's file is locked by another writer",
+    "SQLITE_READONLY": "the client org's file is read-only",
+    "SQLITE_IOERR": "the client org's file could not be written (I/O error)",
+}
+
+
+def failure_reason(exc: BaseException) -> str:
+    """Why a run failed, in words the org admin can act on."""
+    if isinstance(exc, PortalError):
+        return exc.message
+    if isinstance(exc, sqlite3.Error):
+        name = getattr(exc, "sqlite_errorname", "") or ""
+        # Extended codes name their kind first: SQLITE_IOERR_WRITE, SQLITE_BUSY_SNAPSHOT.
+        known = next((text for code, text in SQLITE_REASONS.items()
+                      if name == code or name.startswith(code + "_")), None)
+        if known:
+            return (f"{known}: the page being written was not kept; the next run goes on "
+                    f"from the last committed page ({name}: {exc})")
+    return f"{exc.__class__.__name__}: {exc}"
 
 
 def _ended(db: Database, connection_id: int, run_id: int, status: str) -> None:

@@ -7,6 +7,7 @@ the test kills with SIGKILL.
 
 import os
 import signal
+import sqlite3
 import subprocess
 import sys
 import time
@@ -20,7 +21,7 @@ from portal.orgs.templates import sales
 from portal.queue import connect_redis
 from tests.fault_proxy import FaultProxy
 from tests.redis_server import RedisServer
-from tests.sync_helpers import Side, assert_identical, seed_sales
+from tests.sync_helpers import Side, assert_identical, seed_sales, snapshot
 
 ROOT = Path(__file__).resolve().parent.parent
 SALES = [e.logicalname for e in sales()]
@@ -468,3 +469,83 @@ def test_redis_restarted_mid_run_fails_the_run_readably_and_loses_nothing(  # ty
         redis.close()
         proxy.stop()
         own.stop()
+
+
+# --- the client org's file: locked by another writer, or the disk full --------------
+
+def _snapshot(side: Side, org: str) -> dict:  # type: ignore[type-arg]
+    with side.org(org) as o:
+        return {"records": snapshot(o, SALES), "state": list(o.db.query(
+            "SELECT entity, checkpoint, complete FROM _sync_state ORDER BY entity"))}
+
+
+def test_sync_page_write_on_a_locked_org_file_fails_readably_and_the_next_run_converges(  # type: ignore[no-untyped-def]
+        faulty, redis: Redis) -> None:
+    server, client, _ = faulty
+    connection_id, ids = _connected(server, client, redis, accounts=100)
+    with server.org("srv") as a:
+        for record_id in ids[:60]:
+            records.update_record(a, "account", record_id, {"name": f"changed {record_id}"})
+    before = _snapshot(client, "cli")
+    holder = sqlite3.connect(store.org_file(client.orgs_dir, "cli"))
+    holder.execute("BEGIN IMMEDIATE")  # another writer holds the file's write lock
+    try:
+        client.sync_now(redis, connection_id)
+    finally:
+        holder.rollback()
+        holder.close()
+    failed = _runs(client, connection_id)[0]
+    assert failed["status"] == "failed"
+    assert failed["error"].startswith("the client org's file is locked by another writer: "
+                                      "the page being written was not kept")
+    assert _snapshot(client, "cli") == before  # not a record of the page, nor its checkpoint
+    client.sync_now(redis, connection_id)
+    assert _runs(client, connection_id)[0]["status"] == "succeeded"
+    _assert_identical(server, client)
+
+
+@pytest.fixture
+def small_disk(tmp_path: Path):  # type: ignore[no-untyped-def]
+    """The client's orgs folder on a tmpfs of 16 MB (mounting needs root: else skipped)."""
+    folder = tmp_path / "b" / "orgs"
+    folder.mkdir(parents=True)
+    mounted = subprocess.run(["mount", "-t", "tmpfs", "-o", "size=16m", "tmpfs", str(folder)],
+                             capture_output=True)
+    if mounted.returncode != 0:
+        pytest.skip(f"a small filesystem cannot be mounted here: {mounted.stderr.decode()}")
+    yield folder
+    subprocess.run(["umount", "-l", str(folder)], check=False)
+
+
+def test_sync_page_write_on_a_full_disk_fails_readably_and_the_next_run_converges(  # type: ignore[no-untyped-def]
+        small_disk: Path, faulty, redis: Redis) -> None:
+    server, client, _ = faulty
+    connection_id, ids = _connected(server, client, redis, accounts=1000)
+    with server.org("srv") as a:
+        for record_id in ids:  # ~2 MB more: the WAL and the file must grow
+            records.update_record(a, "account", record_id,
+                                  {"name": f"changed {record_id}", "description": "x" * 2000})
+    filler = small_disk / "filler"
+    with open(filler, "wb") as f:  # fill the disk to its last block
+        try:
+            while True:
+                f.write(b"\0" * 65536)
+                f.flush()
+        except OSError:
+            pass
+    client.sync_now(redis, connection_id)
+    failed = _runs(client, connection_id)[0]
+    assert failed["status"] == "failed"
+    assert failed["error"].startswith("the disk is full (the client org's file could not "
+                                      "grow): the page being written was not kept")
+    filler.unlink()
+    with client.org("cli") as b:
+        changed = b.db.execute("SELECT count(*) FROM account WHERE name LIKE 'changed %'"
+                               ).fetchone()[0]
+        described = b.db.execute("SELECT count(*) FROM account WHERE description = ?",
+                                 ["x" * 2000]).fetchone()[0]
+    # Whole pages only: every committed page brought both values of its 50 records.
+    assert changed == described and changed % FAST["SYNC_PAGE_SIZE"] == 0 and changed < 1000
+    client.sync_now(redis, connection_id)
+    assert _runs(client, connection_id)[0]["status"] == "succeeded"
+    _assert_identical(server, client)
