@@ -6,6 +6,9 @@
   network fails after the server did the work.
 * `served`: records answered per entity set (GET pages' `value`), to prove
   what a resumed download read again; `pages`: non-empty pages answered.
+* `flaky = p` (with `rng`, a random.Random): each request, with probability p,
+  gets a `503`, a `429` with `Retry-After: 0`, or (after the server applied it)
+  no answer at all, a third each.
 * `limited = True`: every request is answered `429` with `Retry-After: 0`
   without reaching the server (its request budget is spent).
 * `hold_page = (entity set, N)`: like `hold_batch`, for the N-th non-empty page
@@ -18,6 +21,7 @@
 
 import http.client
 import json
+import random
 import threading
 from collections import Counter
 from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
@@ -39,6 +43,9 @@ class FaultProxy:
         self.pages: Counter[str] = Counter()
         self.hold_page: tuple[str, int] | None = None
         self.limited = False
+        self.flaky = 0.0
+        self.rng = random.Random(0)
+        self.faults = 0
         self.requests = 0
         self.holding = threading.Event()
         self._released = threading.Event()
@@ -57,6 +64,10 @@ class FaultProxy:
                     return
                 length = int(self.headers.get("Content-Length") or 0)
                 body = self.rfile.read(length) if length else None
+                fault = proxy._fault()
+                if fault in (503, 429):
+                    self._refuse(fault)
+                    return
                 if proxy.limited:
                     message = b'{"error": {"code": "TooManyRequests", "message": "budget spent"}}'
                     self.send_response(429)
@@ -74,6 +85,10 @@ class FaultProxy:
                 data = response.read()
                 upstream.close()
                 proxy.requests += 1
+                if fault == "drop":
+                    self.close_connection = True
+                    self.connection.close()  # the server did the work; the answer is lost
+                    return
                 if self.command == "GET" and response.status == 200:
                     entity_set = proxy._count(self.path, data)
                     if entity_set and (entity_set, proxy.pages[entity_set]) == proxy.hold_page:
@@ -102,14 +117,35 @@ class FaultProxy:
                 except OSError:  # the client is gone (killed while its answer was held)
                     self.close_connection = True
 
+            def _refuse(self, status: int) -> None:
+                message = b'{"error": {"code": "Busy", "message": "try again"}}'
+                self.send_response(status)
+                self.send_header("Retry-After", "0")
+                self.send_header("Content-Type", "application/json")
+                self.send_header("Content-Length", str(len(message)))
+                self.end_headers()
+                self.wfile.write(message)
+
             do_GET = do_POST = do_PATCH = do_DELETE = do_PUT = _forward
 
-        self.server = ThreadingHTTPServer(("127.0.0.1", 0), Handler)
+        class Server(ThreadingHTTPServer):
+            def handle_error(self, request: object, client_address: object) -> None:
+                pass  # a client killed mid-request resets its connection: expected here
+
+        self.server = Server(("127.0.0.1", 0), Handler)
         self.server.daemon_threads = True
         self.port = self.server.server_address[1]
         self.url = f"http://127.0.0.1:{self.port}"
         self.thread = threading.Thread(target=self.server.serve_forever, daemon=True)
         self.thread.start()
+
+    def _fault(self) -> int | str | None:
+        """The fault this request meets when the proxy is flaky: 503, 429, 'drop' or None."""
+        if not self.flaky or self.rng.random() >= self.flaky:
+            return None
+        self.faults += 1
+        kinds: list[int | str] = [503, 429, "drop"]
+        return self.rng.choice(kinds)
 
     def _count(self, path: str, data: bytes) -> str | None:
         """Count a page's records; the entity set of a non-empty page."""
