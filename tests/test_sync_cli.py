@@ -85,6 +85,10 @@ CONNECT = ["sync", "connect", "plain", "--url", "https://crm.example.com/odata/v
     (["sync", "run", "ghost"], "'ghost' does not exist"),
     (["sync", "run", "plain", "--wait"], "'plain' is not connected"),
     (["sync", "run", "broken"], "its connection is failed: the server refused"),
+    (["sync", "run", "broken"], "`flask sync resume` connects it again"),
+    (["sync", "resume", "cli"], "is connected: there is nothing to resume"),
+    (["sync", "resume", "plain"], "'plain' is not connected"),
+    (["sync", "resume", "ghost"], "'ghost' does not exist"),
     (["sync", "metadata", "plain"], "'plain' is not connected"),
     (["sync", "metadata", "ghost", "--wait"], "does not exist"),
     (["sync", "schedule", "plain", "--every", "15m"], "'plain' is not connected"),
@@ -115,6 +119,26 @@ def test_sync_cli_bad_input_changes_nothing(orgs: Flask, redis: Redis, args: lis
     assert message in result.output
     assert "Traceback" not in result.output
     assert state(orgs, redis) == before
+
+
+def test_sync_cli_resume_and_new_values_are_the_ways_on_from_a_failed_connect(
+        orgs: Flask, redis: Redis) -> None:
+    resumed = orgs.test_cli_runner().invoke(args=["sync", "resume", "broken"])
+    assert resumed.exit_code == 0, resumed.output
+    jobs = Queue("default", connection=redis).job_ids
+    assert len(jobs) == 1 and jobs[0].startswith("connect-") and jobs[0] in resumed.output
+    # Asked again while that run is queued: the same run, not a second one.
+    again = orgs.test_cli_runner().invoke(args=["sync", "resume", "broken"])
+    assert again.exit_code == 0 and Queue("default", connection=redis).job_ids == jobs
+    changed = orgs.test_cli_runner().invoke(args=[
+        "sync", "connect", "broken", "--url", "https://crm2.example.com/odata/v4/srv/",
+        "--user", "other@example.com", "--password-stdin"], input="server-pass2\n")
+    assert changed.exit_code == 0, changed.output
+    assert "changed; connect job" in changed.output
+    with orgs.app_context():
+        connection = connections.connection_of_org(get_db(), "broken")
+        assert connection is not None and connection.status == "pending"
+        assert connection.url == "https://crm2.example.com/odata/v4/srv/"
 
 
 def test_sync_cli_connect_refuses_an_empty_password(orgs: Flask, redis: Redis) -> None:
