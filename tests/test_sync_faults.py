@@ -549,3 +549,4 @@ def test_sync_page_write_on_a_full_disk_fails_readably_and_the_next_run_converge
     client.sync_now(redis, connection_id)
     assert _runs(client, connection_id)[0]["status"] == "succeeded"
     _assert_identical(server, client)
+
