@@ -4,7 +4,7 @@ VENV := .venv
 BIN := $(VENV)/bin
 export FLASK_APP := wsgi
 
-.PHONY: run test lint bench clean
+.PHONY: run test lint bench faults clean
 
 # The venv is rebuilt whenever requirements.txt changes.
 $(VENV)/.installed: requirements.txt
@@ -27,6 +27,9 @@ bench: $(VENV)/.installed  ## benchmarks, printed as ratios to a baseline of the
 	$(BIN)/python bench/orgstore.py
 	$(BIN)/python bench/odata.py
 	$(BIN)/python bench/sync.py
+
+faults: $(VENV)/.installed  ## sync under faults (kills, server down, Redis restart…): one table
+	$(BIN)/python -m tests.fault_suite --out docs/RELIABILITY.md
 
 clean:
 	rm -rf $(VENV) .pytest_cache .mypy_cache .ruff_cache

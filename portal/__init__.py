@@ -37,7 +37,16 @@ def create_app(test_config: dict[str, Any] | None = None) -> Flask:
     csrf.init_app(app)
     db.init_app(app)
 
-    from portal.web import api, connect, dataverse, errors, public, rate_limits, service
+    from portal.web import (
+        api,
+        auth_throttle,
+        connect,
+        dataverse,
+        errors,
+        public,
+        rate_limits,
+        service,
+    )
 
     app.register_blueprint(public.bp)
     app.register_blueprint(api.bp)
@@ -46,6 +55,7 @@ def create_app(test_config: dict[str, Any] | None = None) -> Flask:
     app.register_blueprint(connect.bp)
     app.register_blueprint(service.bp)
     rate_limits.init_app(app)
+    auth_throttle.init_app(app)
     errors.init_app(app)
 
     from portal import cli

@@ -67,6 +67,11 @@ SETTINGS = (
     Setting("CONNECT_RATE_LIMIT", str, "10 per minute; 60 per hour",
             "connect page, ConnectAsync, SyncAsync: requests per client address "
             "(`limits` notation), counted in the job queue's Redis"),
+    Setting("AUTH_RATE_LIMIT", str, "10 per 5 minutes; 30 per hour",
+            "failed sign-ins per account (org and user name, existing or not) on every "
+            "sign-in path, then 429 with Retry-After (`limits` notation)"),
+    Setting("AUTH_ADDRESS_RATE_LIMIT", str, "100 per 5 minutes; 300 per hour",
+            "failed sign-ins per client address (API tokens count here only)"),
     Setting("RATELIMIT_ENABLED", bool, None,
             "rate limits on or off; null: on, except in tests", optional=True),
     Setting("DATAVERSE_TOKEN_LIFETIME_S", int, 3599,

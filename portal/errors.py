@@ -84,3 +84,10 @@ class MalformedMultipart(InvalidInput):
     """A multipart/mixed batch body that cannot be read (framing, headers, limits)."""
 
     code = "BadRequest"
+
+
+class ServerLimited(BackendError):
+    """The server's limits stopped the run (429 after the retries): it resumes next run."""
+
+    status = 503
+    code = "ServerLimited"

@@ -12,7 +12,7 @@ from flask import current_app
 from redis import Redis
 from redis.backoff import NoBackoff
 from redis.retry import Retry as RedisRetry
-from rq import Queue, Retry
+from rq import Callback, Queue, Retry
 from rq.exceptions import DuplicateJobError, NoSuchJobError
 from rq.job import Job, JobStatus
 
@@ -28,8 +28,9 @@ FAILURE_TTL_S = 7 * 24 * 3600
 def connect_redis(url: str) -> Redis:
     """A Redis client for this URL (redis://, rediss:// or unix://)."""
     # No backoff: a missing server is reported at once (health checks, shutdown)
-    # instead of after redis-py's default retries.
-    return Redis.from_url(url, retry=RedisRetry(NoBackoff(), 0), socket_connect_timeout=5)
+    # instead of after redis-py's default retries. One immediate retry on a new
+    # connection: a restarted Redis is reached again by the next command.
+    return Redis.from_url(url, retry=RedisRetry(NoBackoff(), 1), socket_connect_timeout=5)
 
 
 def get_redis() -> Redis:
@@ -44,20 +45,24 @@ def enqueue(redis: Redis, func: str | Callable[..., Any], *args: Any,
             queue: str = DEFAULT_QUEUE, job_id: str | None = None, unique: bool = False,
             retries: int = 0, retry_intervals: list[int] | None = None,
             timeout: int = DEFAULT_TIMEOUT_S, result_ttl: int = RESULT_TTL_S,
-            failure_ttl: int = FAILURE_TTL_S, meta: dict[str, Any] | None = None) -> Job:
+            failure_ttl: int = FAILURE_TTL_S, meta: dict[str, Any] | None = None,
+            **kwargs: Any) -> Job:
     """Enqueue a job the one way the portal does it; returns the job.
 
     With `unique`, a job whose id is already queued or running is not enqueued
     again: the existing job is returned instead. A finished or failed job of
     that id (kept for its result or reason) is replaced by the new one.
+    Keyword arguments beyond these are the job's. Every job has the failure
+    callback that records a reason RQ found (a worker that died) on its run.
     """
     q = Queue(queue, connection=redis)
     retry = Retry(max=retries, interval=retry_intervals or [10, 60, 300]) if retries else None
     for _ in range(2):
         try:
             return q.enqueue(  # type: ignore[type-var]
-                func, *args, job_id=job_id, unique=unique, job_timeout=timeout,
-                result_ttl=result_ttl, failure_ttl=failure_ttl, meta=meta or {}, retry=retry,
+                func, args=args, kwargs=kwargs, job_id=job_id, unique=unique,
+                job_timeout=timeout, result_ttl=result_ttl, failure_ttl=failure_ttl,
+                meta=meta or {}, retry=retry, on_failure=Callback(FAILURE_CALLBACK),
             )
         except DuplicateJobError:
             assert job_id is not None
@@ -68,52 +73,49 @@ def enqueue(redis: Redis, func: str | Callable[..., Any], *args: Any,
     raise RuntimeError(f"job {job_id} could not be enqueued")
 
 
-# --- the portal's jobs on connections: one unique job id per kind and connection ---
+# --- the portal's jobs on connections: one job id per run ---------------------
+#
+# The registry's run record is what was asked for (portal.sync.runs.request_run
+# keeps at most one queued or running run of a kind per connection); its job is
+# `<kind>-<connection>-<run>`, so a status URL names one run, and enqueuing a
+# run again (after Redis lost it) cannot queue it twice. The connection's lock
+# (jobs.sync) keeps two jobs from working on one connection at once.
 
-def job_id(kind: str, connection_id: int) -> str:
-    """The unique RQ job id of a kind of work on a connection (letters, digits, '-')."""
-    return f"{kind}-{connection_id}"
-
-
-def _enqueue_on_connection(redis: Redis, kind: str, func: str, connection_id: int, *args: Any,
-                           **settings: Any) -> Job:
-    """Enqueue one kind of work on a connection: at most one queued or running at a time."""
-    return enqueue(redis, func, connection_id, *args, job_id=job_id(kind, connection_id),
-                   unique=True, queue=DEFAULT_QUEUE, **settings)
-
-
-def enqueue_sync(redis: Redis, connection_id: int, trigger: str) -> Job:
-    """Enqueue a sync run unless one is queued or running; returns the job."""
-    return _enqueue_on_connection(redis, "sync", "jobs.sync.sync_run", connection_id, trigger,
-                                  result_ttl=0, failure_ttl=300)
+RUN_JOBS = {"connect": "jobs.sync.connect", "sync": "jobs.sync.sync_run",
+            "metadata": "jobs.sync.update_metadata"}
+# Records on the run a failure the job could not record itself (its worker
+# died: RQ's started-job clean-up, or a killed work horse).
+FAILURE_CALLBACK = "jobs.sync.job_failed"
 
 
-def enqueue_connect(redis: Redis, connection_id: int) -> Job:
-    """Enqueue the connect job of a new (or failed) connection."""
-    return _enqueue_on_connection(redis, "connect", "jobs.sync.connect", connection_id,
-                                  result_ttl=3600, failure_ttl=3600)
+def run_job_id(kind: str, connection_id: int, run_id: int) -> str:
+    """The RQ job id of one run (letters, digits, '-')."""
+    return f"{kind}-{connection_id}-{run_id}"
 
 
-def enqueue_metadata(redis: Redis, connection_id: int, trigger: str) -> Job:
-    """Enqueue Update Client Metadata."""
-    return _enqueue_on_connection(redis, "metadata", "jobs.sync.update_metadata", connection_id,
-                                  trigger, result_ttl=0, failure_ttl=300)
+def parse_run_job_id(job_id: str) -> tuple[str, int, int] | None:
+    """(kind, connection id, run id) of a run's job id; None if it is not one."""
+    parts = job_id.split("-")
+    if len(parts) != 3 or parts[0] not in RUN_JOBS or not all(p.isdigit() for p in parts[1:]):
+        return None
+    return parts[0], int(parts[1]), int(parts[2])
+
+
+def enqueue_run(redis: Redis, kind: str, connection_id: int, run_id: int,
+                trigger: str) -> Job:
+    """Enqueue the job of a queued run (again, if Redis lost it); returns the job."""
+    args: tuple[Any, ...] = (connection_id,) if kind == "connect" else (connection_id, trigger)
+    return enqueue(redis, RUN_JOBS[kind], *args, job_id=run_job_id(kind, connection_id, run_id),
+                   unique=True, meta={"run_id": run_id}, run_id=run_id,
+                   result_ttl=3600 if kind == "connect" else 0, failure_ttl=3600)
 
 
 def enqueue_upload(redis: Redis, connection_id: int) -> Job:
     """Enqueue an upload of pending transactions (instant mode), coalesced per connection."""
-    return _enqueue_on_connection(redis, "upload", "jobs.sync.upload", connection_id,
-                                  result_ttl=0, failure_ttl=300, retries=3)
-
-
-def enqueue_connect_again(redis: Redis, connection_id: int) -> Job:
-    """Enqueue the connect job again, replacing an ended one RQ still keeps under its id."""
-    # A failed connect job is kept (failure_ttl) under the connection's unique
-    # job id; left there, enqueue_connect would hand back the failed job.
-    old = fetch_job(redis, job_id("connect", connection_id))
-    if old is not None and old.get_status() in ENDED:
-        old.delete()
-    return enqueue_connect(redis, connection_id)
+    # One queued upload per connection, whatever the number of writes: the
+    # upload job records its own run when it starts.
+    return enqueue(redis, "jobs.sync.upload", connection_id, job_id=f"upload-{connection_id}",
+                   unique=True, result_ttl=0, failure_ttl=300, retries=3)
 
 
 # --- reading jobs ----------------------------------------------------------------

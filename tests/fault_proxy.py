@@ -4,6 +4,15 @@
 * `drop_batch_answers = N`: the next N `$batch` requests reach the server and are
   applied, but their answers are dropped (the connection is cut), as when a
   network fails after the server did the work.
+* `served`: records answered per entity set (GET pages' `value`), to prove
+  what a resumed download read again; `pages`: non-empty pages answered.
+* `flaky = p` (with `rng`, a random.Random): each request, with probability p,
+  gets a `503`, a `429` with `Retry-After: 0`, or (after the server applied it)
+  no answer at all, a third each.
+* `limited = True`: every request is answered `429` with `Retry-After: 0`
+  without reaching the server (its request budget is spent).
+* `hold_page = (entity set, N)`: like `hold_batch`, for the N-th non-empty page
+  of an entity set (the earlier pages are then committed or being written).
 * `hold_batch = N`: the answer of the N-th `$batch` (counting from the proxy's
   start) is held after the server applied it: `holding` is set, and the answer
   goes out (to whoever is still there) on `release()`. A test kills the
@@ -11,7 +20,10 @@
 """
 
 import http.client
+import json
+import random
 import threading
+from collections import Counter
 from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 from urllib.parse import urlsplit
 
@@ -27,6 +39,14 @@ class FaultProxy:
         self.dropped = 0
         self.batches = 0
         self.hold_batch = 0
+        self.served: Counter[str] = Counter()
+        self.pages: Counter[str] = Counter()
+        self.hold_page: tuple[str, int] | None = None
+        self.limited = False
+        self.flaky = 0.0
+        self.rng = random.Random(0)
+        self.faults = 0
+        self.requests = 0
         self.holding = threading.Event()
         self._released = threading.Event()
         proxy = self
@@ -44,6 +64,19 @@ class FaultProxy:
                     return
                 length = int(self.headers.get("Content-Length") or 0)
                 body = self.rfile.read(length) if length else None
+                fault = proxy._fault()
+                if fault in (503, 429):
+                    self._refuse(fault)
+                    return
+                if proxy.limited:
+                    message = b'{"error": {"code": "TooManyRequests", "message": "budget spent"}}'
+                    self.send_response(429)
+                    self.send_header("Retry-After", "0")
+                    self.send_header("Content-Type", "application/json")
+                    self.send_header("Content-Length", str(len(message)))
+                    self.end_headers()
+                    self.wfile.write(message)
+                    return
                 upstream = http.client.HTTPConnection(*proxy.target, timeout=60)
                 headers = {k: v for k, v in self.headers.items()
                            if k.lower() not in ("connection", "keep-alive")}
@@ -51,6 +84,16 @@ class FaultProxy:
                 response = upstream.getresponse()
                 data = response.read()
                 upstream.close()
+                proxy.requests += 1
+                if fault == "drop":
+                    self.close_connection = True
+                    self.connection.close()  # the server did the work; the answer is lost
+                    return
+                if self.command == "GET" and response.status == 200:
+                    entity_set = proxy._count(self.path, data)
+                    if entity_set and (entity_set, proxy.pages[entity_set]) == proxy.hold_page:
+                        proxy.holding.set()
+                        proxy._released.wait(120)
                 if "$batch" in self.path:
                     proxy.batches += 1
                     if proxy.batches == proxy.hold_batch:
@@ -74,14 +117,50 @@ class FaultProxy:
                 except OSError:  # the client is gone (killed while its answer was held)
                     self.close_connection = True
 
+            def _refuse(self, status: int) -> None:
+                message = b'{"error": {"code": "Busy", "message": "try again"}}'
+                self.send_response(status)
+                self.send_header("Retry-After", "0")
+                self.send_header("Content-Type", "application/json")
+                self.send_header("Content-Length", str(len(message)))
+                self.end_headers()
+                self.wfile.write(message)
+
             do_GET = do_POST = do_PATCH = do_DELETE = do_PUT = _forward
 
-        self.server = ThreadingHTTPServer(("127.0.0.1", 0), Handler)
+        class Server(ThreadingHTTPServer):
+            def handle_error(self, request: object, client_address: object) -> None:
+                pass  # a client killed mid-request resets its connection: expected here
+
+        self.server = Server(("127.0.0.1", 0), Handler)
         self.server.daemon_threads = True
         self.port = self.server.server_address[1]
         self.url = f"http://127.0.0.1:{self.port}"
         self.thread = threading.Thread(target=self.server.serve_forever, daemon=True)
         self.thread.start()
+
+    def _fault(self) -> int | str | None:
+        """The fault this request meets when the proxy is flaky: 503, 429, 'drop' or None."""
+        if not self.flaky or self.rng.random() >= self.flaky:
+            return None
+        self.faults += 1
+        kinds: list[int | str] = [503, 429, "drop"]
+        return self.rng.choice(kinds)
+
+    def _count(self, path: str, data: bytes) -> str | None:
+        """Count a page's records; the entity set of a non-empty page."""
+        entity_set = path.split("/odata/v4/", 1)[-1].split("/", 1)[-1].split("?")[0]
+        if not entity_set or "(" in entity_set or entity_set.startswith("$"):
+            return None
+        try:
+            value = json.loads(data).get("value")
+        except (ValueError, AttributeError):
+            return None
+        if not isinstance(value, list) or not value:
+            return None
+        self.served[entity_set] += len(value)
+        self.pages[entity_set] += 1
+        return entity_set
 
     def release(self) -> None:
         """Let a held answer go."""

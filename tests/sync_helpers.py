@@ -10,12 +10,13 @@ from typing import Any
 from flask import Flask
 from redis import Redis
 from rq import SimpleWorker
+from rq.job import Job
 
 from portal import create_app, crypto
 from portal.db import get_db
 from portal.orgs import records, registry, store
-from portal.queue import enqueue_connect, enqueue_sync
-from portal.sync import connections
+from portal.queue import enqueue_run
+from portal.sync import connections, runs
 from tests.conftest import ADMIN_EMAIL, ADMIN_PASSWORD
 
 SYSTEM = {"versionnumber"}
@@ -70,8 +71,7 @@ class Side:
                     policy: str = "server-wins") -> int:
         """Connect client_org to server_url and run the connect job; it must end connected."""
         connection_id = self.connect(client_org, server_url, policy=policy)
-        with self.app.app_context():
-            enqueue_connect(redis, connection_id)
+        self.queue(redis, connection_id, "connect")
         self.work(redis)
         connection = self.connection(connection_id)
         assert connection.status == "connected", connection.error
@@ -79,9 +79,16 @@ class Side:
 
     def sync_now(self, redis: Redis, connection_id: int) -> None:
         """Run one sync run of the connection on a worker."""
-        with self.app.app_context():
-            enqueue_sync(redis, connection_id, "cli")
+        self.queue(redis, connection_id, "sync")
         self.work(redis)
+
+    def queue(self, redis: Redis, connection_id: int, kind: str, trigger: str = "cli") -> Job:
+        """Ask for a run of the connection and enqueue its job, as the web and CLI do."""
+        with self.app.app_context():
+            db = get_db()
+            connection = connections.get_connection(db, connection_id)
+            run_id, _ = runs.request_run(db, connection_id, connection.org_id, kind, trigger)
+            return enqueue_run(redis, kind, connection_id, run_id, trigger)
 
     def work(self, redis: Redis) -> None:
         """Run every queued job on a real RQ worker, in this process, until the queue is empty."""

@@ -10,7 +10,6 @@ from redis import Redis
 from portal import crypto
 from portal.orgs import records, transactions
 from portal.orgs.templates import sales
-from portal.queue import enqueue_connect
 from tests.conftest import ADMIN_PASSWORD
 from tests.sync_helpers import Side, assert_identical, checksums, seed_sales, snapshot
 
@@ -62,8 +61,7 @@ def test_sync_connect_copies_metadata_and_5000_records(pair, redis: Redis) -> No
     client.create_org("cli", template=None)
     connection_id = client.connect("cli", server.url)  # type: ignore[arg-type]
 
-    with client.app.app_context():
-        enqueue_connect(redis, connection_id)
+    client.queue(redis, connection_id, "connect")
     client.work(redis)
     connection = client.connection(connection_id)
     assert connection.status == "connected", connection.error
@@ -81,8 +79,7 @@ def test_sync_connect_with_wrong_password_fails_with_the_servers_message(  # typ
     client.create_org("cli", template=None)
     connection_id = client.connect("cli", server.url, password="wrong-password1")  # type: ignore[arg-type]
 
-    with client.app.app_context():
-        enqueue_connect(redis, connection_id)
+    client.queue(redis, connection_id, "connect")
     client.work(redis)
     connection = client.connection(connection_id)
     assert connection.status == "failed"
@@ -226,7 +223,6 @@ def test_sync_six_metadata_changes_reach_the_client_with_data_kept(pair, redis: 
     from portal.db import get_db
     from portal.orgs import schema
     from portal.orgs.metadata import Attribute, Entity
-    from portal.queue import enqueue_metadata
 
     server, client = pair
     connection_id = _connect(server, client, redis, accounts=5)
@@ -241,8 +237,7 @@ def test_sync_six_metadata_changes_reach_the_client_with_data_kept(pair, redis: 
     with client.org("cli") as b:
         accounts_before = {r["accountid"]: r["numberofemployees"]
                            for r in b.db.table("account").rows}
-    with client.app.app_context():
-        enqueue_metadata(redis, connection_id, "button")
+    client.queue(redis, connection_id, "metadata", "button")
     client.work(redis)
     with server.org("srv") as a, client.org("cli") as b:
         assert list(b.entities()) == list(a.entities())
@@ -419,7 +414,7 @@ def test_sync_dynamics_as_an_application_user_and_refused_secrets_readably(  # t
             db, key, org_id, backend="dynamics", url=server.url,
             username=app_user["client_id"], password=secret + "-wrong",
             server_options={"auth": "client_credentials"})
-        enqueue_connect(redis, connection.id)
+        client.queue(redis, connection.id, "connect")
     client.work(redis)
     failed = client.connection(connection.id)
     assert failed.status == "failed"
@@ -432,7 +427,7 @@ def test_sync_dynamics_as_an_application_user_and_refused_secrets_readably(  # t
                                   url=server.url, username=app_user["client_id"],
                                   password=secret,
                                   server_options={"auth": "client_credentials"})
-        enqueue_connect(redis, connection.id)
+        client.queue(redis, connection.id, "connect")
     client.work(redis)
     assert client.connection(connection.id).status == "connected"
     _same(server, client)

@@ -1,6 +1,7 @@
 """`flask sync …` and `flask transactions …`: bad inputs refused with nothing changed, and the
 whole life of a connection against a real server portal, jobs run by a real RQ worker."""
 
+import re
 import threading
 from pathlib import Path
 from typing import Any
@@ -84,6 +85,10 @@ CONNECT = ["sync", "connect", "plain", "--url", "https://crm.example.com/odata/v
     (["sync", "run", "ghost"], "'ghost' does not exist"),
     (["sync", "run", "plain", "--wait"], "'plain' is not connected"),
     (["sync", "run", "broken"], "its connection is failed: the server refused"),
+    (["sync", "run", "broken"], "`flask sync resume` connects it again"),
+    (["sync", "resume", "cli"], "is connected: there is nothing to resume"),
+    (["sync", "resume", "plain"], "'plain' is not connected"),
+    (["sync", "resume", "ghost"], "'ghost' does not exist"),
     (["sync", "metadata", "plain"], "'plain' is not connected"),
     (["sync", "metadata", "ghost", "--wait"], "does not exist"),
     (["sync", "schedule", "plain", "--every", "15m"], "'plain' is not connected"),
@@ -114,6 +119,26 @@ def test_sync_cli_bad_input_changes_nothing(orgs: Flask, redis: Redis, args: lis
     assert message in result.output
     assert "Traceback" not in result.output
     assert state(orgs, redis) == before
+
+
+def test_sync_cli_resume_and_new_values_are_the_ways_on_from_a_failed_connect(
+        orgs: Flask, redis: Redis) -> None:
+    resumed = orgs.test_cli_runner().invoke(args=["sync", "resume", "broken"])
+    assert resumed.exit_code == 0, resumed.output
+    jobs = Queue("default", connection=redis).job_ids
+    assert len(jobs) == 1 and jobs[0].startswith("connect-") and jobs[0] in resumed.output
+    # Asked again while that run is queued: the same run, not a second one.
+    again = orgs.test_cli_runner().invoke(args=["sync", "resume", "broken"])
+    assert again.exit_code == 0 and Queue("default", connection=redis).job_ids == jobs
+    changed = orgs.test_cli_runner().invoke(args=[
+        "sync", "connect", "broken", "--url", "https://crm2.example.com/odata/v4/srv/",
+        "--user", "other@example.com", "--password-stdin"], input="server-pass2\n")
+    assert changed.exit_code == 0, changed.output
+    assert "changed; connect job" in changed.output
+    with orgs.app_context():
+        connection = connections.connection_of_org(get_db(), "broken")
+        assert connection is not None and connection.status == "pending"
+        assert connection.url == "https://crm2.example.com/odata/v4/srv/"
 
 
 def test_sync_cli_connect_refuses_an_empty_password(orgs: Flask, redis: Redis) -> None:
@@ -156,8 +181,9 @@ def test_sync_cli_wait_gives_up_after_its_timeout(orgs: Flask, redis: Redis) -> 
                                                  "--timeout", "0.3"])
     assert result.exit_code == 1, result.output
     assert "Waiting for a worker" in result.output
-    assert "job sync-1 is still queued after 0.3 s; it carries on" in result.output
-    assert Queue("default", connection=redis).job_ids == ["sync-1"]
+    job = Queue("default", connection=redis).job_ids
+    assert len(job) == 1 and job[0].startswith("sync-1-")
+    assert f"job {job[0]} is still queued after 0.3 s; it carries on" in result.output
 
 
 def test_sync_cli_status_of_an_org_without_connection(orgs: Flask) -> None:
@@ -241,7 +267,7 @@ def test_sync_cli_connect_run_status_schedule_and_transactions(pair, redis: Redi
         stdin=ADMIN_PASSWORD + "\n")
     assert connected.exit_code == 0, connected.output
     out = connected.output
-    assert "connect job connect-1 queued." in out
+    assert re.search(r"connect job connect-1-\d+ queued\.", out)
     # Progress: a line per step or entity (the runner's stdout is not a terminal).
     assert progress_lines(out) and "\r" not in out
     assert f"Connected cli to {server.url}; sync schedule: every 15m." in out
@@ -256,7 +282,7 @@ def test_sync_cli_connect_run_status_schedule_and_transactions(pair, redis: Redi
         records.create_record(org, "account", {"name": "New on server"})
     ran = invoke_working(client, redis, ["sync", "run", "cli", "--wait"])
     assert ran.exit_code == 0, ran.output
-    assert "Sync run of cli queued (job sync-1)." in ran.output
+    assert re.search(r"Sync run of cli queued \(job sync-1-\d+\)\.", ran.output)
     assert progress_lines(ran.output)
     counts = {line.split()[0]: line.split()[1:] for line in ran.output.splitlines()
               if line.startswith(("account ", "total "))}

@@ -18,6 +18,7 @@ from flask.testing import FlaskClient
 from redis import Redis
 from rq import Queue, SimpleWorker
 
+from portal import crypto
 from portal.backends.registry import backend_type
 from portal.db import get_db
 from portal.orgs import registry, store
@@ -140,7 +141,8 @@ def test_connect_async_seed_xml_creates_and_connects_an_org(service_app: Flask, 
         user = registry.authenticate(db, "martin", "martin.liscinsky@resco.net", CLIENT_PASSWORD)
         assert user and user["firstname"] == "Martin" and user["company"] == "Resco"
         connection = connections.connection_of_org(db, "martin")
-        assert connection and job_id == f"connect-{connection.id}"
+        run_id = db.execute("SELECT id FROM sync_runs WHERE kind = 'connect'").fetchone()[0]
+        assert connection and job_id == f"connect-{connection.id}-{run_id}"
     work(service_app, redis)
     with service_app.app_context():
         connection = connections.connection_of_org(get_db(), "martin")
@@ -154,8 +156,10 @@ def test_connect_async_seed_xml_creates_and_connects_an_org(service_app: Flask, 
     assert state.status_code == 200
     document = state.get_json()
     assert document["JobId"] == job_id and document["ConnectionStatus"] == "connected"
-    assert document["JobStatus"] == "finished"
-    assert set(document["ConnectionProgress"]) == {"Step", "Entity", "Done", "Total"}
+    assert document["JobStatus"] == "succeeded"
+    assert {"Step", "Entity", "Done", "Total"} <= set(document["ConnectionProgress"])
+    assert document["ConnectionProgress"]["Ended"] == "succeeded"
+    assert {c["Entity"]: c["Downloaded"] for c in document["Counts"]}["account"] == 60
     assert client.get(split.path).status_code == 401  # no token, no credentials
     assert client.get(split.path, headers={"Authorization": basic()}).status_code == 200
     assert client.get(f"{split.path}?token=forged").status_code == 401
@@ -304,6 +308,51 @@ def test_sync_async_twice_queues_one_run(service_app: Flask, redis: Redis,
                        headers={"Authorization": basic(password="nope-nope-1")}).status_code == 401
 
 
+def test_each_status_url_names_one_run_and_tells_its_outcome_after_redis_forgot_it(
+        service_app: Flask, redis: Redis, server_url: str) -> None:
+    client = client_of(service_app)
+    assert post_xml(client, "martin", seed_xml(server_url)).status_code == 202
+    work(service_app, redis)
+
+    def state(document: dict[str, Any]) -> dict[str, Any]:
+        split = urlsplit(document["StatusUrl"])
+        answer = client.get(f"{split.path}?{split.query}", headers={"Accept": "application/json"})
+        assert answer.status_code == 200
+        return dict(answer.get_json())
+
+    first = client.post("/rest/v1/sync/martin/SyncAsync", headers={"Authorization": basic()})
+    queued = state(first.get_json())
+    assert queued["JobStatus"] == "queued" and queued["RunId"] == first.get_json()["RunId"]
+    work(service_app, redis)
+    assert not Queue("default", connection=redis).job_ids  # sync jobs keep no result in Redis
+    ended = state(first.get_json())
+    assert ended["JobStatus"] == "succeeded" and ended["Ended"] and "Error" not in ended
+    assert {c["Entity"] for c in ended["Counts"]} >= {"account", "contact"}
+    assert ended["ConnectionProgress"]["Ended"] == "succeeded"
+    assert ended["ConnectionProgress"]["RunId"] == ended["RunId"]
+
+    # The next run has its own id; the first run's URL still tells the first run.
+    second = client.post("/rest/v1/sync/martin/SyncAsync", headers={"Authorization": basic()})
+    assert second.get_json()["JobId"] != first.get_json()["JobId"]
+    assert state(second.get_json())["JobStatus"] == "queued"
+    assert state(first.get_json())["JobStatus"] == "succeeded"
+    assert state(first.get_json())["RunId"] == ended["RunId"]
+
+    # A run that failed tells its reason, after its job is gone from Redis.
+    with service_app.app_context():
+        db = get_db()
+        connection = connections.connection_of_org(db, "martin")
+        assert connection is not None
+        connections.update_server(db, crypto.load_key(service_app.instance_path),
+                                  connection.id, backend="resco", url=server_url,
+                                  username=ADMIN_EMAIL, password="wrong-password-1")
+        connections.set_status(db, connection.id, "connected")
+    work(service_app, redis)
+    redis.flushdb()
+    failed = state(second.get_json())
+    assert failed["JobStatus"] == "failed" and "refused" in failed["Error"]
+
+
 # --- refusals: the right 4xx, nothing created -------------------------------------
 
 XXE = """<?xml version="1.0"?>
@@ -450,7 +499,9 @@ def test_job_status_of_another_orgs_job_is_not_found(service_app: Flask, redis: 
     first = post_xml(client, "martin", GOOD, Accept="application/json").get_json()
     token = urlsplit(first["StatusUrl"]).query
     assert client.get(f"/rest/v1/sync/martin/jobs/sync-999?{token}").status_code == 404
-    assert client.get(f"/rest/v1/sync/martin/jobs/other-1?{token}").status_code == 404
+    assert client.get(f"/rest/v1/sync/martin/jobs/sync-1-999?{token}").status_code == 404
+    assert client.get(f"/rest/v1/sync/martin/jobs/sync-999-1?{token}").status_code == 404
+    assert client.get(f"/rest/v1/sync/martin/jobs/other-1-1?{token}").status_code == 404
     state = client.get(f"/rest/v1/sync/martin/jobs/{first['JobId']}?{token}",
                        headers={"Accept": "application/xml"})
     assert state.status_code == 200 and state.mimetype == "application/xml"

@@ -24,7 +24,7 @@ from portal.backends.base import Backend, ChangesPage, Write, WriteResult
 from portal.backends.dataverse_metadata import entities_from_entity_definitions
 from portal.backends.prefetch import prefetched
 from portal.backends.server_urls import check_server_url, guard_session
-from portal.errors import BackendError, CredentialsRefused
+from portal.errors import BackendError, CredentialsRefused, ServerLimited
 from portal.orgs.metadata import Entity
 
 TIMEOUT_S = (10, 120)  # connect, read
@@ -105,6 +105,11 @@ class ODataBackend(Backend):
         except (requests.ConnectionError, requests.Timeout) as exc:
             raise BackendError(f"the server at {self.root} cannot be reached: "
                                f"{exc.__class__.__name__}") from None
+        if response.status_code == 429:  # the retries spent the server's budget
+            raise ServerLimited(f"stopped by the server's limit: {method} {url} answered "
+                                f"429 {_message(response)}"
+                                + (f" (Retry-After {response.headers['Retry-After']} s)"
+                                   if response.headers.get("Retry-After") else ""))
         if response.status_code == 401:
             raise CredentialsRefused(
                 f"the server refused the user name or password ({_message(response)})")

@@ -25,14 +25,7 @@ from portal.db import get_db
 from portal.errors import InvalidInput, PortalError
 from portal.orgs import registry, transactions
 from portal.orgs.store import open_org, orgs_path
-from portal.queue import (
-    JobState,
-    enqueue_connect,
-    enqueue_metadata,
-    enqueue_sync,
-    get_redis,
-    job_state,
-)
+from portal.queue import JobState, enqueue_run, get_redis, job_state
 from portal.sync import connections, runs
 from portal.sync.connections import Connection
 
@@ -58,23 +51,22 @@ def connection_of(db: Database, org: str, *, connected: bool = True) -> Connecti
         raise InvalidInput(f"organization {org!r} is not connected (see `flask sync connect`)")
     if connected and connection.status != "connected":
         reason = f": {connection.error}" if connection.error else ""
+        if connection.status in ("failed", "pending"):
+            reason += (" (`flask sync resume` connects it again with the same server values; "
+                       "`flask sync connect` with new ones)")
         raise InvalidInput(f"organization {org!r} is not connected: its connection is "
                            f"{connection.status}{reason}")
     return connection
 
 
-def newest_run_id(db: Database, org_id: int) -> int:
-    """Id of the org's newest run, 0 if none (runs after it are the ones we enqueued)."""
-    newest = runs.list_runs(db, org_id, limit=1)
-    return int(newest[0]["id"]) if newest else 0
+def queue_run(db: Database, connection: Connection, kind: str) -> tuple[str, int]:
+    """Ask for a run of the connection (or find the one queued or running) and enqueue its job.
 
-
-def run_of(db: Database, connection: Connection, kind: str, after: int) -> dict[str, Any] | None:
-    """The newest run of this kind on the connection with an id above `after`."""
-    for run in runs.list_runs(db, connection.org_id):
-        if run["id"] > after and run["kind"] == kind and run["connection_id"] == connection.id:
-            return run
-    return None
+    Returns the job's id and the run's.
+    """
+    trigger = "connect" if kind == "connect" else "cli"  # a connect's trigger is itself
+    run_id, _ = runs.request_run(db, connection.id, connection.org_id, kind, trigger)
+    return enqueue_run(get_redis(), kind, connection.id, run_id, trigger).id, run_id
 
 
 # --- waiting for a job -------------------------------------------------------
@@ -154,25 +146,23 @@ def wait_for(db: Database, redis: Redis, job_id: str, connection_id: int,
 
 
 def finish(db: Database, redis: Redis, job_id: str, connection: Connection, kind: str,
-           after: int, timeout: float | None) -> dict[str, Any]:
+           run_id: int, timeout: float | None) -> dict[str, Any]:
     """Wait for an enqueued job and return its run record; exit 1 with the reason if it failed."""
-    # A job that was running before we asked started its run before `after`.
-    state = job_state(redis, job_id)
-    if state is not None and state.running:
-        after = 0
     ended = wait_for(db, redis, job_id, connection.id, timeout)
-    run = run_of(db, connection, kind, after)
-    if run is None:
+    run = runs.get_run(db, run_id)
+    if run is None or run["status"] == runs.RunStatus.QUEUED:
         failure = ended.failure if ended is not None else None
         raise PortalError(f"the {kind} job failed: "
                           f"{failure or 'the job ended without recording a run'}")
-    if run["status"] == "running":
+    if run["status"] == runs.RunStatus.RUNNING:
         raise PortalError(f"the {kind} job ended but run {run['id']} never finished "
-                          "(was its worker killed?)")
-    if run["status"] != "succeeded":
+                          "(was its worker killed? the dispatcher records it abandoned)")
+    if run["status"] != runs.RunStatus.SUCCEEDED:
         if kind in ("sync", "connect") and run["counts"]:
             show_counts(run["counts"])  # what was done before it failed stays done
-        raise PortalError(f"the {kind} run failed: {run['error']}")
+        what = "was stopped by the server's limits (the next run resumes)" \
+            if run["status"] == runs.RunStatus.LIMITED else "failed"
+        raise PortalError(f"the {kind} run {what}: {run['error']}")
     return run
 
 
@@ -249,18 +239,27 @@ def connect(org: str, kind: str, url: str, user: str, password_stdin: bool, auth
         password = sys.stdin.readline().rstrip("\r\n")
     else:
         password = click.prompt("Server password", hide_input=True)
-    connection = connections.create_connection(
-        db, crypto.load_key(current_app.instance_path), found["id"], backend=backend.key,
-        url=url, username=user, password=password, server_options={
-            k: v for k, v in (("auth", auth), ("tenant", tenant), ("client_id", client_id))
-            if v})
-    after = newest_run_id(db, connection.org_id)
-    job = enqueue_connect(get_redis(), connection.id)
-    click.echo(f"Connection {connection.id} of {org} to {url} created; "
-               f"connect job {job.id} queued.")
+    key = crypto.load_key(current_app.instance_path)
+    options = {k: v for k, v in (("auth", auth), ("tenant", tenant), ("client_id", client_id))
+               if v}
+    existing = connections.connection_of_org(db, org)
+    if existing is not None and existing.status in ("failed", "pending"):
+        # A connection that never connected: point it at the new values.
+        connection = connections.update_server(db, key, existing.id, backend=backend.key,
+                                               url=url, username=user, password=password,
+                                               server_options=options)
+        said = "changed"
+    else:
+        connection = connections.create_connection(
+            db, key, found["id"], backend=backend.key, url=url, username=user,
+            password=password, server_options=options)
+        said = "created"
+    job_id, run_id = queue_run(db, connection, "connect")
+    click.echo(f"Connection {connection.id} of {org} to {url} {said}; "
+               f"connect job {job_id} queued.")
     if not wait:
         return
-    run = finish(db, get_redis(), job.id, connection, "connect", after, timeout)
+    run = finish(db, get_redis(), job_id, connection, "connect", run_id, timeout)
     connection = connections.get_connection(db, connection.id)
     if connection.status != "connected":
         raise PortalError(f"the connection is {connection.status}: {connection.error}")
@@ -268,19 +267,34 @@ def connect(org: str, kind: str, url: str, user: str, password_stdin: bool, auth
     click.echo(f"Connected {org} to {url}; sync schedule: {schedule_text(connection)}.")
 
 
-ENQUEUE = {"sync": enqueue_sync, "metadata": enqueue_metadata}
-
-
 def queue_and_wait(db: Database, org: str, kind: str, what: str, wait: bool,
-                   timeout: float | None) -> tuple[Connection, dict[str, Any] | None]:
-    """Enqueue a job (sync or metadata) on a connected org's connection; with `wait`, its run."""
-    connection = connection_of(db, org)
-    after = newest_run_id(db, connection.org_id)
-    job = ENQUEUE[kind](get_redis(), connection.id, "cli")
-    click.echo(f"{what} queued (job {job.id}).")
+                   timeout: float | None, connected: bool = True
+                   ) -> tuple[Connection, dict[str, Any] | None]:
+    """Enqueue a run on an org's connection; with `wait`, its finished run record."""
+    connection = connection_of(db, org, connected=connected)
+    job_id, run_id = queue_run(db, connection, kind)
+    click.echo(f"{what} queued (job {job_id}).")
     if not wait:
         return connection, None
-    return connection, finish(db, get_redis(), job.id, connection, kind, after, timeout)
+    return connection, finish(db, get_redis(), job_id, connection, kind, run_id, timeout)
+
+
+@sync_cli.command("resume")
+@click.argument("org")
+@wait_option
+@timeout_option
+def resume(org: str, wait: bool, timeout: float | None) -> None:
+    """Connect a failed (or abandoned) connection again with its server values; it resumes."""
+    db = get_db()
+    connection = connection_of(db, org, connected=False)
+    if connection.status not in ("failed", "pending"):
+        raise InvalidInput(f"the connection of {org!r} is {connection.status}: "
+                           "there is nothing to resume")
+    _, run = queue_and_wait(db, org, "connect", f"Connect of {org} (resumed)", wait, timeout,
+                            connected=False)
+    if run is not None:
+        show_counts(run["counts"])
+        click.echo(f"Connected {org}.")
 
 
 @sync_cli.command("run")

@@ -249,8 +249,11 @@ def save_records(org: OrgDb, entity_name: str, records: Iterable[dict[str, Any]]
         first = next_versions(db, len(rows))
         columns.append(range(first, first + len(rows)))  # type: ignore[arg-type]
         names.append("versionnumber")
+        # A record keeps its createdon, unless it comes from the server: then the
+        # server's is the record's (a create whose answer was lost, then changed on
+        # the server, arrives here with the time the server made it).
         updates = ", ".join(f"[{n}] = excluded.[{n}]" for n in names
-                            if n not in (c.pk, "createdon"))
+                            if n != c.pk and (from_server or n != "createdon"))
         sql = (f"INSERT INTO [{entity_name}] ({', '.join(f'[{n}]' for n in names)}) "
                f"VALUES ({', '.join('?' * len(names))}) "
                f"ON CONFLICT([{c.pk}]) DO UPDATE SET {updates}")

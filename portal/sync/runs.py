@@ -13,29 +13,102 @@ TRIGGERS = ("connect", "button", "schedule", "api", "cli", "write")
 
 
 class RunStatus(StrEnum):
-    """How a run stands: running, or how it ended."""
+    """Where a run stands: queued (asked for), running, or how it ended."""
 
+    QUEUED = "queued"
     RUNNING = "running"
     SUCCEEDED = "succeeded"
     FAILED = "failed"
+    LIMITED = "limited"  # stopped by the server's limits (429 budget spent); resumes next run
+
+
+ACTIVE = (RunStatus.QUEUED, RunStatus.RUNNING)
+# The reason of a run whose worker died (RQ's clean-up, or the connection lock's TTL).
+ABANDONED = "abandoned: the worker stopped"
+
+
+def request_run(db: Database, connection_id: int, org_id: int, kind: str,
+                trigger: str) -> tuple[int, bool]:
+    """A queued run of this kind, or the one queued or running already: (run id, existing).
+
+    The registry, not the queue, keeps what was asked for: a job lost with
+    Redis is enqueued again from its queued run, and at most one run of a kind
+    per connection is queued or running.
+    """
+    with immediate(db):
+        row = db.execute("SELECT id FROM sync_runs WHERE connection_id = ? AND kind = ? "
+                         "AND status IN (?, ?) ORDER BY id DESC LIMIT 1",
+                         [connection_id, kind, *ACTIVE]).fetchone()
+        if row is not None:
+            return int(row[0]), True
+        return int(db.table("sync_runs").insert({
+            "connection_id": connection_id, "org_id": org_id, "kind": kind, "trigger": trigger,
+            "status": RunStatus.QUEUED, "started": utcnow()}).last_pk or 0), False
 
 
 def start_run(db: Database, connection_id: int, org_id: int, kind: str, trigger: str,
-              job_id: str | None = None) -> int:
-    """Record that a run began; returns its id."""
+              job_id: str | None = None, run_id: int | None = None) -> int:
+    """Record that a run began (the queued run `run_id`, else a new one); returns its id."""
     with immediate(db):
+        # A queued run is taken up; one that ended meanwhile (abandoned while its
+        # job waited) is not reopened: the job records a run of its own.
+        if run_id is not None and db.execute(
+                "SELECT 1 FROM sync_runs WHERE id = ? AND connection_id = ? AND status = ?",
+                [run_id, connection_id, RunStatus.QUEUED]).fetchone():
+            db.execute("UPDATE sync_runs SET status = ?, started = ?, ended = NULL, "
+                       "error = NULL, job_id = ? WHERE id = ?",
+                       [RunStatus.RUNNING, utcnow(), job_id, run_id])
+            return run_id
         return int(db.table("sync_runs").insert({
             "connection_id": connection_id, "org_id": org_id, "kind": kind, "trigger": trigger,
             "status": RunStatus.RUNNING, "started": utcnow(), "job_id": job_id}).last_pk or 0)
 
 
 def finish_run(db: Database, run_id: int, status: RunStatus, counts: dict[str, Any],
-               duration_s: float, error: str | None = None) -> None:
+               duration_s: float | None, error: str | None = None) -> None:
     """Record how a run ended, with its per-entity counts."""
     with immediate(db):
         db.execute("UPDATE sync_runs SET status = ?, ended = ?, duration_s = ?, counts = ?, "
                    "error = ? WHERE id = ?",
-                   [status, utcnow(), round(duration_s, 3), json.dumps(counts), error, run_id])
+                   [RunStatus(status), utcnow(),
+                    None if duration_s is None else round(duration_s, 3),
+                    json.dumps(counts), error, run_id])
+
+
+def end_active(db: Database, run_id: int, error: str) -> bool:
+    """Mark a queued or running run failed with this reason; False if it had ended already."""
+    with immediate(db):
+        return db.execute("UPDATE sync_runs SET status = ?, ended = ?, error = ? "
+                          "WHERE id = ? AND status IN (?, ?)",
+                          [RunStatus.FAILED, utcnow(), error, run_id, *ACTIVE]).rowcount == 1
+
+
+def get_run(db: Database, run_id: int) -> dict[str, Any] | None:
+    """One run by id, counts decoded; None if there is none."""
+    rows = list(db.query("SELECT * FROM sync_runs WHERE id = ?", [run_id]))
+    return dict(rows[0], counts=json.loads(rows[0]["counts"] or "{}")) if rows else None
+
+
+def active_runs(db: Database) -> list[dict[str, Any]]:
+    """Every queued or running run, oldest first."""
+    return list(db.query("SELECT * FROM sync_runs WHERE status IN (?, ?) ORDER BY id",
+                         [*ACTIVE]))
+
+
+def abandoned(run: dict[str, Any]) -> bool:
+    """Whether a run ended because its worker stopped."""
+    return run["status"] == RunStatus.FAILED and (run["error"] or "").startswith(ABANDONED)
+
+
+def abandoned_streak(db: Database, connection_id: int, kind: str) -> int:
+    """How many of the connection's last runs of this kind in a row were abandoned."""
+    streak = 0
+    for row in db.query("SELECT status, error FROM sync_runs WHERE connection_id = ? AND "
+                        "kind = ? ORDER BY id DESC LIMIT 10", [connection_id, kind]):
+        if not abandoned(dict(row)):
+            break
+        streak += 1
+    return streak
 
 
 def log(db: Database, org_id: int, run_id: int | None, level: str, message: str,

@@ -21,7 +21,7 @@ from portal.orgs import transactions
 from portal.orgs.store import orgs_path
 from portal.queue import enqueue_upload, get_redis
 from portal.sync.connections import ConnectionStatus, connection_of_org
-from portal.web import service_protection
+from portal.web import auth_throttle, service_protection
 from portal.web.odata import auth
 from portal.web.odata.connections import org_connection
 from portal.web.odata.dialect import ORG_API, Dialect
@@ -53,8 +53,16 @@ def service(org: str, resource: str) -> ResponseReturnValue:
 def serve(dialect: Dialect, org: str, resource: str) -> Response:
     """One request to an org's service root in a dialect: authenticate, limit, dispatch."""
     app = current_app
-    user = auth.authenticate(get_db, app.config["SECRET_KEY"], str(registry_path(app)), org,
-                             request.authorization, dialect=dialect, base_url=request.root_url)
+    account = _account(org)
+    auth_throttle.check(account)
+    try:
+        user = auth.authenticate(get_db, app.config["SECRET_KEY"], str(registry_path(app)),
+                                 org, request.authorization, dialect=dialect,
+                                 base_url=request.root_url)
+    except ProtocolError:
+        if request.authorization is not None:  # credentials were tried, and refused
+            auth_throttle.failed(account)
+        raise
     with service_protection.budget(dialect, org, user) as limits:
         response = _serve(dialect, org, resource, user)
     response.headers.update(limits.headers)
@@ -84,6 +92,14 @@ def _serve(dialect: Dialect, org: str, resource: str, user: dict[str, Any]) -> R
     if request.method != "GET" and answer.status < 400 and transactions.is_client(req.org.db):
         _upload_now(org)
     return flask_response(answer)
+
+
+def _account(org: str) -> str | None:
+    """Who a request signs in as, for the throttle (None: an API token, counted by address)."""
+    authorization = request.authorization
+    if authorization is not None and authorization.type == "basic":
+        return auth_throttle.account(org, authorization.username or "")
+    return None
 
 
 def _upload_now(org: str) -> None:
@@ -117,12 +133,14 @@ def odata_errors(blueprint: Blueprint, dialect: Dialect) -> None:
 
     @blueprint.errorhandler(HTTPException)
     def http_error(error: HTTPException) -> ResponseReturnValue:
-        """Werkzeug's refusals (413, 405...) in the OData error format."""
+        """Werkzeug's refusals (413, 405, 429...) in the OData error format, headers kept."""
         status = error.code or 500
         code = (error.name or "Error").replace(" ", "")
         kind = HTTP_KINDS.get(status, ErrorKind.INTERNAL if status >= 500
                               else ErrorKind.BAD_REQUEST)
-        refusal = ProtocolError(status, code, error.description or code, kind=kind)
+        headers = {k: v for k, v in error.get_headers() if k.lower() != "content-type"}
+        refusal = ProtocolError(status, code, error.description or code, kind=kind,
+                                headers=headers)
         return flask_response(portal_error_response(refusal, dialect.error_codes))
 
     @blueprint.errorhandler(Exception)

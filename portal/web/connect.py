@@ -4,8 +4,9 @@ The page is at the address Resco users know, /Register.aspx?otype=connect, and
 at /connect. After Connect the browser goes to the connection's status page,
 reachable only with the signed token in its link, which follows the connect
 job (a small script polls status.json; without JavaScript the page refreshes
-itself) and, when the job failed, lets the person fix the server values and
-try again.
+itself) and, when the job failed or its worker died, lets the person resume
+with the same server values (the first sync goes on from its last committed
+page) or fix the server values and try again.
 """
 
 from pathlib import Path
@@ -29,12 +30,12 @@ from portal.crypto import load_key
 from portal.db import get_db
 from portal.errors import InvalidInput, PortalError
 from portal.orgs.store import orgs_path
-from portal.queue import enqueue_connect, enqueue_connect_again, get_redis
-from portal.sync import connections
+from portal.queue import Job, enqueue_run, get_redis
+from portal.sync import connections, runs
 from portal.sync.connections import Connection, ConnectionStatus
 from portal.sync.registration import register_connection
 from portal.web import rate_limits
-from portal.web.forms import ConnectForm, RetryForm
+from portal.web.forms import ConnectForm, ResumeForm, RetryForm
 
 bp = Blueprint("connect", __name__)
 
@@ -119,6 +120,16 @@ def state(connection: Connection) -> dict[str, Any]:
             "odata_root": odata_root(connection.org_name)}
 
 
+def queue_run(connection: Connection, kind: str, trigger: str) -> tuple[Job, int, bool]:
+    """Ask for a run of the connection and enqueue its job: (job, run id, already there).
+
+    A run of that kind queued or running already is the answer instead of a new one.
+    """
+    db = get_db()
+    run_id, existing = runs.request_run(db, connection.id, connection.org_id, kind, trigger)
+    return enqueue_run(get_redis(), kind, connection.id, run_id, trigger), run_id, existing
+
+
 def _orgs_dir() -> Path:
     return orgs_path(current_app)
 
@@ -143,7 +154,7 @@ def connect() -> ResponseReturnValue:
         except PortalError as refused:  # e.g. the name was taken a moment ago
             form.add_error(InvalidInput(refused.message, field=refused.field))
         else:
-            enqueue_connect(get_redis(), connection.id)
+            queue_run(connection, "connect", "connect")
             flash(f"Organization {connection.org_name} created. Connecting it to the server now; "
                   "keep this page's address to come back to it.", "info")
             return redirect(status_url(connection))
@@ -191,10 +202,26 @@ def retry(org: str) -> ResponseReturnValue:
         except InvalidInput as refused:
             form.add_error(refused)
         else:
-            enqueue_connect_again(get_redis(), connection.id)
+            queue_run(connection, "connect", "connect")
             flash("Server details changed. Connecting again.", "info")
             return redirect(status_url(connection))
     return _status_page(connection, form), 400
+
+
+@bp.post("/connect/<org>/resume")
+def resume(org: str) -> ResponseReturnValue:
+    """Run a failed (or abandoned) connect again with the same server values; it resumes."""
+    connection = connection_for_token(org, request.args.get("token"))
+    rate_limits.hit("connect")
+    if not ResumeForm().validate_on_submit():
+        abort(400)
+    if connection.status != ConnectionStatus.FAILED:
+        flash("The connection has not failed: there is nothing to resume.", "error")
+    else:
+        queue_run(connection, "connect", "connect")
+        flash("Connecting again with the same server values: the first sync goes on "
+              "from where it stopped.", "info")
+    return redirect(status_url(connection))
 
 
 def _status_page(connection: Connection, form: RetryForm) -> str:
@@ -203,5 +230,7 @@ def _status_page(connection: Connection, form: RetryForm) -> str:
         json_url=url_for("connect.status_json", org=connection.org_name,
                          token=status_token(connection)),
         retry_url=url_for("connect.retry", org=connection.org_name,
-                          token=status_token(connection)))
+                          token=status_token(connection)),
+        resume_url=url_for("connect.resume", org=connection.org_name,
+                           token=status_token(connection)), resume_form=ResumeForm())
 

@@ -167,6 +167,12 @@ class ConnectForm(ServerFields):
             phone=text(self.phone), country=text(self.country))
 
 
+class ResumeForm(FlaskForm):
+    """Run a failed connect again with the same server values (it resumes)."""
+
+    submit = SubmitField("Resume")
+
+
 class RetryForm(ServerFields):
     """Fix a failed connection's server values and connect again."""
 

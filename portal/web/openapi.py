@@ -4,6 +4,7 @@ from typing import Any
 
 from portal.backends.registry import BACKEND_TYPES
 from portal.sync.connections import ConnectionStatus
+from portal.sync.runs import RunStatus
 
 TEXT = {"type": "string", "maxLength": 2048}
 
@@ -62,14 +63,22 @@ CONNECT_REQUEST = {
     "xml": {"name": "ConnectRequest"},
 }
 
+RUN_STATUS = {
+    "type": "string",
+    "enum": [*(str(s) for s in RunStatus), "abandoned"],
+    "description": "the run's state, from the registry for as long as its record exists: "
+                   "abandoned = its worker stopped (the next run or the dispatcher resumes "
+                   "it); limited = stopped by the server's limits (the next run resumes)",
+}
+
 JOB_ACCEPTED = {
     "type": "object",
     "required": ["JobId", "JobStatus", "Organization", "ConnectionStatus", "StatusUrl",
                  "Message"],
     "properties": {
-        "JobId": {"type": "string"},
-        "JobStatus": {"type": "string",
-                      "description": "RQ's state: queued, started, finished, failed..."},
+        "JobId": {"type": "string", "description": "<kind>-<connection>-<run>: one run"},
+        "RunId": {"type": "integer"},
+        "JobStatus": RUN_STATUS,
         "Organization": {"type": "string"},
         "ConnectionStatus": {"type": "string",
                              "enum": [str(s) for s in ConnectionStatus]},
@@ -83,7 +92,17 @@ JOB_ACCEPTED = {
 PROGRESS = {
     "type": "object",
     "properties": {"Step": _nullable("string"), "Entity": _nullable("string"),
-                   "Done": _nullable("integer"), "Total": _nullable("integer")},
+                   "Done": _nullable("integer"), "Total": _nullable("integer"),
+                   "RunId": _nullable("integer"),
+                   "Ended": {**_nullable("string"),
+                             "description": "how the run ended, once it has"}},
+}
+
+ENTITY_COUNTS = {
+    "type": "object",
+    "properties": {"Entity": {"type": "string"}, "Downloaded": {"type": "integer"},
+                   "Uploaded": {"type": "integer"}, "Deleted": {"type": "integer"},
+                   "Conflicts": {"type": "integer"}, "Errors": {"type": "integer"}},
 }
 
 JOB_STATUS = {
@@ -91,12 +110,21 @@ JOB_STATUS = {
     "required": ["JobId", "JobStatus", "Organization", "ConnectionStatus"],
     "properties": {
         "JobId": {"type": "string"},
-        "JobStatus": {"type": "string",
-                      "description": "unknown once an ended job is no longer kept"},
+        "RunId": {"type": "integer"},
+        "Kind": {"type": "string", "enum": ["connect", "sync", "metadata"]},
+        "JobStatus": RUN_STATUS,
+        "Started": {"type": "string", "description": "when the run began (UTC)"},
+        "Ended": {"type": "string", "description": "when the run ended (UTC)"},
+        "Counts": {"description": "per-entity counts of a connect or sync run (a metadata "
+                   "run: its Changes)",
+                   "oneOf": [{"type": "array", "items": ENTITY_COUNTS, "xml": {"wrapped": True}},
+                             {"type": "object", "properties": {
+                                 "Changes": {"type": "integer"}}}]},
         "Organization": {"type": "string"},
         "ConnectionStatus": {"type": "string",
                              "enum": [str(s) for s in ConnectionStatus]},
-        "Error": {"type": "string", "description": "the server's message when it failed"},
+        "Error": {"type": "string", "description": "why the run failed (the server's "
+                  "message, or that its worker stopped) or was stopped by the server's limits"},
         "Progress": PROGRESS,
         "ConnectionProgress": PROGRESS,
     },
@@ -157,7 +185,7 @@ def openapi_document(server_url: str) -> dict[str, Any]:
             }},
             "/rest/v1/sync/{org}/jobs/{job}": {"get": {
                 "operationId": "JobStatus",
-                "summary": "A job's state and progress, and its connection's",
+                "summary": "One run's state, progress and outcome, and its connection's",
                 "parameters": [ORG, {"name": "job", "in": "path", "required": True,
                                      "schema": {"type": "string"}},
                                {"name": "token", "in": "query", "required": False,

@@ -2,7 +2,7 @@
 
     POST /rest/v1/sync/{org}/ConnectAsync   Resco's ConnectRequest, XML or JSON
     POST /rest/v1/sync/{org}/SyncAsync      a sync run of a connected org
-    GET  /rest/v1/sync/{org}/jobs/{job}     the state and progress of a job
+    GET  /rest/v1/sync/{org}/jobs/{job}     one run's state, progress and outcome
     GET  /rest/v1/openapi.json              this service, described
 
 Requests come as XML (parsed by defusedxml: no DTD, no entities) or JSON with
@@ -13,14 +13,12 @@ bad element, with a 4xx, and changes nothing. CSRF-exempt: no browser form
 posts here.
 """
 
-from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 from xml.etree.ElementTree import Element, SubElement, tostring
 
 from flask import Blueprint, Response, current_app, jsonify, request, url_for
 from flask.typing import ResponseReturnValue
-from redis import Redis
 from werkzeug.exceptions import HTTPException
 
 from portal.backends.registry import available_backend
@@ -30,30 +28,18 @@ from portal.errors import PortalError
 from portal.extensions import csrf
 from portal.orgs import registry
 from portal.orgs.store import orgs_path
-from portal.queue import (
-    Job,
-    enqueue_connect,
-    enqueue_connect_again,
-    enqueue_metadata,
-    enqueue_sync,
-    fetch_job,
-    get_redis,
-    job_id,
-    job_status,
-    waiting_or_running,
-)
-from portal.sync import connections, registration
+from portal.queue import Job, fetch_job, get_redis, parse_run_job_id
+from portal.sync import connections, registration, runs
 from portal.sync.connections import Connection, ConnectionStatus
 from portal.sync.registration import ConnectAction, RequestedSetup
-from portal.web import rate_limits
-from portal.web.connect import status_token, token_connection
+from portal.web import auth_throttle, rate_limits
+from portal.web.connect import queue_run, status_token, token_connection
 from portal.web.connect_request import ConnectRequest, Refused, parse_json, parse_xml
 from portal.web.openapi import openapi_document
 
 bp = Blueprint("service", __name__, url_prefix="/rest/v1")
 csrf.exempt(bp)
 
-JOB_KINDS = ("connect", "sync", "metadata")
 # Which element a data-layer refusal is about (InvalidInput.field -> element).
 ELEMENT_OF_FIELD = {"backend": "SyncSetup/ProviderID", "url": "SyncSetup/Url",
                     "username": "SyncSetup/UserName", "entities": "SyncSetup/Entities",
@@ -165,19 +151,23 @@ def _admin(org: str) -> dict[str, Any]:
     """The org admin the request's Basic credentials belong to; 401 otherwise."""
     auth = request.authorization
     if auth is None or auth.type != "basic" or not auth.username or auth.password is None:
-        raise _unauthorized()
+        raise _unauthorized()  # no credentials tried: no failed sign-in
+    account = auth_throttle.account(org, auth.username)
+    auth_throttle.check(account)
     user = registry.authenticate(get_db(), org, auth.username, auth.password)
     if user is None or not user["is_admin"]:
+        auth_throttle.failed(account)
         raise _unauthorized()
     return user
 
 
-def _job_document(connection: Connection, job: Job, message: str,
+def _job_document(connection: Connection, job: Job, run_id: int, message: str,
                   **extra: Any) -> dict[str, Any]:
     token = status_token(connection)
     return {
         "JobId": job.id,
-        "JobStatus": job_status(job),
+        "RunId": run_id,
+        "JobStatus": _run_status(runs.get_run(get_db(), run_id)),
         "Organization": connection.org_name,
         "ConnectionStatus": connection.status,
         "StatusUrl": url_for("service.job_status", org=connection.org_name, job=job.id,
@@ -189,6 +179,14 @@ def _job_document(connection: Connection, job: Job, message: str,
     }
 
 
+def _run_status(run: dict[str, Any] | None) -> str:
+    """A run's state as the service tells it: queued, running, succeeded, failed,
+    abandoned (its worker died) or limited (stopped by the server's limits)."""
+    if run is None:
+        return "unknown"
+    return "abandoned" if runs.abandoned(run) else str(run["status"])
+
+
 def _orgs_dir() -> Path:
     return orgs_path(current_app)
 
@@ -197,13 +195,12 @@ def _setup(parsed: ConnectRequest) -> RequestedSetup:
     return registration.parse_setup(parsed.entities, parsed.filters_xml)
 
 
-# The job each ConnectAsync decision enqueues.
-CONNECT_JOBS: dict[ConnectAction, Callable[[Redis, int], Job]] = {
-    ConnectAction.CREATE: enqueue_connect,
-    ConnectAction.CONNECT: enqueue_connect,
-    ConnectAction.UPDATE_METADATA: lambda redis, connection_id: enqueue_metadata(
-        redis, connection_id, "api"),
-    ConnectAction.RECONNECT: enqueue_connect_again,
+# The run each ConnectAsync decision asks for: (kind, trigger).
+CONNECT_RUNS: dict[ConnectAction, tuple[str, str]] = {
+    ConnectAction.CREATE: ("connect", "connect"),
+    ConnectAction.CONNECT: ("connect", "connect"),
+    ConnectAction.UPDATE_METADATA: ("metadata", "api"),
+    ConnectAction.RECONNECT: ("connect", "connect"),
 }
 
 
@@ -219,10 +216,12 @@ def connect_async(org: str) -> ResponseReturnValue:
         authorize=lambda: _admin(org), allow_private=current_app.config["ALLOW_PRIVATE_SERVERS"])
     if decision.action is ConnectAction.BUSY:
         raise Refused(409, "ConnectRunning", f"{decision.message} (job "
-                      f"{job_id('connect', decision.connection.id)}); try again when it has ended")
-    job = CONNECT_JOBS[decision.action](get_redis(), decision.connection.id)
-    return answer("ConnectResponse", _job_document(decision.connection, job, decision.message),
-                  202, fmt)
+                      f"{decision.connection.job_id}); try again when it has ended (a connect "
+                      "whose worker died is recognised within a minute, then this request "
+                      "resumes or reconnects it)")
+    job, run_id, _ = queue_run(decision.connection, *CONNECT_RUNS[decision.action])
+    return answer("ConnectResponse", _job_document(decision.connection, job, run_id,
+                                                   decision.message), 202, fmt)
 
 
 @bp.post("/sync/<org>/SyncAsync")
@@ -236,41 +235,61 @@ def sync_async(org: str) -> ResponseReturnValue:
     if connection is None or connection.status != ConnectionStatus.CONNECTED:
         raise Refused(409, "NotConnected", f"{org} is not connected to a server"
                       + (f" (its connection is {connection.status})" if connection else ""))
-    redis = get_redis()
-    running = waiting_or_running(fetch_job(redis, job_id("sync", connection.id)))
-    job = enqueue_sync(redis, connection.id, "api")
-    message = (f"a sync run of {org} is {job_status(job)} already: this is that run"
-               if running else f"sync run of {org} queued")
-    return answer("SyncResponse", _job_document(connection, job, message, AlreadyQueued=running),
-                  202, fmt)
+    job, run_id, running = queue_run(connection, "sync", "api")
+    message = (f"a sync run of {org} is {_run_status(runs.get_run(get_db(), run_id))} "
+               "already: this is that run" if running else f"sync run of {org} queued")
+    return answer("SyncResponse", _job_document(connection, job, run_id, message,
+                                                AlreadyQueued=running), 202, fmt)
 
 
 @bp.get("/sync/<org>/jobs/<job>", endpoint="job_status")
 def job_state(org: str, job: str) -> ResponseReturnValue:
-    """A job's state and progress, with its connection's (token of the 202, or Basic auth)."""
+    """One run's state, progress and outcome (token of the 202, or Basic auth).
+
+    The run record answers for as long as it exists; Redis, while it keeps
+    the job, adds the live progress.
+    """
     fmt = answer_format()
     connection = _connection_for_job_request(org)
-    kind, _, number = job.rpartition("-")
-    if kind not in JOB_KINDS or number != str(connection.id):
+    parsed = parse_run_job_id(job)
+    run = runs.get_run(get_db(), parsed[2]) if parsed else None
+    if parsed is None or run is None or parsed[1] != connection.id or run["kind"] != parsed[0] \
+            or run["connection_id"] != connection.id:
         raise Refused(404, "NotFound", f"{org} has no job {job!r}", "{job}")
-    # None: ended and removed (sync runs keep no result): the connection tells.
-    found = fetch_job(get_redis(), job)
+    found = fetch_job(get_redis(), job) if run["status"] in runs.ACTIVE else None
     progress = (found.meta.get("progress") if found else None) or {}
+    if not progress and run["status"] == runs.RunStatus.RUNNING and \
+            (connection.progress or {}).get("run") == run["id"]:
+        progress = connection.progress
     document = {
         "JobId": job,
-        "JobStatus": job_status(found),
+        "RunId": run["id"],
+        "Kind": run["kind"],
+        "JobStatus": _run_status(run),
         "Organization": org,
         "ConnectionStatus": connection.status,
-        "Error": connection.error,
+        "Started": run["started"] if run["status"] != runs.RunStatus.QUEUED else None,
+        "Ended": run["ended"],
+        "Error": run["error"],
+        "Counts": _counts(run["counts"]) if run["ended"] else None,
         "Progress": _progress(progress),
         "ConnectionProgress": _progress(connection.progress or {}),
     }
     return answer("JobStatusResponse", document, 200, fmt)
 
 
+def _counts(counts: dict[str, Any]) -> list[dict[str, Any]] | dict[str, Any]:
+    """Per-entity counts as a list (XML-friendly), or a metadata run's counts as they are."""
+    if all(isinstance(c, dict) for c in counts.values()):
+        return [{"Entity": name, **{k.capitalize(): v for k, v in c.items()}}
+                for name, c in counts.items()]
+    return {k.capitalize(): v for k, v in counts.items()}
+
+
 def _progress(progress: dict[str, Any]) -> dict[str, Any]:
     return {"Step": progress.get("step"), "Entity": progress.get("entity"),
-            "Done": progress.get("done"), "Total": progress.get("total")}
+            "Done": progress.get("done"), "Total": progress.get("total"),
+            "RunId": progress.get("run"), "Ended": progress.get("ended")}
 
 
 def _connection_for_job_request(org: str) -> Connection:

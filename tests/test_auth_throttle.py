@@ -1,0 +1,122 @@
+"""Failed sign-ins are throttled per account and per client address (portal.web.auth_throttle).
+
+Every sign-in path answers 429 with Retry-After after too many failures, the
+same whether the account exists, while other users' sign-ins go on.
+"""
+
+import base64
+from collections.abc import Iterator
+from pathlib import Path
+
+import pytest
+from flask import Flask
+from flask.testing import FlaskClient
+from redis import Redis
+
+from portal import create_app
+from portal.db import get_db
+from portal.orgs import registry, tokens
+from tests.conftest import ADMIN_EMAIL, ADMIN_PASSWORD
+
+OTHER_EMAIL = "other-admin@example.com"
+OTHER_PASSWORD = "other-pass-22"
+
+
+@pytest.fixture
+def limited(tmp_path: Path, redis_url: str, redis: Redis) -> Iterator[Flask]:
+    """A portal with throttling on: 3 failures per account, 8 per address, a minute each."""
+    app = create_app({"TESTING": True, "INSTANCE_PATH": tmp_path / "limited",
+                      "REDIS_URL": redis_url, "SECRET_KEY": "test-secret",
+                      "RATELIMIT_ENABLED": True, "AUTH_RATE_LIMIT": "3 per minute",
+                      "AUTH_ADDRESS_RATE_LIMIT": "8 per minute"})
+    orgs = tmp_path / "limited" / "orgs"
+    with app.app_context():
+        registry.create_org(get_db(), orgs, "sales", email=ADMIN_EMAIL, password=ADMIN_PASSWORD,
+                            template="sales")
+        registry.create_org(get_db(), orgs, "other", email=OTHER_EMAIL, password=OTHER_PASSWORD,
+                            template="sales")
+    yield app
+    app.extensions["portal_rate_limits"].close()
+    if "redis" in app.extensions:
+        app.extensions["redis"].close()
+
+
+def basic(email: str, password: str) -> dict[str, str]:
+    """An Authorization header for HTTP Basic."""
+    return {"Authorization": "Basic " + base64.b64encode(f"{email}:{password}".encode()).decode()}
+
+
+def odata(client: FlaskClient, org: str, headers: dict[str, str],
+          address: str = "127.0.0.1"):  # type: ignore[no-untyped-def]
+    return client.get(f"/odata/v4/{org}/accounts", headers=headers,
+                      environ_base={"REMOTE_ADDR": address})
+
+
+def test_org_api_answers_429_after_n_wrong_passwords_and_others_still_sign_in(
+        limited: Flask) -> None:
+    client = limited.test_client()
+    wrong = [odata(client, "sales", basic(ADMIN_EMAIL, f"wrong-{i}")).status_code
+             for i in range(3)]
+    assert wrong == [401, 401, 401]
+    refused = odata(client, "sales", basic(ADMIN_EMAIL, ADMIN_PASSWORD))
+    assert refused.status_code == 429  # even the right password, for the window
+    assert int(refused.headers["Retry-After"]) >= 1
+    error = refused.get_json()["error"]
+    assert error["code"] == "TooManyRequests" and "failed sign-ins" in error["message"]
+    # Another user (from the same address) signs in as before.
+    assert odata(client, "other", basic(OTHER_EMAIL, OTHER_PASSWORD)).status_code == 200
+    # Requests without credentials are no failed sign-ins.
+    assert all(client.get("/odata/v4/other/accounts").status_code == 401 for _ in range(5))
+    assert odata(client, "other", basic(OTHER_EMAIL, OTHER_PASSWORD)).status_code == 200
+
+
+def test_the_answer_is_the_same_whether_the_account_exists(limited: Flask) -> None:
+    client = limited.test_client()
+    answers = {}
+    for email in (ADMIN_EMAIL, "nobody@example.com"):
+        codes = [odata(client, "sales", basic(email, "wrong-pass-1")).status_code
+                 for _ in range(4)]
+        refused = odata(client, "sales", basic(email, "wrong-pass-1"))
+        answers[email] = (codes, refused.status_code, refused.get_json()["error"]["code"])
+    assert answers[ADMIN_EMAIL] == answers["nobody@example.com"] == \
+        ([401, 401, 401, 429], 429, "TooManyRequests")
+
+
+def test_failures_from_one_address_are_throttled_across_accounts(limited: Flask) -> None:
+    client = limited.test_client()
+    codes = [odata(client, "sales", basic(f"guess{i}@example.com", "wrong-pass-1"),
+                   "192.0.2.7").status_code for i in range(8)]
+    assert codes == [401] * 8
+    # That address is done for the window, whoever it tries; another address is not.
+    assert odata(client, "other", basic(OTHER_EMAIL, OTHER_PASSWORD),
+                 "192.0.2.7").status_code == 429
+    assert odata(client, "other", basic(OTHER_EMAIL, OTHER_PASSWORD),
+                 "192.0.2.8").status_code == 200
+
+
+def test_wrong_api_tokens_are_throttled_by_address_not_by_org(limited: Flask) -> None:
+    with limited.app_context():
+        _, token = tokens.create_token(get_db(), "sales", ADMIN_EMAIL)
+    client = limited.test_client()
+    bearer = {"Authorization": "Bearer not-a-token"}
+    codes = [odata(client, "sales", bearer, "192.0.2.9").status_code for _ in range(9)]
+    assert codes == [401] * 8 + [429]
+    # The org's programs on other addresses go on with their token.
+    assert odata(client, "sales", {"Authorization": f"Bearer {token}"},
+                 "192.0.2.10").status_code == 200
+
+
+def test_sync_service_answers_429_in_its_own_format(limited: Flask) -> None:
+    client = limited.test_client()
+    codes = [client.post("/rest/v1/sync/sales/SyncAsync",
+                         headers=basic(ADMIN_EMAIL, "wrong-pass-1")).status_code
+             for _ in range(4)]
+    assert codes == [401, 401, 401, 429]
+    refused = client.post("/rest/v1/sync/sales/SyncAsync",
+                          headers={**basic(ADMIN_EMAIL, ADMIN_PASSWORD),
+                                   "Accept": "application/json"})
+    assert refused.status_code == 429 and int(refused.headers["Retry-After"]) >= 1
+    assert refused.get_json()["Error"]["Code"] == "TooManyRequests"
+    # The other org's admin is not affected (its org has no connection: a 409, not a 429).
+    assert client.post("/rest/v1/sync/other/SyncAsync",
+                       headers=basic(OTHER_EMAIL, OTHER_PASSWORD)).status_code == 409
