@@ -120,3 +120,31 @@ def test_sync_service_answers_429_in_its_own_format(limited: Flask) -> None:
     # The other org's admin is not affected (its org has no connection: a 409, not a 429).
     assert client.post("/rest/v1/sync/other/SyncAsync",
                        headers=basic(OTHER_EMAIL, OTHER_PASSWORD)).status_code == 409
+
+
+def test_dataverse_token_endpoint_answers_429_after_n_wrong_secrets(limited: Flask) -> None:
+    from portal.orgs.application_users import create_application_user
+
+    with limited.app_context():
+        app_user, secret = create_application_user(get_db(), "sales", "integration")
+        other, other_secret = create_application_user(get_db(), "sales", "reporting")
+    client = limited.test_client()
+    scope = "http://localhost/dataverse/sales/.default"
+
+    def ask(client_id: str, client_secret: str) -> int:
+        return client.post("/dataverse/sales/oauth2/v2.0/token", data={
+            "grant_type": "client_credentials", "client_id": client_id,
+            "client_secret": client_secret, "scope": scope}).status_code
+
+    assert [ask(app_user["client_id"], f"wrong-{i}") for i in range(3)] == [401, 401, 401]
+    refused = client.post("/dataverse/sales/oauth2/v2.0/token", data={
+        "grant_type": "client_credentials", "client_id": app_user["client_id"],
+        "client_secret": secret, "scope": scope})
+    assert refused.status_code == 429 and int(refused.headers["Retry-After"]) >= 1
+    assert ask(other["client_id"], other_secret) == 200  # another application user signs in
+    # The password grant counts per e-mail the same way.
+    wrong = [client.post("/dataverse/sales/oauth2/v2.0/token", data={
+        "grant_type": "password", "client_id": "51f81489-12ee-4a9e-aaae-a2591f45987d",
+        "username": ADMIN_EMAIL, "password": f"wrong-{i}", "scope": scope}).status_code
+        for i in range(4)]
+    assert wrong == [400, 400, 400, 429]

@@ -23,6 +23,7 @@ from portal.db import get_db
 from portal.extensions import csrf
 from portal.orgs import access_tokens, application_users, registry
 from portal.orgs.access_tokens import Principal
+from portal.web import auth_throttle
 from portal.web.api import METHODS, odata_errors, serve
 from portal.web.odata.auth import authority
 from portal.web.odata.dialect import DATAVERSE
@@ -100,10 +101,11 @@ def _client_credentials(org: str, scope: str) -> ResponseReturnValue:
         return missing("client_id")
     if not secret:
         return missing("client_secret")
-    # Failed-sign-in throttling (issue 15) is called here, before the check, keyed by
-    # org and client id: the one throttle module of every sign-in path.
+    account = auth_throttle.account(org, client_id)
+    auth_throttle.check(account)
     app = application_users.check_client_secret(get_db(), org, client_id, secret)
     if app is None:
+        auth_throttle.failed(account)
         # One answer for an unknown org, an unknown client and a wrong secret.
         return entra_error(401, "invalid_client", 7000215,
                            "Invalid client secret provided. Ensure the secret being sent in the "
@@ -122,9 +124,11 @@ def _password(org: str, scope: str) -> ResponseReturnValue:
         return missing("username")
     if not password:
         return missing("password")
-    # Failed-sign-in throttling (issue 15) is called here too, keyed by org and e-mail.
+    account = auth_throttle.account(org, email)
+    auth_throttle.check(account)
     user = registry.authenticate(get_db(), org, email, password)
     if user is None:
+        auth_throttle.failed(account)
         return entra_error(400, "invalid_grant", 50126,
                            "Error validating credentials due to invalid username or password.")
     return issued(org, Principal.USER, str(user["id"]), scope)
