@@ -37,9 +37,23 @@ def create_app(test_config: dict[str, Any] | None = None) -> Flask:
     csrf.init_app(app)
     db.init_app(app)
 
-    from portal.web import api, connect, errors, public, rate_limits, service
+    from portal.web import (
+        admin,
+        api,
+        connect,
+        errors,
+        operator,
+        public,
+        rate_limits,
+        service,
+        sessions,
+        sync_settings,  # noqa: F401  (its routes are on service.bp)
+    )
 
+    sessions.init_app(app)
     app.register_blueprint(public.bp)
+    app.register_blueprint(admin.bp)
+    app.register_blueprint(operator.bp)
     app.register_blueprint(api.bp)
     app.register_blueprint(connect.bp)
     app.register_blueprint(service.bp)

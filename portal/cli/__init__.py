@@ -2,7 +2,7 @@
 
 from flask import Flask
 
-from portal.cli import orgs, sync, tokens, transactions
+from portal.cli import orgs, sync, sync_settings, tokens, transactions  # noqa: F401 (sync_settings adds to sync)
 
 
 def init_app(app: Flask) -> None:

@@ -107,6 +107,33 @@ def delete_org(db: Database, orgs_dir: str | Path, name: str) -> None:
     store.remove_org_file(orgs_dir, name)
 
 
+def add_user(db: Database, org_name: str, *, email: str, password: str,
+             is_admin: bool = False) -> dict[str, Any]:
+    """Add a user to an org (an admin, or a user of its data who may not administer it)."""
+    check_email(email)
+    check_password(password)
+    password_hash = generate_password_hash(password)
+    with immediate(db):
+        org = get_org(db, org_name)
+        if db.execute("SELECT 1 FROM org_users WHERE org_id = ? AND lower(email) = lower(?)",
+                      [org["id"], email]).fetchone():
+            raise AlreadyExists(f"{email} is a user of {org_name} already", field="email")
+        user_id = db.table("org_users").insert({
+            "org_id": org["id"], "email": email, "password_hash": password_hash,
+            "is_admin": int(is_admin), "created": utcnow()}).last_pk
+    return get_user(db, org_name, int(user_id or 0))
+
+
+def get_user(db: Database, org_name: str, user_id: int) -> dict[str, Any]:
+    """One user of an org by id; NotFound if the org has no such user."""
+    rows = list(db.query(
+        "SELECT org_users.* FROM org_users JOIN orgs ON orgs.id = org_users.org_id "
+        "WHERE orgs.name = ? AND org_users.id = ?", [org_name, user_id]))
+    if not rows:
+        raise NotFound(f"organization {org_name!r} has no user {user_id}")
+    return rows[0]
+
+
 def authenticate(db: Database, org_name: str, email: str, password: str) -> dict[str, Any] | None:
     """The org user with these credentials, or None (same answer for any kind of mismatch)."""
     rows = list(db.query(
