@@ -209,13 +209,15 @@ def connector(org: str) -> ResponseReturnValue:
                 connection = registration.connect_existing(
                     db, _key(), g.org["id"], backend=form.backend.data,
                     url=form.server_url.data, username=form.server_username.data,
-                    password=form.server_password.data, allow_private=allow_private)
+                    password=form.server_password.data, allow_private=allow_private,
+                    server_options=form.server_options())
                 enqueue_connect(get_redis(), connection.id)
             else:
                 connection = registration.reconnect(
                     db, _key(), connection, backend=form.backend.data,
                     url=form.server_url.data, username=form.server_username.data,
-                    password=form.server_password.data, allow_private=allow_private)
+                    password=form.server_password.data, allow_private=allow_private,
+                    server_options=form.server_options())
                 enqueue_connect_again(get_redis(), connection.id)
         except InvalidInput as refused:
             form.add_error(refused)
