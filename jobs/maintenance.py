@@ -3,9 +3,7 @@
 from jobs.context import app_context
 from portal.db import get_db, utcnow
 from portal.orgs.registry import list_orgs
-from portal.queue import get_redis
-
-CRON_HEARTBEAT_KEY = "portal:cron:heartbeat"
+from portal.queue import CRON_HEARTBEAT_KEY, get_redis
 
 
 def count_orgs() -> int:

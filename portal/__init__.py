@@ -38,17 +38,24 @@ def create_app(test_config: dict[str, Any] | None = None) -> Flask:
     db.init_app(app)
 
     from portal.web import (
+        admin,
         api,
         auth_throttle,
         connect,
         dataverse,
         errors,
+        operator,
         public,
         rate_limits,
         service,
+        sessions,
+        sync_settings,  # noqa: F401  (its routes are on service.bp)
     )
 
+    sessions.init_app(app)
     app.register_blueprint(public.bp)
+    app.register_blueprint(admin.bp)
+    app.register_blueprint(operator.bp)
     app.register_blueprint(api.bp)
     app.register_blueprint(dataverse.bp)
     app.register_blueprint(dataverse.realm_bp)

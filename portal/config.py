@@ -22,7 +22,7 @@ class Setting:
     """One setting of the portal: its name, type, default and what it means."""
 
     name: str
-    type: type  # str, int or bool
+    type: type  # str, int, bool or dict
     default: Any
     help: str
     optional: bool = False  # None is a value too
@@ -34,7 +34,8 @@ class Setting:
         # bool is an int in Python: a setting of one type refuses the other.
         if isinstance(value, self.type) and (self.type is bool) == isinstance(value, bool):
             return None
-        kinds = {str: "a string", int: "an integer", bool: "true or false"}
+        kinds = {str: "a string", int: "an integer", bool: "true or false",
+                 dict: "a JSON object"}
         return f"must be {kinds[self.type]}{' or null' if self.optional else ''}, got {value!r}"
 
 
@@ -86,12 +87,21 @@ SETTINGS = (
     Setting("DATAVERSE_LIMIT_CONCURRENT", int, 52,
             "service protection: concurrent requests per user"),
     Setting("DATAVERSE_LIMIT_WINDOW_S", int, 300, "service protection: sliding window, seconds"),
+    Setting("OPERATORS", dict, None,
+            "operators of the status page (/status): name -> password hash (werkzeug's "
+            "generate_password_hash); null or {}: the status page lets nobody in",
+            optional=True),
 )
 SETTING = {s.name: s for s in SETTINGS}
 # Read from the environment before the config exists (create_app).
 ENVIRONMENT_ONLY = ("PORTAL_INSTANCE_PATH",)
 # Flask and Flask-WTF settings the portal sets itself.
-FIXED = {"WTF_CSRF_TIME_LIMIT": None, "JSON_SORT_KEYS": False}
+# The session cookie (the org admin's and the operator's sign-in): HttpOnly, SameSite=Lax,
+# and Secure whenever the request came over HTTPS (None; true or false forces it). Behind
+# a TLS-terminating proxy, wrap the app in werkzeug's ProxyFix so that requests know it.
+FIXED = {"WTF_CSRF_TIME_LIMIT": None, "JSON_SORT_KEYS": False,
+         "SESSION_COOKIE_HTTPONLY": True, "SESSION_COOKIE_SAMESITE": "Lax",
+         "SESSION_COOKIE_SECURE": None, "PERMANENT_SESSION_LIFETIME": 8 * 3600}
 
 
 def defaults() -> dict[str, Any]:

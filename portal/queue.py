@@ -6,6 +6,7 @@ the web layer enqueues work without importing the jobs package.
 
 from collections.abc import Callable
 from dataclasses import dataclass
+from datetime import datetime
 from typing import Any
 
 from flask import current_app
@@ -17,6 +18,9 @@ from rq.exceptions import DuplicateJobError, NoSuchJobError
 from rq.job import Job, JobStatus
 
 DEFAULT_QUEUE = "default"
+# Set by the scheduler's heartbeat job (jobs.maintenance.heartbeat): proof that the
+# scheduler enqueues and a worker runs what it enqueues.
+CRON_HEARTBEAT_KEY = "portal:cron:heartbeat"
 ENDED = {JobStatus.FINISHED, JobStatus.FAILED, JobStatus.STOPPED, JobStatus.CANCELED}
 WAITING = {JobStatus.QUEUED, JobStatus.DEFERRED, JobStatus.SCHEDULED}  # no worker yet
 WAITING_OR_RUNNING = WAITING | {JobStatus.STARTED}
@@ -179,3 +183,121 @@ def job_state(redis: Redis, job_id: str) -> JobState | None:
     text = (result.exc_string or "").strip() if result is not None else ""
     failure = text.splitlines()[-1] if text else None
     return JobState(job.id, name, job.meta.get("progress"), failure)
+
+# --- what the operator's status page shows: RQ's own registries and worker API ---
+
+@dataclass
+class QueueState:
+    """One queue's lengths."""
+
+    name: str
+    queued: int
+    started: int
+    scheduled: int
+    failed: int
+
+
+@dataclass
+class WorkerState:
+    """One worker and what it does now."""
+
+    name: str
+    state: str
+    queues: list[str]
+    job_id: str | None
+    job: str | None  # the current job's description
+    last_heartbeat: datetime | None
+
+
+@dataclass
+class FailedJob:
+    """A job in a failed registry, with the last line of its exception as the reason."""
+
+    id: str
+    queue: str
+    job: str
+    reason: str
+    ended_at: datetime | None
+
+
+@dataclass
+class SchedulerState:
+    """An `rq cron` scheduler process and its last heartbeat."""
+
+    name: str
+    hostname: str
+    pid: int
+    last_heartbeat: datetime | None
+
+
+def queue_states(redis: Redis) -> list[QueueState]:
+    """Every queue RQ knows (the default one at least), with its registries' lengths."""
+    queues = {q.name: q for q in Queue.all(connection=redis)}
+    queues.setdefault(DEFAULT_QUEUE, Queue(DEFAULT_QUEUE, connection=redis))
+    return [QueueState(name, len(q), q.started_job_registry.count, q.scheduled_job_registry.count,
+                       q.failed_job_registry.count) for name, q in sorted(queues.items())]
+
+
+def worker_states(redis: Redis) -> list[WorkerState]:
+    """Every live worker, with its current job."""
+    from rq import Worker
+
+    states = []
+    for worker in sorted(Worker.all(connection=redis), key=lambda w: w.name):
+        job = worker.get_current_job()
+        states.append(WorkerState(worker.name, str(worker.get_state()), worker.queue_names(),
+                                  job.id if job else None, job.description if job else None,
+                                  worker.last_heartbeat))
+    return states
+
+
+def failed_jobs(redis: Redis, limit: int = 100) -> list[FailedJob]:
+    """The newest failed jobs of every queue, with their reasons."""
+    found = []
+    for state in queue_states(redis):
+        registry = Queue(state.name, connection=redis).failed_job_registry
+        for job in Job.fetch_many(registry.get_job_ids(0, limit - 1), connection=redis):
+            if job is None:
+                continue
+            result = job.latest_result()
+            lines = ((result.exc_string if result else None) or "").strip().splitlines()
+            found.append(FailedJob(job.id, state.name, job.description or job.func_name or job.id,
+                                   lines[-1] if lines else "(no reason recorded)", job.ended_at))
+    return sorted(found, key=lambda j: j.ended_at.timestamp() if j.ended_at else 0.0,
+                  reverse=True)[:limit]
+
+
+def _failed(redis: Redis, job_id: str) -> tuple[Job, Queue]:
+    try:
+        job = Job.fetch(job_id, connection=redis)
+    except NoSuchJobError:
+        raise LookupError(f"job {job_id} does not exist (any more)") from None
+    if job.get_status() != JobStatus.FAILED:
+        raise LookupError(f"job {job_id} has not failed: it is {job.get_status().value}")
+    return job, Queue(job.origin, connection=redis)
+
+
+def requeue_failed(redis: Redis, job_id: str) -> None:
+    """Put a failed job back in its queue (RQ's failed registry requeue); LookupError if none."""
+    _, queue = _failed(redis, job_id)
+    queue.failed_job_registry.requeue(job_id)
+
+
+def delete_failed(redis: Redis, job_id: str) -> None:
+    """Delete a failed job and its record in the failed registry; LookupError if none."""
+    job, _ = _failed(redis, job_id)
+    job.delete()
+
+
+def scheduler_states(redis: Redis) -> list[SchedulerState]:
+    """The `rq cron` schedulers registered in Redis, with their heartbeats."""
+    from rq.cron import CronScheduler
+
+    return [SchedulerState(s.name, s.hostname, s.pid, s.last_heartbeat)
+            for s in CronScheduler.all(connection=redis)]
+
+
+def cron_heartbeat(redis: Redis) -> str | None:
+    """When the scheduler's heartbeat job last ran on a worker (UTC), if ever."""
+    value = redis.get(CRON_HEARTBEAT_KEY)
+    return value.decode() if isinstance(value, bytes) else value

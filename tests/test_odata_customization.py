@@ -100,3 +100,24 @@ def test_customization_is_for_org_admins_only(app: Flask, client: FlaskClient,
     answer = send(client, "DELETE", C + "/account", headers=user)
     assert answer.status_code == 403
     assert "account" in sales_org.entities()
+
+
+@pytest.mark.parametrize("method, path, body", [
+    ("POST", "", {"logicalname": "cf_project"}),
+    ("PATCH", "/account", {"displayname": "Company"}),
+    ("DELETE", "/lead", None),
+    ("POST", "/account/attributes", {"logicalname": "rating", "type": "integer"}),
+    ("DELETE", "/account/attributes/telephone1", None),
+])
+def test_customization_of_a_sync_client_org_is_refused_with_the_reason(
+        client: FlaskClient, sales_org: OrgDb, method: str, path: str, body: Any) -> None:
+    from portal.orgs import transactions
+
+    transactions.set_client(sales_org, True)  # what the connect job does to a client org
+    before = {n: [a.logicalname for a in e.attributes] for n, e in sales_org.entities().items()}
+    answer = send(client, method, C + path, body)
+    assert answer.status_code == 409
+    assert "is the client of a connection" in answer.json["error"]["message"]
+    assert {n: [a.logicalname for a in e.attributes]
+            for n, e in sales_org.entities().items()} == before
+    assert send(client, "GET", C + "/account").status_code == 200  # reading stays allowed

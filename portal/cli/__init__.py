@@ -2,7 +2,14 @@
 
 from flask import Flask
 
-from portal.cli import applications, orgs, sync, tokens, transactions
+from portal.cli import (  # noqa: F401 (sync_settings adds to sync)
+    applications,
+    orgs,
+    sync,
+    sync_settings,
+    tokens,
+    transactions,
+)
 
 
 def init_app(app: Flask) -> None:

@@ -107,6 +107,25 @@ def delete_org(db: Database, orgs_dir: str | Path, name: str) -> None:
     store.remove_org_file(orgs_dir, name)
 
 
+def add_user(db: Database, org_name: str, *, email: str, password: str,
+             is_admin: bool = False) -> dict[str, Any]:
+    """Add a user to an org (an admin, or a user of its data who may not administer it)."""
+    check_email(email)
+    check_password(password)
+    password_hash = generate_password_hash(password)
+    with immediate(db):
+        org = get_org(db, org_name)
+        if db.execute("SELECT 1 FROM org_users WHERE org_id = ? AND lower(email) = lower(?)",
+                      [org["id"], email]).fetchone():
+            raise AlreadyExists(f"{email} is a user of {org_name} already", field="email")
+        user_id = db.table("org_users").insert({
+            "org_id": org["id"], "email": email, "password_hash": password_hash,
+            "is_admin": int(is_admin), "created": utcnow()}).last_pk
+    found = get_user(db, org_name, int(user_id or 0))
+    assert found is not None  # just inserted, in this transaction's commit
+    return found
+
+
 def get_user(db: Database, org_name: str, user_id: int) -> dict[str, Any] | None:
     """An org's user by id, or None."""
     rows = list(db.query(

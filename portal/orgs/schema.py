@@ -14,6 +14,7 @@ from sqlite_utils import Database
 
 from portal.db import immediate, utcnow
 from portal.errors import AlreadyExists, InvalidInput, MetadataChangeRefused, NotFound
+from portal.orgs import transactions
 from portal.orgs.metadata import (
     Attribute,
     Entity,
@@ -50,6 +51,20 @@ WIDENINGS = {
     ("boolean", "integer"),
     ("boolean", "bigint"),
 }
+
+
+def check_customizable(org: OrgDb) -> None:
+    """Refuse customization of a sync client org: its metadata comes from its server only.
+
+    The sync engine migrates a client with the functions below directly; people
+    and programs customizing an org (the admin's Customization screen, the API's
+    $customization) call this first.
+    """
+    if transactions.is_client(org.db):
+        raise MetadataChangeRefused(
+            f"organization {org.name} is the client of a connection: its metadata comes from "
+            "the server org (Update Client Metadata), so it cannot be customized here; "
+            "customize the server org instead")
 
 
 def add_entity(org: OrgDb, entity: Entity) -> Entity:

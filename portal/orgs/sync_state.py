@@ -161,3 +161,8 @@ def listed_ids(org: OrgDb) -> Iterator[ListedIds]:
         yield ListedIds(db)
     finally:
         db.execute("DELETE FROM temp._server_ids")
+
+
+def last_downloads(org: OrgDb) -> dict[str, str]:
+    """When each entity's download last moved (its checkpoint's time), by entity."""
+    return dict(org.db.execute("SELECT entity, updated FROM _sync_state").fetchall())

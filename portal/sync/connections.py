@@ -21,6 +21,8 @@ from portal import crypto
 from portal.backends.registry import available_backend, check_options
 from portal.db import TIMESTAMP_FORMAT, immediate, utcnow
 from portal.errors import InvalidInput, NotFound
+from portal.orgs.metadata import Entity
+from portal.sync import filters
 
 
 class ConnectionStatus(StrEnum):
@@ -155,6 +157,38 @@ def update_server(db: Database, key: bytes, connection_id: int, *, backend: str,
     return get_connection(db, connection_id)
 
 
+def change_credentials(db: Database, key: bytes, connection_id: int, *, username: str,
+                       password: str) -> Connection:
+    """Replace the server user name and password of a connection, keeping its state."""
+    if not isinstance(username, str) or not username.strip():
+        raise InvalidInput("enter the server user name", field="username")
+    if len(username) > 254:
+        raise InvalidInput("the server user name is longer than 254 characters",
+                           field="username")
+    if not isinstance(password, str) or not password:
+        raise InvalidInput("enter the server password", field="password")
+    with immediate(db):
+        cursor = db.execute(
+            "UPDATE connections SET username = ?, password_encrypted = ?, updated = ? "
+            "WHERE id = ?",
+            [username.strip(), crypto.encrypt(key, password), utcnow(), connection_id])
+        if cursor.rowcount != 1:
+            raise NotFound(f"connection {connection_id} does not exist")
+    return get_connection(db, connection_id)
+
+
+def delete_connection(db: Database, connection_id: int) -> None:
+    """Remove a connection with its entity settings, runs and log (the org stays)."""
+    with immediate(db):
+        db.execute("DELETE FROM sync_logs WHERE run_id IN "
+                   "(SELECT id FROM sync_runs WHERE connection_id = ?)", [connection_id])
+        db.execute("DELETE FROM sync_runs WHERE connection_id = ?", [connection_id])
+        db.execute("DELETE FROM connection_entities WHERE connection_id = ?", [connection_id])
+        cursor = db.execute("DELETE FROM connections WHERE id = ?", [connection_id])
+        if cursor.rowcount != 1:
+            raise NotFound(f"connection {connection_id} does not exist")
+
+
 def get_connection(db: Database, connection_id: int) -> Connection:
     """A connection by id; NotFound if there is none."""
     rows = list(db.query(_SELECT + " WHERE connections.id = ?", [connection_id]))
@@ -233,6 +267,27 @@ def set_server_entities(db: Database, connection_id: int, names: list[str]) -> N
             "ON CONFLICT DO NOTHING", [(connection_id, n) for n in names])
 
 
+def configure_entities(db: Database, connection_id: int, entities: list[str], *,
+                       enabled: bool | None = None,
+                       sync_deletion: bool | None = None) -> int:
+    """Turn syncing or Sync Deletion on or off for several entities at once; returns how many.
+
+    Every name must be one of the connection's entities, else nothing changes.
+    """
+    if not entities:
+        raise InvalidInput("choose at least one entity", field="entities")
+    with immediate(db):
+        known = {r[0] for r in db.execute(
+            "SELECT entity FROM connection_entities WHERE connection_id = ?", [connection_id])}
+        unknown = sorted(set(entities) - known)
+        if unknown:
+            raise InvalidInput(f"{unknown[0]!r} is not an entity of the server", field="entities")
+        for name in sorted(set(entities)):
+            configure_entity(db, connection_id, name, enabled=enabled,
+                             sync_deletion=sync_deletion)
+    return len(set(entities))
+
+
 def configure_entity(db: Database, connection_id: int, entity: str, *,
                      enabled: bool | None = None, sync_deletion: bool | None = None,
                      filter_xml: str | None | bool = False) -> None:
@@ -250,6 +305,27 @@ def configure_entity(db: Database, connection_id: int, entity: str, *,
         if filter_xml is not False:
             db.execute("UPDATE connection_entities SET filter = ? WHERE connection_id = ? "
                        "AND entity = ?", [filter_xml, connection_id, entity])
+
+
+def set_filter(db: Database, connection_id: int, entity: Entity, xml: str | None) -> str | None:
+    """Set an entity's sync filter from FetchXML (a <filter>, or a <fetch> naming the entity),
+    checked against its metadata and stored canonical; None clears it. Returns what is stored.
+    """
+    if xml is None:
+        configure_entity(db, connection_id, entity.logicalname, filter_xml=None)
+        return None
+    text = xml.strip() if isinstance(xml, str) else xml
+    if isinstance(text, str) and text.startswith("<fetch"):
+        found = filters.parse_fetch_filters(text)
+        if entity.logicalname not in found:
+            raise InvalidInput(f"the <fetch> has no filter of entity {entity.logicalname!r}",
+                               field="filter")
+        parsed = found[entity.logicalname]
+    else:
+        parsed = filters.parse_filter(text)
+    canonical = parsed.check(entity).to_xml()
+    configure_entity(db, connection_id, entity.logicalname, filter_xml=canonical)
+    return canonical
 
 
 # --- schedule ----------------------------------------------------------------

@@ -21,9 +21,10 @@ from portal.backends.registry import available_backend
 from portal.backends.server_urls import Resolver, check_server_url, resolve
 from portal.db import immediate
 from portal.errors import InvalidInput, NotFound
-from portal.orgs import registry, store
+from portal.orgs import registry, store, transactions
 from portal.orgs.metadata import NAME_RE, Entity
-from portal.sync import connections, filters
+from portal.orgs.store import OrgDb
+from portal.sync import connections, filters, runs
 from portal.sync.connections import Connection, ConnectionStatus
 
 MAX_ENTITIES = 1000
@@ -305,3 +306,15 @@ def connect_request(db: Database, orgs_dir: str | Path, key: bytes, org: str, as
                            server_options=server.options)
     return ConnectDecision(ConnectAction.RECONNECT, connection,
                            f"connecting {org} to the server again")
+
+
+def disconnect(db: Database, org: OrgDb, connection_id: int) -> None:
+    """End a connection: the org keeps its entities and records and stops recording changes.
+
+    Refused while a job works on the connection (its run record says running).
+    """
+    if runs.running_run(db, connection_id) is not None:
+        raise InvalidInput("a job is working on this connection: wait until it has ended",
+                           field="connection")
+    connections.delete_connection(db, connection_id)
+    transactions.set_client(org, False)

@@ -1,14 +1,18 @@
 """Sync runs and their log (Resco's migrate_log), kept per org in the registry."""
 
 import json
+from dataclasses import dataclass
 from enum import StrEnum
 from typing import Any
 
 from sqlite_utils import Database
 
 from portal.db import immediate, utcnow
+from portal.errors import InvalidInput
 
 KINDS = ("connect", "sync", "metadata", "upload")
+LEVELS = ("info", "conflict", "error")
+MAX_SEARCH_LENGTH = 200
 TRIGGERS = ("connect", "button", "schedule", "api", "cli", "write")
 
 
@@ -134,3 +138,76 @@ def list_logs(db: Database, org_id: int, run_id: int | None = None,
                              [org_id, limit]))
     return list(db.query("SELECT * FROM sync_logs WHERE org_id = ? AND run_id = ? "
                          "ORDER BY id DESC LIMIT ?", [org_id, run_id, limit]))
+
+
+def running_run(db: Database, connection_id: int,
+                status: RunStatus = RunStatus.RUNNING) -> dict[str, Any] | None:
+    """The connection's newest run in this state (by default: going on now), if any."""
+    rows = list(db.query("SELECT * FROM sync_runs WHERE connection_id = ? AND status = ? "
+                         "ORDER BY id DESC LIMIT 1", [connection_id, status]))
+    return dict(rows[0], counts=json.loads(rows[0]["counts"] or "{}")) if rows else None
+
+
+@dataclass
+class LogQuery:
+    """What the Logs tab searches for; None means any."""
+
+    level: str | None = None
+    run_id: int | None = None
+    entity: str | None = None
+    text: str | None = None
+
+
+@dataclass
+class LogPage:
+    """Log lines, newest first, and the key of the next (older) page."""
+
+    lines: list[dict[str, Any]]
+    older: int | None
+
+
+def search_logs(db: Database, org_id: int, query: LogQuery, *, before: int | None = None,
+                limit: int = 100) -> LogPage:
+    """The org's log lines matching the query, newest first, by keyset paging on their ids."""
+    where: list[str] = ["org_id = ?"]
+    params: list[Any] = [org_id]
+    if query.level is not None:
+        if query.level not in LEVELS:
+            raise InvalidInput(f"unknown level {query.level!r} (one of {', '.join(LEVELS)})",
+                               field="level")
+        where.append("level = ?")
+        params.append(query.level)
+    if query.run_id is not None:
+        where.append("run_id = ?")
+        params.append(query.run_id)
+    if query.entity:
+        where.append("entity = ?")
+        params.append(query.entity)
+    if query.text:
+        if len(query.text) > MAX_SEARCH_LENGTH:
+            raise InvalidInput(f"search at most {MAX_SEARCH_LENGTH} characters", field="text")
+        escaped = query.text.replace("\\", "\\\\").replace("%", "\\%").replace("_", "\\_")
+        where.append("message LIKE ? ESCAPE '\\'")
+        params.append(f"%{escaped}%")
+    if before is not None:
+        where.append("id < ?")
+        params.append(before)
+    rows = list(db.query(f"SELECT * FROM sync_logs WHERE {' AND '.join(where)} "
+                         "ORDER BY id DESC LIMIT ?", [*params, limit + 1]))
+    more = len(rows) > limit
+    rows = rows[:limit]
+    return LogPage(rows, rows[-1]["id"] if more and rows else None)
+
+
+def last_runs(db: Database) -> dict[int, dict[str, Any]]:
+    """Each connection's newest run, by connection id (the operator's overview)."""
+    rows = db.query("SELECT * FROM sync_runs WHERE id IN "
+                    "(SELECT max(id) FROM sync_runs GROUP BY connection_id)")
+    return {r["connection_id"]: dict(r, counts=json.loads(r["counts"] or "{}")) for r in rows}
+
+
+def last_errors(db: Database) -> dict[int, dict[str, Any]]:
+    """Each connection's newest failed run, by connection id."""
+    rows = db.query("SELECT * FROM sync_runs WHERE id IN (SELECT max(id) FROM sync_runs "
+                    "WHERE status = 'failed' GROUP BY connection_id)")
+    return {r["connection_id"]: dict(r) for r in rows}

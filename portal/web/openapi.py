@@ -150,6 +150,54 @@ ORG = {"name": "org", "in": "path", "required": True, "schema": {"type": "string
        "description": "the client org's name (its address)"}
 
 
+SETTINGS = {
+    "type": "object",
+    "description": "A connection's settings, after the change.",
+    "properties": {
+        "Organization": {"type": "string"},
+        "WriteMode": {"type": "string", "enum": ["instant", "offline"]},
+        "ConflictPolicy": {"type": "string",
+                           "enum": ["server-wins", "client-wins", "newest-wins"]},
+        "Schedule": {"type": "object", "properties": {
+            "EveryMinutes": _nullable("integer"), "DailyAt": _nullable("string"),
+            "Active": {"type": "boolean"}, "NextRun": _nullable("string")}},
+        "Entities": {"type": "array", "items": {"type": "object", "properties": {
+            "Name": {"type": "string"}, "Enabled": {"type": "boolean"},
+            "SyncDeletion": {"type": "boolean"}, "Filter": _nullable("string")}}},
+    },
+}
+SETTINGS_CHANGE = {"type": "object", "additionalProperties": False, "properties": {
+    "WriteMode": {"type": "string", "enum": ["instant", "offline"]},
+    "ConflictPolicy": {"type": "string", "enum": ["server-wins", "client-wins", "newest-wins"]}}}
+ENTITIES_CHANGE = {"type": "object", "additionalProperties": False, "required": ["Entities"],
+                   "properties": {"Entities": {"type": "array", "items": {"type": "string"}},
+                                  "Enabled": {"type": "boolean"},
+                                  "SyncDeletion": {"type": "boolean"}}}
+FILTER_CHANGE = {"type": "object", "additionalProperties": False, "required": ["FetchXml"],
+                 "properties": {"FetchXml": {"type": "string", "description": "a FetchXML "
+                                             "<filter>, or a <fetch> naming the entity"}}}
+SCHEDULE_CHANGE = {"type": "object", "additionalProperties": False, "properties": {
+    "Every": {"type": "string", "description": "15m, 2h..."},
+    "DailyAt": {"type": "string", "description": "HH:MM (UTC)"}, "Active": {"type": "boolean"}}}
+
+
+def _settings_call(operation: str, summary: str, body: dict[str, Any] | None,
+                   parameters: list[dict[str, Any]]) -> dict[str, Any]:
+    call: dict[str, Any] = {
+        "operationId": operation, "summary": summary, "parameters": parameters,
+        "security": [{"basic": []}],
+        "responses": {"200": {"description": "the settings after the change",
+                              "content": _content(SETTINGS, "SyncSettings")},
+                      **_errors(400, 401, 404, 409, 413, 415)}}
+    if body is not None:
+        call["requestBody"] = {"required": True, "content": _content(body, "SyncSettings")}
+    return call
+
+
+ENTITY = {"name": "entity", "in": "path", "required": True, "schema": {"type": "string"},
+          "description": "a server entity's logical name"}
+
+
 def openapi_document(server_url: str) -> dict[str, Any]:
     """The service's OpenAPI document, with this portal as its server."""
     return {
@@ -197,5 +245,20 @@ def openapi_document(server_url: str) -> dict[str, Any]:
                             "content": _content(JOB_STATUS, "JobStatusResponse")},
                     **_errors(401, 404)},
             }},
+            "/rest/v1/sync/{org}/Settings": {
+                "get": _settings_call("GetSettings", "The connection's settings", None, [ORG]),
+                "patch": _settings_call("ChangeSettings", "Change the write mode or conflict "
+                                        "policy", SETTINGS_CHANGE, [ORG])},
+            "/rest/v1/sync/{org}/Entities": {
+                "patch": _settings_call("ChangeEntities", "Enable or disable entities, or their"
+                                        " Sync Deletion", ENTITIES_CHANGE, [ORG])},
+            "/rest/v1/sync/{org}/Entities/{entity}/Filter": {
+                "put": _settings_call("SetFilter", "Set an entity's sync filter",
+                                      FILTER_CHANGE, [ORG, ENTITY]),
+                "delete": _settings_call("ClearFilter", "Clear an entity's sync filter", None,
+                                         [ORG, ENTITY])},
+            "/rest/v1/sync/{org}/Schedule": {
+                "put": _settings_call("SetSchedule", "Set the sync job's schedule",
+                                      SCHEDULE_CHANGE, [ORG])},
         },
     }

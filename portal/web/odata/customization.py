@@ -34,12 +34,12 @@ ENTITY_CHANGES = ("displayname", "labels", "primarynameattribute")
 def check_customizable(req: ApiRequest) -> None:
     """Refuse customization the caller or the org may not make.
 
-    Only an org admin may change metadata. This is also the seam where the sync
-    engine will refuse customization of orgs that are clients of a connection
-    (their metadata comes from the server).
+    Only an org admin may change metadata, and not of an org that is the client
+    of a connection (its metadata comes from the server): 409 with the reason.
     """
     if not req.user.get("is_admin"):
         raise ProtocolError(403, "Forbidden", "only an org admin may change its metadata")
+    schema.check_customizable(req.org)
 
 
 def handle(req: ApiRequest, rest: str) -> ApiResponse:
