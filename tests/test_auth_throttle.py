@@ -12,6 +12,7 @@ import pytest
 from flask import Flask
 from flask.testing import FlaskClient
 from redis import Redis
+from werkzeug.test import TestResponse as FlaskTestResponse
 
 from portal import create_app
 from portal.db import get_db
@@ -148,3 +149,25 @@ def test_dataverse_token_endpoint_answers_429_after_n_wrong_secrets(limited: Fla
         "username": ADMIN_EMAIL, "password": f"wrong-{i}", "scope": scope}).status_code
         for i in range(4)]
     assert wrong == [400, 400, 400, 429]
+
+
+def test_admin_sign_in_form_answers_429_page_after_n_wrong_passwords(limited: Flask) -> None:
+    import re
+
+    client = limited.test_client()
+
+    def attempt(org: str, email: str, password: str) -> FlaskTestResponse:
+        page = client.get("/admin/sign-in").get_data(as_text=True)
+        token = re.search(r'name="csrf_token" type="hidden" value="([^"]+)"', page)
+        assert token is not None
+        return client.post("/admin/sign-in", data={
+            "organization": org, "email": email, "password": password,
+            "csrf_token": token.group(1)})
+
+    assert [attempt("sales", ADMIN_EMAIL, f"wrong-{i}").status_code
+            for i in range(3)] == [401, 401, 401]
+    refused = attempt("sales", ADMIN_EMAIL, ADMIN_PASSWORD)  # even the right password, now
+    assert refused.status_code == 429 and int(refused.headers["Retry-After"]) >= 1
+    assert "text/html" in refused.content_type and "Traceback" not in refused.get_data(True)
+    # Another org's admin signs in meanwhile.
+    assert attempt("other", OTHER_EMAIL, OTHER_PASSWORD).status_code == 302

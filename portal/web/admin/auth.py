@@ -6,6 +6,7 @@ from flask.typing import ResponseReturnValue
 from portal.db import get_db
 from portal.errors import NotFound
 from portal.orgs import registry
+from portal.web import auth_throttle
 from portal.web.admin import SESSION_KEY, bp, safe_next, sign_in_session
 from portal.web.admin.forms import ActionForm, SignInForm
 
@@ -21,10 +22,13 @@ def sign_in() -> ResponseReturnValue:
                       if request.method == "GET" else None)
     if form.validate_on_submit():
         db = get_db()
+        account = auth_throttle.account(form.organization.data, form.email.data)
+        auth_throttle.check(account)  # too many failures: the 429 page, with Retry-After
         user = registry.authenticate(db, form.organization.data, form.email.data,
                                      form.password.data)
         # One answer for every kind of mismatch, a non-admin user included.
         if user is None or not user["is_admin"]:
+            auth_throttle.failed(account)
             form.form_errors.append(REFUSED)
             return render_template("admin/sign_in.html", form=form), 401
         try:
