@@ -27,6 +27,7 @@ from werkzeug.security import generate_password_hash
 from portal.db import get_db
 from portal.orgs import queries, records, registry, schema, sync_state, transactions
 from portal.orgs.metadata import Attribute
+from portal.queue import run_job_id
 from portal.sync import connections, runs
 from tests.conftest import ADMIN_EMAIL, ADMIN_PASSWORD
 from tests.portal_process import PortalProcess, _die_with_parent
@@ -114,7 +115,8 @@ class World:
         with self.client.app.app_context():
             db = get_db()
             found = [r for r in runs.list_runs(db, registry.get_org(db, "acme")["id"])
-                     if r["id"] > after and r["kind"] == kind and r["status"] != "running"]
+                     if r["id"] > after and r["kind"] == kind
+                     and r["status"] not in ("queued", "running")]
         return found[-1] if found else None
 
     def wait_for(self, check: Callable[[], Any], what: str) -> Any:
@@ -423,7 +425,7 @@ def test_browser_operator_sees_a_failed_run_and_requeues_it(world: World) -> Non
     operator.fill("#password", OPERATOR_PASSWORD)
     operator.click("input[type=submit]")
     operator.wait_for_url("**/status")
-    job = f"sync-{world.connection().id}"
+    job = run_job_id("sync", world.connection().id, failed["id"])
     assert "refused" in operator.text_content(f"#failed-{job} .reason")
     assert "acme" in operator.text_content("#org-acme")
     assert "No worker is running" not in operator.text_content("#workers")
