@@ -65,13 +65,13 @@ def app(tmp_path: Path, redis_url: str) -> Iterator[Flask]:
 
 
 @pytest.fixture
-def client(app: Flask):  # type: ignore[no-untyped-def]
+def client(app: Flask):
     """A test client of the portal."""
     return app.test_client()
 
 
 @pytest.fixture
-def runner(app: Flask):  # type: ignore[no-untyped-def]
+def runner(app: Flask):
     """A runner of the portal's CLI commands."""
     return app.test_cli_runner()
 
@@ -93,7 +93,7 @@ def sales_org(app: Flask) -> Iterator[store.OrgDb]:
 
 
 @pytest.fixture
-def portal_process(redis_url: str):  # type: ignore[no-untyped-def]
+def portal_process(redis_url: str):
     """Start real portal processes (gunicorn on 127.0.0.1): call it with an instance folder.
 
     Every process started is stopped at teardown.
@@ -102,7 +102,7 @@ def portal_process(redis_url: str):  # type: ignore[no-untyped-def]
 
     started: list[PortalProcess] = []
 
-    def start(instance_path: Path, **kwargs):  # type: ignore[no-untyped-def]
+    def start(instance_path: Path, **kwargs):
         process = PortalProcess(instance_path, redis_url, **kwargs)
         started.append(process)
         return process

@@ -83,14 +83,14 @@ def token_of(page: str) -> str:
 
 
 def sign_in(client: FlaskClient, org: str = "acme", email: str = ADMIN_EMAIL,
-            password: str = ADMIN_PASSWORD):  # type: ignore[no-untyped-def]
+            password: str = ADMIN_PASSWORD):
     token = token_of(client.get("/admin/sign-in").get_data(as_text=True))
     return client.post("/admin/sign-in", data={"organization": org, "email": email,
                                                "password": password, "csrf_token": token})
 
 
 def post(client: FlaskClient, url: str, data: dict[str, Any] | None = None,
-         page: str | None = None):  # type: ignore[no-untyped-def]
+         page: str | None = None):
     """Post a form of `page` (default: the url itself) with that page's CSRF token."""
     token = token_of(client.get(page or url).get_data(as_text=True))
     return client.post(url, data={**(data or {}), "csrf_token": token})
@@ -315,7 +315,7 @@ def test_admin_entities_bad_input_changes_nothing(admin: FlaskClient, orgs: Flas
 
 # --- Sync Filter ----------------------------------------------------------------------
 
-def filter_form(admin: FlaskClient, rows: dict[str, str], edit: str):  # type: ignore[no-untyped-def]
+def filter_form(admin: FlaskClient, rows: dict[str, str], edit: str):
     url = "/admin/acme/sync/entities/account/filter"
     return admin.post(url, data={**rows, "edit": edit,
                                  "csrf_token": token_of(admin.get(url).get_data(as_text=True))})

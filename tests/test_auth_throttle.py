@@ -48,7 +48,7 @@ def basic(email: str, password: str) -> dict[str, str]:
 
 
 def odata(client: FlaskClient, org: str, headers: dict[str, str],
-          address: str = "127.0.0.1"):  # type: ignore[no-untyped-def]
+          address: str = "127.0.0.1"):
     return client.get(f"/odata/v4/{org}/accounts", headers=headers,
                       environ_base={"REMOTE_ADDR": address})
 

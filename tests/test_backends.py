@@ -69,7 +69,7 @@ SERVICE = {"value": [{"name": "accounts", "url": "accounts"}]}
 
 
 @pytest.mark.parametrize("busy", [429, 503])
-def test_backend_waits_as_retry_after_says(script, busy: int) -> None:  # type: ignore[no-untyped-def]
+def test_backend_waits_as_retry_after_says(script, busy: int) -> None:
     server = script([(busy, {"Retry-After": "1"}, {"error": {"message": "slow down"}}),
                      (200, {}, SERVICE)])
     backend = RescoBackend(server.url, "u", "p", retries=2, allow_private=True)
@@ -79,7 +79,7 @@ def test_backend_waits_as_retry_after_says(script, busy: int) -> None:  # type: 
     assert server.seen[1] - server.seen[0] >= 0.9  # it waited the second it was told to
 
 
-def test_backend_refused_credentials_name_the_servers_message(script) -> None:  # type: ignore[no-untyped-def]
+def test_backend_refused_credentials_name_the_servers_message(script) -> None:
     server = script([(401, {}, {"error": {"code": "Unauthorized", "message": "bad password"}})])
     backend = RescoBackend(server.url, "u", "p", retries=0, allow_private=True)
     with pytest.raises(CredentialsRefused, match="bad password"):
@@ -99,7 +99,7 @@ def test_backend_down_is_a_readable_error() -> None:
     (200, {"not": "odata"}, "not an OData v4 service document"),
     (500, {"error": {"message": "it broke"}}, "it broke"),
 ])
-def test_backend_unexpected_answers_are_readable_errors(  # type: ignore[no-untyped-def]
+def test_backend_unexpected_answers_are_readable_errors(
         script, status: int, body: object, message: str) -> None:
     server = script([(status, {}, body)])
     backend = RescoBackend(server.url, "u", "p", retries=0, allow_private=True)
@@ -108,7 +108,7 @@ def test_backend_unexpected_answers_are_readable_errors(  # type: ignore[no-unty
     backend.close()
 
 
-def test_backend_waits_at_most_the_cap_of_a_long_retry_after(script) -> None:  # type: ignore[no-untyped-def]
+def test_backend_waits_at_most_the_cap_of_a_long_retry_after(script) -> None:
     server = script([(429, {"Retry-After": "3600"}, {"error": {"message": "an hour"}}),
                      (200, {}, SERVICE)])
     backend = RescoBackend(server.url, "u", "p", retries=1, allow_private=True,
@@ -118,7 +118,7 @@ def test_backend_waits_at_most_the_cap_of_a_long_retry_after(script) -> None:  #
     assert len(server.seen) == 2
 
 
-def test_backend_backs_off_on_an_unreadable_retry_after(script) -> None:  # type: ignore[no-untyped-def]
+def test_backend_backs_off_on_an_unreadable_retry_after(script) -> None:
     server = script([(503, {"Retry-After": "soon"}, {"error": {"message": "busy"}}),
                      (502, {}, {"error": {"message": "bad gateway"}}),
                      (200, {}, SERVICE)])
@@ -128,7 +128,7 @@ def test_backend_backs_off_on_an_unreadable_retry_after(script) -> None:  # type
     assert len(server.seen) == 3
 
 
-def test_backend_busy_beyond_its_retries_names_the_servers_message(script) -> None:  # type: ignore[no-untyped-def]
+def test_backend_busy_beyond_its_retries_names_the_servers_message(script) -> None:
     server = script([(503, {"Retry-After": "0"}, {"error": {"message": "still busy"}})] * 3)
     backend = RescoBackend(server.url, "u", "p", retries=2, allow_private=True)
     with pytest.raises(BackendError, match="answered 503: still busy"):
@@ -137,7 +137,7 @@ def test_backend_busy_beyond_its_retries_names_the_servers_message(script) -> No
     assert len(server.seen) == 3  # the first try and two retries
 
 
-def test_backend_retries_batch_posts(script) -> None:  # type: ignore[no-untyped-def]
+def test_backend_retries_batch_posts(script) -> None:
     # $batch writes are idempotent (upserts of own GUIDs, conditional writes): safe to resend.
     server = script([(429, {"Retry-After": "0"}, {"error": {"message": "slow down"}}),
                      (200, {}, {"responses": []})])

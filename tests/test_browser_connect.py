@@ -43,7 +43,7 @@ def shots(tmp_path: Path) -> Path:
 
 @pytest.fixture
 def portals(request: pytest.FixtureRequest, tmp_path: Path, redis_url: str, redis: Redis,
-            portal_process):  # type: ignore[no-untyped-def]
+            portal_process):
     """(server OData root of org srv, client portal process): two real portals.
 
     The server org's number of accounts is the test's (indirect) parameter: enough
@@ -112,7 +112,7 @@ def fill_connect_page(page: Any, server_url: str, password: str) -> None:
 
 @pytest.mark.parametrize("portals", [30_000], indirect=True, ids=["30000-accounts"])
 def test_browser_connect_reaches_connected_against_a_real_server_portal(
-        portals, browser, shots: Path, redis_url: str) -> None:  # type: ignore[no-untyped-def]
+        portals, browser, shots: Path, redis_url: str) -> None:
     server_url, client = portals
     page = browser.new_page(viewport={"width": 1000, "height": 1500})
     page.goto(client.url + "/Register.aspx?otype=connect")
@@ -152,7 +152,7 @@ def test_browser_connect_reaches_connected_against_a_real_server_portal(
 
 
 def test_browser_connect_with_a_wrong_password_fails_with_the_message_then_is_fixed(
-        portals, browser, shots: Path, redis_url: str) -> None:  # type: ignore[no-untyped-def]
+        portals, browser, shots: Path, redis_url: str) -> None:
     server_url, client = portals
     page = browser.new_page(viewport={"width": 1000, "height": 1300})
     page.goto(client.url + "/connect")

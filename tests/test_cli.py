@@ -13,7 +13,7 @@ def _orgs(app: Flask) -> list[str]:
         return [o["name"] for o in registry.list_orgs(get_db())]
 
 
-def test_cli_orgs_create_list_delete(app: Flask, runner) -> None:  # type: ignore[no-untyped-def]
+def test_cli_orgs_create_list_delete(app: Flask, runner) -> None:
     result = runner.invoke(args=["orgs", "create", "acme", "--email", "a@acme.com",
                                  "--password", "passw0rd!", "--template", "sales"])
     assert result.exit_code == 0, result.output
@@ -27,12 +27,12 @@ def test_cli_orgs_create_list_delete(app: Flask, runner) -> None:  # type: ignor
     assert not (orgs_dir(app) / "acme.db").exists()
 
 
-def test_cli_init_db(app: Flask, runner) -> None:  # type: ignore[no-untyped-def]
+def test_cli_init_db(app: Flask, runner) -> None:
     result = runner.invoke(args=["init-db"])
     assert result.exit_code == 0 and "ready" in result.output
 
 
-def test_cli_password_is_prompted_when_omitted(app: Flask, runner) -> None:  # type: ignore[no-untyped-def]
+def test_cli_password_is_prompted_when_omitted(app: Flask, runner) -> None:
     result = runner.invoke(args=["orgs", "create", "prompted", "--email", "a@b.co"],
                            input="passw0rd!\npassw0rd!\n")
     assert result.exit_code == 0, result.output
@@ -51,7 +51,7 @@ def test_cli_password_is_prompted_when_omitted(app: Flask, runner) -> None:  # t
     (["new-org", "--email", "x@y.co", "--password", "lettersonly"], "letters and digits"),
     (["new-org", "--email", "not-an-email", "--password", "passw0rd!"], "e-mail"),
 ])
-def test_cli_orgs_create_bad_input_writes_nothing(app: Flask, runner, args: list[str],  # type: ignore[no-untyped-def]
+def test_cli_orgs_create_bad_input_writes_nothing(app: Flask, runner, args: list[str],
                                                   message: str) -> None:
     runner.invoke(args=["orgs", "create", "taken", "--email", "t@t.co", "--password", "passw0rd!"])
     files_before = sorted(p.name for p in orgs_dir(app).iterdir())
@@ -63,13 +63,13 @@ def test_cli_orgs_create_bad_input_writes_nothing(app: Flask, runner, args: list
     assert sorted(p.name for p in orgs_dir(app).iterdir()) == files_before
 
 
-def test_cli_orgs_delete_unknown(app: Flask, runner) -> None:  # type: ignore[no-untyped-def]
+def test_cli_orgs_delete_unknown(app: Flask, runner) -> None:
     result = runner.invoke(args=["orgs", "delete", "ghost", "--yes"])
     assert result.exit_code == 1 and "does not exist" in result.output
 
 
 @pytest.mark.parametrize("token_id", ["abc", "0", "-1", "1.5"])
-def test_cli_tokens_revoke_refuses_a_bad_id(app: Flask, runner, sales_org,  # type: ignore[no-untyped-def]
+def test_cli_tokens_revoke_refuses_a_bad_id(app: Flask, runner, sales_org,
                                              token_id: str) -> None:
     created = runner.invoke(args=["tokens", "create", "sales", "--email", ADMIN_EMAIL])
     assert created.exit_code == 0, created.output

@@ -8,7 +8,7 @@ from portal.db import get_db
 from portal.orgs import application_users
 
 
-def test_cli_applications_create_list_revoke(app: Flask, runner, sales_org) -> None:  # type: ignore[no-untyped-def]
+def test_cli_applications_create_list_revoke(app: Flask, runner, sales_org) -> None:
     created = runner.invoke(args=["applications", "create", "sales", "ETL", "--admin"])
     assert created.exit_code == 0, created.output
     client_id = re.search(r"client id:\s+(\S+)", created.output).group(1)  # type: ignore[union-attr]
@@ -24,7 +24,7 @@ def test_cli_applications_create_list_revoke(app: Flask, runner, sales_org) -> N
         assert application_users.check_client_secret(get_db(), "sales", client_id, secret) is None
 
 
-def test_cli_applications_refuse_bad_input(runner, sales_org) -> None:  # type: ignore[no-untyped-def]
+def test_cli_applications_refuse_bad_input(runner, sales_org) -> None:
     for args in (["create", "no-such-org", "ETL"], ["create", "sales", " "],
                  ["revoke", "sales", "not-a-client"]):
         result = runner.invoke(args=["applications", *args])

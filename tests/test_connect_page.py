@@ -39,7 +39,7 @@ def csrf_token(client: FlaskClient, url: str = "/connect") -> str:
     return match.group(1)
 
 
-def post(client: FlaskClient, url: str = "/connect", **changes: Any):  # type: ignore[no-untyped-def]
+def post(client: FlaskClient, url: str = "/connect", **changes: Any):
     data = {**VALID, "csrf_token": csrf_token(client, url), **changes}
     return client.post(url, data={k: v for k, v in data.items() if v is not None})
 
@@ -197,7 +197,7 @@ def test_connect_page_rate_limit_answers_429(tmp_path: Path, redis_url: str,
 # --- the status page ---------------------------------------------------------
 
 @pytest.fixture
-def connected_page(app: Flask, client: FlaskClient, redis: Redis):  # type: ignore[no-untyped-def]
+def connected_page(app: Flask, client: FlaskClient, redis: Redis):
     """A registration made through the page; returns (connection id, status URL)."""
     response = post(client)
     with app.app_context():
@@ -215,7 +215,7 @@ def set_state(app: Flask, connection_id: int, status: str, error: str | None = N
             connections.set_progress(db, connection_id, progress)
 
 
-def test_status_page_needs_its_token(app: Flask, client: FlaskClient, connected_page) -> None:  # type: ignore[no-untyped-def]
+def test_status_page_needs_its_token(app: Flask, client: FlaskClient, connected_page) -> None:
     _, url = connected_page
     token = parse_qs(urlsplit(url).query)["token"][0]
     assert client.get(url).status_code == 200
@@ -226,7 +226,7 @@ def test_status_page_needs_its_token(app: Flask, client: FlaskClient, connected_
 
 
 def test_status_page_follows_the_job_steps_and_progress(app: Flask, client: FlaskClient,
-                                                        connected_page) -> None:  # type: ignore[no-untyped-def]
+                                                        connected_page) -> None:
     connection_id, url = connected_page
     json_url = url.replace("/status?", "/status.json?")
     set_state(app, connection_id, "connecting", step="download", entity="account", done=1200,
@@ -248,7 +248,7 @@ def test_status_page_follows_the_job_steps_and_progress(app: Flask, client: Flas
 
 
 def test_status_page_shows_a_failure_and_connects_again_with_fixed_values(
-        app: Flask, client: FlaskClient, redis: Redis, connected_page) -> None:  # type: ignore[no-untyped-def]
+        app: Flask, client: FlaskClient, redis: Redis, connected_page) -> None:
     connection_id, url = connected_page
     Queue("default", connection=redis).empty()
     set_state(app, connection_id, "failed",
@@ -285,7 +285,7 @@ def test_status_page_shows_a_failure_and_connects_again_with_fixed_values(
 
 
 def test_status_page_retry_is_refused_unless_the_connection_failed(
-        app: Flask, client: FlaskClient, connected_page) -> None:  # type: ignore[no-untyped-def]
+        app: Flask, client: FlaskClient, connected_page) -> None:
     _, url = connected_page
     token = csrf_token(client)
     response = client.post(url.replace("/status?", "/retry?"), data={

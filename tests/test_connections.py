@@ -18,7 +18,7 @@ URL = "https://crm.example.com/odata/v4/srv/"
 
 
 @pytest.fixture
-def db(app: Flask):  # type: ignore[no-untyped-def]
+def db(app: Flask):
     """A registry with org `cli` connected to URL and org `plain` without a connection."""
     with app.app_context():
         database = get_db()

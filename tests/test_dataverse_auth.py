@@ -78,7 +78,7 @@ def test_token_by_client_credentials_answers_as_entra(app: Flask, client: FlaskC
                                           "client_id": client_id, "client_secret": secret,
                                           "scope": SCOPE})
     assert answer.status_code == 200
-    documented = fixture("entra-client-credentials-token.response.json")
+    documented = fixture("auth/entra-client-credentials-token.response.json")
     assert set(documented) <= set(answer.json)
     assert answer.json["token_type"] == "Bearer"
     assert answer.json["expires_in"] == app.config["DATAVERSE_TOKEN_LIFETIME_S"]
@@ -106,7 +106,7 @@ def test_token_by_password_for_an_org_user(client: FlaskClient, sales_org: OrgDb
 
 def entra_shaped(body: dict[str, object], error: str, code: int) -> None:
     """An error body with exactly the keys Entra's documented error response has."""
-    assert set(body) == set(fixture("entra-token-error.response.json"))
+    assert set(body) == set(fixture("auth/entra-token-error.response.json"))
     assert body["error"] == error
     assert body["error_codes"] == [code]
     assert str(body["error_description"]).startswith(f"AADSTS{code}: ")
@@ -164,7 +164,7 @@ def challenge_parts(header: str) -> dict[str, str]:
 
 def test_request_without_token_gets_the_bearer_challenge_dataverse_gives(
         client: FlaskClient, sales_org: OrgDb) -> None:
-    documented = (FIXTURES / "401-bearer-challenge.http").read_text()
+    documented = (FIXTURES / "auth/401-bearer-challenge.http").read_text()
     documented_header = re.search(r"^WWW-Authenticate: (.*)$", documented, re.M)
     assert documented_header is not None
     answer = client.get(DV_ROOT + "accounts")

@@ -72,7 +72,7 @@ def test_lookups_read_as_value_properties(client: FlaskClient, token: dict[str, 
 def test_annotations_all_as_in_the_query_data_sample(client: FlaskClient,
                                                      token: dict[str, str]) -> None:
     """webapi/web-api-query-data-sample.md, section 2 (filter with annotations)."""
-    documented = fixture("contacts-filter-annotations-all.response.json")
+    documented = fixture("query/contacts-filter-annotations-all.response.json")
     answer = get(client, "contacts?$select=fullname,jobtitle,_parentcustomerid_value"
                  "&$filter=contains(fullname,'(sample)')", token, ALL)
     body = answer.json
@@ -97,7 +97,7 @@ def test_annotations_all_as_in_the_query_data_sample(client: FlaskClient,
 def test_formatted_values_as_in_select_columns(client: FlaskClient, token: dict[str, str]
                                                ) -> None:
     """webapi/query/select-columns.md: formatted money, lookup, choice and date values."""
-    documented = fixture("accounts-formatted-values.response.json")["value"][0]
+    documented = fixture("query/accounts-formatted-values.response.json")["value"][0]
     body = get(client, "accounts?$select=name,revenue,_primarycontactid_value,industrycode,"
                "lastusedincampaign,creditonhold", token,
                'odata.include-annotations="OData.Community.Display.V1.FormattedValue"').json
@@ -118,7 +118,7 @@ def test_lookup_annotations_as_in_select_columns(app: Flask, client: FlaskClient
                                                  sales_org: OrgDb, token: dict[str, str]
                                                  ) -> None:
     """webapi/query/select-columns.md: lookup properties (polymorphic lookups too)."""
-    documented = fixture("accounts-lookup-annotations.response.json")["value"][0]
+    documented = fixture("query/accounts-lookup-annotations.response.json")["value"][0]
     records.create_record(sales_org, "appointment", {"subject": "Visit",
                                                      "regardingobjectid": CONTACT})
     prefer = ('odata.include-annotations="Microsoft.Dynamics.CRM.associatednavigationproperty,'
@@ -133,7 +133,7 @@ def test_lookup_annotations_as_in_select_columns(app: Flask, client: FlaskClient
 def test_single_record_with_annotations_as_in_the_query_data_sample(
         client: FlaskClient, token: dict[str, str]) -> None:
     """webapi/web-api-query-data-sample.md, section 1 (retrieve with annotations)."""
-    documented = fixture("contact-retrieve-annotations-all.response.json")
+    documented = fixture("query/contact-retrieve-annotations-all.response.json")
     answer = get(client, f"contacts({CONTACT})?$select=fullname,jobtitle,"
                  "_parentcustomerid_value", token, ALL)
     body = answer.json
@@ -151,8 +151,8 @@ def test_paging_with_count_and_annotations_as_in_the_query_data_sample(
     records.save_records(sales_org, "contact", [
         {"contactid": str(uuid.UUID(int=i + 100)), "lastname": f"C{i}", "fullname": f"C {i}"}
         for i in range(8)])
-    first_doc = fixture("contacts-page1-nextlink-annotations-all.response.json")
-    second_doc = fixture("contacts-page2-nextlink-annotations-all.response.json")
+    first_doc = fixture("query/contacts-page1-nextlink-annotations-all.response.json")
+    second_doc = fixture("query/contacts-page2-nextlink-annotations-all.response.json")
     prefer = f"odata.maxpagesize=4,{ALL}"
     first = get(client, "contacts?$select=fullname,jobtitle&$count=true", token, prefer)
     assert list(first.json) == list(first_doc)
@@ -177,7 +177,7 @@ def test_maxpagesize_as_in_page_results(client: FlaskClient, sales_org: OrgDb,
     records.save_records(sales_org, "contact", [
         {"contactid": str(uuid.UUID(int=i + 100)), "lastname": f"C{i}", "fullname": f"C {i}"}
         for i in range(4)])
-    documented = fixture("contacts-maxpagesize-page1.response.json")
+    documented = fixture("query/contacts-maxpagesize-page1.response.json")
     answer = get(client, "contacts?$select=fullname", token, "odata.maxpagesize=2")
     assert list(answer.json) == list(documented)
     assert [set(r) for r in answer.json["value"]] == [set(r) for r in documented["value"]]

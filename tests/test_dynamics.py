@@ -86,7 +86,7 @@ def test_dynamics_finds_the_web_api_root() -> None:
     assert web_api_root("https://h/x/api/data/v9.1/")[1] == "https://h/x/api/data/v9.1/"
 
 
-def test_dynamics_who_am_i_with_a_token_found_from_the_challenge(dataverse) -> None:  # type: ignore[no-untyped-def]
+def test_dynamics_who_am_i_with_a_token_found_from_the_challenge(dataverse) -> None:
     # MicrosoftDocs/powerapps-docs webapi/use-web-api-functions.md (WhoAmI response)
     dataverse.route("GET", "WhoAmI()", Answer(200, fixture("dataverse/whoami.response.json")))
     backend = dataverse.backend()
@@ -96,7 +96,7 @@ def test_dynamics_who_am_i_with_a_token_found_from_the_challenge(dataverse) -> N
     backend.close()
 
 
-def test_dynamics_a_refused_token_is_renewed_once(dataverse) -> None:  # type: ignore[no-untyped-def]
+def test_dynamics_a_refused_token_is_renewed_once(dataverse) -> None:
     answers = [Answer(401, {"error": {"code": "0x80040220", "message": "expired"}}),
                Answer(200, fixture("dataverse/whoami.response.json"))]
     dataverse.route("GET", "WhoAmI()", lambda seen: answers.pop(0))
@@ -106,7 +106,7 @@ def test_dynamics_a_refused_token_is_renewed_once(dataverse) -> None:  # type: i
     backend.close()
 
 
-def test_dynamics_an_app_user_without_privileges_is_told_what_to_do(dataverse) -> None:  # type: ignore[no-untyped-def]
+def test_dynamics_an_app_user_without_privileges_is_told_what_to_do(dataverse) -> None:
     # Learn documents 403 PrivilegeDenied by name only (compose-http-requests-handle-errors.md):
     # this body is composed in Dataverse's error shape.
     dataverse.route("GET", "WhoAmI()", Answer(403, {"error": {
@@ -117,7 +117,7 @@ def test_dynamics_an_app_user_without_privileges_is_told_what_to_do(dataverse) -
     backend.close()
 
 
-def test_dynamics_a_url_that_is_not_dataverse_is_a_clear_failure(dataverse) -> None:  # type: ignore[no-untyped-def]
+def test_dynamics_a_url_that_is_not_dataverse_is_a_clear_failure(dataverse) -> None:
     dataverse.server.route("GET", API, Answer(200, {"value": []}))  # no 401, no challenge
     backend = dataverse.backend()
     with pytest.raises(BackendError, match="is not a Dataverse environment"):
@@ -200,7 +200,7 @@ def _metadata(dataverse: Dataverse) -> None:
                         "dataverse/metadata/relationship-manytomany-cast.response.json")]}))
 
 
-def test_dynamics_metadata_from_entity_definitions_with_casts(dataverse) -> None:  # type: ignore[no-untyped-def]
+def test_dynamics_metadata_from_entity_definitions_with_casts(dataverse) -> None:
     _metadata(dataverse)
     backend = dataverse.backend()
     entities = {e.logicalname: e for e in backend.read_metadata()}
@@ -251,7 +251,7 @@ def _accounts(dataverse: Dataverse, *, tracked: bool = True) -> None:
                                      for a in ACCOUNT.attributes]}))
 
 
-def test_dynamics_delta_pages_with_deleted_entity(dataverse) -> None:  # type: ignore[no-untyped-def]
+def test_dynamics_delta_pages_with_deleted_entity(dataverse) -> None:
     # MicrosoftDocs/powerapps-docs use-change-tracking-synchronize-data-external-systems.md:
     # the initial answer to odata.track-changes, then the delta with a $deletedEntity.
     _accounts(dataverse)
@@ -280,7 +280,7 @@ def test_dynamics_delta_pages_with_deleted_entity(dataverse) -> None:  # type: i
     backend.close()
 
 
-def test_dynamics_an_expired_delta_token_reads_again_in_full_with_reconciliation(  # type: ignore[no-untyped-def]
+def test_dynamics_an_expired_delta_token_reads_again_in_full_with_reconciliation(
         dataverse) -> None:
     _accounts(dataverse)
     initial = dataverse.urls(fixture(
@@ -301,7 +301,7 @@ def test_dynamics_an_expired_delta_token_reads_again_in_full_with_reconciliation
     assert [r["accountid"] for r in page.upserts] == ["60c4e274-0d87-e711-80e5-00155db19e6d"]
 
 
-def test_dynamics_a_table_without_change_tracking_continues_from_modifiedon(dataverse) -> None:  # type: ignore[no-untyped-def]
+def test_dynamics_a_table_without_change_tracking_continues_from_modifiedon(dataverse) -> None:
     _accounts(dataverse, tracked=False)
     # page-results.md shows the paging shape (odata.maxpagesize, @odata.nextLink); the
     # records are composed, with the modifiedon an untracked read continues from.
@@ -324,7 +324,7 @@ def test_dynamics_a_table_without_change_tracking_continues_from_modifiedon(data
         pages[-1].link.endswith("&$filter=modifiedon ge 2026-12-01T09:00:00Z")
 
 
-def test_dynamics_records_with_annotations_and_polymorphic_lookups(dataverse) -> None:  # type: ignore[no-untyped-def]
+def test_dynamics_records_with_annotations_and_polymorphic_lookups(dataverse) -> None:
     # MicrosoftDocs/powerapps-docs webapi/query/select-columns.md: _ownerid_value with
     # lookuplogicalname team / systemuser and associatednavigationproperty ownerid.
     _accounts(dataverse)
@@ -354,7 +354,7 @@ CONTACT = Entity("contact", primaryidattribute="contactid", entitysetname="conta
                                        targets=["account", "contact"])])
 
 
-def test_dynamics_a_polymorphic_lookup_not_read_before_is_found_and_bound(dataverse) -> None:  # type: ignore[no-untyped-def]
+def test_dynamics_a_polymorphic_lookup_not_read_before_is_found_and_bound(dataverse) -> None:
     definition = {"LogicalName": "contact", "EntitySetName": "contacts",
                   "PrimaryIdAttribute": "contactid"}
     dataverse.route("GET", "EntityDefinitions", Answer(200, {"value": [definition, {
@@ -402,7 +402,7 @@ def _batch_server(dataverse: Dataverse, answers: dict[str, Answer]) -> list[Requ
     return received
 
 
-def test_dynamics_writes_conditional_upserts_in_a_batch_and_maps_each_answer(dataverse) -> None:  # type: ignore[no-untyped-def]
+def test_dynamics_writes_conditional_upserts_in_a_batch_and_maps_each_answer(dataverse) -> None:
     # MicrosoftDocs/powerapps-docs perform-conditional-operations-using-web-api.md: the 412
     # (ETag mismatch, and a create of a record that exists) and 404 bodies;
     # compose-http-requests-handle-errors.md: a plugin's 400 with annotations.
@@ -445,7 +445,7 @@ def test_dynamics_writes_conditional_upserts_in_a_batch_and_maps_each_answer(dat
     assert json.loads(sent["accounts(a1)"].body) == {"name": "n"}
 
 
-def test_dynamics_reads_the_documented_continue_on_error_batch_answer(dataverse) -> None:  # type: ignore[no-untyped-def]
+def test_dynamics_reads_the_documented_continue_on_error_batch_answer(dataverse) -> None:
     # MicrosoftDocs/powerapps-docs execute-batch-operations-using-web-api.md: with
     # Prefer: odata.continue-on-error, a 400 part (0x80044331) then two 204 parts.
     text = (FIXTURES / "dataverse/batch/error-continue-on-error.response.http").read_text()
@@ -462,7 +462,7 @@ def test_dynamics_reads_the_documented_continue_on_error_batch_answer(dataverse)
     assert "The length of the 'subject' attribute" in (results[0].message or "")
 
 
-def test_dynamics_a_batch_over_1000_writes_goes_in_several(dataverse) -> None:  # type: ignore[no-untyped-def]
+def test_dynamics_a_batch_over_1000_writes_goes_in_several(dataverse) -> None:
     _accounts(dataverse)
     received = _batch_server(dataverse, {f"accounts(r{n})": Answer(204, b"")
                                          for n in range(1500)})
@@ -473,7 +473,7 @@ def test_dynamics_a_batch_over_1000_writes_goes_in_several(dataverse) -> None:  
     assert len(received) == 1500 and {r.status for r in results} == {"ok"}
 
 
-def test_dynamics_associates_and_disassociates_n_to_n_rows(dataverse) -> None:  # type: ignore[no-untyped-def]
+def test_dynamics_associates_and_disassociates_n_to_n_rows(dataverse) -> None:
     _metadata(dataverse)
     link = Entity("sample_sample_bankaccounts_contacts", isintersect=True,
                   primaryidattribute="sample_sample_bankaccounts_contactsid",
@@ -507,7 +507,7 @@ def test_dynamics_associates_and_disassociates_n_to_n_rows(dataverse) -> None:  
     assert dataverse.server.requests_to(API + nav + "(c9)/$ref")[0].method == "DELETE"
 
 
-def test_dynamics_429_waits_as_retry_after_says(dataverse) -> None:  # type: ignore[no-untyped-def]
+def test_dynamics_429_waits_as_retry_after_says(dataverse) -> None:
     # api-limits.md: 429 with Retry-After (seconds) and the 0x80072322 message.
     answers = [Answer(429, {"error": {"code": "0x80072322", "message": "Number of requests "
                                       "exceeded the limit of 6000 over time window of 300 "
@@ -526,7 +526,7 @@ def test_dynamics_429_waits_as_retry_after_says(dataverse) -> None:  # type: ign
     assert len(seen) == 2 and seen[1] - seen[0] >= 0.9
 
 
-def test_dynamics_a_wait_longer_than_a_run_stops_it_with_the_reason(dataverse) -> None:  # type: ignore[no-untyped-def]
+def test_dynamics_a_wait_longer_than_a_run_stops_it_with_the_reason(dataverse) -> None:
     dataverse.route("GET", "WhoAmI()", Answer(429, {"error": {
         "code": "0x80072321", "message": "Combined execution time of incoming requests "
                                          "exceeded limit"}}, {"Retry-After": str(MAX_WAIT_S * 3)}))
@@ -537,7 +537,7 @@ def test_dynamics_a_wait_longer_than_a_run_stops_it_with_the_reason(dataverse) -
     assert len(dataverse.server.requests_to(API + "WhoAmI()")) == 1  # no waiting, no retry
 
 
-def test_dynamics_low_ratelimit_headers_slow_the_run_down(dataverse) -> None:  # type: ignore[no-untyped-def]
+def test_dynamics_low_ratelimit_headers_slow_the_run_down(dataverse) -> None:
     # api-limits.md names the headers, not their values: these are composed (6,000 requests
     # left, then 5 of them).
     left = ["6000", "5"]
@@ -553,7 +553,7 @@ def test_dynamics_low_ratelimit_headers_slow_the_run_down(dataverse) -> None:  #
     backend.close()
 
 
-def test_dynamics_an_explicit_authority_is_used_without_asking_the_server(dataverse) -> None:  # type: ignore[no-untyped-def]
+def test_dynamics_an_explicit_authority_is_used_without_asking_the_server(dataverse) -> None:
     dataverse.route("GET", "WhoAmI()", Answer(200, fixture("dataverse/whoami.response.json")))
     backend = dataverse.backend(authority=f"{dataverse.server.url}/{TENANT}")
     backend.check_credentials()

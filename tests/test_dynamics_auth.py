@@ -57,7 +57,7 @@ def test_auth_explicit_tenant_or_authority_overrides_discovery() -> None:
             authority_of(tenant, authority)
 
 
-def test_auth_finds_the_authority_from_an_unauthenticated_request(server) -> None:  # type: ignore[no-untyped-def]
+def test_auth_finds_the_authority_from_an_unauthenticated_request(server) -> None:
     server.route("GET", "/api/data/v9.2/", Answer(401, {"error": {"code": "0x80040220"}}, {
         "WWW-Authenticate": f"Bearer authorization_uri={server.url}/{TENANT}/oauth2/authorize"
                             f", resource_id={server.url}/"}))
@@ -69,7 +69,7 @@ def test_auth_finds_the_authority_from_an_unauthenticated_request(server) -> Non
 
 @pytest.mark.parametrize("answer", [Answer(200, {"value": []}), Answer(404, {"no": 1}),
                                     Answer(401, {}, {"WWW-Authenticate": 'Basic realm="x"'})])
-def test_auth_a_server_that_is_not_dataverse_is_named_so(server, answer: Answer) -> None:  # type: ignore[no-untyped-def]
+def test_auth_a_server_that_is_not_dataverse_is_named_so(server, answer: Answer) -> None:
     server.route("GET", "/", answer)
     with pytest.raises(BackendError, match="is not a Dataverse environment"):
         discover_authority(server.session(), f"{server.url}/api/data/v9.2/")
@@ -83,7 +83,7 @@ def _token(seen: Seen) -> Answer:
     return Answer(200, body)
 
 
-def test_auth_client_credentials_through_msal_cached_and_renewed_after_a_401(server) -> None:  # type: ignore[no-untyped-def]
+def test_auth_client_credentials_through_msal_cached_and_renewed_after_a_401(server) -> None:
     authority = entra_authority(server, TENANT, _token)
     source = ClientCredentials(server.session(), authority, "https://contoso.crm4.dynamics.com/",
                                "app-id", "app-secret")
@@ -101,7 +101,7 @@ def test_auth_client_credentials_through_msal_cached_and_renewed_after_a_401(ser
     assert len(server.requests_to(f"/{TENANT}/oauth2/v2.0/token")) == 2
 
 
-def test_auth_user_password_through_msal_with_the_samples_public_client(server) -> None:  # type: ignore[no-untyped-def]
+def test_auth_user_password_through_msal_with_the_samples_public_client(server) -> None:
     authority = entra_authority(server, TENANT, _token)
     source = UserPassword(server.session(), authority, "https://contoso.crm4.dynamics.com",
                           "someone@contoso.com", "pa55word")
@@ -118,7 +118,7 @@ def test_auth_user_password_through_msal_with_the_samples_public_client(server) 
     assert not server.requests_to("/common/userrealm")
 
 
-def test_auth_a_token_near_its_expiry_is_renewed(server) -> None:  # type: ignore[no-untyped-def]
+def test_auth_a_token_near_its_expiry_is_renewed(server) -> None:
     def short(seen: Seen) -> Answer:
         answer = _token(seen)
         answer.body["expires_in"] = 0  # already due: every call needs a new one
@@ -131,7 +131,7 @@ def test_auth_a_token_near_its_expiry_is_renewed(server) -> None:  # type: ignor
     assert len(server.requests_to(f"/{TENANT}/oauth2/v2.0/token")) == 2
 
 
-def test_auth_a_refused_secret_shows_the_aadsts_code_and_message(server) -> None:  # type: ignore[no-untyped-def]
+def test_auth_a_refused_secret_shows_the_aadsts_code_and_message(server) -> None:
     # Payload: MicrosoftDocs/entra-docs, v2-oauth2-client-creds-grant-flow.md ("Error response").
     error = fixture("dataverse/auth/entra-token-error.response.json")
     source = ClientCredentials(server.session(),
@@ -145,14 +145,14 @@ def test_auth_a_refused_secret_shows_the_aadsts_code_and_message(server) -> None
     assert "Trace ID" not in message and "Traceback" not in message
 
 
-def test_auth_an_unknown_tenant_is_a_readable_refusal(server) -> None:  # type: ignore[no-untyped-def]
+def test_auth_an_unknown_tenant_is_a_readable_refusal(server) -> None:
     source = UserPassword(server.session(), f"{server.url}/no-such-tenant",
                           "https://org.crm.dynamics.com", "u@x.com", "p")
     with pytest.raises(CredentialsRefused, match="does not know this tenant"):
         source.token()
 
 
-def test_auth_an_authority_that_is_down_is_a_readable_error(server) -> None:  # type: ignore[no-untyped-def]
+def test_auth_an_authority_that_is_down_is_a_readable_error(server) -> None:
     from tests.portal_process import free_port
 
     source = ClientCredentials(server.session(), f"https://127.0.0.1:{free_port()}/{TENANT}",

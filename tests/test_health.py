@@ -3,13 +3,13 @@
 from portal import create_app
 
 
-def test_health_ok_with_database_and_redis(client, redis) -> None:  # type: ignore[no-untyped-def]
+def test_health_ok_with_database_and_redis(client, redis) -> None:
     response = client.get("/health")
     assert response.status_code == 200
     assert response.json == {"status": "ok", "database": "ok", "redis": "ok"}
 
 
-def test_health_503_when_redis_is_unreachable(tmp_path) -> None:  # type: ignore[no-untyped-def]
+def test_health_503_when_redis_is_unreachable(tmp_path) -> None:
     app = create_app({"TESTING": True, "INSTANCE_PATH": tmp_path, "SECRET_KEY": "x",
                       "REDIS_URL": "unix://" + str(tmp_path / "nothing-here.sock")})
     response = app.test_client().get("/health")
@@ -18,7 +18,7 @@ def test_health_503_when_redis_is_unreachable(tmp_path) -> None:  # type: ignore
     assert response.json["database"] == "ok"
 
 
-def test_home_page_and_404_page(client) -> None:  # type: ignore[no-untyped-def]
+def test_home_page_and_404_page(client) -> None:
     home = client.get("/")
     assert home.status_code == 200 and b"CRM Sync" in home.data
     missing = client.get("/no/such/page")
@@ -28,7 +28,7 @@ def test_home_page_and_404_page(client) -> None:  # type: ignore[no-untyped-def]
     assert as_json.status_code == 404 and as_json.json["error"]["message"]
 
 
-def test_secret_key_is_generated_once_per_instance(tmp_path) -> None:  # type: ignore[no-untyped-def]
+def test_secret_key_is_generated_once_per_instance(tmp_path) -> None:
     first = create_app({"INSTANCE_PATH": tmp_path})
     second = create_app({"INSTANCE_PATH": tmp_path})
     assert first.config["SECRET_KEY"] == second.config["SECRET_KEY"]

@@ -133,7 +133,7 @@ def test_metadata_system_attribute_cannot_be_removed(sales_org: store.OrgDb) -> 
             schema.remove_attribute(sales_org, "account", name)
 
 
-def test_metadata_is_reread_by_other_connections(app, sales_org: store.OrgDb) -> None:  # type: ignore[no-untyped-def]
+def test_metadata_is_reread_by_other_connections(app, sales_org: store.OrgDb) -> None:
     from tests.conftest import orgs_dir
 
     with store.open_org(orgs_dir(app), "sales") as other:

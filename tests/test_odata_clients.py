@@ -19,7 +19,7 @@ ACCOUNTS = 2500
 
 
 @pytest.fixture
-def served_org(tmp_path: Path, redis_url: str, portal_process):  # type: ignore[no-untyped-def]
+def served_org(tmp_path: Path, redis_url: str, portal_process):
     """A portal process serving the org `sales` with 2,500 accounts; yields (process, org)."""
     instance = tmp_path / "served"
     app = create_app({"INSTANCE_PATH": instance, "REDIS_URL": redis_url})
@@ -36,7 +36,7 @@ def served_org(tmp_path: Path, redis_url: str, portal_process):  # type: ignore[
     org.close()
 
 
-def odatapy_client(root: str):  # type: ignore[no-untyped-def]
+def odatapy_client(root: str):
     from odatapy.client import EdmEnabledODataClient
     from odatapy.client.auth import BasicAuth
     from odatapy.client.transport import HttpxTransport
@@ -45,7 +45,7 @@ def odatapy_client(root: str):  # type: ignore[no-untyped-def]
     return EdmEnabledODataClient(root.rstrip("/"), transport, odata_version="4.0")
 
 
-def test_odatapy_reads_service_document_and_metadata(served_org) -> None:  # type: ignore[no-untyped-def]
+def test_odatapy_reads_service_document_and_metadata(served_org) -> None:
     process, _ = served_org
     client = odatapy_client(process.odata_root("sales"))
     document = client.get_service_document()
@@ -56,7 +56,7 @@ def test_odatapy_reads_service_document_and_metadata(served_org) -> None:  # typ
     assert edm is not None
 
 
-def test_odatapy_pages_through_all_records(served_org) -> None:  # type: ignore[no-untyped-def]
+def test_odatapy_pages_through_all_records(served_org) -> None:
     process, _ = served_org
     client = odatapy_client(process.odata_root("sales"))
     uri = client.entity_set_uri("accounts").select("accountid", "name")
@@ -66,7 +66,7 @@ def test_odatapy_pages_through_all_records(served_org) -> None:  # type: ignore[
     assert len(ids) == ACCOUNTS and len(set(map(str, ids))) == ACCOUNTS
 
 
-def test_odatapy_updates_with_etag_and_gets_412_when_stale(served_org) -> None:  # type: ignore[no-untyped-def]
+def test_odatapy_updates_with_etag_and_gets_412_when_stale(served_org) -> None:
     from odatapy.client.responses import ODataClientError
 
     process, _ = served_org
@@ -83,7 +83,7 @@ def test_odatapy_updates_with_etag_and_gets_412_when_stale(served_org) -> None: 
     assert failure.value.error_code == "PreconditionFailed"
 
 
-def test_odatapy_follows_delta_links(served_org) -> None:  # type: ignore[no-untyped-def]
+def test_odatapy_follows_delta_links(served_org) -> None:
     process, org = served_org
     client = odatapy_client(process.odata_root("sales"))
     uri = client.entity_set_uri("accounts").select("name")
@@ -102,7 +102,7 @@ def test_odatapy_follows_delta_links(served_org) -> None:  # type: ignore[no-unt
     assert client.get_delta(delta.delta_link).entities == []
 
 
-def test_python_odata_reflects_lists_and_creates(served_org) -> None:  # type: ignore[no-untyped-def]
+def test_python_odata_reflects_lists_and_creates(served_org) -> None:
     from odata import ODataService
 
     process, org = served_org

@@ -14,18 +14,18 @@ from tests.odata_helpers import AUTH, ROOT
 EDM = "{http://docs.oasis-open.org/odata/ns/edm}"
 
 
-def csdl(client: FlaskClient):  # type: ignore[no-untyped-def]
+def csdl(client: FlaskClient):
     answer = client.get(ROOT + "$metadata", headers=AUTH)
     assert answer.status_code == 200
     assert answer.content_type.startswith("application/xml")
     return ET.fromstring(answer.data, forbid_dtd=True)
 
 
-def entity_type(doc, name: str):  # type: ignore[no-untyped-def]
+def entity_type(doc, name: str):
     return next(t for t in doc.iter(EDM + "EntityType") if t.get("Name") == name)
 
 
-def properties(element) -> dict[str, dict[str, str]]:  # type: ignore[no-untyped-def]
+def properties(element) -> dict[str, dict[str, str]]:
     return {p.get("Name"): dict(p.attrib) for p in element.findall(EDM + "Property")}
 
 

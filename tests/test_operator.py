@@ -24,7 +24,7 @@ def operated(orgs: Flask) -> Flask:  # noqa: F811
 
 
 def operator_sign_in(client: FlaskClient, name: str = OPERATOR,
-                     password: str = OPERATOR_PASSWORD):  # type: ignore[no-untyped-def]
+                     password: str = OPERATOR_PASSWORD):
     token = token_of(client.get("/status/sign-in").get_data(as_text=True))
     return client.post("/status/sign-in", data={"username": name, "password": password,
                                                 "csrf_token": token})

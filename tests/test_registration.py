@@ -42,7 +42,7 @@ def counts(app: Flask) -> tuple[int, int, int, bool]:
                 db.table("connections").count, store.org_file(orgs_dir(app), "cli").exists())
 
 
-def register(app: Flask, reg: Registration, **kwargs):  # type: ignore[no-untyped-def]
+def register(app: Flask, reg: Registration, **kwargs):
     with app.app_context():
         return register_connection(get_db(), orgs_dir(app), crypto.load_key(app.instance_path),
                                    reg, allow_private=True, **kwargs)

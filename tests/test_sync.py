@@ -17,7 +17,7 @@ SALES = [e.logicalname for e in sales()]
 
 
 @pytest.fixture(params=["resco", "dynamics"])
-def pair(request, tmp_path: Path, redis_url: str, redis: Redis, portal_process,  # type: ignore[no-untyped-def]
+def pair(request, tmp_path: Path, redis_url: str, redis: Redis, portal_process,
          monkeypatch):
     """Portal A (a real gunicorn) with org `srv` from the sales template; portal B's side.
 
@@ -39,7 +39,7 @@ def pair(request, tmp_path: Path, redis_url: str, redis: Redis, portal_process, 
     return server, client
 
 
-def dataverse_tls(folder: Path):  # type: ignore[no-untyped-def]
+def dataverse_tls(folder: Path):
     """A TLS certificate for a portal serving the Dataverse root (issue 10's), or a skip."""
     import tests.portal_process as portal_process
 
@@ -52,7 +52,7 @@ def dataverse_tls(folder: Path):  # type: ignore[no-untyped-def]
 resco_only = pytest.mark.parametrize("pair", ["resco"], indirect=True)
 
 
-def test_sync_connect_copies_metadata_and_5000_records(pair, redis: Redis) -> None:  # type: ignore[no-untyped-def]
+def test_sync_connect_copies_metadata_and_5000_records(pair, redis: Redis) -> None:
     server, client = pair
     with server.org("srv") as org:
         seed_sales(org, accounts=2400, contacts_per_account=1)
@@ -73,7 +73,7 @@ def test_sync_connect_copies_metadata_and_5000_records(pair, redis: Redis) -> No
         assert transactions.counts(b)["pending"] == 0
 
 
-def test_sync_connect_with_wrong_password_fails_with_the_servers_message(  # type: ignore[no-untyped-def]
+def test_sync_connect_with_wrong_password_fails_with_the_servers_message(
         pair, redis: Redis) -> None:
     server, client = pair
     client.create_org("cli", template=None)
@@ -102,7 +102,7 @@ def _same(server: Side, client: Side) -> None:
         assert_identical(a, b, SALES)
 
 
-def test_sync_changes_and_deletions_both_ways(pair, redis: Redis) -> None:  # type: ignore[no-untyped-def]
+def test_sync_changes_and_deletions_both_ways(pair, redis: Redis) -> None:
     server, client = pair
     connection_id = _connect(server, client, redis)
     with server.org("srv") as a, client.org("cli") as b:
@@ -147,7 +147,7 @@ def test_sync_changes_and_deletions_both_ways(pair, redis: Redis) -> None:  # ty
 
 
 @pytest.mark.parametrize("policy", ["server-wins", "client-wins", "newest-wins"])
-def test_sync_conflict_matrix(pair, redis: Redis, policy: str) -> None:  # type: ignore[no-untyped-def]
+def test_sync_conflict_matrix(pair, redis: Redis, policy: str) -> None:
     server, client = pair
     connection_id = _connect(server, client, redis, policy=policy)
     with server.org("srv") as a:
@@ -192,7 +192,7 @@ def test_sync_conflict_matrix(pair, redis: Redis, policy: str) -> None:  # type:
         assert all("client:" in c["message"] and "server:" in c["message"] for c in conflicts)
 
 
-def test_sync_filter_keeps_only_matching_records(pair, redis: Redis) -> None:  # type: ignore[no-untyped-def]
+def test_sync_filter_keeps_only_matching_records(pair, redis: Redis) -> None:
     from portal.db import get_db
     from portal.sync import connections
 
@@ -219,7 +219,7 @@ def test_sync_filter_keeps_only_matching_records(pair, redis: Redis) -> None:  #
         assert records.get_record(a, "account", leaving) is not None
 
 
-def test_sync_six_metadata_changes_reach_the_client_with_data_kept(pair, redis: Redis) -> None:  # type: ignore[no-untyped-def]
+def test_sync_six_metadata_changes_reach_the_client_with_data_kept(pair, redis: Redis) -> None:
     from portal.db import get_db
     from portal.orgs import schema
     from portal.orgs.metadata import Attribute, Entity
@@ -267,7 +267,7 @@ def _same_entities(server: Side, client: Side) -> None:
 
 
 @resco_only
-def test_sync_chain_a_to_b_to_c_and_back(  # type: ignore[no-untyped-def]
+def test_sync_chain_a_to_b_to_c_and_back(
         pair, redis: Redis, portal_process, tmp_path: Path) -> None:
     server, middle = pair
     a_to_b = _connect(server, middle, redis, accounts=10)
@@ -291,7 +291,7 @@ def test_sync_chain_a_to_b_to_c_and_back(  # type: ignore[no-untyped-def]
 
 
 @resco_only
-def test_sync_two_schedulers_still_one_run_per_due_connection(pair, redis: Redis) -> None:  # type: ignore[no-untyped-def]
+def test_sync_two_schedulers_still_one_run_per_due_connection(pair, redis: Redis) -> None:
     import threading
 
     from portal.db import get_db
@@ -329,7 +329,7 @@ def test_sync_two_schedulers_still_one_run_per_due_connection(pair, redis: Redis
 
 
 @resco_only
-def test_sync_instant_mode_uploads_an_api_write_at_once(  # type: ignore[no-untyped-def]
+def test_sync_instant_mode_uploads_an_api_write_at_once(
         pair, redis: Redis, portal_process) -> None:
     import requests
 
@@ -356,7 +356,7 @@ def test_sync_instant_mode_uploads_an_api_write_at_once(  # type: ignore[no-unty
         assert transactions.counts(c)["processed"] == 3
 
 
-def test_sync_error_transaction_set_to_pending_goes_through(pair, redis: Redis) -> None:  # type: ignore[no-untyped-def]
+def test_sync_error_transaction_set_to_pending_goes_through(pair, redis: Redis) -> None:
     from portal.orgs import schema
     from portal.orgs.metadata import Attribute
 
@@ -393,7 +393,7 @@ def test_sync_error_transaction_set_to_pending_goes_through(pair, redis: Redis) 
 
 
 @pytest.mark.parametrize("pair", ["dynamics"], indirect=True)
-def test_sync_dynamics_as_an_application_user_and_refused_secrets_readably(  # type: ignore[no-untyped-def]
+def test_sync_dynamics_as_an_application_user_and_refused_secrets_readably(
         pair, redis: Redis) -> None:
     from portal.db import get_db
     from portal.sync import connections
@@ -433,7 +433,7 @@ def test_sync_dynamics_as_an_application_user_and_refused_secrets_readably(  # t
     _same(server, client)
 
 
-def test_sync_dynamics_through_a_429_storm_waits_as_told_and_ends_identical(  # type: ignore[no-untyped-def]
+def test_sync_dynamics_through_a_429_storm_waits_as_told_and_ends_identical(
         tmp_path: Path, redis_url: str, redis: Redis, portal_process, monkeypatch) -> None:
     # The server's Dataverse root with service protection on and a small budget: the
     # connect job meets 429s with Retry-After and waits them out; nothing is lost.
@@ -455,7 +455,7 @@ def test_sync_dynamics_through_a_429_storm_waits_as_told_and_ends_identical(  # 
 
 
 @resco_only
-def test_sync_backend_counts_records_for_progress(pair) -> None:  # type: ignore[no-untyped-def]
+def test_sync_backend_counts_records_for_progress(pair) -> None:
     from portal.backends.resco import RescoBackend
     from portal.sync.engine import count_records
     from tests.conftest import ADMIN_EMAIL
@@ -472,7 +472,7 @@ def test_sync_backend_counts_records_for_progress(pair) -> None:  # type: ignore
 
 
 @resco_only
-def test_sync_job_refuses_a_private_server_unless_the_operator_allows_it(  # type: ignore[no-untyped-def]
+def test_sync_job_refuses_a_private_server_unless_the_operator_allows_it(
         pair, redis: Redis) -> None:
     from portal.db import get_db
     from portal.sync import runs

@@ -208,7 +208,7 @@ def test_sync_cli_progress_bar_on_a_terminal(capsys: pytest.CaptureFixture[str])
 # --- against a real server portal ------------------------------------------------
 
 @pytest.fixture
-def pair(tmp_path: Path, redis_url: str, redis: Redis, portal_process):  # type: ignore[no-untyped-def]
+def pair(tmp_path: Path, redis_url: str, redis: Redis, portal_process):
     """Portal A (a real gunicorn) with org `srv` of 30 accounts; portal B's side with org `cli`."""
     server = Side(tmp_path / "a", redis_url)
     server.create_org("srv")
@@ -257,7 +257,7 @@ def progress_lines(output: str) -> list[str]:
     return shown
 
 
-def test_sync_cli_connect_run_status_schedule_and_transactions(pair, redis: Redis) -> None:  # type: ignore[no-untyped-def]
+def test_sync_cli_connect_run_status_schedule_and_transactions(pair, redis: Redis) -> None:
     server, client, process = pair
     cli = client.app.test_cli_runner()
 
@@ -351,7 +351,7 @@ def test_sync_cli_connect_run_status_schedule_and_transactions(pair, redis: Redi
     assert "Traceback" not in failed.output
 
 
-def test_sync_cli_connect_with_a_wrong_password_exits_1(pair, redis: Redis) -> None:  # type: ignore[no-untyped-def]
+def test_sync_cli_connect_with_a_wrong_password_exits_1(pair, redis: Redis) -> None:
     server, client, _ = pair
     result = invoke_working(client, redis, [
         "sync", "connect", "cli", "--url", server.url, "--user", ADMIN_EMAIL,

@@ -29,7 +29,7 @@ FAST = {"SYNC_HTTP_RETRIES": 1, "SYNC_PAGE_SIZE": 50, "SYNC_UPLOAD_BATCH": 20}
 
 
 @pytest.fixture
-def faulty(tmp_path: Path, redis_url: str, redis: Redis, portal_process):  # type: ignore[no-untyped-def]
+def faulty(tmp_path: Path, redis_url: str, redis: Redis, portal_process):
     """Server portal A behind a fault proxy, and client side B (not yet connected)."""
     server = Side(tmp_path / "a", redis_url)
     server.create_org("srv")
@@ -71,7 +71,7 @@ def _job_in_process(client: Side, job: str, connection_id: int) -> subprocess.Po
                             stdout=subprocess.DEVNULL, stderr=subprocess.PIPE)
 
 
-def _kill_when(process: subprocess.Popen[bytes], condition, timeout: float = 120) -> None:  # type: ignore[no-untyped-def]
+def _kill_when(process: subprocess.Popen[bytes], condition, timeout: float = 120) -> None:
     deadline = time.monotonic() + timeout
     while time.monotonic() < deadline:
         if process.poll() is not None:
@@ -89,7 +89,7 @@ def _kill_when(process: subprocess.Popen[bytes], condition, timeout: float = 120
         process.stderr.close()
 
 
-def test_sync_lost_batch_answer_is_applied_once(faulty, redis: Redis) -> None:  # type: ignore[no-untyped-def]
+def test_sync_lost_batch_answer_is_applied_once(faulty, redis: Redis) -> None:
     server, client, proxy = faulty
     connection_id, ids = _connected(server, client, redis, accounts=20)
     with client.org("cli") as b:
@@ -107,7 +107,7 @@ def test_sync_lost_batch_answer_is_applied_once(faulty, redis: Redis) -> None:  
     _assert_identical(server, client)
 
 
-def test_sync_server_down_keeps_transactions_pending_then_goes_through(  # type: ignore[no-untyped-def]
+def test_sync_server_down_keeps_transactions_pending_then_goes_through(
         faulty, redis: Redis) -> None:
     server, client, proxy = faulty
     connection_id, _ = _connected(server, client, redis, accounts=10)
@@ -132,7 +132,7 @@ def test_sync_server_down_keeps_transactions_pending_then_goes_through(  # type:
     _assert_identical(server, client)
 
 
-def test_sync_worker_killed_during_download_resumes_without_loss(faulty, redis: Redis) -> None:  # type: ignore[no-untyped-def]
+def test_sync_worker_killed_during_download_resumes_without_loss(faulty, redis: Redis) -> None:
     server, client, _ = faulty
     with server.org("srv") as a:
         seed_sales(a, accounts=1500)
@@ -158,7 +158,7 @@ def test_sync_worker_killed_during_download_resumes_without_loss(faulty, redis: 
 @pytest.mark.parametrize("kill_at", ["first batch applied, answer not yet back",
                                      "fourth batch applied, answer not yet back",
                                      "between batches"])
-def test_sync_worker_killed_during_upload_resumes_without_duplicates(  # type: ignore[no-untyped-def]
+def test_sync_worker_killed_during_upload_resumes_without_duplicates(
         faulty, redis: Redis, kill_at: str) -> None:
     server, client, proxy = faulty
     connection_id, existing = _connected(server, client, redis, accounts=40)
@@ -224,7 +224,7 @@ def _horses(worker: subprocess.Popen[bytes]) -> list[int]:
     return [int(p) for p in path.read_text().split()] if path.exists() else []
 
 
-def _wait_for(condition, what: str, timeout: float = 120) -> None:  # type: ignore[no-untyped-def]
+def _wait_for(condition, what: str, timeout: float = 120) -> None:
     deadline = time.monotonic() + timeout
     while not condition():
         if time.monotonic() > deadline:
@@ -269,7 +269,7 @@ def _seed_users(server: Side, count: int) -> None:
     ("mid-way", ("contacts", 12)),                # accounts done, 11 pages of contacts in
     ("the last entity", ("systemusers", 3)),      # all but 2 pages of the last entity in
 ])
-def test_connect_killed_resumes_from_its_last_committed_page(  # type: ignore[no-untyped-def]
+def test_connect_killed_resumes_from_its_last_committed_page(
         faulty, redis: Redis, kill_at: str, hold: tuple[str, int]) -> None:
     server, client, proxy = faulty
     with server.org("srv") as a:
@@ -322,7 +322,7 @@ def test_connect_killed_resumes_from_its_last_committed_page(  # type: ignore[no
     assert committed[hold[0]] == (hold[1] - 1) * page > 0
 
 
-def test_connect_work_horse_killed_is_recorded_by_rqs_failure_callback(  # type: ignore[no-untyped-def]
+def test_connect_work_horse_killed_is_recorded_by_rqs_failure_callback(
         faulty, redis: Redis) -> None:
     server, client, proxy = faulty
     with server.org("srv") as a:
@@ -356,7 +356,7 @@ def test_connect_work_horse_killed_is_recorded_by_rqs_failure_callback(  # type:
     _assert_identical(server, client)
 
 
-def test_sync_run_killed_is_recorded_failed_and_the_next_run_converges(  # type: ignore[no-untyped-def]
+def test_sync_run_killed_is_recorded_failed_and_the_next_run_converges(
         faulty, redis: Redis) -> None:
     server, client, proxy = faulty
     connection_id, ids = _connected(server, client, redis, accounts=300)
@@ -386,7 +386,7 @@ def test_sync_run_killed_is_recorded_failed_and_the_next_run_converges(  # type:
     _assert_identical(server, client)
 
 
-def test_sync_run_stopped_by_the_servers_limit_is_reported_limited_then_resumes(  # type: ignore[no-untyped-def]
+def test_sync_run_stopped_by_the_servers_limit_is_reported_limited_then_resumes(
         faulty, redis: Redis) -> None:
     server, client, proxy = faulty
     connection_id, ids = _connected(server, client, redis, accounts=20)
@@ -409,7 +409,7 @@ def test_sync_run_stopped_by_the_servers_limit_is_reported_limited_then_resumes(
     _assert_identical(server, client)
 
 
-def test_redis_restarted_mid_run_fails_the_run_readably_and_loses_nothing(  # type: ignore[no-untyped-def]
+def test_redis_restarted_mid_run_fails_the_run_readably_and_loses_nothing(
         tmp_path: Path, redis_url: str, portal_process) -> None:
     own = RedisServer()  # the client side's Redis, killed and started empty mid-run
     server = Side(tmp_path / "a", redis_url)
@@ -479,7 +479,7 @@ def _snapshot(side: Side, org: str) -> dict:  # type: ignore[type-arg]
             "SELECT entity, checkpoint, complete FROM _sync_state ORDER BY entity"))}
 
 
-def test_sync_page_write_on_a_locked_org_file_fails_readably_and_the_next_run_converges(  # type: ignore[no-untyped-def]
+def test_sync_page_write_on_a_locked_org_file_fails_readably_and_the_next_run_converges(
         faulty, redis: Redis) -> None:
     server, client, _ = faulty
     connection_id, ids = _connected(server, client, redis, accounts=100)
@@ -505,7 +505,7 @@ def test_sync_page_write_on_a_locked_org_file_fails_readably_and_the_next_run_co
 
 
 @pytest.fixture
-def small_disk(tmp_path: Path):  # type: ignore[no-untyped-def]
+def small_disk(tmp_path: Path):
     """The client's orgs folder on a tmpfs of 16 MB (mounting needs root: else skipped)."""
     folder = tmp_path / "b" / "orgs"
     folder.mkdir(parents=True)
@@ -517,7 +517,7 @@ def small_disk(tmp_path: Path):  # type: ignore[no-untyped-def]
     subprocess.run(["umount", "-l", str(folder)], check=False)
 
 
-def test_sync_page_write_on_a_full_disk_fails_readably_and_the_next_run_converges(  # type: ignore[no-untyped-def]
+def test_sync_page_write_on_a_full_disk_fails_readably_and_the_next_run_converges(
         small_disk: Path, faulty, redis: Redis) -> None:
     server, client, _ = faulty
     connection_id, ids = _connected(server, client, redis, accounts=1000)

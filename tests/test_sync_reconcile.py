@@ -23,7 +23,7 @@ SALES = [e.logicalname for e in sales()]
 
 
 @pytest.fixture
-def untracked(tmp_path: Path, redis_url: str, portal_process):  # type: ignore[no-untyped-def]
+def untracked(tmp_path: Path, redis_url: str, portal_process):
     """Server org `srv` on portal A with 30 accounts; client org `cli`; an untracked backend."""
     server = Side(tmp_path / "a", redis_url)
     server.create_org("srv")
@@ -52,7 +52,7 @@ def _server_version(server: Side) -> int:
         return int(a.db.execute("SELECT value FROM _org WHERE key='version'").fetchone()[0])
 
 
-def test_untracked_server_deletions_reach_the_client_by_id_comparison(untracked) -> None:  # type: ignore[no-untyped-def]
+def test_untracked_server_deletions_reach_the_client_by_id_comparison(untracked) -> None:
     server, client, backend = untracked
     with client.org("cli") as b:
         first = _run(b, backend)
@@ -74,7 +74,7 @@ def test_untracked_server_deletions_reach_the_client_by_id_comparison(untracked)
     assert _server_version(server) == version
 
 
-def test_untracked_reconciliation_keeps_client_records_the_server_never_had(untracked) -> None:  # type: ignore[no-untyped-def]
+def test_untracked_reconciliation_keeps_client_records_the_server_never_had(untracked) -> None:
     server, client, backend = untracked
     with client.org("cli") as b:
         _run(b, backend)
@@ -100,7 +100,7 @@ def test_untracked_reconciliation_keeps_client_records_the_server_never_had(untr
         assert_identical(a, b, SALES)
 
 
-def test_untracked_deletions_stay_on_the_client_without_sync_deletion(untracked) -> None:  # type: ignore[no-untyped-def]
+def test_untracked_deletions_stay_on_the_client_without_sync_deletion(untracked) -> None:
     server, client, backend = untracked
     with client.org("cli") as b:
         _run(b, backend)

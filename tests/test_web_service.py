@@ -69,13 +69,13 @@ def basic(email: str = "martin.liscinsky@resco.net", password: str = CLIENT_PASS
 
 
 def post_xml(client: FlaskClient, org: str, xml: str | bytes, call: str = "ConnectAsync",
-             **headers: str):  # type: ignore[no-untyped-def]
+             **headers: str):
     return client.post(f"/rest/v1/sync/{org}/{call}", data=xml,
                        headers={"Content-Type": "application/xml", **headers})
 
 
 def post_json(client: FlaskClient, org: str, document: Any, call: str = "ConnectAsync",
-              **headers: str):  # type: ignore[no-untyped-def]
+              **headers: str):
     return client.post(f"/rest/v1/sync/{org}/{call}", data=json.dumps(document),
                        headers={"Content-Type": "application/json", **headers})
 
@@ -111,7 +111,7 @@ def service_app(app: Flask) -> Flask:
 
 
 @pytest.fixture
-def server_url(tmp_path: Path, redis_url: str, portal_process) -> str:  # type: ignore[no-untyped-def]
+def server_url(tmp_path: Path, redis_url: str, portal_process) -> str:
     """A real portal process hosting org `srv` (sales template, 60 accounts); its OData root."""
     server = Side(tmp_path / "server", redis_url)
     server.create_org("srv")
@@ -166,7 +166,7 @@ def test_connect_async_seed_xml_creates_and_connects_an_org(service_app: Flask, 
 
 
 def test_connect_async_the_seeds_own_dynamics_request_ends_connected_with_identical_data(
-        service_app: Flask, redis: Redis, tmp_path: Path, redis_url: str, portal_process,  # type: ignore[no-untyped-def]
+        service_app: Flask, redis: Redis, tmp_path: Path, redis_url: str, portal_process,
         monkeypatch) -> None:
     # The seed's ConnectRequest as sent, ProviderID 60650fb3-... kept, pointed at a hosted
     # org's Dataverse Web API root (TLS, test CA) with the org user's e-mail and password.
@@ -525,7 +525,7 @@ def test_openapi_document_describes_the_service(client: FlaskClient) -> None:
 
 @pytest.mark.timeout(300)
 def test_web_service_matches_its_openapi_document(tmp_path: Path, redis: Redis,
-                                                  portal_process) -> None:  # type: ignore[no-untyped-def]
+                                                  portal_process) -> None:
     """Generated requests to a live portal: no 5xx, every answer as the document says.
 
     Driven by hand (schemathesis' pytest plugin does not run under pytest 9), a
@@ -548,7 +548,7 @@ def test_web_service_matches_its_openapi_document(tmp_path: Path, redis: Redis,
         @given(case=operation.as_strategy())
         @settings(max_examples=40, deadline=None, database=None,
                   suppress_health_check=list(HealthCheck))
-        def call(case) -> None:  # type: ignore[no-untyped-def]
+        def call(case) -> None:
             seen.append(case.operation.label)
             case.call_and_validate(checks=[
                 checks.not_a_server_error, checks.status_code_conformance,

@@ -17,7 +17,7 @@ BASE = "/rest/v1/sync/acme"
 
 
 def send(client: FlaskClient, method: str, path: str, body: Any = None, *,
-         xml: str | None = None, headers: dict[str, str] | None = None):  # type: ignore[no-untyped-def]
+         xml: str | None = None, headers: dict[str, str] | None = None):
     if xml is not None:
         return client.open(BASE + path, method=method, data=xml, headers={
             **AUTH, "Content-Type": "application/xml", **(headers or {})})
