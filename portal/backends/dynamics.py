@@ -374,16 +374,8 @@ class DynamicsBackend(ODataBackend):
         """One record (its synced attributes) by id with its ETag, or None on 404."""
         if entity.isintersect:
             return self._intersect_row(entity, record_id)
-        response = self.request("GET", f"{entity.entitysetname}({record_id})?$select="
-                                f"{','.join(self.select(entity))}")
-        if response.status_code == 404:
-            return None
-        if response.status_code != 200:
-            raise BackendError(f"reading {entity.logicalname} {record_id} answered "
-                               f"{response.status_code}: {_message(response)}")
-        item = orjson.loads(response.content)
-        etag = str(item.pop("@odata.etag", "") or "")
-        return self.record_from_server(entity, item), etag
+        return self.read_record(entity, record_id, f"{entity.entitysetname}({record_id})"
+                                f"?$select={','.join(self.select(entity))}")
 
     def apply_writes(self, writes: list[Write]) -> list[WriteResult]:
         """Writes in multipart `$batch` calls of at most 1,000, in order, continue-on-error.
@@ -545,15 +537,7 @@ class DynamicsBackend(ODataBackend):
         return self._result(write.entity, response)
 
     def _intersect_row(self, entity: Entity, record_id: str) -> tuple[dict[str, Any], str] | None:
-        response = self.request("GET", f"{entity.entitysetname}({record_id})")
-        if response.status_code == 404:
-            return None
-        if response.status_code != 200:
-            raise BackendError(f"reading {entity.logicalname} {record_id} answered "
-                               f"{response.status_code}: {_message(response)}")
-        item = orjson.loads(response.content)
-        etag = str(item.pop("@odata.etag", "") or "")
-        return self.record_from_server(entity, item), etag
+        return self.read_record(entity, record_id, f"{entity.entitysetname}({record_id})")
 
     def _result(self, entity: Entity, response: requests.Response) -> WriteResult:
         """A write's answer as the engine's result."""

@@ -193,14 +193,20 @@ class ODataBackend(Backend):
 
     def get_record(self, entity: Entity, record_id: str) -> tuple[dict[str, Any], str] | None:
         """One record by id with its ETag, or None on 404."""
-        response = self.request("GET", f"{entity.entitysetname}({record_id})")
+        return self.read_record(entity, record_id, f"{entity.entitysetname}({record_id})")
+
+    def read_record(self, entity: Entity, record_id: str,
+                    path: str) -> tuple[dict[str, Any], str] | None:
+        """The record at `path` (relative to the root) with its ETag, or None on 404."""
+        response = self.request("GET", path)
         if response.status_code == 404:
             return None
         if response.status_code != 200:
             raise BackendError(f"reading {entity.logicalname} {record_id} answered "
                                f"{response.status_code}: {_message(response)}")
         item = orjson.loads(response.content)
-        return self.record_from_server(entity, item), str(item.get("@odata.etag") or "")
+        etag = str(item.pop("@odata.etag", "") or "")
+        return self.record_from_server(entity, item), etag
 
     def apply_writes(self, writes: list[Write]) -> list[WriteResult]:
         """Send writes as independent requests of JSON $batch calls, in order."""
