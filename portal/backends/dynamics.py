@@ -55,6 +55,7 @@ from portal.backends.odata import (
     ServerRetry,
     _message,
     server_retry,
+    write_headers,
 )
 from portal.backends.prefetch import prefetched
 from portal.errors import BackendError, CredentialsRefused, InvalidInput, MalformedMultipart
@@ -433,11 +434,7 @@ class DynamicsBackend(ODataBackend):
                     content_id: str) -> multipart.RequestPart:
         """A write as one request of a batch: PATCH (upsert) or DELETE of the record's GUID."""
         url = f"{self.root}{write.entity.entitysetname}({write.record_id})"
-        headers = {"Content-Type": "application/json", "Prefer": "return=representation"}
-        if write.if_match:
-            headers["If-Match"] = write.if_match
-        elif write.create_only:
-            headers["If-None-Match"] = "*"
+        headers = write_headers(write)
         if write.operation == "delete":
             return multipart.RequestPart("DELETE", url, headers, b"", content_id)
         body = self.record_to_server(write.entity, write.values, creating=write.create_only,

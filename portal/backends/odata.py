@@ -64,6 +64,17 @@ def server_retry(retries: int, max_retry_after: float = MAX_RETRY_AFTER_S) -> Se
 BATCH_LIMIT = 1000  # requests per $batch (Dataverse's limit)
 
 
+def write_headers(write: Write) -> dict[str, str]:
+    """The headers of one write in a batch: its ETag condition, or create-only."""
+    # return=representation: the server's timestamps come back with the answer.
+    headers = {"Content-Type": "application/json", "Prefer": "return=representation"}
+    if write.if_match:
+        headers["If-Match"] = write.if_match
+    elif write.create_only:
+        headers["If-None-Match"] = "*"
+    return headers
+
+
 class ODataBackend(Backend):
     """A server that speaks OData v4 with Dataverse's conventions (our own Org API is one)."""
 
@@ -219,12 +230,7 @@ class ODataBackend(Backend):
         requests_ = []
         for n, write in enumerate(writes):
             url = f"{write.entity.entitysetname}({write.record_id})"
-            # return=representation: the server's timestamps come back with the answer.
-            headers = {"Content-Type": "application/json", "Prefer": "return=representation"}
-            if write.if_match:
-                headers["If-Match"] = write.if_match
-            elif write.create_only:
-                headers["If-None-Match"] = "*"
+            headers = write_headers(write)
             if write.operation == "delete":
                 requests_.append({"id": str(n), "method": "DELETE", "url": url,
                                   "headers": headers})

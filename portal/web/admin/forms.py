@@ -138,8 +138,9 @@ class SettingsForm(FlaskForm):
         ("offline", "At the next sync run (offline)"), ("instant", "Instantly")),
         validators=[InputRequired("Choose a write mode.")])
     conflict_policy = SelectField("When both sides changed a record", choices=options(
-        ("server-wins", "The server wins"), ("client-wins", "The client wins"),
-        ("newest-wins", "The newest change wins")),
+        (connections.ConflictPolicy.SERVER_WINS, "The server wins"),
+        (connections.ConflictPolicy.CLIENT_WINS, "The client wins"),
+        (connections.ConflictPolicy.NEWEST_WINS, "The newest change wins")),
         validators=[InputRequired("Choose a conflict policy.")])
     submit = SubmitField("Save settings")
 
