@@ -29,7 +29,7 @@ entity Accounts : cuid, managed {
   active        : Boolean default true;
   foundedOn     : Date;
   lastContactAt : DateTime;
-  rating        : Rating;
+  rating        : Rating @assert.range; // CAP accepts any Integer without it
   contacts      : Association to many Contacts on contacts.account = $self;
 }
 
