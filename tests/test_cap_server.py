@@ -39,6 +39,11 @@ spoken to with plain `requests`. What CAP does, as seen here:
 * Keys are read leniently: `Products('4100')` finds `Products(4100)`.
 """
 
+import os
+import socket
+import subprocess
+import sys
+import time
 import uuid
 from collections.abc import Iterator
 from pathlib import Path
@@ -51,6 +56,7 @@ import requests
 from portal.backends.csdl_metadata import CsdlLookup, read_csdl
 from tests.cap_server import CapServer, running_cap_server
 
+ROOT = Path(__file__).resolve().parent.parent
 PAGE_SIZE = 5
 EDMX = "{http://docs.oasis-open.org/odata/ns/edmx}"
 EDM = "{http://docs.oasis-open.org/odata/ns/edm}"
@@ -446,3 +452,61 @@ def test_the_server_fails_the_test_clearly_when_npm_packages_are_missing(tmp_pat
 def test_the_server_fails_the_test_clearly_without_node(tmp_path: Path) -> None:
     with pytest.raises(pytest.fail.Exception, match="need Node.js 20"):
         CapServer(node=str(tmp_path / "no-node"))
+
+
+INNER_TEST = '''
+import os, time
+from tests.cap_server import cap_server  # noqa: F401
+
+def test_inner(cap_server):
+    cap = cap_server(max_page_size=3)
+    with open(os.environ["CAP_PID_FILE"], "w") as out:
+        out.write(f"{cap.pid} {cap.port}")
+    if os.environ["CAP_INNER"] == "hang":
+        time.sleep(120)
+    assert False, "this test fails on purpose"
+'''
+
+
+def run_inner_test(tmp_path: Path, mode: str) -> tuple[subprocess.Popen, int, int]:
+    """A pytest of its own whose test starts a CAP server; its process and node's pid, port."""
+    (tmp_path / "test_inner.py").write_text(INNER_TEST)
+    pid_file = tmp_path / "cap.pid"
+    process = subprocess.Popen(
+        [sys.executable, "-m", "pytest", "-q", "-p", "no:cacheprovider", "test_inner.py"],
+        cwd=tmp_path, stdout=subprocess.PIPE, stderr=subprocess.STDOUT,
+        env={**os.environ, "PYTHONPATH": str(ROOT), "CAP_PID_FILE": str(pid_file),
+             "CAP_INNER": mode})
+    deadline = time.monotonic() + 120
+    while not (pid_file.exists() and pid_file.read_text()) and process.poll() is None:
+        assert time.monotonic() < deadline, "the inner test never started its server"
+        time.sleep(0.1)
+    pid, port = (int(n) for n in pid_file.read_text().split())
+    return process, pid, port
+
+
+def gone(pid: int, port: int) -> bool:
+    """True once no process has `pid` and nothing answers on `port` (waits up to 30 s)."""
+    deadline = time.monotonic() + 30
+    while time.monotonic() < deadline:
+        try:
+            os.kill(pid, 0)  # signal 0: only asks whether the process exists
+        except ProcessLookupError:
+            with socket.socket() as probe:
+                return probe.connect_ex(("127.0.0.1", port)) != 0
+        time.sleep(0.1)
+    return False
+
+
+def test_the_fixture_stops_the_server_when_the_test_fails(tmp_path: Path) -> None:
+    process, pid, port = run_inner_test(tmp_path, "fail")
+    output = process.communicate(timeout=120)[0].decode()
+    assert process.returncode == 1 and "this test fails on purpose" in output
+    assert gone(pid, port)
+
+
+def test_the_server_dies_with_a_killed_test_process(tmp_path: Path) -> None:
+    process, pid, port = run_inner_test(tmp_path, "hang")
+    process.kill()  # SIGKILL: no teardown runs
+    process.communicate(timeout=30)
+    assert gone(pid, port)  # node got SIGTERM from the kernel (PR_SET_PDEATHSIG)
