@@ -34,6 +34,7 @@ spoken to with plain `requests`. What CAP does, as seen here:
   shares one `modifiedAt`. A failed change set still answers `200` with a `201`
   for each request that ran before the failure although none was kept: the
   group's fate is its worst status, not each request's.
+* A request body over 100 kB (express's default limit), a `$batch` too, is 413.
 * A wrong Basic password (or none) is 401 with `WWW-Authenticate: Basic`. Mocked auth
   lets ANY other user name in with any password unless `users` has `"*": false`.
 * Keys are read leniently: `Products('4100')` finds `Products(4100)`.
@@ -390,15 +391,24 @@ def test_server_paging_is_by_offset_so_a_change_between_pages_hides_a_record(
     assert seen.count(moved["ID"]) == 2  # ... while the changed one is read twice
 
 
-def test_max_page_size_is_chosen_per_start_and_the_server_stops_by_pid(cap_server) -> None:
-    small = cap_server(max_page_size=2)
+def test_max_page_size_and_seed_records_are_chosen_per_start_and_it_stops_by_pid(
+        cap_server) -> None:
+    ids = sorted(str(uuid.uuid4()) for _ in range(5))
+    small = cap_server(max_page_size=2, seed={
+        "Accounts": [{"ID": i, "name": "seeded", "rating": 1} for i in ids],
+        "Currencies": [{"code": "USD"}]})
     with requests.Session() as http:
         http.auth = small.auth
-        assert batch_create(small, http, "Currencies",
-                            [{"code": c} for c in ("AAA", "BBB", "CCC")]).ok
-        page = http.get(small.url + "Currencies").json()
-        assert [r["code"] for r in page["value"]] == ["AAA", "BBB"]
-        assert page["@odata.nextLink"]
+        pages, url = [], small.url + "Accounts" + query(orderby="modifiedAt,ID")
+        while url:
+            page = http.get(url).json()
+            pages.append(page["value"])
+            url = urljoin(small.url, page["@odata.nextLink"]) if "@odata.nextLink" in page else ""
+        assert [[r["ID"] for r in p] for p in pages] == [ids[0:2], ids[2:4], ids[4:]]
+        records = [r for p in pages for r in p]
+        assert len({r["modifiedAt"] for r in records}) == 1  # one timestamp for the seed
+        assert {r["modifiedBy"] for r in records} == {"anonymous"}
+        assert http.get(small.url + "Currencies('USD')").status_code == 200
     small.stop()
     assert small.process.poll() is not None
     with pytest.raises(requests.ConnectionError):
@@ -430,6 +440,14 @@ def test_a_json_batch_change_set_is_atomic(cap: CapServer, http: requests.Sessio
     assert [r["status"] for r in answer.json()["responses"]] == [201, 201]
     stored = [http.get(cap.url + f"Accounts({i})").json() for i in both]
     assert stored[0]["modifiedAt"] == stored[1]["modifiedAt"]
+
+
+def test_a_request_body_over_100_kb_is_413_and_changes_nothing(
+        cap: CapServer, http: requests.Session) -> None:
+    records = [{"ID": str(uuid.uuid4()), "name": "n" * 100} for _ in range(600)]
+    answer = batch_create(cap, http, "Accounts", records)
+    assert answer.status_code == 413  # express's body limit: a writer splits its batches
+    assert http.get(cap.url + f"Accounts({records[0]['ID']})").status_code == 404
 
 
 # --- auth --------------------------------------------------------------------------------
