@@ -15,6 +15,13 @@ spoken to with plain `requests`. What CAP does, as seen here:
   `*` accepted; PATCH/DELETE of a missing key with `If-Match: *` is 404 (no upsert).
 * A POST with a key that exists answers **500** `SQLITE_CONSTRAINT_PRIMARYKEY`, not
   409: a retried create is recognised by reading the key, not by the status.
+  `PUT` with `If-None-Match: *` creates (201) and, again, is that same 500; `PATCH`
+  never creates (with `If-None-Match: *` it is 412 whether the record exists or not).
+  `PUT` of an existing record keeps the properties it leaves out (as PATCH; OData's
+  PUT would replace them).
+* In a JSON `$batch`, a request's header NAMES must be lower-case: `If-Match` (as
+  RFC 9110 allows) is not seen and the request answers 428; `if-match` works.
+  Requests outside a change set run on after one fails.
 * A POST without an Integer key is stored under SQLite's next rowid but answered
   with ANOTHER record's body: Integer keys must be chosen by the client.
 * Lookups are not checked: a foreign key to no record is stored.
@@ -440,6 +447,66 @@ def test_a_json_batch_change_set_is_atomic(cap: CapServer, http: requests.Sessio
     assert [r["status"] for r in answer.json()["responses"]] == [201, 201]
     stored = [http.get(cap.url + f"Accounts({i})").json() for i in both]
     assert stored[0]["modifiedAt"] == stored[1]["modifiedAt"]
+
+
+def test_batch_requests_outside_a_change_set_run_on_after_one_fails_with_lower_case_headers(
+        cap: CapServer, http: requests.Session) -> None:
+    """CAP reads a JSON $batch request's headers only when their names are lower-case."""
+    account = create_account(cap, http)
+    new, bad = str(uuid.uuid4()), str(uuid.uuid4())
+
+    def writes(header) -> list[dict]:
+        return [
+            {"id": "new", "method": "PUT", "url": f"Accounts({new})",
+             "headers": {header("Content-Type"): "application/json", header("If-None-Match"): "*"},
+             "body": {"name": "created"}},
+            {"id": "bad", "method": "PUT", "url": f"Accounts({bad})",
+             "headers": {header("Content-Type"): "application/json", header("If-None-Match"): "*"},
+             "body": {"name": "x" * 101}},
+            {"id": "stale", "method": "PATCH", "url": f"Accounts({account['ID']})",
+             "headers": {header("Content-Type"): "application/json", header("If-Match"): STALE},
+             "body": {"name": "stale"}},
+            {"id": "right", "method": "PATCH", "url": f"Accounts({account['ID']})",
+             "headers": {header("Content-Type"): "application/json",
+                         header("If-Match"): account["@odata.etag"]},
+             "body": {"name": "updated"}},
+            {"id": "gone", "method": "DELETE", "url": f"Accounts({uuid.uuid4()})",
+             "headers": {header("If-Match"): "*"}}]
+
+    def statuses(answer: requests.Response) -> dict[str, int]:
+        assert answer.status_code == 200
+        return {r["id"]: r["status"] for r in answer.json()["responses"]}
+
+    capitalised = http.post(cap.url + "$batch", json={"requests": writes(str)})
+    assert set(statuses(capitalised).values()) == {428}  # If-Match was not seen
+    assert http.get(cap.url + f"Accounts({new})").status_code == 404
+    lower = http.post(cap.url + "$batch", json={"requests": writes(str.lower)},
+                      headers={"Prefer": "odata.continue-on-error"})
+    assert statuses(lower) == {"new": 201, "bad": 400, "stale": 412, "right": 200, "gone": 404}
+    assert http.get(cap.url + f"Accounts({new})").json()["name"] == "created"
+    assert http.get(cap.url + f"Accounts({account['ID']})").json()["name"] == "updated"
+
+
+def test_put_if_none_match_creates_once_and_patch_never_creates(
+        cap: CapServer, http: requests.Session) -> None:
+    chosen = str(uuid.uuid4())
+    url = cap.url + f"Accounts({chosen})"
+    create_only = {"If-None-Match": "*"}
+    assert http.patch(url, json={"name": "upsert?"}, headers=create_only).status_code == 412
+    assert http.patch(url, json={"name": "upsert?"}).status_code == 428
+    assert http.get(url).status_code == 404  # PATCH made nothing
+    assert http.put(url, json={"name": "made"}, headers=create_only).status_code == 201
+    again = http.put(url, json={"name": "retried"}, headers=create_only)
+    assert again.status_code == 500  # not 412: the create's retry is known by its key only
+    assert again.json()["error"]["code"] == "SQLITE_CONSTRAINT_PRIMARYKEY"
+    assert http.get(url).json()["name"] == "made"
+    http.patch(url, json={"revenue": "5.00"},
+               headers={"If-Match": http.get(url).json()["@odata.etag"]}).raise_for_status()
+    replaced = http.put(url, json={"name": "replaced"},
+                        headers={"If-Match": http.get(url).json()["@odata.etag"]})
+    assert replaced.status_code == 200
+    # OData's PUT replaces the record; CAP's keeps what the PUT leaves out, as PATCH does.
+    assert http.get(url).json()["revenue"] == 5
 
 
 def test_a_request_body_over_100_kb_is_413_and_changes_nothing(
