@@ -338,8 +338,10 @@ def batch_create(cap: CapServer, http: requests.Session, entity_set: str,
 def test_changes_since_a_watermark_in_modified_at_then_key_order(
         cap: CapServer, http: requests.Session) -> None:
     before = create_account(cap, http, name="before")
+    time.sleep(0.01)  # CAP's clock counts milliseconds: the next write is surely later
     ids = sorted(str(uuid.uuid4()) for _ in range(7))  # one change set: one modifiedAt
     assert batch_create(cap, http, "Accounts", [{"ID": i, "name": "same"} for i in ids]).ok
+    time.sleep(0.01)
     after = create_account(cap, http, name="after")
     select = "ID,modifiedAt"
     since = f"modifiedAt gt {before['modifiedAt']}"
