@@ -11,8 +11,10 @@ spoken to with plain `requests`. What CAP does, as seen here:
   a cuid `ID` is `Core.ComputedDefaultValue` (the client may choose it). The
   ETag is announced only as `Core.OptimisticConcurrency` with an EMPTY collection.
   `modifiedAt` says `Precision="7"` but holds milliseconds; a `DateTime` holds seconds.
-* Writes need `If-Match` when the entity has an ETag: 428 without, 412 stale,
-  `*` accepted; PATCH/DELETE of a missing key with `If-Match: *` is 404 (no upsert).
+* The ETag is `W/"<modifiedAt>"` (ms): two writes within one millisecond (or one
+  change set) leave the same ETag. Writes need `If-Match` when the entity has an
+  ETag: 428 without, 412 stale, `*` accepted; PATCH/DELETE of a missing key with
+  `If-Match: *` is 404 (no upsert).
 * A POST with a key that exists answers **500** `SQLITE_CONSTRAINT_PRIMARYKEY`, not
   409: a retried create is recognised by reading the key, not by the status.
   `PUT` with `If-None-Match: *` creates (201) and, again, is that same 500; `PATCH`
@@ -218,6 +220,7 @@ def test_patch_needs_the_current_etag(cap: CapServer, http: requests.Session) ->
     stale = http.patch(url, json={"name": "stale"}, headers={"If-Match": STALE})
     assert stale.status_code == 412
     assert http.get(url).json()["name"] == "Acme"  # neither was applied
+    time.sleep(0.01)  # the ETag is modifiedAt in ms: a write in the same ms would keep it
     right = http.patch(url, json={"name": "Acme 2"}, headers={"If-Match": created["@odata.etag"]})
     assert right.status_code in (200, 204)
     after = http.get(url).json()
