@@ -17,7 +17,7 @@ from rq import Queue
 
 from portal import crypto
 from portal.db import get_db, immediate
-from portal.orgs import records, registry, tokens, transactions
+from portal.orgs import application_users, records, registry, tokens, transactions
 from portal.orgs.store import open_org
 from portal.sync import connections, runs
 from tests.conftest import ADMIN_EMAIL, ADMIN_PASSWORD, orgs_dir
@@ -25,6 +25,7 @@ from tests.conftest import ADMIN_EMAIL, ADMIN_PASSWORD, orgs_dir
 OTHER_EMAIL = "bea@example.com"
 USER_EMAIL = "user@example.com"
 SERVER_URL = "https://crm.example.com/odata/v4/srv/"
+CLIENT_ID = "00000000-0000-4000-8000-000000000001"  # in URLs of the route list
 
 
 @pytest.fixture
@@ -69,11 +70,13 @@ def state(app: Flask, redis: Redis) -> dict[str, Any]:
                      for c in connections.list_connections(db)]
         api_tokens = [(t["id"], t["revoked"]) for org in ("acme", "beta")
                       for t in tokens.list_tokens(db, org)]
+        apps = [(a["client_id"], a["revoked"]) for org in ("acme", "beta")
+                for a in application_users.list_application_users(db, org)]
     with open_org(orgs_dir(app), "acme") as org:
         rows = [(t.id, t.status, t.error) for t in transactions.list_transactions(org)]
     return {"connections": conns, "settings": settings, "passwords": passwords,
             "transactions": rows, "queued": Queue("default", connection=redis).count,
-            "tokens": api_tokens}
+            "tokens": api_tokens, "applications": apps}
 
 
 def token_of(page: str) -> str:
@@ -218,7 +221,8 @@ def admin_routes(app: Flask) -> list[tuple[str, str]]:
         if not rule.endpoint.startswith("admin.") or "<org>" not in rule.rule:
             continue
         url = rule.rule.replace("<org>", "acme").replace("<entity>", "account").replace(
-            "<attribute>", "telephone1").replace("<int:token_id>", "1")
+            "<attribute>", "telephone1").replace("<int:token_id>", "1").replace(
+            "<client_id>", CLIENT_ID)
         for method in sorted((rule.methods or set()) - {"HEAD", "OPTIONS"}):
             found.append((method, url))
     return found
@@ -248,7 +252,7 @@ def test_admin_every_route_refuses_who_is_not_this_orgs_admin(
     token = token_of(client.get("/admin/sign-in").get_data(as_text=True))
     for method, url in admin_routes(orgs):
         data = {"csrf_token": token, "action": "enable", "entity": "account", "id": "1",
-                "email": ADMIN_EMAIL,
+                "email": ADMIN_EMAIL, "name": "ETL",
                 "edit": "clear", "write_mode": "instant", "conflict_policy": "client-wins"}
         answer = client.open(url, method=method, data=data if method == "POST" else None)
         if who == "signed-out":
@@ -268,7 +272,8 @@ def test_admin_every_post_without_csrf_token_is_refused(admin: FlaskClient, orgs
         if method != "POST":
             continue
         answer = admin.post(url, data={"action": "disable", "entity": "account", "id": "1",
-                                       "edit": "clear", "write_mode": "instant"})
+                                       "edit": "clear", "write_mode": "instant",
+                                       "email": ADMIN_EMAIL, "name": "ETL"})
         assert answer.status_code == 400, url
         assert "security token" in answer.get_data(as_text=True)
     assert state(orgs, redis) == before
@@ -770,3 +775,61 @@ def test_admin_tokens_bad_input_is_shown_beside_the_field(admin: FlaskClient, or
     assert errors_of(answer.get_data(as_text=True))["email"] == [message]
     with orgs.app_context():
         assert tokens.list_tokens(get_db(), "acme") == []
+
+
+# --- Application users ----------------------------------------------------------------
+
+def test_admin_application_users_created_shown_once_work_and_are_revoked(
+        admin: FlaskClient, orgs: Flask) -> None:
+    answer = post(admin, "/admin/acme/applications", {"name": "Nightly ETL", "admin": "y"})
+    assert answer.status_code == 201
+    page = answer.get_data(as_text=True)
+    client_id = re.search(r'id="client-id">([0-9a-f-]{36})<', page)
+    secret = re.search(r'id="client-secret">(crs_[^<]+)<', page)
+    assert client_id and secret
+    # The secret works at the org's token endpoint (client credentials), as MSAL uses it.
+    grant = {"grant_type": "client_credentials", "client_id": client_id.group(1),
+             "client_secret": secret.group(1),
+             "scope": "http://localhost/dataverse/acme/.default"}
+    assert orgs.test_client().post("/dataverse/acme/oauth2/v2.0/token",
+                                   data=grant).status_code == 200
+    page = admin.get("/admin/acme/applications").get_data(as_text=True)
+    assert f'id="application-{client_id.group(1)}"' in page and "Nightly ETL" in page
+    assert secret.group(1) not in page  # never shown again
+    with orgs.app_context():  # the CLI's data layer lists what the page created
+        listed = application_users.list_application_users(get_db(), "acme")
+    assert [(a["name"], a["is_admin"]) for a in listed] == [("Nightly ETL", 1)]
+    answer = post(admin, f"/admin/acme/applications/{client_id.group(1)}/revoke",
+                  page="/admin/acme/applications")
+    assert answer.status_code == 302
+    assert "revoked" in admin.get("/admin/acme/applications").get_data(as_text=True)
+    assert orgs.test_client().post("/dataverse/acme/oauth2/v2.0/token",
+                                   data=grant).status_code == 401
+    # Revoked already: nothing left to revoke.
+    assert post(admin, f"/admin/acme/applications/{client_id.group(1)}/revoke",
+                page="/admin/acme/applications").status_code == 404
+
+
+def test_admin_application_users_of_another_org_cannot_be_revoked(admin: FlaskClient,
+                                                                  orgs: Flask) -> None:
+    with orgs.app_context():
+        row, _ = application_users.create_application_user(get_db(), "beta", "Beta's app")
+    answer = post(admin, f"/admin/acme/applications/{row['client_id']}/revoke",
+                  page="/admin/acme/applications")
+    assert answer.status_code == 404
+    with orgs.app_context():
+        assert application_users.active_application_user(get_db(), "beta", row["client_id"])
+
+
+@pytest.mark.parametrize("name, message", [
+    ("", "Enter a name for the application."),
+    ("   ", "The name must be 1-100 characters"),  # the data layer's own check
+    ("x" * 101, "Field cannot be longer than 100 characters."),
+])
+def test_admin_application_users_bad_input_is_shown_beside_the_field(
+        admin: FlaskClient, orgs: Flask, name: str, message: str) -> None:
+    answer = post(admin, "/admin/acme/applications", {"name": name})
+    assert answer.status_code == 400
+    assert errors_of(answer.get_data(as_text=True))["name"] == [message]
+    with orgs.app_context():
+        assert application_users.list_application_users(get_db(), "acme") == []
