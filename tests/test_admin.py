@@ -13,7 +13,7 @@ import pytest
 from flask import Flask
 from flask.testing import FlaskClient
 from redis import Redis
-from rq import Queue
+from rq import Queue, SimpleWorker
 
 from portal import crypto
 from portal.db import get_db, immediate
@@ -833,3 +833,57 @@ def test_admin_application_users_bad_input_is_shown_beside_the_field(
     assert errors_of(answer.get_data(as_text=True))["name"] == [message]
     with orgs.app_context():
         assert application_users.list_application_users(get_db(), "acme") == []
+
+
+# --- checks of the server run as jobs: Update Client Metadata's preview, Test credentials ---
+
+def unreachable_server(app: Flask) -> None:
+    """Point acme's connection at a local port where nothing listens (refused at once)."""
+    with app.app_context():
+        db = get_db()
+        connection = connections.connection_of_org(db, "acme")
+        assert connection is not None
+        with immediate(db):
+            db.execute("UPDATE connections SET url = ? WHERE id = ?",
+                       ["http://127.0.0.1:1/odata/v4/srv/", connection.id])
+
+
+def work(app: Flask, redis: Redis) -> None:
+    """Run the queued jobs on a real RQ worker in this process."""
+    with app.app_context():
+        SimpleWorker(["default"], connection=redis).work(burst=True)
+
+
+@pytest.mark.parametrize("start, page, shown", [
+    ("/admin/acme/sync/metadata/check", "/admin/acme/sync/metadata", "preview-error"),
+    ("/admin/acme/sync/connection/test", "/admin/acme/sync/connection", "credentials-result"),
+])
+def test_admin_server_checks_run_as_jobs_and_show_checking_then_the_reason(
+        admin: FlaskClient, orgs: Flask, redis: Redis, start: str, page: str,
+        shown: str) -> None:
+    unreachable_server(orgs)
+    answer = post(admin, start, page=page)
+    # The request only enqueues: the job is waiting for a worker, and the page says so.
+    assert answer.status_code == 302 and answer.location.startswith(page + "?check=")
+    assert Queue("default", connection=redis).count == 1
+    waiting = admin.get(answer.location).get_data(as_text=True)
+    assert "Checking…" in waiting and '<meta http-equiv="refresh" content="2">' in waiting
+    assert f'id="{shown}"' not in waiting
+    work(orgs, redis)
+    done = admin.get(answer.location).get_data(as_text=True)
+    assert "Checking…" not in done and 'http-equiv="refresh"' not in done
+    reason = re.search(rf'id="{shown}">([^<]+)<', done)
+    assert reason and "127.0.0.1:1" in html.unescape(reason.group(1)), reason
+
+
+@pytest.mark.parametrize("check", [
+    "credentials-{id}-" + "0" * 32,           # the right form, but no such job (expired)
+    "preview-{id}-" + "0" * 32,               # a check of another kind
+    "credentials-999-" + "0" * 32,            # another connection's
+    "credentials-{id}-../../x",
+])
+def test_admin_checks_of_other_connections_or_expired_are_404(
+        admin: FlaskClient, orgs: Flask, check: str) -> None:
+    connection_id = connection_now(orgs).id
+    answer = admin.get("/admin/acme/sync/connection?check=" + check.format(id=connection_id))
+    assert answer.status_code == 404

@@ -359,6 +359,10 @@ def test_browser_admin_instant_mode_sends_a_change_without_a_run(world: World) -
     page.click("#save-settings")
     assert "Settings saved" in page.text_content(".flash")
     assert world.connection().write_offline is False
+    # Test credentials: a worker asks the server; the page reloads itself until it answered.
+    page.click("#test-credentials")
+    page.wait_for_selector("#credentials-result", timeout=WAIT_S * 1000)
+    assert "The server accepted the credentials" in page.text_content("#credentials-result")
     world.shot("admin-connection")
     account_id = client_account(world)["accountid"]
     before = world.newest_run()
@@ -376,6 +380,8 @@ def test_browser_admin_update_metadata_preview_then_apply(world: World) -> None:
                                                        {"1033": "Rating"}))
     world.goto("/admin/acme/sync/")
     page.click("#update-metadata")
+    # A worker reads the server's metadata; the page reloads itself until the answer is in.
+    page.wait_for_selector("#preview, #preview-error", timeout=WAIT_S * 1000)
     assert "account.rating" in page.text_content("#preview")
     world.shot("admin-metadata")
     before = world.newest_run()
@@ -385,7 +391,8 @@ def test_browser_admin_update_metadata_preview_then_apply(world: World) -> None:
     with world.client.org("acme") as org:
         assert org.entity("account").attribute("rating") is not None
     world.goto("/admin/acme/sync/metadata")
-    assert page.query_selector("#preview-none") is not None
+    page.click("#check-metadata")
+    page.wait_for_selector("#preview-none", timeout=WAIT_S * 1000)
 
 
 def test_browser_admin_logs_and_the_runs_chart_from_real_runs(world: World) -> None:
