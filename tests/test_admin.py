@@ -252,7 +252,7 @@ def test_admin_every_route_refuses_who_is_not_this_orgs_admin(
     token = token_of(client.get("/admin/sign-in").get_data(as_text=True))
     for method, url in admin_routes(orgs):
         data = {"csrf_token": token, "action": "enable", "entity": "account", "id": "1",
-                "email": ADMIN_EMAIL, "name": "ETL",
+                "email": ADMIN_EMAIL, "name": "ETL", "archive_open": "y",
                 "edit": "clear", "write_mode": "instant", "conflict_policy": "client-wins"}
         answer = client.open(url, method=method, data=data if method == "POST" else None)
         if who == "signed-out":
@@ -273,7 +273,7 @@ def test_admin_every_post_without_csrf_token_is_refused(admin: FlaskClient, orgs
             continue
         answer = admin.post(url, data={"action": "disable", "entity": "account", "id": "1",
                                        "edit": "clear", "write_mode": "instant",
-                                       "email": ADMIN_EMAIL, "name": "ETL"})
+                                       "email": ADMIN_EMAIL, "name": "ETL", "archive_open": "y"})
         assert answer.status_code == 400, url
         assert "security token" in answer.get_data(as_text=True)
     assert state(orgs, redis) == before
@@ -589,17 +589,48 @@ def test_admin_connection_bad_input_is_shown_beside_the_field(
     assert state(orgs, redis) == before
 
 
-def test_admin_disconnect_keeps_the_org_and_offers_the_connector(admin: FlaskClient,
-                                                                 orgs: Flask) -> None:
+def test_admin_disconnect_with_unsent_changes_is_refused_unless_they_are_archived(
+        admin: FlaskClient, orgs: Flask, redis: Redis) -> None:
+    page = admin.get("/admin/acme/sync/connection").get_data(as_text=True)
+    assert "2 changes are not on the server yet" in page and 'id="archive_open"' in page
+    before = state(orgs, redis)
     answer = post(admin, "/admin/acme/sync/connection/disconnect",
+                  page="/admin/acme/sync/connection")
+    assert answer.status_code == 409
+    assert errors_of(answer.get_data(as_text=True))["archive_open"] == [
+        "2 changes of this organization are not on the server yet (pending or in error): "
+        "upload them first (Sync All), or confirm that they are archived"]
+    assert state(orgs, redis) == before
+
+
+def test_admin_disconnect_refused_while_a_job_works(admin: FlaskClient, orgs: Flask,
+                                                    redis: Redis) -> None:
+    with orgs.app_context():
+        connection = connection_now(orgs)
+        runs.start_run(get_db(), connection.id, connection.org_id, "sync", "button")
+    before = state(orgs, redis)
+    answer = post(admin, "/admin/acme/sync/connection/disconnect", {"archive_open": "y"},
+                  page="/admin/acme/sync/connection")
+    assert answer.status_code == 409
+    assert "A job is working on this connection" in answer.get_data(as_text=True)
+    assert state(orgs, redis) == before
+
+
+def test_admin_disconnect_archives_unsent_changes_keeps_the_org_and_offers_the_connector(
+        admin: FlaskClient, orgs: Flask) -> None:
+    answer = post(admin, "/admin/acme/sync/connection/disconnect", {"archive_open": "y"},
                   page="/admin/acme/sync/connection")
     assert answer.location == "/admin/acme/sync/connector"
     with orgs.app_context():
         assert connections.connection_of_org(get_db(), "acme") is None
     with open_org(orgs_dir(orgs), "acme") as org:
         assert not transactions.is_client(org.db) and org.db.table("account").count == 2
+        # Archived, so that a server connected later never receives them.
+        assert transactions.counts(org) == {"pending": 0, "processed": 0, "error": 0,
+                                            "archived": 2}
     page = admin.get("/admin/acme/sync/connector").get_data(as_text=True)
-    assert 'id="connector"' in page
+    assert 'id="connector"' in page and "2 changes that were not on the server are archived" \
+        in page
     assert admin.get("/admin/acme/sync/").location == "/admin/acme/sync/connector"
     answer = post(admin, "/admin/acme/sync/run", page="/admin/acme/sync/connector")
     assert answer.status_code == 409 and "not connected" in answer.get_data(as_text=True)
@@ -607,7 +638,8 @@ def test_admin_disconnect_keeps_the_org_and_offers_the_connector(admin: FlaskCli
 
 def test_admin_connector_bad_input_is_shown_beside_the_field(admin: FlaskClient, orgs: Flask,
                                                              redis: Redis) -> None:
-    post(admin, "/admin/acme/sync/connection/disconnect", page="/admin/acme/sync/connection")
+    post(admin, "/admin/acme/sync/connection/disconnect", {"archive_open": "y"},
+         page="/admin/acme/sync/connection")
     orgs.config["ALLOW_PRIVATE_SERVERS"] = False
     before = state(orgs, redis)
     answer = post(admin, "/admin/acme/sync/connector", {

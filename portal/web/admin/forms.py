@@ -266,3 +266,9 @@ class ApplicationUserForm(FlaskForm):
         Length(max=application_users.MAX_NAME_LENGTH)])
     admin = BooleanField("Administrator (may customize the org)")
     submit = SubmitField("Create application user")
+
+
+class DisconnectForm(FlaskForm):
+    """Disconnect; with changes not on the server yet, the admin confirms they are archived."""
+
+    archive_open = BooleanField("Archive the changes that are not on the server yet")

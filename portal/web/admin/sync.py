@@ -39,6 +39,7 @@ from portal.web.admin.forms import (
     ActionForm,
     ConnectorForm,
     CredentialsForm,
+    DisconnectForm,
     EntitiesForm,
     FilterXmlForm,
     LogSearchForm,
@@ -434,15 +435,19 @@ def connection(org: str) -> ResponseReturnValue:
 
 
 def _connection_page(current: Connection, settings: SettingsForm | None = None,
-                     credentials: CredentialsForm | None = None) -> str:
+                     credentials: CredentialsForm | None = None,
+                     disconnect_form: DisconnectForm | None = None) -> str:
     settings = settings or SettingsForm(formdata=None, data={
         "write_mode": "offline" if current.write_offline else "instant",
         "conflict_policy": current.conflict_policy})
     credentials = credentials or CredentialsForm(formdata=None, data={
         "server_username": current.username})
     check = _check("credentials", current) if request.method == "GET" else None
+    open_counts = transactions.counts(_org())
     return _page("admin/connection.html", settings=settings, credentials=credentials,
-                 check=check, checking=bool(check and check["checking"]))
+                 check=check, checking=bool(check and check["checking"]),
+                 disconnect_form=disconnect_form or DisconnectForm(formdata=None),
+                 unsent=sum(open_counts[s] for s in transactions.OPEN))
 
 
 @bp.post("/<org>/sync/connection/settings")
@@ -486,15 +491,20 @@ def connection_test(org: str) -> ResponseReturnValue:
 
 @bp.post("/<org>/sync/connection/disconnect")
 def disconnect(org: str) -> ResponseReturnValue:
-    """Disconnect: the org keeps its data and stops syncing."""
+    """Disconnect: the org keeps its data and stops syncing; unsent changes only if archived."""
     current = _connection()
-    ActionForm().validate_on_submit() or abort(400)
+    form = DisconnectForm()
+    if not form.validate_on_submit():
+        abort(400)
     try:
-        registration.disconnect(get_db(), _org(), current.id)
+        archived = registration.disconnect(get_db(), _org(), current.id,
+                                           archive_open=form.archive_open.data)
     except InvalidInput as refused:
-        flash(refused.message[:1].upper() + refused.message[1:] + ".", "error")
-        return _back("admin.connection")
-    flash("Disconnected. The organization keeps its entities and records.", "info")
+        add_error(form, refused, {"archive_open": "archive_open"})
+        return _connection_page(current, disconnect_form=form), 409
+    flash("Disconnected. The organization keeps its entities and records"
+          + (f"; {archived} changes that were not on the server are archived." if archived
+             else "."), "info")
     return _back("admin.connector")
 
 
