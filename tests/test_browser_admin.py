@@ -36,6 +36,7 @@ from tests.test_browser_connect import CHROMIUM, LAUNCH_ARGS, LOCAL_SERVERS, ROO
 
 ACCOUNTS = 20_000
 ANN, ANN_PASSWORD = "ann@example.com", "pass-word-1"
+BEA = "bea@example.com"
 OPERATOR, OPERATOR_PASSWORD = "ops", "ops-pass-1"
 WAIT_S = 180  # how long a job may take on this shared machine before the test gives up
 
@@ -56,6 +57,9 @@ class World:
         with self.client.app.app_context():
             registry.create_org(get_db(), self.client.orgs_dir, "acme", email=ANN,
                                 password=ANN_PASSWORD)
+            # An org that is no client of a connection: its admin may customize it.
+            registry.create_org(get_db(), self.client.orgs_dir, "beta", email=BEA,
+                                password=ANN_PASSWORD, template="sales")
         self.server_process = PortalProcess(folder / "server", redis_url)
         operators = json.dumps({OPERATOR: generate_password_hash(OPERATOR_PASSWORD)})
         self.client_process = PortalProcess(folder / "client", redis_url,
@@ -226,6 +230,40 @@ def test_browser_admin_disabled_entity_is_skipped_by_the_next_run(world: World) 
     assert world.count(world.client, "acme", "account", "name = ?", ["Zeta new account"]) == 1
 
 
+def set_for(world: World, entity: str, action: str) -> None:
+    """Choose one entity on Synchronization and apply an action to it."""
+    page = world.page
+    world.goto("/admin/acme/sync/")
+    page.check(f"#entity-{entity} input[type=checkbox]")
+    page.select_option("#action", action)
+    page.click("#entities input[type=submit]")
+    assert "1 entities changed" in page.text_content(".flash")
+
+
+def test_browser_admin_sync_deletion_off_then_on_is_honoured_by_the_next_run(
+        world: World) -> None:
+    with world.client.org("acme") as org:
+        leads = [r[0] for r in org.db.execute("SELECT leadid FROM lead ORDER BY leadid LIMIT 2")]
+    set_for(world, "lead", "deletion-off")
+    assert world.page.text_content("#entity-lead .deletion") == "No"
+    with world.server.org("srv") as org:
+        records.delete_record(org, "lead", leads[0])
+    run = world.sync_all()
+    assert run["status"] == "succeeded", run["error"]
+    with world.client.org("acme") as org:  # deleted on the server, kept on the client
+        assert records.get_record(org, "lead", leads[0]) is not None
+
+    set_for(world, "lead", "deletion-on")
+    assert world.page.text_content("#entity-lead .deletion") == "Yes"
+    with world.server.org("srv") as org:
+        records.delete_record(org, "lead", leads[1])
+    run = world.sync_all()
+    assert run["status"] == "succeeded", run["error"]
+    with world.client.org("acme") as org:  # now the server's deletion reaches the client
+        assert records.get_record(org, "lead", leads[1]) is None
+    assert run["counts"]["lead"]["deleted"] == 1
+
+
 def test_browser_admin_filter_built_in_the_editor_then_cleared(world: World) -> None:
     page = world.page
     world.goto("/admin/acme/sync/entities/contact/filter")
@@ -341,9 +379,22 @@ def test_browser_admin_job_schedule_and_run_now_with_progress(world: World) -> N
             timeout=30_000)
         shown = page.text_content("#run-text")
         world.shot("admin-progress")
+        first = dict(world.connection().progress or {})
+        # Let the worker read on until it reports another page, hold it again: the bar moves.
+        world.worker.send_signal(signal.SIGCONT)
+        world.wait_for(lambda: (world.connection().progress or {}) != first
+                       or world._ended_run(before, "sync"), "the run's next page")
+        world.worker.send_signal(signal.SIGSTOP)
+        assert world._ended_run(before, "sync") is None, "the run ended before a second page"
+        page.wait_for_function(
+            "(shown) => { const t = document.getElementById('run-text').textContent;"
+            " return t.includes('is running') && t.replace(/\\s+/g, ' ').trim() !== shown; }",
+            arg=" ".join(shown.split()), timeout=30_000)
+        moved = page.text_content("#run-text")
     finally:
         world.worker.send_signal(signal.SIGCONT)
     assert "download" in shown and "records" in shown, shown
+    assert " ".join(moved.split()) != " ".join(shown.split()), (shown, moved)
     run = world.wait_for_run(before)
     assert run["status"] == "succeeded" and run["trigger"] == "button"
     # The script notices the end and reloads the page: the bar is gone.
@@ -450,3 +501,99 @@ def test_browser_operator_sees_a_failed_run_and_requeues_it(world: World) -> Non
     operator.reload()
     assert operator.query_selector(f"#failed-{job}") is None
     operator.close()
+
+
+def sign_in_as(world: World, org: str, email: str) -> Any:
+    """A new browser page signed in to an org's admin."""
+    page = world.browser.new_page(viewport={"width": 1280, "height": 900})
+    page.goto(world.url + "/admin/sign-in")
+    page.fill("#organization", org)
+    page.fill("#email", email)
+    page.fill("#password", ANN_PASSWORD)
+    page.click("input[type=submit]")
+    page.wait_for_url(f"**/admin/{org}/**")
+    return page
+
+
+def test_browser_admin_customization_of_an_org_then_refused_for_a_client_org(
+        world: World) -> None:
+    beta = sign_in_as(world, "beta", BEA)
+    try:
+        beta.goto(world.url + "/admin/beta/customization")
+        beta.fill("#logicalname", "cf_project")
+        beta.fill("#displayname", "Project")
+        beta.click("#add-entity input[type=submit]")
+        beta.wait_for_url("**/admin/beta/customization/cf_project")
+        beta.fill("#add-attribute #logicalname", "stage")
+        beta.fill("#add-attribute #displayname", "Stage")
+        beta.select_option("#type", "picklist")
+        beta.fill("#options_text", "one=Idea")  # bad input: answered beside the field
+        beta.click("#add-attribute input[type=submit]")
+        assert "value=label" in beta.text_content("#options_text-error")
+        beta.fill("#options_text", "1=Idea, 2=Running")
+        beta.click("#add-attribute input[type=submit]")
+        assert beta.text_content("#attribute-stage td:nth-child(3)") == "picklist"
+        beta.fill("#entity-displayname", "Projects")
+        beta.click("#label-form input[type=submit]")
+        world.page, admin_page = beta, world.page
+        world.shot("admin-customization")
+        world.page = admin_page
+    finally:
+        beta.close()
+    with world.client.org("beta") as org:
+        project = org.entity("cf_project")
+        stage = project.attribute("stage")
+        assert project.displayname == "Projects"
+        assert stage is not None and [(o.value, o.label) for o in stage.options] == [
+            (1, "Idea"), (2, "Running")]
+
+    # acme is the client of srv: metadata flows from the server only, so the screen says no.
+    world.goto("/admin/acme/customization")
+    assert "is the client of a connection" in world.page.text_content("#customization-refused")
+    assert world.page.query_selector("#add-entity") is None
+    world.goto("/admin/acme/customization/account")
+    assert "is the client of a connection" in world.page.text_content("#customization-refused")
+
+
+def test_browser_admin_api_token_created_shown_once_then_revoked(world: World) -> None:
+    page = world.page
+    world.goto("/admin/acme/tokens")
+    page.fill("#email", "nobody@example.com")
+    page.click("#create-token input[type=submit]")
+    assert "has no user" in page.text_content("#email-error")
+    page.fill("#email", ANN)
+    page.click("#create-token input[type=submit]")
+    token = page.text_content("#token-value").strip()
+    world.shot("admin-tokens")
+    root = world.client_process.odata_root("acme")
+    bearer = {"Authorization": f"Bearer {token}"}
+    assert requests.get(root + "accounts?$top=1", headers=bearer, timeout=30).status_code == 200
+    world.goto("/admin/acme/tokens")
+    assert token not in page.content()  # shown once only
+    revoke = page.query_selector_all("#tokens button[id^=revoke-]")[-1]
+    revoke.click()
+    assert "revoked" in page.text_content(".flash")
+    assert requests.get(root + "accounts?$top=1", headers=bearer, timeout=30).status_code == 401
+
+
+def test_browser_admin_application_user_created_shown_once_then_revoked(world: World) -> None:
+    page = world.page
+    world.goto("/admin/acme/applications")
+    page.click("#create-application input[type=submit]")  # no name: answered beside it
+    assert "Enter a name" in page.text_content("#name-error")
+    page.fill("#name", "Nightly ETL")
+    page.click("#create-application input[type=submit]")
+    client_id = page.text_content("#client-id").strip()
+    secret = page.text_content("#client-secret").strip()
+    world.shot("admin-applications")
+    grant = {"grant_type": "client_credentials", "client_id": client_id,
+             "client_secret": secret, "scope": f"{world.url}/dataverse/acme/.default"}
+    token_url = f"{world.url}/dataverse/acme/oauth2/v2.0/token"
+    answer = requests.post(token_url, data=grant, timeout=30)
+    assert answer.status_code == 200, answer.text
+    world.goto("/admin/acme/applications")
+    assert secret not in page.content() and "Nightly ETL" in page.text_content(
+        f"#application-{client_id} .name")
+    page.click(f"#revoke-{client_id}")
+    assert "revoked" in page.text_content(".flash")
+    assert requests.post(token_url, data=grant, timeout=30).status_code == 401
