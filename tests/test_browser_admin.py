@@ -240,28 +240,28 @@ def set_for(world: World, entity: str, action: str) -> None:
     assert "1 entities changed" in page.text_content(".flash")
 
 
+def delete_on_server_then_sync(world: World, sync_deletion: str, lead_id: str
+                               ) -> tuple[dict[str, Any], bool]:
+    """Set lead's Sync Deletion, delete a lead on the server, Sync All: (run, kept on client)."""
+    set_for(world, "lead", sync_deletion)
+    assert world.page.text_content("#entity-lead .deletion") == (
+        "Yes" if sync_deletion == "deletion-on" else "No")
+    with world.server.org("srv") as org:
+        records.delete_record(org, "lead", lead_id)
+    run = world.sync_all()
+    assert run["status"] == "succeeded", run["error"]
+    with world.client.org("acme") as org:
+        return run, records.get_record(org, "lead", lead_id) is not None
+
+
 def test_browser_admin_sync_deletion_off_then_on_is_honoured_by_the_next_run(
         world: World) -> None:
     with world.client.org("acme") as org:
         leads = [r[0] for r in org.db.execute("SELECT leadid FROM lead ORDER BY leadid LIMIT 2")]
-    set_for(world, "lead", "deletion-off")
-    assert world.page.text_content("#entity-lead .deletion") == "No"
-    with world.server.org("srv") as org:
-        records.delete_record(org, "lead", leads[0])
-    run = world.sync_all()
-    assert run["status"] == "succeeded", run["error"]
-    with world.client.org("acme") as org:  # deleted on the server, kept on the client
-        assert records.get_record(org, "lead", leads[0]) is not None
-
-    set_for(world, "lead", "deletion-on")
-    assert world.page.text_content("#entity-lead .deletion") == "Yes"
-    with world.server.org("srv") as org:
-        records.delete_record(org, "lead", leads[1])
-    run = world.sync_all()
-    assert run["status"] == "succeeded", run["error"]
-    with world.client.org("acme") as org:  # now the server's deletion reaches the client
-        assert records.get_record(org, "lead", leads[1]) is None
-    assert run["counts"]["lead"]["deleted"] == 1
+    _, kept = delete_on_server_then_sync(world, "deletion-off", leads[0])
+    assert kept  # deleted on the server, kept on the client
+    run, kept = delete_on_server_then_sync(world, "deletion-on", leads[1])
+    assert not kept and run["counts"]["lead"]["deleted"] == 1  # now the deletion reaches it
 
 
 def test_browser_admin_filter_built_in_the_editor_then_cleared(world: World) -> None:
