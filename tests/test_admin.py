@@ -10,6 +10,7 @@ import re
 from typing import Any
 
 import pytest
+from cryptography.fernet import Fernet
 from flask import Flask
 from flask.testing import FlaskClient
 from redis import Redis
@@ -919,3 +920,21 @@ def test_admin_checks_of_other_connections_or_expired_are_404(
     connection_id = connection_now(orgs).id
     answer = admin.get("/admin/acme/sync/connection?check=" + check.format(id=connection_id))
     assert answer.status_code == 404
+
+
+def test_admin_check_whose_job_failed_shows_the_jobs_reason(admin: FlaskClient, orgs: Flask,
+                                                            redis: Redis) -> None:
+    # The stored password was encrypted with another key (the instance key was replaced):
+    # the job fails, and the page gives the job's reason instead of waiting forever.
+    with orgs.app_context():
+        db = get_db()
+        with immediate(db):
+            db.execute("UPDATE connections SET password_encrypted = ?",
+                       [crypto.encrypt(Fernet.generate_key(), "other key")])
+    answer = post(admin, "/admin/acme/sync/connection/test", page="/admin/acme/sync/connection")
+    work(orgs, redis)
+    page = html.unescape(admin.get(answer.location).get_data(as_text=True))
+    result = re.search(r'id="credentials-result">([^<]+)<', page)
+    assert result and result.group(1) == (
+        "Test failed: the check failed (ValueError: stored credentials cannot be decrypted "
+        "with this instance's key)")
