@@ -411,7 +411,14 @@ def test_browser_admin_instant_mode_sends_a_change_without_a_run(world: World) -
     assert "Settings saved" in page.text_content(".flash")
     assert world.connection().write_offline is False
     # Test credentials: a worker asks the server; the page reloads itself until it answered.
-    page.click("#test-credentials")
+    # The worker is held (SIGSTOP) meanwhile, so that "Checking…" is seen on any machine.
+    world.worker.send_signal(signal.SIGSTOP)
+    try:
+        page.click("#test-credentials")
+        assert "Checking…" in page.text_content("#credentials-checking")
+        world.shot("admin-checking")
+    finally:
+        world.worker.send_signal(signal.SIGCONT)
     page.wait_for_selector("#credentials-result", timeout=WAIT_S * 1000)
     assert "The server accepted the credentials" in page.text_content("#credentials-result")
     world.shot("admin-connection")
