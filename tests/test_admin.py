@@ -593,13 +593,13 @@ def test_admin_connection_bad_input_is_shown_beside_the_field(
 def test_admin_disconnect_with_unsent_changes_is_refused_unless_they_are_archived(
         admin: FlaskClient, orgs: Flask, redis: Redis) -> None:
     page = admin.get("/admin/acme/sync/connection").get_data(as_text=True)
-    assert "2 changes are not on the server yet" in page and 'id="archive_open"' in page
+    assert "Changes not on the server yet: 2" in page and 'id="archive_open"' in page
     before = state(orgs, redis)
     answer = post(admin, "/admin/acme/sync/connection/disconnect",
                   page="/admin/acme/sync/connection")
     assert answer.status_code == 409
     assert errors_of(answer.get_data(as_text=True))["archive_open"] == [
-        "2 changes of this organization are not on the server yet (pending or in error): "
+        "Changes of this organization not on the server yet (pending or in error): 2; "
         "upload them first (Sync All), or confirm that they are archived"]
     assert state(orgs, redis) == before
 
@@ -630,7 +630,7 @@ def test_admin_disconnect_archives_unsent_changes_keeps_the_org_and_offers_the_c
         assert transactions.counts(org) == {"pending": 0, "processed": 0, "error": 0,
                                             "archived": 2}
     page = admin.get("/admin/acme/sync/connector").get_data(as_text=True)
-    assert 'id="connector"' in page and "2 changes that were not on the server are archived" \
+    assert 'id="connector"' in page and "Changes archived that were not on the server: 2" \
         in page
     assert admin.get("/admin/acme/sync/").location == "/admin/acme/sync/connector"
     answer = post(admin, "/admin/acme/sync/run", page="/admin/acme/sync/connector")

@@ -604,3 +604,30 @@ def test_browser_admin_application_user_created_shown_once_then_revoked(world: W
     page.click(f"#revoke-{client_id}")
     assert "revoked" in page.text_content(".flash")
     assert requests.post(token_url, data=grant, timeout=30).status_code == 401
+
+
+def test_browser_admin_disconnect_with_an_unsent_change_archives_it_when_confirmed(
+        world: World) -> None:
+    # Last of the module: it ends acme's connection.
+    page = world.page
+    world.goto("/admin/acme/sync/connection")
+    page.check("input[name=write_mode][value=offline]")
+    page.click("#save-settings")
+    account_id = client_account(world)["accountid"]
+    patch_on_client(world, account_id, {"telephone1": "+421 2 3333"})
+    world.goto("/admin/acme/sync/connection")
+    assert page.text_content("#unsent").startswith("Changes not on the server yet: 1")
+    page.click("#disconnect")
+    assert "confirm that they are archived" in page.text_content("#archive_open-error")
+    assert world.connection().status == "connected"
+    world.shot("admin-disconnect")
+    page.check("#archive_open")
+    page.click("#disconnect")
+    page.wait_for_url("**/admin/acme/sync/connector")
+    assert "Changes archived that were not on the server: 1" in page.text_content(".flash")
+    with world.client.app.app_context():
+        assert connections.connection_of_org(get_db(), "acme") is None
+    with world.client.org("acme") as org:
+        assert [t.status for t in transactions.list_transactions(org)
+                if t.record_id == account_id][-1] == "archived"
+    assert server_value(world, account_id, "telephone1") != "+421 2 3333"

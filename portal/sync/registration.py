@@ -323,8 +323,8 @@ def disconnect(db: Database, org: OrgDb, connection_id: int, *,
     unsent = sum(transactions.counts(org)[s] for s in transactions.OPEN)
     if unsent and not archive_open:
         raise InvalidInput(
-            f"{unsent} changes of this organization are not on the server yet (pending or in "
-            "error): upload them first (Sync All), or confirm that they are archived",
+            f"changes of this organization not on the server yet (pending or in error): {unsent}; "
+            "upload them first (Sync All), or confirm that they are archived",
             field="archive_open")
     archived = transactions.archive_open(org) if unsent else 0
     connections.delete_connection(db, connection_id)

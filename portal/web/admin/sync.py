@@ -502,9 +502,9 @@ def disconnect(org: str) -> ResponseReturnValue:
     except InvalidInput as refused:
         add_error(form, refused, {"archive_open": "archive_open"})
         return _connection_page(current, disconnect_form=form), 409
-    flash("Disconnected. The organization keeps its entities and records"
-          + (f"; {archived} changes that were not on the server are archived." if archived
-             else "."), "info")
+    flash("Disconnected. The organization keeps its entities and records."
+          + (f" Changes archived that were not on the server: {archived}." if archived
+             else ""), "info")
     return _back("admin.connector")
 
 
