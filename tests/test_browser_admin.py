@@ -4,7 +4,8 @@ One module shares two real portal processes (gunicorn) and one real RQ worker
 process: the server portal hosts org `srv` (20,000 accounts, so that a full
 read takes the seconds in which progress shows); the client portal hosts
 `acme`, an existing org without a connection, which the admin signs in to and
-connects through the Connector. Each test then drives one tab or toolbar
+connects through the Connector, and `beta`, an org that is no client, whose admin
+customizes it. Each test then drives one tab or toolbar
 action and checks its effect on the data (the next run, the server's records),
 read through the data layer. Screenshots go to docs/screenshots/ when
 SAVE_SCREENSHOTS=1, else to a temporary folder.
