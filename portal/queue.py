@@ -4,6 +4,7 @@ Jobs are referred to by their dotted name ("jobs.maintenance.count_orgs"), so
 the web layer enqueues work without importing the jobs package.
 """
 
+import secrets
 from collections.abc import Callable
 from dataclasses import dataclass
 from datetime import datetime
@@ -120,6 +121,39 @@ def enqueue_upload(redis: Redis, connection_id: int) -> Job:
     # upload job records its own run when it starts.
     return enqueue(redis, "jobs.sync.upload", connection_id, job_id=f"upload-{connection_id}",
                    unique=True, result_ttl=0, failure_ttl=300, retries=3)
+
+
+# --- the admin's checks of a connection's server: short jobs with a result ------
+#
+# A person waits for them on a page that reloads until the job ended: the
+# result (or the reason of a failure) is kept a while for that page to read.
+# The id names the connection and a random part, so that a page can only
+# read the checks of its own connection and two admins do not share one.
+
+CHECK_JOBS = {"preview": "jobs.checks.preview_metadata",
+              "credentials": "jobs.checks.check_credentials"}
+CHECK_TTL_S = 900
+
+
+def enqueue_check(redis: Redis, kind: str, connection_id: int) -> Job:
+    """Enqueue a check of the connection's server (metadata preview, credentials test)."""
+    job_id = f"{kind}-{connection_id}-{secrets.token_hex(16)}"
+    return enqueue(redis, CHECK_JOBS[kind], connection_id, job_id=job_id, timeout=300,
+                   result_ttl=CHECK_TTL_S, failure_ttl=CHECK_TTL_S)
+
+
+def is_check_of(job_id: str, kind: str, connection_id: int) -> bool:
+    """True when job_id is a check of this kind made for this connection."""
+    parts = job_id.split("-")
+    return (len(parts) == 3 and parts[0] == kind and kind in CHECK_JOBS
+            and parts[1] == str(connection_id) and len(parts[2]) == 32
+            and all(c in "0123456789abcdef" for c in parts[2]))
+
+
+def check_result(redis: Redis, job_id: str) -> Any:
+    """The value a finished check returned (None while it works, or if it left none)."""
+    job = fetch_job(redis, job_id)
+    return job.return_value() if job is not None else None
 
 
 # --- reading jobs ----------------------------------------------------------------

@@ -10,14 +10,15 @@ import re
 from typing import Any
 
 import pytest
+from cryptography.fernet import Fernet
 from flask import Flask
 from flask.testing import FlaskClient
 from redis import Redis
-from rq import Queue
+from rq import Queue, SimpleWorker
 
 from portal import crypto
 from portal.db import get_db, immediate
-from portal.orgs import records, registry, tokens, transactions
+from portal.orgs import application_users, records, registry, tokens, transactions
 from portal.orgs.store import open_org
 from portal.sync import connections, runs
 from tests.conftest import ADMIN_EMAIL, ADMIN_PASSWORD, orgs_dir
@@ -25,6 +26,7 @@ from tests.conftest import ADMIN_EMAIL, ADMIN_PASSWORD, orgs_dir
 OTHER_EMAIL = "bea@example.com"
 USER_EMAIL = "user@example.com"
 SERVER_URL = "https://crm.example.com/odata/v4/srv/"
+CLIENT_ID = "00000000-0000-4000-8000-000000000001"  # in URLs of the route list
 
 
 @pytest.fixture
@@ -69,11 +71,13 @@ def state(app: Flask, redis: Redis) -> dict[str, Any]:
                      for c in connections.list_connections(db)]
         api_tokens = [(t["id"], t["revoked"]) for org in ("acme", "beta")
                       for t in tokens.list_tokens(db, org)]
+        apps = [(a["client_id"], a["revoked"]) for org in ("acme", "beta")
+                for a in application_users.list_application_users(db, org)]
     with open_org(orgs_dir(app), "acme") as org:
         rows = [(t.id, t.status, t.error) for t in transactions.list_transactions(org)]
     return {"connections": conns, "settings": settings, "passwords": passwords,
             "transactions": rows, "queued": Queue("default", connection=redis).count,
-            "tokens": api_tokens}
+            "tokens": api_tokens, "applications": apps}
 
 
 def token_of(page: str) -> str:
@@ -218,7 +222,8 @@ def admin_routes(app: Flask) -> list[tuple[str, str]]:
         if not rule.endpoint.startswith("admin.") or "<org>" not in rule.rule:
             continue
         url = rule.rule.replace("<org>", "acme").replace("<entity>", "account").replace(
-            "<attribute>", "telephone1").replace("<int:token_id>", "1")
+            "<attribute>", "telephone1").replace("<int:token_id>", "1").replace(
+            "<client_id>", CLIENT_ID)
         for method in sorted((rule.methods or set()) - {"HEAD", "OPTIONS"}):
             found.append((method, url))
     return found
@@ -248,7 +253,7 @@ def test_admin_every_route_refuses_who_is_not_this_orgs_admin(
     token = token_of(client.get("/admin/sign-in").get_data(as_text=True))
     for method, url in admin_routes(orgs):
         data = {"csrf_token": token, "action": "enable", "entity": "account", "id": "1",
-                "email": ADMIN_EMAIL,
+                "email": ADMIN_EMAIL, "name": "ETL", "archive_open": "y",
                 "edit": "clear", "write_mode": "instant", "conflict_policy": "client-wins"}
         answer = client.open(url, method=method, data=data if method == "POST" else None)
         if who == "signed-out":
@@ -268,7 +273,8 @@ def test_admin_every_post_without_csrf_token_is_refused(admin: FlaskClient, orgs
         if method != "POST":
             continue
         answer = admin.post(url, data={"action": "disable", "entity": "account", "id": "1",
-                                       "edit": "clear", "write_mode": "instant"})
+                                       "edit": "clear", "write_mode": "instant",
+                                       "email": ADMIN_EMAIL, "name": "ETL", "archive_open": "y"})
         assert answer.status_code == 400, url
         assert "security token" in answer.get_data(as_text=True)
     assert state(orgs, redis) == before
@@ -584,17 +590,48 @@ def test_admin_connection_bad_input_is_shown_beside_the_field(
     assert state(orgs, redis) == before
 
 
-def test_admin_disconnect_keeps_the_org_and_offers_the_connector(admin: FlaskClient,
-                                                                 orgs: Flask) -> None:
+def test_admin_disconnect_with_unsent_changes_is_refused_unless_they_are_archived(
+        admin: FlaskClient, orgs: Flask, redis: Redis) -> None:
+    page = admin.get("/admin/acme/sync/connection").get_data(as_text=True)
+    assert "Changes not on the server yet: 2" in page and 'id="archive_open"' in page
+    before = state(orgs, redis)
     answer = post(admin, "/admin/acme/sync/connection/disconnect",
+                  page="/admin/acme/sync/connection")
+    assert answer.status_code == 409
+    assert errors_of(answer.get_data(as_text=True))["archive_open"] == [
+        "Changes of this organization not on the server yet (pending or in error): 2; "
+        "upload them first (Sync All), or confirm that they are archived"]
+    assert state(orgs, redis) == before
+
+
+def test_admin_disconnect_refused_while_a_job_works(admin: FlaskClient, orgs: Flask,
+                                                    redis: Redis) -> None:
+    with orgs.app_context():
+        connection = connection_now(orgs)
+        runs.start_run(get_db(), connection.id, connection.org_id, "sync", "button")
+    before = state(orgs, redis)
+    answer = post(admin, "/admin/acme/sync/connection/disconnect", {"archive_open": "y"},
+                  page="/admin/acme/sync/connection")
+    assert answer.status_code == 409
+    assert "A job is working on this connection" in answer.get_data(as_text=True)
+    assert state(orgs, redis) == before
+
+
+def test_admin_disconnect_archives_unsent_changes_keeps_the_org_and_offers_the_connector(
+        admin: FlaskClient, orgs: Flask) -> None:
+    answer = post(admin, "/admin/acme/sync/connection/disconnect", {"archive_open": "y"},
                   page="/admin/acme/sync/connection")
     assert answer.location == "/admin/acme/sync/connector"
     with orgs.app_context():
         assert connections.connection_of_org(get_db(), "acme") is None
     with open_org(orgs_dir(orgs), "acme") as org:
         assert not transactions.is_client(org.db) and org.db.table("account").count == 2
+        # Archived, so that a server connected later never receives them.
+        assert transactions.counts(org) == {"pending": 0, "processed": 0, "error": 0,
+                                            "archived": 2}
     page = admin.get("/admin/acme/sync/connector").get_data(as_text=True)
-    assert 'id="connector"' in page
+    assert 'id="connector"' in page and "Changes archived that were not on the server: 2" \
+        in page
     assert admin.get("/admin/acme/sync/").location == "/admin/acme/sync/connector"
     answer = post(admin, "/admin/acme/sync/run", page="/admin/acme/sync/connector")
     assert answer.status_code == 409 and "not connected" in answer.get_data(as_text=True)
@@ -602,7 +639,8 @@ def test_admin_disconnect_keeps_the_org_and_offers_the_connector(admin: FlaskCli
 
 def test_admin_connector_bad_input_is_shown_beside_the_field(admin: FlaskClient, orgs: Flask,
                                                              redis: Redis) -> None:
-    post(admin, "/admin/acme/sync/connection/disconnect", page="/admin/acme/sync/connection")
+    post(admin, "/admin/acme/sync/connection/disconnect", {"archive_open": "y"},
+         page="/admin/acme/sync/connection")
     orgs.config["ALLOW_PRIVATE_SERVERS"] = False
     before = state(orgs, redis)
     answer = post(admin, "/admin/acme/sync/connector", {
@@ -770,3 +808,133 @@ def test_admin_tokens_bad_input_is_shown_beside_the_field(admin: FlaskClient, or
     assert errors_of(answer.get_data(as_text=True))["email"] == [message]
     with orgs.app_context():
         assert tokens.list_tokens(get_db(), "acme") == []
+
+
+# --- Application users ----------------------------------------------------------------
+
+def test_admin_application_users_created_shown_once_work_and_are_revoked(
+        admin: FlaskClient, orgs: Flask) -> None:
+    answer = post(admin, "/admin/acme/applications", {"name": "Nightly ETL", "admin": "y"})
+    assert answer.status_code == 201
+    page = answer.get_data(as_text=True)
+    client_id = re.search(r'id="client-id">([0-9a-f-]{36})<', page)
+    secret = re.search(r'id="client-secret">(crs_[^<]+)<', page)
+    assert client_id and secret
+    # The secret works at the org's token endpoint (client credentials), as MSAL uses it.
+    grant = {"grant_type": "client_credentials", "client_id": client_id.group(1),
+             "client_secret": secret.group(1),
+             "scope": "http://localhost/dataverse/acme/.default"}
+    assert orgs.test_client().post("/dataverse/acme/oauth2/v2.0/token",
+                                   data=grant).status_code == 200
+    page = admin.get("/admin/acme/applications").get_data(as_text=True)
+    assert f'id="application-{client_id.group(1)}"' in page and "Nightly ETL" in page
+    assert secret.group(1) not in page  # never shown again
+    with orgs.app_context():  # the CLI's data layer lists what the page created
+        listed = application_users.list_application_users(get_db(), "acme")
+    assert [(a["name"], a["is_admin"]) for a in listed] == [("Nightly ETL", 1)]
+    answer = post(admin, f"/admin/acme/applications/{client_id.group(1)}/revoke",
+                  page="/admin/acme/applications")
+    assert answer.status_code == 302
+    assert "revoked" in admin.get("/admin/acme/applications").get_data(as_text=True)
+    assert orgs.test_client().post("/dataverse/acme/oauth2/v2.0/token",
+                                   data=grant).status_code == 401
+    # Revoked already: nothing left to revoke.
+    assert post(admin, f"/admin/acme/applications/{client_id.group(1)}/revoke",
+                page="/admin/acme/applications").status_code == 404
+
+
+def test_admin_application_users_of_another_org_cannot_be_revoked(admin: FlaskClient,
+                                                                  orgs: Flask) -> None:
+    with orgs.app_context():
+        row, _ = application_users.create_application_user(get_db(), "beta", "Beta's app")
+    answer = post(admin, f"/admin/acme/applications/{row['client_id']}/revoke",
+                  page="/admin/acme/applications")
+    assert answer.status_code == 404
+    with orgs.app_context():
+        assert application_users.active_application_user(get_db(), "beta", row["client_id"])
+
+
+@pytest.mark.parametrize("name, message", [
+    ("", "Enter a name for the application."),
+    ("   ", "The name must be 1-100 characters"),  # the data layer's own check
+    ("x" * 101, "Field cannot be longer than 100 characters."),
+])
+def test_admin_application_users_bad_input_is_shown_beside_the_field(
+        admin: FlaskClient, orgs: Flask, name: str, message: str) -> None:
+    answer = post(admin, "/admin/acme/applications", {"name": name})
+    assert answer.status_code == 400
+    assert errors_of(answer.get_data(as_text=True))["name"] == [message]
+    with orgs.app_context():
+        assert application_users.list_application_users(get_db(), "acme") == []
+
+
+# --- checks of the server run as jobs: Update Client Metadata's preview, Test credentials ---
+
+def unreachable_server(app: Flask) -> None:
+    """Point acme's connection at a local port where nothing listens (refused at once)."""
+    with app.app_context():
+        db = get_db()
+        connection = connections.connection_of_org(db, "acme")
+        assert connection is not None
+        with immediate(db):
+            db.execute("UPDATE connections SET url = ? WHERE id = ?",
+                       ["http://127.0.0.1:1/odata/v4/srv/", connection.id])
+
+
+def work(app: Flask, redis: Redis) -> None:
+    """Run the queued jobs on a real RQ worker in this process."""
+    with app.app_context():
+        SimpleWorker(["default"], connection=redis).work(burst=True)
+
+
+@pytest.mark.parametrize("start, page, shown", [
+    ("/admin/acme/sync/metadata/check", "/admin/acme/sync/metadata", "preview-error"),
+    ("/admin/acme/sync/connection/test", "/admin/acme/sync/connection", "credentials-result"),
+])
+def test_admin_server_checks_run_as_jobs_and_show_checking_then_the_reason(
+        admin: FlaskClient, orgs: Flask, redis: Redis, start: str, page: str,
+        shown: str) -> None:
+    unreachable_server(orgs)
+    answer = post(admin, start, page=page)
+    # The request only enqueues: the job is waiting for a worker, and the page says so.
+    assert answer.status_code == 302 and answer.location.startswith(page + "?check=")
+    assert Queue("default", connection=redis).count == 1
+    waiting = admin.get(answer.location).get_data(as_text=True)
+    assert "Checking…" in waiting and '<meta http-equiv="refresh" content="2">' in waiting
+    assert f'id="{shown}"' not in waiting
+    work(orgs, redis)
+    done = admin.get(answer.location).get_data(as_text=True)
+    assert "Checking…" not in done and 'http-equiv="refresh"' not in done
+    reason = re.search(rf'id="{shown}">([^<]+)<', done)
+    assert reason and "127.0.0.1:1" in html.unescape(reason.group(1)), reason
+
+
+@pytest.mark.parametrize("check", [
+    "credentials-{id}-" + "0" * 32,           # the right form, but no such job (expired)
+    "preview-{id}-" + "0" * 32,               # a check of another kind
+    "credentials-999-" + "0" * 32,            # another connection's
+    "credentials-{id}-../../x",
+])
+def test_admin_checks_of_other_connections_or_expired_are_404(
+        admin: FlaskClient, orgs: Flask, check: str) -> None:
+    connection_id = connection_now(orgs).id
+    answer = admin.get("/admin/acme/sync/connection?check=" + check.format(id=connection_id))
+    assert answer.status_code == 404
+
+
+def test_admin_check_whose_job_failed_shows_the_jobs_reason(admin: FlaskClient, orgs: Flask,
+                                                            redis: Redis) -> None:
+    # The stored password was encrypted with another key (the instance key was replaced):
+    # the job fails, and the page gives the job's reason instead of waiting forever.
+    with orgs.app_context():
+        db = get_db()
+        with immediate(db):
+            db.execute("UPDATE connections SET password_encrypted = ?",
+                       [crypto.encrypt(Fernet.generate_key(), "other key")])
+    answer = post(admin, "/admin/acme/sync/connection/test", page="/admin/acme/sync/connection")
+    work(orgs, redis)
+    page = html.unescape(admin.get(answer.location).get_data(as_text=True))
+    result = re.search(r'id="credentials-result">([^<]+)<', page)
+    assert result and result.group(1) == (
+        "Test failed: the check failed (ValueError: stored credentials cannot be decrypted "
+        "with this instance's key)")

@@ -4,7 +4,8 @@ One module shares two real portal processes (gunicorn) and one real RQ worker
 process: the server portal hosts org `srv` (20,000 accounts, so that a full
 read takes the seconds in which progress shows); the client portal hosts
 `acme`, an existing org without a connection, which the admin signs in to and
-connects through the Connector. Each test then drives one tab or toolbar
+connects through the Connector, and `beta`, an org that is no client, whose admin
+customizes it. Each test then drives one tab or toolbar
 action and checks its effect on the data (the next run, the server's records),
 read through the data layer. Screenshots go to docs/screenshots/ when
 SAVE_SCREENSHOTS=1, else to a temporary folder.
@@ -36,6 +37,7 @@ from tests.test_browser_connect import CHROMIUM, LAUNCH_ARGS, LOCAL_SERVERS, ROO
 
 ACCOUNTS = 20_000
 ANN, ANN_PASSWORD = "ann@example.com", "pass-word-1"
+BEA = "bea@example.com"
 OPERATOR, OPERATOR_PASSWORD = "ops", "ops-pass-1"
 WAIT_S = 180  # how long a job may take on this shared machine before the test gives up
 
@@ -56,6 +58,9 @@ class World:
         with self.client.app.app_context():
             registry.create_org(get_db(), self.client.orgs_dir, "acme", email=ANN,
                                 password=ANN_PASSWORD)
+            # An org that is no client of a connection: its admin may customize it.
+            registry.create_org(get_db(), self.client.orgs_dir, "beta", email=BEA,
+                                password=ANN_PASSWORD, template="sales")
         self.server_process = PortalProcess(folder / "server", redis_url)
         operators = json.dumps({OPERATOR: generate_password_hash(OPERATOR_PASSWORD)})
         self.client_process = PortalProcess(folder / "client", redis_url,
@@ -226,6 +231,40 @@ def test_browser_admin_disabled_entity_is_skipped_by_the_next_run(world: World) 
     assert world.count(world.client, "acme", "account", "name = ?", ["Zeta new account"]) == 1
 
 
+def set_for(world: World, entity: str, action: str) -> None:
+    """Choose one entity on Synchronization and apply an action to it."""
+    page = world.page
+    world.goto("/admin/acme/sync/")
+    page.check(f"#entity-{entity} input[type=checkbox]")
+    page.select_option("#action", action)
+    page.click("#entities input[type=submit]")
+    assert "1 entities changed" in page.text_content(".flash")
+
+
+def delete_on_server_then_sync(world: World, sync_deletion: str, lead_id: str
+                               ) -> tuple[dict[str, Any], bool]:
+    """Set lead's Sync Deletion, delete a lead on the server, Sync All: (run, kept on client)."""
+    set_for(world, "lead", sync_deletion)
+    assert world.page.text_content("#entity-lead .deletion") == (
+        "Yes" if sync_deletion == "deletion-on" else "No")
+    with world.server.org("srv") as org:
+        records.delete_record(org, "lead", lead_id)
+    run = world.sync_all()
+    assert run["status"] == "succeeded", run["error"]
+    with world.client.org("acme") as org:
+        return run, records.get_record(org, "lead", lead_id) is not None
+
+
+def test_browser_admin_sync_deletion_off_then_on_is_honoured_by_the_next_run(
+        world: World) -> None:
+    with world.client.org("acme") as org:
+        leads = [r[0] for r in org.db.execute("SELECT leadid FROM lead ORDER BY leadid LIMIT 2")]
+    _, kept = delete_on_server_then_sync(world, "deletion-off", leads[0])
+    assert kept  # deleted on the server, kept on the client
+    run, kept = delete_on_server_then_sync(world, "deletion-on", leads[1])
+    assert not kept and run["counts"]["lead"]["deleted"] == 1  # now the deletion reaches it
+
+
 def test_browser_admin_filter_built_in_the_editor_then_cleared(world: World) -> None:
     page = world.page
     world.goto("/admin/acme/sync/entities/contact/filter")
@@ -341,9 +380,22 @@ def test_browser_admin_job_schedule_and_run_now_with_progress(world: World) -> N
             timeout=30_000)
         shown = page.text_content("#run-text")
         world.shot("admin-progress")
+        first = dict(world.connection().progress or {})
+        # Let the worker read on until it reports another page, hold it again: the bar moves.
+        world.worker.send_signal(signal.SIGCONT)
+        world.wait_for(lambda: (world.connection().progress or {}) != first
+                       or world._ended_run(before, "sync"), "the run's next page")
+        world.worker.send_signal(signal.SIGSTOP)
+        assert world._ended_run(before, "sync") is None, "the run ended before a second page"
+        page.wait_for_function(
+            "(shown) => { const t = document.getElementById('run-text').textContent;"
+            " return t.includes('is running') && t.replace(/\\s+/g, ' ').trim() !== shown; }",
+            arg=" ".join(shown.split()), timeout=30_000)
+        moved = page.text_content("#run-text")
     finally:
         world.worker.send_signal(signal.SIGCONT)
     assert "download" in shown and "records" in shown, shown
+    assert " ".join(moved.split()) != " ".join(shown.split()), (shown, moved)
     run = world.wait_for_run(before)
     assert run["status"] == "succeeded" and run["trigger"] == "button"
     # The script notices the end and reloads the page: the bar is gone.
@@ -359,6 +411,17 @@ def test_browser_admin_instant_mode_sends_a_change_without_a_run(world: World) -
     page.click("#save-settings")
     assert "Settings saved" in page.text_content(".flash")
     assert world.connection().write_offline is False
+    # Test credentials: a worker asks the server; the page reloads itself until it answered.
+    # The worker is held (SIGSTOP) meanwhile, so that "Checking…" is seen on any machine.
+    world.worker.send_signal(signal.SIGSTOP)
+    try:
+        page.click("#test-credentials")
+        assert "Checking…" in page.text_content("#credentials-checking")
+        world.shot("admin-checking")
+    finally:
+        world.worker.send_signal(signal.SIGCONT)
+    page.wait_for_selector("#credentials-result", timeout=WAIT_S * 1000)
+    assert "The server accepted the credentials" in page.text_content("#credentials-result")
     world.shot("admin-connection")
     account_id = client_account(world)["accountid"]
     before = world.newest_run()
@@ -376,6 +439,8 @@ def test_browser_admin_update_metadata_preview_then_apply(world: World) -> None:
                                                        {"1033": "Rating"}))
     world.goto("/admin/acme/sync/")
     page.click("#update-metadata")
+    # A worker reads the server's metadata; the page reloads itself until the answer is in.
+    page.wait_for_selector("#preview, #preview-error", timeout=WAIT_S * 1000)
     assert "account.rating" in page.text_content("#preview")
     world.shot("admin-metadata")
     before = world.newest_run()
@@ -385,7 +450,8 @@ def test_browser_admin_update_metadata_preview_then_apply(world: World) -> None:
     with world.client.org("acme") as org:
         assert org.entity("account").attribute("rating") is not None
     world.goto("/admin/acme/sync/metadata")
-    assert page.query_selector("#preview-none") is not None
+    page.click("#check-metadata")
+    page.wait_for_selector("#preview-none", timeout=WAIT_S * 1000)
 
 
 def test_browser_admin_logs_and_the_runs_chart_from_real_runs(world: World) -> None:
@@ -443,3 +509,126 @@ def test_browser_operator_sees_a_failed_run_and_requeues_it(world: World) -> Non
     operator.reload()
     assert operator.query_selector(f"#failed-{job}") is None
     operator.close()
+
+
+def sign_in_as(world: World, org: str, email: str) -> Any:
+    """A new browser page signed in to an org's admin."""
+    page = world.browser.new_page(viewport={"width": 1280, "height": 900})
+    page.goto(world.url + "/admin/sign-in")
+    page.fill("#organization", org)
+    page.fill("#email", email)
+    page.fill("#password", ANN_PASSWORD)
+    page.click("input[type=submit]")
+    page.wait_for_url(f"**/admin/{org}/**")
+    return page
+
+
+def test_browser_admin_customization_of_an_org_then_refused_for_a_client_org(
+        world: World) -> None:
+    beta = sign_in_as(world, "beta", BEA)
+    try:
+        beta.goto(world.url + "/admin/beta/customization")
+        beta.fill("#logicalname", "cf_project")
+        beta.fill("#displayname", "Project")
+        beta.click("#add-entity input[type=submit]")
+        beta.wait_for_url("**/admin/beta/customization/cf_project")
+        beta.fill("#add-attribute #logicalname", "stage")
+        beta.fill("#add-attribute #displayname", "Stage")
+        beta.select_option("#type", "picklist")
+        beta.fill("#options_text", "one=Idea")  # bad input: answered beside the field
+        beta.click("#add-attribute input[type=submit]")
+        assert "value=label" in beta.text_content("#options_text-error")
+        beta.fill("#options_text", "1=Idea, 2=Running")
+        beta.click("#add-attribute input[type=submit]")
+        assert beta.text_content("#attribute-stage td:nth-child(3)") == "picklist"
+        beta.fill("#entity-displayname", "Projects")
+        beta.click("#label-form input[type=submit]")
+        world.page, admin_page = beta, world.page
+        world.shot("admin-customization")
+        world.page = admin_page
+    finally:
+        beta.close()
+    with world.client.org("beta") as org:
+        project = org.entity("cf_project")
+        stage = project.attribute("stage")
+        assert project.displayname == "Projects"
+        assert stage is not None and [(o.value, o.label) for o in stage.options] == [
+            (1, "Idea"), (2, "Running")]
+
+    # acme is the client of srv: metadata flows from the server only, so the screen says no.
+    world.goto("/admin/acme/customization")
+    assert "is the client of a connection" in world.page.text_content("#customization-refused")
+    assert world.page.query_selector("#add-entity") is None
+    world.goto("/admin/acme/customization/account")
+    assert "is the client of a connection" in world.page.text_content("#customization-refused")
+
+
+def test_browser_admin_api_token_created_shown_once_then_revoked(world: World) -> None:
+    page = world.page
+    world.goto("/admin/acme/tokens")
+    page.fill("#email", "nobody@example.com")
+    page.click("#create-token input[type=submit]")
+    assert "has no user" in page.text_content("#email-error")
+    page.fill("#email", ANN)
+    page.click("#create-token input[type=submit]")
+    token = page.text_content("#token-value").strip()
+    world.shot("admin-tokens")
+    root = world.client_process.odata_root("acme")
+    bearer = {"Authorization": f"Bearer {token}"}
+    assert requests.get(root + "accounts?$top=1", headers=bearer, timeout=30).status_code == 200
+    world.goto("/admin/acme/tokens")
+    assert token not in page.content()  # shown once only
+    revoke = page.query_selector_all("#tokens button[id^=revoke-]")[-1]
+    revoke.click()
+    assert "revoked" in page.text_content(".flash")
+    assert requests.get(root + "accounts?$top=1", headers=bearer, timeout=30).status_code == 401
+
+
+def test_browser_admin_application_user_created_shown_once_then_revoked(world: World) -> None:
+    page = world.page
+    world.goto("/admin/acme/applications")
+    page.click("#create-application input[type=submit]")  # no name: answered beside it
+    assert "Enter a name" in page.text_content("#name-error")
+    page.fill("#name", "Nightly ETL")
+    page.click("#create-application input[type=submit]")
+    client_id = page.text_content("#client-id").strip()
+    secret = page.text_content("#client-secret").strip()
+    world.shot("admin-applications")
+    grant = {"grant_type": "client_credentials", "client_id": client_id,
+             "client_secret": secret, "scope": f"{world.url}/dataverse/acme/.default"}
+    token_url = f"{world.url}/dataverse/acme/oauth2/v2.0/token"
+    answer = requests.post(token_url, data=grant, timeout=30)
+    assert answer.status_code == 200, answer.text
+    world.goto("/admin/acme/applications")
+    assert secret not in page.content() and "Nightly ETL" in page.text_content(
+        f"#application-{client_id} .name")
+    page.click(f"#revoke-{client_id}")
+    assert "revoked" in page.text_content(".flash")
+    assert requests.post(token_url, data=grant, timeout=30).status_code == 401
+
+
+def test_browser_admin_disconnect_with_an_unsent_change_archives_it_when_confirmed(
+        world: World) -> None:
+    # Last of the module: it ends acme's connection.
+    page = world.page
+    world.goto("/admin/acme/sync/connection")
+    page.check("input[name=write_mode][value=offline]")
+    page.click("#save-settings")
+    account_id = client_account(world)["accountid"]
+    patch_on_client(world, account_id, {"telephone1": "+421 2 3333"})
+    world.goto("/admin/acme/sync/connection")
+    assert page.text_content("#unsent").startswith("Changes not on the server yet: 1")
+    page.click("#disconnect")
+    assert "confirm that they are archived" in page.text_content("#archive_open-error")
+    assert world.connection().status == "connected"
+    world.shot("admin-disconnect")
+    page.check("#archive_open")
+    page.click("#disconnect")
+    page.wait_for_url("**/admin/acme/sync/connector")
+    assert "Changes archived that were not on the server: 1" in page.text_content(".flash")
+    with world.client.app.app_context():
+        assert connections.connection_of_org(get_db(), "acme") is None
+    with world.client.org("acme") as org:
+        assert [t.status for t in transactions.list_transactions(org)
+                if t.record_id == account_id][-1] == "archived"
+    assert server_value(world, account_id, "telephone1") != "+421 2 3333"

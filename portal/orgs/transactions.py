@@ -203,6 +203,14 @@ def set_all_pending(org: OrgDb) -> int:
         return cursor.rowcount
 
 
+def archive_open(org: OrgDb) -> int:
+    """Archive every transaction not yet on the server (pending or error); returns how many."""
+    with immediate(org.db):
+        return org.db.execute(
+            "UPDATE _transactions SET status = 'archived', updated = ? "
+            "WHERE status IN ('pending', 'error')", [utcnow()]).rowcount
+
+
 def _set(org: OrgDb, ids: list[int], status: TransactionStatus,
          allowed_from: tuple[TransactionStatus, ...]) -> int:
     if not ids:

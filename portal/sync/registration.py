@@ -308,13 +308,25 @@ def connect_request(db: Database, orgs_dir: str | Path, key: bytes, org: str, as
                            f"connecting {org} to the server again")
 
 
-def disconnect(db: Database, org: OrgDb, connection_id: int) -> None:
+def disconnect(db: Database, org: OrgDb, connection_id: int, *,
+               archive_open: bool = False) -> int:
     """End a connection: the org keeps its entities and records and stops recording changes.
 
-    Refused while a job works on the connection (its run record says running).
+    Refused while a job works on the connection (its run record says running),
+    and while changes are not on the server yet (pending or in error) unless
+    `archive_open`: then they are archived, so that connecting the org to a
+    server later never uploads them there. Returns how many were archived.
     """
     if runs.running_run(db, connection_id) is not None:
         raise InvalidInput("a job is working on this connection: wait until it has ended",
                            field="connection")
+    unsent = sum(transactions.counts(org)[s] for s in transactions.OPEN)
+    if unsent and not archive_open:
+        raise InvalidInput(
+            f"changes of this organization not on the server yet (pending or in error): {unsent}; "
+            "upload them first (Sync All), or confirm that they are archived",
+            field="archive_open")
+    archived = transactions.archive_open(org) if unsent else 0
     connections.delete_connection(db, connection_id)
     transactions.set_client(org, False)
+    return archived

@@ -1,8 +1,9 @@
 """Reaching a connection's server from a request: test its credentials, read its metadata.
 
 Jobs reach the server through their own run context (jobs.sync); the admin
-needs two short calls outside a job: Connection's *Test* and the preview of
-Update Client Metadata. Both open a backend, make one call, and close it.
+needs two short calls outside a run: Connection's *Test* and the preview of
+Update Client Metadata. Both open a backend, make one call, and close it; the
+admin runs them as background jobs (jobs.checks), never in a web request.
 """
 
 from collections.abc import Iterator
@@ -13,7 +14,8 @@ from sqlite_utils import Database
 from portal.backends.base import Backend
 from portal.backends.registry import make_backend
 from portal.orgs.metadata import Entity
-from portal.sync import connections
+from portal.orgs.store import OrgDb
+from portal.sync import connections, metadata
 
 # A person is waiting: one try, not the sync jobs' retries with backoff.
 RETRIES = 1
@@ -45,3 +47,12 @@ def read_server_metadata(db: Database, key: bytes, connection_id: int, *,
     """The server's entities and attributes as they are now."""
     with server_backend(db, key, connection_id, allow_private=allow_private) as backend:
         return backend.read_metadata()
+
+
+def preview_metadata(db: Database, key: bytes, org: OrgDb, connection_id: int, *,
+                     allow_private: bool) -> metadata.MetadataPreview:
+    """What Update Client Metadata would change in the client org now, with the data it drops."""
+    server_entities = read_server_metadata(db, key, connection_id, allow_private=allow_private)
+    known = {e.entity for e in connections.entity_settings(db, connection_id)}
+    return metadata.count_dropped_data(
+        org, metadata.preview_update(org.entities(), server_entities, known))

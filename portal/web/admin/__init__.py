@@ -80,4 +80,4 @@ def admin_context() -> dict[str, Any]:
     return {"admin_user": g.get("admin"), "admin_org": g.get("org")}
 
 
-from portal.web.admin import auth, customization, sync, tokens  # noqa: E402, F401  (views)
+from portal.web.admin import applications, auth, customization, sync, tokens  # noqa: E402, F401  (views)

@@ -19,7 +19,7 @@ from wtforms.fields.choices import SelectChoice
 from wtforms.validators import InputRequired, Length, NumberRange, Optional, ValidationError
 
 from portal.errors import InvalidInput, PortalError
-from portal.orgs import registry
+from portal.orgs import application_users, registry
 from portal.sync import connections
 from portal.sync.filters import MAX_XML_LENGTH
 from portal.web.forms import ServerFields, sentence, strip
@@ -256,3 +256,19 @@ class TokenForm(FlaskForm):
         InputRequired("Enter the e-mail of an org user."), Length(max=254)],
         render_kw={"type": "email"})
     submit = SubmitField("Create token")
+
+
+class ApplicationUserForm(FlaskForm):
+    """Application users: a new OAuth 2.0 client of the org."""
+
+    name = StringField("Name", filters=[strip], validators=[
+        InputRequired("Enter a name for the application."),
+        Length(max=application_users.MAX_NAME_LENGTH)])
+    admin = BooleanField("Administrator (may customize the org)")
+    submit = SubmitField("Create application user")
+
+
+class DisconnectForm(FlaskForm):
+    """Disconnect; with changes not on the server yet, the admin confirms they are archived."""
+
+    archive_open = BooleanField("Archive the changes that are not on the server yet")

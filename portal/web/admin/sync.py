@@ -26,10 +26,11 @@ from flask.typing import ResponseReturnValue
 
 from portal import crypto
 from portal.db import get_db
-from portal.errors import InvalidInput, PortalError
+from portal.errors import InvalidInput
 from portal.orgs import transactions
 from portal.orgs.store import OrgDb
-from portal.sync import connections, filters, metadata, overview, registration, runs, server
+from portal.queue import check_result, enqueue_check, get_redis, is_check_of, job_state
+from portal.sync import connections, filters, overview, registration, runs
 from portal.sync.connections import Connection
 from portal.sync.runs import RunStatus
 from portal.web.admin import bp, filter_editor
@@ -38,6 +39,7 @@ from portal.web.admin.forms import (
     ActionForm,
     ConnectorForm,
     CredentialsForm,
+    DisconnectForm,
     EntitiesForm,
     FilterXmlForm,
     LogSearchForm,
@@ -150,22 +152,47 @@ def _return_to() -> str | None:
     return target if target.startswith(f"/admin/{g.org['name']}/") else None
 
 
+def _check(kind: str, connection: Connection) -> dict[str, Any] | None:
+    """The check named by ?check= on the page: None for none; 'checking', or its result.
+
+    A check of another connection, or one Redis no longer keeps, is a 404.
+    """
+    job_id = request.args.get("check")
+    if not job_id:
+        return None
+    if not is_check_of(job_id, kind, connection.id):
+        abort(404, "There is no such check of this connection.")
+    found = job_state(get_redis(), job_id)
+    if found is None:
+        abort(404, "This check is no longer kept: start it again.")
+    if not found.ended:
+        return {"checking": True, "id": job_id}
+    if found.status != "finished":
+        return {"checking": False, "id": job_id, "error": f"the check failed ({found.failure})"}
+    result = check_result(get_redis(), job_id) or {}
+    return {"checking": False, "id": job_id, **result}
+
+
+def _start_check(kind: str, endpoint: str) -> ResponseReturnValue:
+    """Enqueue a check of the connection's server and show the page that waits for it."""
+    connection = _connection()
+    ActionForm().validate_on_submit() or abort(400)
+    job = enqueue_check(get_redis(), kind, connection.id)
+    return _back(endpoint, check=job.id)
+
+
+@bp.post("/<org>/sync/metadata/check")
+def metadata_check(org: str) -> ResponseReturnValue:
+    """Update Client Metadata, first step: read the server's metadata in a job."""
+    return _start_check("preview", "admin.metadata_preview")
+
+
 @bp.get("/<org>/sync/metadata")
 def metadata_preview(org: str) -> ResponseReturnValue:
-    """Update Client Metadata, first step: what would change, read from the server now."""
-    connection = _connection()
-    preview = error = None
-    try:
-        server_entities = server.read_server_metadata(
-            get_db(), _key(), connection.id,
-            allow_private=current_app.config["ALLOW_PRIVATE_SERVERS"])
-        known = {e.entity for e in connections.entity_settings(get_db(), connection.id)}
-        org_db = _org()
-        preview = metadata.count_dropped_data(
-            org_db, metadata.preview_update(org_db.entities(), server_entities, known))
-    except PortalError as refused:
-        error = refused.message
-    return _page("admin/metadata.html", preview=preview, error=error)
+    """Update Client Metadata: "checking…" while the job reads the server, then what changes."""
+    check = _check("preview", _connection())
+    return _page("admin/metadata.html", check=check,
+                 checking=bool(check and check["checking"]))
 
 
 @bp.post("/<org>/sync/metadata")
@@ -408,13 +435,19 @@ def connection(org: str) -> ResponseReturnValue:
 
 
 def _connection_page(current: Connection, settings: SettingsForm | None = None,
-                     credentials: CredentialsForm | None = None) -> str:
+                     credentials: CredentialsForm | None = None,
+                     disconnect_form: DisconnectForm | None = None) -> str:
     settings = settings or SettingsForm(formdata=None, data={
         "write_mode": "offline" if current.write_offline else "instant",
         "conflict_policy": current.conflict_policy})
     credentials = credentials or CredentialsForm(formdata=None, data={
         "server_username": current.username})
-    return _page("admin/connection.html", settings=settings, credentials=credentials)
+    check = _check("credentials", current) if request.method == "GET" else None
+    open_counts = transactions.counts(_org())
+    return _page("admin/connection.html", settings=settings, credentials=credentials,
+                 check=check, checking=bool(check and check["checking"]),
+                 disconnect_form=disconnect_form or DisconnectForm(formdata=None),
+                 unsent=sum(open_counts[s] for s in transactions.OPEN))
 
 
 @bp.post("/<org>/sync/connection/settings")
@@ -452,30 +485,26 @@ def connection_credentials(org: str) -> ResponseReturnValue:
 
 @bp.post("/<org>/sync/connection/test")
 def connection_test(org: str) -> ResponseReturnValue:
-    """Test the stored server credentials now."""
-    current = _connection()
-    ActionForm().validate_on_submit() or abort(400)
-    try:
-        who = server.test_credentials(get_db(), _key(), current.id,
-                                      allow_private=current_app.config["ALLOW_PRIVATE_SERVERS"])
-    except PortalError as refused:
-        flash(f"The server refused: {refused.message}", "error")
-    else:
-        flash(f"The server accepted the credentials ({who}).", "info")
-    return _back("admin.connection")
+    """Test the stored server credentials, in a job; the Connection tab shows the answer."""
+    return _start_check("credentials", "admin.connection")
 
 
 @bp.post("/<org>/sync/connection/disconnect")
 def disconnect(org: str) -> ResponseReturnValue:
-    """Disconnect: the org keeps its data and stops syncing."""
+    """Disconnect: the org keeps its data and stops syncing; unsent changes only if archived."""
     current = _connection()
-    ActionForm().validate_on_submit() or abort(400)
+    form = DisconnectForm()
+    if not form.validate_on_submit():
+        abort(400)
     try:
-        registration.disconnect(get_db(), _org(), current.id)
+        archived = registration.disconnect(get_db(), _org(), current.id,
+                                           archive_open=form.archive_open.data)
     except InvalidInput as refused:
-        flash(refused.message[:1].upper() + refused.message[1:] + ".", "error")
-        return _back("admin.connection")
-    flash("Disconnected. The organization keeps its entities and records.", "info")
+        add_error(form, refused, {"archive_open": "archive_open"})
+        return _connection_page(current, disconnect_form=form), 409
+    flash("Disconnected. The organization keeps its entities and records."
+          + (f" Changes archived that were not on the server: {archived}." if archived
+             else ""), "info")
     return _back("admin.connector")
 
 
