@@ -231,6 +231,8 @@ def upload(run: Run) -> None:
                              sync_state.keys_for_ids(org.db, name, record_ids).items()})
         writes = [_write(entities[g.entity], g, known.get((g.entity, g.record_id)),
                          keys.get((g.entity, g.record_id))) for g in sendable]
+        if backend.keyed:
+            _reference_keys(org, writes)
         answers = backend.apply_writes(writes)
         # The server's records of refused writes are read before the write lock is
         # taken: API writers of the client org must not wait on the network.
@@ -245,6 +247,8 @@ def upload(run: Run) -> None:
                 if outcome is not None:
                     retry.append((group, outcome))
         if retry:  # the client won: write again without a condition
+            if backend.keyed:
+                _reference_keys(org, [w for _, w in retry])
             answers = backend.apply_writes([w for _, w in retry])
             with immediate(org.db):
                 for (group, write), answer in zip(retry, answers, strict=True):
@@ -265,6 +269,23 @@ def _write(entity: Entity, group: _Group, known_version: str | None,
                      server_key=server_key)
     return Write(entity, group.record_id, "upsert", group.values(), if_match=known_version,
                  server_key=server_key)
+
+
+def _reference_keys(org: OrgDb, writes: list[Write]) -> None:
+    """Give a keyed server's writes the server keys of the records their lookups point to."""
+    wanted: dict[str, set[str]] = {}  # target entity -> client GUIDs
+    for write in writes:
+        for attr in write.entity.attributes:
+            value = write.values.get(attr.logicalname)
+            if attr.type == "lookup" and isinstance(value, str):
+                for target in attr.targets:
+                    wanted.setdefault(target, set()).add(value)
+    found: dict[str, str] = {}
+    for target, ids in wanted.items():
+        found.update(sync_state.keys_for_ids(org.db, target, ids))
+    for write in writes:
+        write.references = {v: found[v] for v in write.values.values()
+                            if isinstance(v, str) and v in found}
 
 
 def _server_record(backend: Backend, write: Write) -> tuple[dict[str, Any], str] | None:
@@ -477,16 +498,30 @@ def _client_ids(org: OrgDb, entity: Entity, page: ChangesPage) -> ChangesPage:
     The backend gives each record the GUID derived from its key; a record created
     here kept its own random GUID, learnt with its key from the create's answer.
     """
-    if not page.keys:
+    if not page.keys and not page.references:
         return page
     ids = sync_state.ids_for_keys(org.db, entity.logicalname, page.keys.values())
     moved = {i: ids[k] for i, k in page.keys.items() if ids[k] != i}
-    if not moved:
+    # Lookups to records created on the client: their stored GUIDs, not the derived ones.
+    refs: dict[str, str] = {}
+    for target in {t for t, _ in page.references.values()}:
+        wanted = {g: k for g, (t, k) in page.references.items() if t == target}
+        stored = sync_state.ids_for_keys(org.db, target, wanted.values())
+        refs.update({g: stored[k] for g, k in wanted.items() if stored[k] != g})
+    if not moved and not refs:
         return page
     pk = entity.primaryidattribute
+    lookups = [a.logicalname for a in entity.attributes if a.type == "lookup"]
+
+    def client_record(record: dict[str, Any]) -> dict[str, Any]:
+        swapped = {n: refs[record[n]] for n in lookups if record.get(n) in refs}
+        if record[pk] in moved:
+            swapped[pk] = moved[record[pk]]
+        return {**record, **swapped} if swapped else record
+
     return dataclasses.replace(
         page,
-        upserts=[{**r, pk: moved[r[pk]]} if r[pk] in moved else r for r in page.upserts],
+        upserts=[client_record(r) for r in page.upserts],
         versions={moved.get(i, i): v for i, v in page.versions.items()},
         deleted=[moved.get(i, i) for i in page.deleted],
         keys={moved.get(i, i): k for i, k in page.keys.items()})
