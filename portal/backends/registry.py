@@ -13,6 +13,7 @@ from portal.backends.base import Backend
 from portal.backends.dynamics import DynamicsBackend
 from portal.backends.dynamics import check_options as check_dynamics_options
 from portal.backends.resco import RescoBackend
+from portal.backends.salesforce import SECRET_OPTIONS as SALESFORCE_SECRETS
 from portal.backends.salesforce import SalesforceBackend
 from portal.backends.salesforce import check_options as check_salesforce_options
 from portal.errors import InvalidInput, NotAvailable
@@ -79,6 +80,11 @@ def check_options(kind: str, options: dict[str, str] | None) -> dict[str, str]:
         raise InvalidInput(f"the {backend_type(kind).name} backend takes no sign-in options "
                            f"({', '.join(sorted(options))})", field="auth")
     return options
+
+
+def secret_options(kind: str) -> frozenset[str]:
+    """The sign-in options of a backend type that are secrets (stored encrypted)."""
+    return SALESFORCE_SECRETS if backend_type(kind).key == "salesforce" else frozenset()
 
 
 def make_backend(kind: str, url: str, username: str, password: str,

@@ -57,7 +57,7 @@ from simple_salesforce.login import token_login
 
 from portal.backends import salesforce_mapping as sfm
 from portal.backends.base import Backend, ChangesPage, Write, WriteResult
-from portal.backends.odata import RETRIES, TIMEOUT_S, server_retry
+from portal.backends.odata import RETRIES, RETRY_METHODS, TIMEOUT_S, server_retry
 from portal.backends.server_urls import check_server_url, guard_session
 from portal.errors import BackendError, CredentialsRefused, InvalidInput, ServerLimited
 from portal.orgs.metadata import Attribute, Entity
@@ -138,7 +138,11 @@ class SalesforceBackend(Backend):
         self.only = {o.strip().lower() for o in (objects or "").split(",") if o.strip()}
         self.api_version = api_version
         self.session = guard_session(session or requests.Session(), allow_private=allow_private)
-        adapter = HTTPAdapter(pool_connections=2, pool_maxsize=4, max_retries=server_retry(retries))
+        # A POST is a plain create (objects without an External ID client-id field): not
+        # repeated by the transport, so a lost answer ends the run and the next run's
+        # look-up (or none) decides; every other call may be repeated.
+        retry = server_retry(retries).new(allowed_methods=RETRY_METHODS - {"POST"})
+        adapter = HTTPAdapter(pool_connections=2, pool_maxsize=4, max_retries=retry)
         self.session.mount("http://", adapter)
         self.session.mount("https://", adapter)
         self._sf: Salesforce | None = None
@@ -217,7 +221,7 @@ class SalesforceBackend(Backend):
 
     def _error(self, exc: SalesforceError) -> BackendError:
         error = sfm.error_from_answer(exc.status, exc.content)
-        content = exc.content if isinstance(exc.content, list) else []
+        content: list[Any] = exc.content if isinstance(exc.content, list) else []
         codes = {e.get("errorCode") for e in content if isinstance(e, dict)}
         if "REQUEST_LIMIT_EXCEEDED" in codes:
             return ServerLimited(f"stopped by Salesforce's API limit ({error.message}); the next "
