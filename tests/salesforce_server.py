@@ -35,6 +35,9 @@ Emulated:
   `DELETE composite/sobjects?ids=&allOrNone=false`, per-record results
   `{"id", "success", "errors": [{"statusCode", "message", "fields"}]}`;
   fields a create or update may not set answer `INVALID_FIELD_FOR_INSERT_UPDATE`.
+* Stamps: `SystemModstamp` to the second, shared by records written in the same
+  second; a record written twice in one second gets the next second (a real
+  org would repeat the stamp, and the backend's version check could not tell).
 * Faults: `lose_answers[path] = n` applies the next n writes to that path and
   answers 502 (a gateway that lost the answer); `purge(obj, id)` removes a
   deleted record for good (only getDeleted still lists it).
@@ -58,7 +61,7 @@ from urllib.parse import parse_qs, urlsplit
 
 import jwt
 import orjson
-from werkzeug.serving import make_server
+from werkzeug.serving import WSGIRequestHandler, make_server
 from werkzeug.wrappers import Request, Response
 
 from portal.backends.salesforce_mapping import salesforce_id
@@ -256,6 +259,11 @@ def _matches(cond: Any, row: dict[str, Any]) -> bool:
                  "<=": value <= literal}[op])
 
 
+class _QuietHandler(WSGIRequestHandler):
+    def log_request(self, *args: Any) -> None:
+        """Tests read `requests`, not a log line per request."""
+
+
 class SalesforceServer:
     """The server: users, objects, records, sessions, API usage; `url` is its login URL."""
 
@@ -275,6 +283,7 @@ class SalesforceServer:
         self._serial = itertools.count(1)
         self._lock = threading.RLock()
         self._http = make_server("127.0.0.1", 0, self._wsgi, threaded=True,
+                                 request_handler=_QuietHandler,
                                  ssl_context=(str(tls.certfile), str(tls.keyfile)))
         self.url = f"https://127.0.0.1:{self._http.server_port}"
         self._thread = threading.Thread(target=self._http.serve_forever, daemon=True)
@@ -335,8 +344,13 @@ class SalesforceServer:
         return salesforce_id(f"{self.objects[obj]['keyPrefix']}{next(self._serial):012d}")
 
     def _touch(self, row: dict[str, Any], created: bool = False) -> None:
-        # A real org stamps to the second too; several writes in one second share a stamp.
-        stamp = _sf_time(_now())
+        # Stamps are to the second, as a real org's: records written in one second share
+        # one. A record written twice in one second gets the next second (a real org's
+        # would repeat its stamp; then the backend cannot tell the writes apart).
+        moment = _now()
+        if row.get("SystemModstamp"):
+            moment = max(moment, _parse_time(row["SystemModstamp"]) + timedelta(seconds=1))
+        stamp = _sf_time(moment)
         if created:
             row["CreatedDate"] = stamp
         row["LastModifiedDate"] = row["SystemModstamp"] = stamp

@@ -177,8 +177,9 @@ class SalesforceBackend(Backend):
             token, instance = token_login(token_url, data, "login", self.consumer_key or "",
                                           None, None, self.session)
         except SalesforceAuthenticationFailed as exc:
-            raise CredentialsRefused(f"Salesforce refused the sign-in: {exc.code}: "
-                                     f"{exc.message}") from None
+            # The token endpoint's error body (RFC 6749 5.2), as simple-salesforce read it.
+            raise sfm.error_from_answer(400, {"error": exc.code,
+                                              "error_description": exc.auth_message}) from None
         except requests.RequestException as exc:
             raise BackendError(f"Salesforce at {self.login_url} cannot be reached: "
                                f"{exc.__class__.__name__}") from None
@@ -230,8 +231,8 @@ class SalesforceBackend(Backend):
 
     def _check_budget(self, sf: Salesforce) -> None:
         usage = sf.api_usage.get("api-usage")
-        if usage is None or not usage.total:
-            return
+        if usage is None or not usage.total or self.api_budget >= 100:
+            return  # the whole limit: Salesforce's REQUEST_LIMIT_EXCEEDED stops the run
         allowed = usage.total * self.api_budget // 100
         if usage.used >= allowed:
             raise ServerLimited(
@@ -546,8 +547,11 @@ class SalesforceBackend(Backend):
 
     def _body(self, obj: sfm.SalesforceObject, write: Write, key: str | None,
               created: dict[str, str]) -> dict[str, Any]:
+        # Salesforce's own fields (neither createable nor updateable: Id, IsDeleted, the
+        # stamps) come back in a client-wins resend of the whole record: not ours to write.
+        system = {a.logicalname for a in obj.entity.attributes if a.issystem}
         values = {k: v for k, v in write.values.items()
-                  if k not in ("createdon", "modifiedon", "versionnumber")}
+                  if k not in system and k not in ("createdon", "modifiedon", "versionnumber")}
         for attr in obj.entity.attributes:
             if attr.type == "lookup" and values.get(attr.logicalname) is not None:
                 values[attr.logicalname] = _reference_key(attr, values[attr.logicalname],
