@@ -54,7 +54,7 @@ def connect(client: Side, redis: Redis, server: SalesforceServer, *,
             policy: str = "server-wins", **options: str) -> int:
     """Connect `cli` (password with the security token appended) and run the connect job."""
     return client.connect_now(redis, "cli", server.url, policy=policy,
-                              password=PASSWORD + TOKEN, server_options={**APP, **options})
+                              password=PASSWORD + TOKEN, options={**APP, **options})
 
 
 def last_run(client: Side, connection_id: int) -> dict[str, Any]:
@@ -132,7 +132,7 @@ def test_first_read_goes_in_keyset_pages_sorted_by_systemmodstamp_and_id(
                 config={"SYNC_PAGE_SIZE": 3})
     side.create_org("cli", template=None)
     made = {server.insert("Lead", {"LastName": f"Lead {n}", "Company": "C"}) for n in range(8)}
-    side.connect_now(redis, "cli", server.url, password=PASSWORD + TOKEN, server_options=APP)
+    side.connect_now(redis, "cli", server.url, password=PASSWORD + TOKEN, options=APP)
     with side.org("cli") as org:
         assert {r["lastname"] for r in org.db.table("lead").rows} == {
             f"Lead {n}" for n in range(8)}
@@ -326,7 +326,7 @@ def test_reaching_the_api_limit_stops_the_run_as_limited_and_the_next_resumes(
         server.insert("Lead", {"LastName": f"Lead {n}", "Company": "C"})
     server.daily_limit = 12  # enough for sign-in and metadata, not for every page
     connection_id = side.connect(side_org := "cli", server.url, password=PASSWORD + TOKEN,
-                                 server_options={**APP, "api_budget": "100"})
+                                 options={**APP, "api_budget": "100"})
     side.queue(redis, connection_id, "connect")
     side.work(redis)
     run = last_run(side, connection_id)
@@ -368,7 +368,7 @@ def test_refused_sign_ins_fail_with_salesforces_error(client: Side, redis: Redis
                                                       options: dict[str, str],
                                                       message: str) -> None:
     connection_id = client.connect("cli", server.url, password=password,
-                                   server_options={**APP, **options})
+                                   options={**APP, **options})
     client.queue(redis, connection_id, "connect")
     client.work(redis)
     connection = client.connection(connection_id)
@@ -382,7 +382,7 @@ def test_a_security_token_given_apart_is_appended(client: Side, redis: Redis,
                                                   server: SalesforceServer) -> None:
     seed(server)
     connection_id = client.connect_now(redis, "cli", server.url, password=PASSWORD,
-                                       server_options={**APP, "security_token": TOKEN})
+                                       options={**APP, "security_token": TOKEN})
     with client.app.app_context():
         stored = get_db().execute("SELECT server_options FROM connections WHERE id = ?",
                                   [connection_id]).fetchone()[0]
@@ -393,7 +393,7 @@ def test_an_expired_password_fails_with_salesforces_reason(client: Side, redis: 
                                                            server: SalesforceServer) -> None:
     server.add_user(ADMIN_EMAIL, PASSWORD, TOKEN, expired=True)
     connection_id = client.connect("cli", server.url, password=PASSWORD + TOKEN,
-                                   server_options=APP)
+                                   options=APP)
     client.queue(redis, connection_id, "connect")
     client.work(redis)
     connection = client.connection(connection_id)

@@ -79,6 +79,10 @@ class Backend(ABC):
     # server keys and `get_record` takes one. See docs/architecture.md.
     keyed: ClassVar[bool] = False
 
+    def is_keyed(self, entity: Entity) -> bool:
+        """Whether this entity's records have server keys (a backend may key only some)."""
+        return self.keyed
+
     @abstractmethod
     def check_credentials(self) -> str:
         """Verify the user name and password; returns who the server says we are."""

@@ -12,6 +12,8 @@ from typing import Any
 from portal.backends.base import Backend
 from portal.backends.dynamics import DynamicsBackend
 from portal.backends.dynamics import check_options as check_dynamics_options
+from portal.backends.odata_v4 import ODataV4Backend
+from portal.backends.odata_v4 import check_options as check_odata_options
 from portal.backends.resco import RescoBackend
 from portal.backends.salesforce import SECRET_OPTIONS as SALESFORCE_SECRETS
 from portal.backends.salesforce import SalesforceBackend
@@ -38,7 +40,7 @@ BACKEND_TYPES = (
     BackendType("resco", "Resco Cloud", "3b2f3c1e-7f0c-4f4b-9a57-1c2d3e4f5a6b", RescoBackend),
     BackendType("dynamics", "Dynamics CRM", "60650fb3-5d8b-45dd-b82e-459f3b019e9a",
                 DynamicsBackend),
-    BackendType("odata", "OData v4", "9c1d6a53-2f7e-4b8a-8e1f-0a4b5c6d7e8f", None),
+    BackendType("odata", "OData v4", "9c1d6a53-2f7e-4b8a-8e1f-0a4b5c6d7e8f", ODataV4Backend),
     BackendType("salesforce", "Salesforce", "d5a7e2c4-6b1f-4e3a-9c8d-2f4e6a8b0c1d",
                 SalesforceBackend),
 )
@@ -69,11 +71,13 @@ def available_backend(key_or_provider_id: str) -> BackendType:
 
 
 def check_options(kind: str, options: dict[str, str] | None) -> dict[str, str]:
-    """A backend type's sign-in options checked (Dynamics and Salesforce have some); empty ones
+    """A backend type's sign-in options checked (Dynamics', OData's, Salesforce's); empty ones
     dropped."""
     options = {k: v.strip() for k, v in (options or {}).items() if v and v.strip()}
     if available_backend(kind).key == "dynamics":
         return check_dynamics_options(options)
+    if available_backend(kind).key == "odata":
+        return check_odata_options(options)
     if available_backend(kind).key == "salesforce":
         return check_salesforce_options(options)
     if options:
