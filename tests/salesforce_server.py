@@ -38,6 +38,8 @@ Emulated:
 * Stamps: `SystemModstamp` to the second, shared by records written in the same
   second; a record written twice in one second gets the next second (a real
   org would repeat the stamp, and the backend's version check could not tell).
+* Cascades: deleting an Account deletes its Contacts (as Salesforce does); no
+  other cascade or reparenting.
 * Faults: `lose_answers[path] = n` applies the next n writes to that path and
   answers 502 (a gateway that lost the answer); `purge(obj, id)` removes a
   deleted record for good (only getDeleted still lists it).
@@ -369,6 +371,10 @@ class SalesforceServer:
         row["IsDeleted"] = True
         self._touch(row)
         self.deletions.append((obj, key, _now()))
+        if obj == "Account":  # an account's contacts go with it, as in Salesforce
+            for child, contact in list(self.live("Contact").items()):
+                if contact["AccountId"] == key:
+                    self._delete("Contact", child)
 
     def _find(self, key: str) -> tuple[str, dict[str, Any]] | None:
         for obj, rows in self.records.items():

@@ -43,6 +43,20 @@ class EntitySpec:
     key_kind: str  # "guid" (the record id), "value" (the client gives it) or "server"
     fields: dict[str, str]  # server property -> the client's attribute
     enums: dict[str, dict[str, int]] = field(default_factory=dict)  # server property -> members
+    # Server property -> the client entity it points to, where its values are server keys
+    # (the client holds GUIDs: compared under the target's server keys).
+    lookups: dict[str, str] = field(default_factory=dict)
+
+
+@dataclass(frozen=True)
+class Roles:
+    """Which of a side's entities and fields play parent and child in generic scenarios."""
+
+    parent: str  # client logical name of an account-like entity
+    parent_name: str  # its server name field
+    child: str  # an entity with a lookup to the parent
+    child_name: str
+    child_parent: str  # the child's server lookup field
 
 
 class ServerSide(Protocol):
@@ -93,13 +107,22 @@ def client_snapshot(org: store.OrgDb, spec: EntitySpec) -> dict[str, dict[str, A
     """The client org's records of an entity as the server would list them (by server key)."""
     entity = org.entity(spec.name)
     pk = entity.primaryidattribute
-    keys = dict(org.db.execute("SELECT id, server_key FROM _server_versions WHERE entity = ?",
-                               [spec.name]).fetchall())
+    keys = _server_keys(org, spec.name)
+    targets = {t: _server_keys(org, t) for t in spec.lookups.values()}
     out: dict[str, dict[str, Any]] = {}
     for row in org.db.table(spec.name).rows:
         key = row[pk] if spec.key_kind == "guid" else (keys.get(row[pk]) or f"?{row[pk]}")
-        out[str(key)] = {s: comparable(spec, s, row.get(c)) for s, c in spec.fields.items()}
+        values = {s: row.get(c) for s, c in spec.fields.items()}
+        for s, target in spec.lookups.items():
+            if values.get(s) is not None:
+                values[s] = targets[target].get(values[s]) or f"?{values[s]}"
+        out[str(key)] = {s: comparable(spec, s, v) for s, v in values.items()}
     return out
+
+
+def _server_keys(org: store.OrgDb, entity: str) -> dict[str, str]:
+    return dict(org.db.execute("SELECT id, server_key FROM _server_versions WHERE entity = ?",
+                               [entity]).fetchall())
 
 
 def assert_same(side: ServerSide, org: store.OrgDb, entities: list[str] | None = None) -> None:
@@ -208,6 +231,8 @@ ODATAPY_SPECS = [
 class OdatapySide(ODataSide):
     """odatapy's in-memory service (a subprocess), with its clock control for modifiedAt."""
 
+    roles = Roles("accounts", "name", "contacts", "lastName", "account_ID")
+
     def __init__(self, url: str, process: subprocess.Popen[bytes], tracked: bool) -> None:
         from tests.odatapy_server import PASSWORD, USER
 
@@ -236,3 +261,78 @@ def odatapy_side(page_size: int = 7, tracked: bool = True) -> Iterator[OdatapySi
         process.wait(10)
         if process.stdout is not None:
             process.stdout.close()
+
+
+# --- Salesforce (tests/salesforce_server.py) ------------------------------------
+
+SALESFORCE_SPECS = [
+    EntitySpec("account", "Account", "Id", "server",
+               {"Name": "name", "NumberOfEmployees": "numberofemployees",
+                "Industry": "industry"}),
+    EntitySpec("contact", "Contact", "Id", "server",
+               {"LastName": "lastname", "FirstName": "firstname", "AccountId": "accountid"},
+               lookups={"AccountId": "account"}),
+    EntitySpec("lead", "Lead", "Id", "server", {"LastName": "lastname", "Company": "company"}),
+]
+
+
+class SalesforceSide:
+    """The Salesforce-shaped server (in this process), through its own record methods."""
+
+    kind = "salesforce"
+    roles = Roles("account", "Name", "contact", "LastName", "AccountId")
+
+    def __init__(self, server: Any, username: str, password: str,
+                 options: dict[str, str]) -> None:
+        self.server = server
+        self.url = server.url
+        self.ca_file = server.tls.ca_file  # the client's worker must trust the test CA
+        self.username, self.password, self.options = username, password, options
+        self.specs = {s.name: s for s in SALESFORCE_SPECS}
+
+    def entities(self) -> list[str]:
+        """The replicateable objects, by the client's names."""
+        return [n.lower() for n, o in self.server.objects.items() if o["replicateable"]]
+
+    def seed(self, accounts: int, contacts_per_account: int = 1) -> None:
+        """Accounts with contacts, and a lead."""
+        for i in range(accounts):
+            account = self.create("account", {"Name": f"Account {i}", "NumberOfEmployees": i})
+            for n in range(contacts_per_account):
+                self.create("contact", {"LastName": f"Last {i}-{n}", "AccountId": account})
+        self.create("lead", {"LastName": "Lead", "Company": "Initech"})
+
+    def snapshot(self, entity: str) -> dict[str, dict[str, Any]]:
+        """The records not deleted."""
+        spec = self.specs[entity]
+        return {key: {f: comparable(spec, f, row.get(f)) for f in spec.fields}
+                for key, row in self.server.live(spec.entity_set).items()}
+
+    def create(self, entity: str, fields: dict[str, Any]) -> str:
+        """A record made in Salesforce."""
+        return str(self.server.insert(self.specs[entity].entity_set, fields))
+
+    def update(self, entity: str, key: str, fields: dict[str, Any]) -> None:
+        """A change made in Salesforce."""
+        self.server.update(self.specs[entity].entity_set, key, fields)
+
+    def delete(self, entity: str, key: str) -> None:
+        """A deletion made in Salesforce."""
+        self.server.delete(self.specs[entity].entity_set, key)
+
+
+@contextmanager
+def salesforce_side(folder: Path) -> Iterator[SalesforceSide]:
+    """A Salesforce-shaped server with the portal admin as its user and a connected app."""
+    from tests.conftest import ADMIN_EMAIL
+    from tests.portal_process import Tls
+    from tests.salesforce_server import SalesforceServer
+
+    server = SalesforceServer(Tls.make(folder)).start()
+    server.add_user(ADMIN_EMAIL, "Sales-force-1", "TOKEN")
+    server.add_app("3MVG9-side", "side-secret")
+    try:
+        yield SalesforceSide(server, ADMIN_EMAIL, "Sales-force-1TOKEN",
+                             {"consumer_key": "3MVG9-side", "consumer_secret": "side-secret"})
+    finally:
+        server.stop()

@@ -13,10 +13,18 @@ import pytest
 from redis import Redis
 
 from portal.orgs import records, transactions
-from tests.server_sides import OdatapySide, ServerSide, assert_same, odatapy_side
+from tests.server_sides import (
+    OdatapySide,
+    ServerSide,
+    assert_same,
+    odatapy_side,
+    salesforce_side,
+)
 from tests.sync_helpers import Side
 
 SERVERS = ["odatapy", "odatapy-watermark"]
+# The servers of the generic scenarios (sides with `roles`): these and Salesforce's.
+ANY_SERVERS = [*SERVERS, "salesforce"]
 
 
 @pytest.fixture(params=SERVERS)
@@ -118,3 +126,72 @@ def test_servers_many_records_sharing_one_modified_at_all_arrive(
         assert len(client_rows := list(b.db.table("countries").rows)) == 23
         assert "Changed at the same time" in {r["name"] for r in client_rows}
         assert_same(server, b)
+
+
+# --- generic scenarios: every side with `roles` ---------------------------------
+
+
+@pytest.fixture(params=ANY_SERVERS)
+def any_server(request, tmp_path: Path) -> Iterator[ServerSide]:
+    """A server side with parent/child roles (odatapy's, Salesforce's)."""
+    if request.param == "salesforce":
+        with salesforce_side(tmp_path / "tls") as side:
+            yield side
+    else:
+        with odatapy_side(tracked=request.param == "odatapy") as side:
+            yield side
+
+
+@pytest.fixture
+def any_client(any_server: ServerSide, tmp_path: Path, redis_url: str, monkeypatch) -> Side:
+    """Portal B's side for `any_server`'s backend type, with an empty org `cli`."""
+    ca_file = getattr(any_server, "ca_file", None)
+    if ca_file is not None:
+        monkeypatch.setenv("REQUESTS_CA_BUNDLE", str(ca_file))  # the worker's requests
+    side = Side(tmp_path / "b", redis_url, backend=any_server.kind,
+                config={"SYNC_PAGE_SIZE": 5, "SYNC_UPLOAD_BATCH": 4})
+    side.create_org("cli", template=None)
+    return side
+
+
+def test_any_server_parents_and_children_both_ways(any_server: ServerSide, any_client: Side,
+                                                   redis: Redis) -> None:
+    server, client = any_server, any_client
+    roles = server.roles  # type: ignore[attr-defined]
+    parent, child = server.specs[roles.parent], server.specs[roles.child]
+    name_of = {s: c for s, c in parent.fields.items()}
+    child_of = {s: c for s, c in child.fields.items()}
+    server.seed(accounts=7, contacts_per_account=2)
+    connection_id = _connect(server, client, redis)
+    with client.org("cli") as b:
+        assert_same(server, b, [roles.parent, roles.child])
+
+    parents = {v[roles.parent_name]: k for k, v in server.snapshot(roles.parent).items()}
+    server.update(roles.parent, parents["Account 0"], {roles.parent_name: "Renamed there"})
+    new = server.create(roles.parent, {roles.parent_name: "Made there"})
+    server.create(roles.child, {roles.child_name: "Child there", roles.child_parent: new})
+    server.delete(roles.parent, parents["Account 1"])
+    with client.org("cli") as b:
+        pk = b.entity(roles.parent).primaryidattribute
+        rows = {r[name_of[roles.parent_name]]: r[pk] for r in b.db.table(roles.parent).rows}
+        records.update_record(b, roles.parent, rows["Account 2"],
+                              {name_of[roles.parent_name]: "Renamed here"})
+        made = records.create_record(b, roles.parent, {name_of[roles.parent_name]: "Made here"})
+        records.create_record(b, roles.child, {child_of[roles.child_name]: "Child here",
+                                               child_of[roles.child_parent]: made[pk]})
+        records.delete_record(b, roles.parent, rows["Account 3"])
+
+    client.sync_now(redis, connection_id)
+    client.sync_now(redis, connection_id)  # once more: nothing changes, nothing doubles
+
+    names = [v[roles.parent_name] for v in server.snapshot(roles.parent).values()]
+    assert {"Renamed there", "Made there", "Renamed here", "Made here"} <= set(names)
+    assert len(names) == len(set(names)) == 7 + 2 - 2
+    children = {v[roles.child_name]: v[roles.child_parent]
+                for v in server.snapshot(roles.child).values()}
+    made_key = next(k for k, v in server.snapshot(roles.parent).items()
+                    if v[roles.parent_name] == "Made here")
+    assert children["Child here"] == made_key
+    with client.org("cli") as b:
+        assert_same(server, b, [roles.parent, roles.child])
+        assert transactions.counts(b)["pending"] == 0
