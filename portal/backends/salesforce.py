@@ -161,7 +161,7 @@ class SalesforceBackend(Backend):
                       "exp": int(time.time()) + JWT_LIFETIME_S}
             try:
                 assertion = jwt.encode(claims, self.password, algorithm="RS256")
-            except (ValueError, TypeError) as exc:
+            except (ValueError, TypeError, jwt.PyJWTError) as exc:
                 raise CredentialsRefused("the private key (password field) is not an RSA key "
                                          f"in PEM form: {exc}") from None
             data = {"grant_type": "urn:ietf:params:oauth:grant-type:jwt-bearer",
