@@ -30,6 +30,9 @@ Emulated:
   `earliestDateAvailable` and `latestDateCovered`.
 * `GET limits` (DailyApiRequests) and `Sforce-Limit-Info: api-usage=n/max` on
   every answer; past the limit, 403 `REQUEST_LIMIT_EXCEEDED`.
+* Bulk API 2.0 query jobs: `POST jobs/query` (query or queryAll; the job is
+  complete at once), `GET jobs/query/{id}`, `GET jobs/query/{id}/results` as CSV
+  with `maxRecords`, `Sforce-Locator` and `Sforce-NumberOfRecords`.
 * sObject Collections: `POST composite/sobjects` (create), `PATCH composite/sobjects`
   (update), `PATCH composite/sobjects/{obj}/{externalIdField}` (upsert) and
   `DELETE composite/sobjects?ids=&allOrNone=false`, per-record results
@@ -44,7 +47,8 @@ Emulated:
   answers 502 (a gateway that lost the answer); `purge(obj, id)` removes a
   deleted record for good (only getDeleted still lists it).
 
-Not emulated: SOAP login, the Bulk APIs, relationship queries, SOQL
+Not emulated: SOAP login, Bulk API 1.0 and ingest jobs, jobs that take time or
+fail, relationship queries, SOQL
 functions other than COUNT(), formula and roll-up fields, sharing and field
 permissions, triggers, validation rules, duplicate rules, allOrNone=true
 rollbacks, API versions (any `vXX.X` is served), the 2,000-row cap of
@@ -52,6 +56,8 @@ rollbacks, API versions (any `vXX.X` is served), the 2,000-row cap of
 """
 
 import base64
+import csv
+import io
 import itertools
 import re
 import threading
@@ -233,6 +239,17 @@ def _literal(token: str) -> Any:
     return float(token)
 
 
+def _csv_text(value: Any) -> str:
+    """A value as Bulk API 2.0 CSV gives it: null empty, booleans lower case, times with Z."""
+    if value is None:
+        return ""
+    if isinstance(value, bool):
+        return "true" if value else "false"
+    if isinstance(value, str) and value.endswith(".000+0000"):
+        return value[:-5] + "Z"
+    return str(value)
+
+
 def _value(row: dict[str, Any], name: str) -> Any:
     value = next((v for k, v in row.items() if k.lower() == name.lower()), None)
     if isinstance(value, str) and re.fullmatch(r"\d{4}-\d\d-\d\dT\d\d:\d\d:\d\d\.000\+0000", value):
@@ -282,6 +299,7 @@ class SalesforceServer:
         self.lose_answers: dict[str, int] = {}
         self.requests: list[tuple[str, str]] = []  # (method, path) of each request
         self._cursors: dict[str, list[dict[str, Any]]] = {}
+        self.bulk_jobs: dict[str, dict[str, Any]] = {}
         self._serial = itertools.count(1)
         self._lock = threading.RLock()
         self._http = make_server("127.0.0.1", 0, self._wsgi, threaded=True,
@@ -445,6 +463,8 @@ class SalesforceServer:
                                                     "Remaining": self.daily_limit - self.used}})
         if m := re.fullmatch(r"(query|queryAll)(?:/(.+))?", rest):
             return self._query(request, m[1] == "queryAll", m[2])
+        if m := re.fullmatch(r"jobs/query(?:/(\w+))?(/results)?", rest):
+            return self._bulk_query(request, m[1], bool(m[2]))
         if m := re.fullmatch(r"composite/sobjects(?:/(\w+)/(\w+))?", rest):
             return self._collections(request, m[1], m[2])
         return self._errors(404, "NOT_FOUND", "The requested resource does not exist")
@@ -551,6 +571,44 @@ class SalesforceServer:
                                       f"{'queryAll' if include_deleted else 'query'}/"
                                       f"{cursor}-{offset + size}")
         return self._json(body)
+
+    def _bulk_query(self, request: Request, job_id: str | None, results: bool) -> Response:
+        # Bulk API 2.0 Developer Guide: "Create a Query Job", "Get Information About a
+        # Query Job", "Get Results for a Query Job" (CSV, Sforce-Locator, maxRecords).
+        if job_id is None and request.method == "POST":
+            body = orjson.loads(request.get_data())
+            soql = Soql(body["query"])
+            if soql.obj not in self.objects or soql.count or soql.order:
+                return self._errors(400, "INVALIDJOB", "this query cannot be a Bulk API job")
+            include = body.get("operation") == "queryAll"
+            rows = [r for r in self.records[soql.obj].values()
+                    if (include or not r["IsDeleted"]) and _matches(soql.where, r)]
+            job = uuid.uuid4().hex[:15]
+            self.bulk_jobs[job] = {"fields": soql.fields, "rows": rows}
+            return self._json({"id": job, "operation": body.get("operation"),
+                               "object": soql.obj, "state": "UploadComplete",
+                               "contentType": "CSV", "columnDelimiter": "COMMA",
+                               "lineEnding": "LF", "apiVersion": 62.0})
+        job = self.bulk_jobs.get(job_id or "")
+        if job is None:
+            return self._errors(404, "NOT_FOUND", "The requested resource does not exist")
+        if not results:
+            return self._json({"id": job_id, "state": "JobComplete",
+                               "numberRecordsProcessed": len(job["rows"])})
+        start = int(request.args.get("locator") or 0)
+        size = int(request.args.get("maxRecords") or 50_000)
+        chunk = job["rows"][start:start + size]
+        text = io.StringIO()
+        writer = csv.writer(text, lineterminator="\n", quoting=csv.QUOTE_ALL)
+        writer.writerow(job["fields"])
+        for row in chunk:
+            writer.writerow([_csv_text(row.get(f)) for f in job["fields"]])
+        response = Response(text.getvalue(), 200, content_type="text/csv")
+        more = start + size < len(job["rows"])
+        response.headers["Sforce-Locator"] = str(start + size) if more else "null"
+        response.headers["Sforce-NumberOfRecords"] = str(len(chunk))
+        response.headers["Sforce-Limit-Info"] = f"api-usage={self.used}/{self.daily_limit}"
+        return response
 
     def _collections(self, request: Request, obj: str | None, external: str | None) -> Response:
         path = request.path

@@ -135,3 +135,32 @@ def test_an_object_that_is_not_replicateable_is_not_offered(server: SalesforceSe
         made.salesforce_object("accounthistory")
     only = backend(server, consumer_key=KEY, consumer_secret=SECRET, objects="Account, Lead")
     assert [e.logicalname for e in only.read_metadata()] == ["account", "lead"]
+
+
+def test_a_large_first_read_goes_through_one_bulk_api_job(server: SalesforceServer) -> None:
+    server.add_app(KEY, SECRET)
+    account = server.insert("Account", {"Name": "Big", "NumberOfEmployees": 7,
+                                        "AnnualRevenue": 12.5})
+    keys = {server.insert("Contact", {"LastName": f"C{n}", "AccountId": account})
+            for n in range(7)}
+    gone = server.insert("Contact", {"LastName": "Gone"})
+    server.delete("Contact", gone)
+    made = backend(server, consumer_key=KEY, consumer_secret=SECRET, bulk_threshold="5")
+    contact = made.salesforce_object("contact").entity
+    pages = list(made.read_changes(contact, None, page_size=3))
+    assert [p.complete for p in pages] == [False, False, True]
+    assert {p.keys[r["id"]] for p in pages for r in p.upserts} == keys
+    assert [p.keys[d] for p in pages for d in p.deleted] == [gone]  # queryAll: IsDeleted rows
+    first = pages[0].upserts[0]
+    assert first["isdeleted"] is False and first["accountid"] in pages[0].references
+    assert len(server.bulk_jobs) == 1
+    assert "Bulk API 2.0" in (pages[-1].note or "")
+    # A stopped read goes on with the same job, from the locator in its link.
+    again = list(made.read_changes(contact, pages[0].link, page_size=3))
+    assert len(server.bulk_jobs) == 1 and len(again) == 2
+    # The next read is by SOQL from the job's start: records changed since arrive.
+    server.update("Contact", sorted(keys)[0], {"FirstName": "Later"})
+    later = list(made.read_changes(contact, pages[-1].link, page_size=100))
+    assert "Later" in {r["firstname"] for p in later for r in p.upserts}
+    accounts = list(made.read_changes(made.salesforce_object("account").entity, None))
+    assert accounts[0].upserts[0]["annualrevenue"] == 12.5  # few records: SOQL, typed JSON

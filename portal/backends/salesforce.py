@@ -2,8 +2,8 @@
 
 simple-salesforce does the HTTP: the OAuth 2.0 token request (`token_login`,
 at the connection's login, test or My Domain URL), SOQL `queryAll` pages and
-their `nextRecordsUrl`, `getDeleted`, `limits` and the REST calls of sObject
-Collections (`restful`). This module chooses what to ask and maps the answers
+their `nextRecordsUrl`, Bulk API 2.0 query jobs, `getDeleted`, `limits` and the
+REST calls of sObject Collections (`restful`). This module chooses what to ask and maps the answers
 through `salesforce_mapping`.
 
 * Sign-in (`auth` option): "password" (the OAuth 2.0 username-password flow of
@@ -16,7 +16,9 @@ through `salesforce_mapping`.
 * Ids: Salesforce ids are server keys (`keyed`): each record travels under the
   GUID derived from its key (the engine swaps in stored mappings), lookups as
   the derived GUIDs of their targets with `ChangesPage.references`.
-* Changes: one SOQL form for the first read and every later one, `queryAll` of
+* Changes: a first read of a large object (`bulk_threshold`) is one Bulk API 2.0
+  queryAll job, resumable by its locator; otherwise one SOQL form for the first
+  read and every later one, `queryAll` of
   `SystemModstamp > t OR (SystemModstamp = t AND Id > k) ORDER BY SystemModstamp,
   Id` (keyset pages, so a killed read resumes exactly where its last committed
   page ended, and no query cursor has to outlive a run); rows with `IsDeleted`
@@ -67,7 +69,7 @@ from portal.orgs.types import datetime_text
 API_VERSION = "62.0"
 AUTH_KINDS = ("password", "jwt", "client_credentials")
 OPTIONS = ("auth", "consumer_key", "consumer_secret", "security_token", "id_field",
-           "api_budget", "objects")
+           "api_budget", "objects", "bulk_threshold")
 SECRET_OPTIONS = frozenset({"consumer_secret", "security_token"})  # stored encrypted
 DEFAULT_ID_FIELD = "CrmSyncId__c"
 DEFAULT_API_BUDGET = 50  # percent of the org's daily API requests a connection may reach
@@ -82,6 +84,10 @@ OVERLAP = timedelta(seconds=60)
 DELETED_WINDOW = timedelta(days=15)
 STAMP_FIELDS = ("SystemModstamp", "CreatedDate", "LastModifiedDate", "IsDeleted")
 JWT_LIFETIME_S = 180
+# A first read of an object with more records than this goes through Bulk API 2.0, as
+# Salesforce recommends for large reads (one job instead of many query pages).
+BULK_THRESHOLD = 10_000
+BULK_POLL_S = 0.5  # the first wait for a query job; simple-salesforce backs off after
 
 T = TypeVar("T")
 
@@ -100,6 +106,10 @@ def check_options(options: dict[str, str]) -> dict[str, str]:
         raise InvalidInput("enter the connected app's consumer key", field="consumer_key")
     if auth == "password" and not options.get("consumer_secret"):
         raise InvalidInput("enter the connected app's consumer secret", field="consumer_secret")
+    threshold = options.get("bulk_threshold")
+    if threshold is not None and not threshold.isdigit():
+        raise InvalidInput("the Bulk API threshold is a number of records",
+                           field="bulk_threshold")
     budget = options.get("api_budget")
     if budget is not None and not (budget.isdigit() and 1 <= int(budget) <= 100):
         raise InvalidInput("the API budget is a percentage from 1 to 100", field="api_budget")
@@ -123,6 +133,7 @@ class SalesforceBackend(Backend):
                  consumer_key: str | None = None, consumer_secret: str | None = None,
                  security_token: str | None = None, id_field: str | None = None,
                  api_budget: str | int | None = None, objects: str | None = None,
+                 bulk_threshold: str | int | None = None,
                  allow_private: bool = False, session: requests.Session | None = None,
                  retries: int = RETRIES, api_version: str = API_VERSION) -> None:
         """`url` is the login URL (https://login.salesforce.com, https://test.salesforce.com
@@ -136,6 +147,7 @@ class SalesforceBackend(Backend):
         self.id_field = (id_field or DEFAULT_ID_FIELD).lower()
         self.api_budget = int(api_budget or DEFAULT_API_BUDGET)
         self.only = {o.strip().lower() for o in (objects or "").split(",") if o.strip()}
+        self.bulk_threshold = int(BULK_THRESHOLD if bulk_threshold is None else bulk_threshold)
         self.api_version = api_version
         self.session = guard_session(session or requests.Session(), allow_private=allow_private)
         # A POST is a plain create (objects without an External ID client-id field): not
@@ -360,6 +372,10 @@ class SalesforceBackend(Backend):
                      "stamp": (_parse(stamp) - OVERLAP).strftime("%Y-%m-%dT%H:%M:%SZ")
                      if stamp else None, "id": None}
         state.setdefault("deleted_since", (now - OVERLAP).strftime("%Y-%m-%dT%H:%M:%SZ"))
+        if state.get("bulk") or (first and not state.get("stamp")
+                                 and (self.count(entity) or 0) > self.bulk_threshold):
+            yield from self._bulk_read(obj, state, now, page_size)
+            return
         fields = ", ".join(self._select(obj))
         while True:
             where = ""
@@ -390,6 +406,45 @@ class SalesforceBackend(Backend):
             state["complete"] = True
             page.link = orjson.dumps(state).decode()
             page.complete = True
+            yield page
+            return
+
+    def _bulk_read(self, obj: sfm.SalesforceObject, state: dict[str, Any], now: datetime,
+                   page_size: int) -> Generator[ChangesPage, None, None]:
+        """A first read by one Bulk API 2.0 queryAll job, a page per result chunk.
+
+        The job and the locator of the next chunk travel in the link, so a stopped read
+        goes on with the same job. Its end is the job's start (less the overlap): a
+        later read by SOQL brings what changed while the job ran.
+        """
+        # simple-salesforce's Bulk 2.0 client (`_client` of its SFBulk2Type) does the
+        # HTTP; its public query_all is one generator, which cannot be resumed by locator.
+        def client(sf: Salesforce) -> Any:
+            return getattr(sf.bulk2, obj.api_name)._client
+
+        if not state.get("bulk"):
+            soql = f"SELECT {', '.join(self._select(obj))} FROM {obj.api_name}"
+            job = self.call(lambda sf: client(sf).create_job("queryAll", soql))
+            state.update({"bulk": str(job["id"]), "locator": "",
+                          "started": now.strftime("%Y-%m-%dT%H:%M:%SZ")})
+            self.call(lambda sf: client(sf).wait_for_job(state["bulk"], True, BULK_POLL_S))
+        while True:
+            result = self.call(lambda sf: client(sf).get_query_results(
+                state["bulk"], state["locator"], max(page_size, 1)))
+            page = ChangesPage([], {}, [], None, False)
+            body = {"done": True, "records": sfm.csv_rows(obj, result["records"])}
+            self._rows(obj, body, page)
+            state["locator"] = result["locator"]
+            if state["locator"]:
+                page.link = orjson.dumps(state).decode()
+                yield page
+                continue
+            started = state["started"]
+            done = {"done_once": True, "complete": True, "stamp": started, "id": None,
+                    "deleted_since": state["deleted_since"]}
+            page.link = orjson.dumps(done).decode()
+            page.complete = True
+            page.note = f"{obj.api_name}: read by a Bulk API 2.0 job ({state['bulk']})"
             yield page
             return
 
