@@ -44,7 +44,9 @@ Emulated:
 * Cascades: deleting an Account deletes its Contacts (as Salesforce does); no
   other cascade or reparenting.
 * Faults: `lose_answers[path] = n` applies the next n writes to that path and
-  answers 502 (a gateway that lost the answer); `purge(obj, id)` removes a
+  answers 502 (a gateway that lost the answer); `hold = (text, n)` holds the
+  answer to the n-th request whose path has `text` (applied already) until
+  `release()`; `purge(obj, id)` removes a
   deleted record for good (only getDeleted still lists it).
 
 Not emulated: SOAP login, Bulk API 1.0 and ingest jobs, jobs that take time or
@@ -297,6 +299,10 @@ class SalesforceServer:
         self.sessions: set[str] = set()
         self.daily_limit, self.used = daily_limit, 0
         self.lose_answers: dict[str, int] = {}
+        # Hold the answer to the n-th request whose path contains the text (after it is
+        # applied) until `release()`: a test kills the client meanwhile.
+        self.hold: tuple[str, int] | None = None
+        self.holding, self._released = threading.Event(), threading.Event()
         self.requests: list[tuple[str, str]] = []  # (method, path) of each request
         self._cursors: dict[str, list[dict[str, Any]]] = {}
         self.bulk_jobs: dict[str, dict[str, Any]] = {}
@@ -407,11 +413,21 @@ class SalesforceServer:
 
     # --- HTTP ----------------------------------------------------------------
 
+    def release(self) -> None:
+        """Let a held answer go (to a client that is gone by now)."""
+        self._released.set()
+
     def _wsgi(self, environ: dict[str, Any], start_response: Any) -> Any:
         request = Request(environ)
         with self._lock:
             self.requests.append((request.method, request.path))
             response = self._answer(request)
+            held = self.hold is not None and self.hold[0] in request.full_path and (
+                sum(self.hold[0] in p for _, p in self.requests) >= self.hold[1])
+        if held:
+            self.hold = None
+            self.holding.set()
+            self._released.wait(60)
         return response(environ, start_response)
 
     def _json(self, body: Any, status: int = 200) -> Response:

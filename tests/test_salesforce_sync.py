@@ -6,6 +6,10 @@ file, the jobs run on a real RQ worker against a real Redis, and the backend
 reaches the server over TLS (a test CA) through simple-salesforce, unchanged.
 """
 
+import os
+import signal
+import subprocess
+import sys
 from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
@@ -22,6 +26,7 @@ from tests.portal_process import Tls
 from tests.salesforce_server import SalesforceServer
 from tests.sync_helpers import Side
 
+ROOT = Path(__file__).resolve().parent.parent
 PASSWORD, TOKEN = "Sales-force-1", "SECURITYTOKEN"
 APP = {"consumer_key": "3MVG9-test-app", "consumer_secret": "app-secret-1"}
 
@@ -44,8 +49,15 @@ def server(tls: Tls) -> Iterator[SalesforceServer]:
 @pytest.fixture
 def client(tmp_path: Path, redis_url: str, tls: Tls, monkeypatch) -> Side:
     """Portal B's side with an empty org `cli`; its worker trusts the test CA."""
-    monkeypatch.setenv("REQUESTS_CA_BUNDLE", str(tls.ca_file))
-    side = Side(tmp_path / "b", redis_url, backend="salesforce")
+    return client_side(tmp_path / "b", redis_url, tls, monkeypatch)
+
+
+def client_side(folder: Path, redis_url: str, tls: Tls, monkeypatch,
+                page_size: int | None = None) -> Side:
+    """A client portal's side (records per downloaded page, if given) with an empty org."""
+    monkeypatch.setenv("REQUESTS_CA_BUNDLE", str(tls.ca_file))  # the worker's requests
+    side = Side(folder, redis_url, backend="salesforce",
+                config={"SYNC_PAGE_SIZE": page_size} if page_size else None)
     side.create_org("cli", template=None)
     return side
 
@@ -127,10 +139,7 @@ def test_connect_copies_the_synced_objects_and_their_records(client: Side, redis
 def test_first_read_goes_in_keyset_pages_sorted_by_systemmodstamp_and_id(
         tmp_path: Path, redis_url: str, tls: Tls, monkeypatch, redis: Redis,
         server: SalesforceServer) -> None:
-    monkeypatch.setenv("REQUESTS_CA_BUNDLE", str(tls.ca_file))
-    side = Side(tmp_path / "paged", redis_url, backend="salesforce",
-                config={"SYNC_PAGE_SIZE": 3})
-    side.create_org("cli", template=None)
+    side = client_side(tmp_path / "paged", redis_url, tls, monkeypatch, page_size=3)
     made = {server.insert("Lead", {"LastName": f"Lead {n}", "Company": "C"}) for n in range(8)}
     side.connect_now(redis, "cli", server.url, password=PASSWORD + TOKEN, options=APP)
     with side.org("cli") as org:
@@ -318,10 +327,7 @@ def test_lost_answers_to_creates_make_one_record(client: Side, redis: Redis,
 def test_reaching_the_api_limit_stops_the_run_as_limited_and_the_next_resumes(
         tmp_path: Path, redis_url: str, tls: Tls, monkeypatch, redis: Redis,
         server: SalesforceServer) -> None:
-    monkeypatch.setenv("REQUESTS_CA_BUNDLE", str(tls.ca_file))
-    side = Side(tmp_path / "limited", redis_url, backend="salesforce",
-                config={"SYNC_PAGE_SIZE": 2})
-    side.create_org("cli", template=None)
+    side = client_side(tmp_path / "limited", redis_url, tls, monkeypatch, page_size=2)
     for n in range(10):
         server.insert("Lead", {"LastName": f"Lead {n}", "Company": "C"})
     server.daily_limit = 12  # enough for sign-in and metadata, not for every page
@@ -438,3 +444,61 @@ def test_a_field_that_became_non_updateable_refuses_that_write_only(
         [failed] = [t for t in transactions.list_transactions(org) if t.status == "error"]
         assert failed.record_id == smith
         assert "field Email of Contact cannot be updated in Salesforce" in (failed.error or "")
+
+
+# --- killed runs --------------------------------------------------------------------
+
+
+def killed_while_held(client: Side, server: SalesforceServer, job: str,
+                      connection_id: int) -> None:
+    """Run a job in its own process; SIGKILL it while the server holds an answer."""
+    env = {**os.environ, "PORTAL_INSTANCE_PATH": str(client.instance),
+           "REDIS_URL": client.redis_url, "PORTAL_ALLOW_PRIVATE_SERVERS": "true",
+           "PORTAL_SYNC_PAGE_SIZE": "3"}
+    process = subprocess.Popen([sys.executable, "-c", f"from jobs.sync import {job}; "
+                                f"{job}({connection_id})"], cwd=ROOT, env=env,
+                               stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+    try:
+        assert server.holding.wait(120), "the job never reached the held answer"
+    finally:
+        os.kill(process.pid, signal.SIGKILL)
+        process.wait(10)
+        server.release()
+
+
+def test_a_run_killed_during_download_resumes_without_loss_or_duplicates(
+        client: Side, redis: Redis, server: SalesforceServer) -> None:
+    made = {server.insert("Lead", {"LastName": f"Lead {n}", "Company": "C"}) for n in range(10)}
+    connection_id = client.connect("cli", server.url, password=PASSWORD + TOKEN, options=APP)
+    server.hold = ("queryAll", 4)  # pages of 3: some leads are in, some not
+    killed_while_held(client, server, "connect", connection_id)
+    with client.org("cli") as org:
+        partial = org.db.table("lead").count if org.db.table("lead").exists() else 0
+    assert partial < 10
+    client.queue(redis, connection_id, "connect")
+    client.work(redis)
+    assert client.connection(connection_id).status == "connected"
+    with client.org("cli") as org:
+        rows = list(org.db.table("lead").rows)
+        assert len(rows) == 10
+        assert set(sync_state.keys_for_ids(org.db, "lead", [r["id"] for r in rows]).values()) \
+            == made
+
+
+def test_a_run_killed_while_its_creates_answer_is_held_makes_each_record_once(
+        client: Side, redis: Redis, server: SalesforceServer) -> None:
+    seed(server)
+    connection_id = connect(client, redis, server)
+    accounts = [add_local(client, "account", {"name": f"Killed {n}"}) for n in range(5)]
+    server.hold = ("composite/sobjects/Account/CrmSyncId__c", 1)  # applied, answer held
+    killed_while_held(client, server, "sync_run", connection_id)
+    assert len([r for r in server.live("Account").values() if r["Name"].startswith("Killed")]) \
+        == 5
+    with client.app.app_context():  # the killed run's lock and status, as the dispatcher would
+        get_db().execute("UPDATE sync_runs SET status = 'failed' WHERE status = 'running'")
+    redis.flushdb()
+    client.sync_now(redis, connection_id)
+    assert sorted(r["CrmSyncId__c"] for r in server.live("Account").values()
+                  if r["Name"].startswith("Killed")) == sorted(accounts)
+    with client.org("cli") as org:
+        assert transactions.counts(org)["pending"] == 0
