@@ -183,11 +183,13 @@ def working_on(connection_id: int, kind: str, trigger: str,
             org = open_org(orgs_dir, connection.org_name)
             # The backend checks the URL again (the name may resolve elsewhere now
             # than when the connection was made) and refuses redirects to private hosts.
+            key = crypto.load_key(app.instance_path)
             backend = make_backend(
                 connection.backend, connection.url, connection.username,
-                connections.server_password(db, crypto.load_key(app.instance_path), connection_id),
+                connections.server_password(db, key, connection_id),
                 retries=app.config["SYNC_HTTP_RETRIES"],
-                allow_private=app.config["ALLOW_PRIVATE_SERVERS"], **connection.server_options)
+                allow_private=app.config["ALLOW_PRIVATE_SERVERS"],
+                **connections.backend_options(key, connection))
             work = Work(db, connection, org, backend, keeper, run_id)
             yield work
         except BaseException as exc:

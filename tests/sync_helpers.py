@@ -52,15 +52,16 @@ class Side:
         return store.open_org(self.orgs_dir, name)
 
     def connect(self, client_org: str, server_url: str, *, policy: str = "server-wins",
-                password: str = ADMIN_PASSWORD) -> int:
+                password: str = ADMIN_PASSWORD, username: str = ADMIN_EMAIL,
+                options: dict[str, str] | None = None) -> int:
         """Store a connection of client_org to server_url; returns its id."""
         with self.app.app_context():
             db = get_db()
             org = registry.get_org(db, client_org)
             return connections.create_connection(
                 db, crypto.load_key(self.instance), org["id"], backend=self.backend,
-                url=server_url, username=ADMIN_EMAIL, password=password,
-                conflict_policy=policy).id
+                url=server_url, username=username, password=password,
+                conflict_policy=policy, server_options=options).id
 
     def connection(self, connection_id: int) -> connections.Connection:
         """The connection as the registry has it now."""
@@ -68,9 +69,11 @@ class Side:
             return connections.get_connection(get_db(), connection_id)
 
     def connect_now(self, redis: Redis, client_org: str, server_url: str, *,
-                    policy: str = "server-wins") -> int:
+                    policy: str = "server-wins", password: str = ADMIN_PASSWORD,
+                    username: str = ADMIN_EMAIL, options: dict[str, str] | None = None) -> int:
         """Connect client_org to server_url and run the connect job; it must end connected."""
-        connection_id = self.connect(client_org, server_url, policy=policy)
+        connection_id = self.connect(client_org, server_url, policy=policy, password=password,
+                                     username=username, options=options)
         self.queue(redis, connection_id, "connect")
         self.work(redis)
         connection = self.connection(connection_id)

@@ -71,7 +71,8 @@ def test_connect_page_is_served_at_the_resco_address_and_at_connect(client: Flas
         assert '<option selected value="resco">Resco Cloud</option>' in page
         assert '<option value="dynamics">Dynamics CRM</option>' in page
         assert "Dynamics CRM (coming soon)" not in page
-        assert re.search(r'<option disabled value="salesforce">Salesforce', page)
+        assert '<option value="salesforce">Salesforce</option>' in page
+        assert ">Consumer key (Salesforce)</label>" in page
         # Dynamics signs in by user name and password or as an application user.
         assert '<option value="client_credentials">Application user' in page
         assert ">Tenant (Dynamics, optional)</label>" in page
@@ -91,7 +92,7 @@ def test_connect_page_is_served_at_the_resco_address_and_at_connect(client: Flas
     ({"password": "onlyletters", "confirm": "onlyletters"}, "password", "letters and digits"),
     ({"confirm": "pass-word-2"}, "confirm", "do not match"),
     ({"confirm": ""}, "confirm", "Type the password again"),
-    ({"backend": "salesforce"}, "backend", "not available on this portal yet"),
+    ({"backend": "salesforce"}, "server_consumer_key", "Enter the connected app's consumer key"),
     ({"backend": "dynamics", "server_tenant": "not a tenant/"}, "server_tenant",
      "tenant must be a directory (tenant) id"),
     ({"backend": "bogus"}, "backend", "Not a valid choice"),

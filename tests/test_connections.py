@@ -46,7 +46,7 @@ def _create(app: Flask, db: Database, **kw: Any) -> None:
 
 BAD: list[tuple[str, Callable[[Flask, Database], Any], str]] = [
     ("backend", lambda app, db: _create(app, db, backend="nosuch"), "unknown backend"),
-    ("backend", lambda app, db: _create(app, db, backend="salesforce"), "not available"),
+    ("consumer_key", lambda app, db: _create(app, db, backend="salesforce"), "consumer key"),
     ("url", lambda app, db: _create(app, db, url="ftp://x/"), "http:// or https://"),
     ("url", lambda app, db: _create(app, db, url="https://"), "name a host"),
     ("username", lambda app, db: _create(app, db, username=""), "user name"),

@@ -59,7 +59,7 @@ def test_register_connection_creates_org_admin_and_pending_connection(app: Flask
 @pytest.mark.parametrize("changes, error", [
     ({"username": ""}, "server user name"),            # create_connection fails after create_org
     ({"server_password": ""}, "server password"),
-    ({"backend": "salesforce"}, "not available"),
+    ({"backend": "salesforce"}, "consumer key"),
     ({"backend": "nope"}, "unknown backend"),
     ({"url": "ftp://x/"}, "http:// or https://"),
     ({"password": "short"}, "at least 8"),

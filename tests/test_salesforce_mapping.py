@@ -14,6 +14,7 @@ import pytest
 
 from portal.backends.salesforce_mapping import (
     collection_results,
+    csv_rows,
     deleted_ids,
     error_from_answer,
     key_prefixes,
@@ -431,3 +432,27 @@ def test_other_answers_are_backend_errors_with_readable_reasons() -> None:
     assert type(html) is BackendError and html.message == (
         "Salesforce answered HTTP 503: <html>down</html>")
     assert error_from_answer(500, None).message == "Salesforce answered HTTP 500"
+
+
+# ----------------------------------------------------------------- Bulk API 2.0
+
+
+def test_bulk_query_csv_rows_take_the_json_forms_of_a_query(contact: Any) -> None:
+    # composed/bulk-query-results.csv, in the shape of the Bulk API 2.0 guide's
+    # "Get Results for a Query Job" (text values; empty is null).
+    rows = csv_rows(contact, (FIXTURES / "composed/bulk-query-results.csv").read_text())
+    assert rows[0] == {"Id": "003RO0000035WQgYAM", "IsDeleted": False, "LastName": "Smith",
+                       "Visits__c": 3, "Score__c": 1.5, "Birthdate": "1980-02-29",
+                       "AccountId": "001D000000IRFmaIAH",
+                       "SystemModstamp": "2013-05-07T22:07:19.000Z"}
+    assert rows[1]["IsDeleted"] is True and rows[1]["Visits__c"] is None
+    page = query_page(contact, {"done": True, "records": rows})
+    assert [r["id"] for r in page.records] == ["003RO0000035WQgYAM"]
+    assert page.records[0]["birthdate"] == "1980-02-29T00:00:00Z"
+    assert page.deleted == ["003RM0000068xVCYAY"]
+
+
+def test_a_bad_bulk_value_is_a_backend_error(contact: Any) -> None:
+    text = '"Id","IsDeleted","Visits__c"\n"003RO0000035WQgYAM","maybe","x"\n'
+    with pytest.raises(BackendError, match="Bulk API answered a bad Contact.IsDeleted"):
+        csv_rows(contact, text)

@@ -75,7 +75,8 @@ CONNECT = ["sync", "connect", "plain", "--url", "https://crm.example.com/odata/v
 @pytest.mark.parametrize("args, message", [
     (["sync", "connect", "ghost", *CONNECT[3:]], "'ghost' does not exist"),
     ([*CONNECT, "--type", "nope"], "unknown backend type"),
-    ([*CONNECT, "--type", "salesforce"], "not available"),
+    ([*CONNECT, "--type", "salesforce"], "consumer key"),
+    ([*CONNECT, "--type", "salesforce", "--consumer-key", "k"], "consumer secret"),
     ([*CONNECT, "--type", "dynamics", "--tenant", "not/a tenant"], "tenant must be"),
     ([*CONNECT, "--tenant", "contoso.onmicrosoft.com"], "takes no sign-in options"),
     (["sync", "connect", "plain", "--url", "ftp://crm.example.com/", "--user", "u",

@@ -23,11 +23,13 @@ from portal.backends.registry import backend_type
 from portal.db import get_db
 from portal.orgs import registry, store
 from portal.sync import connections, registration
+from portal.web.connect_request import parse_json
 from tests.conftest import ADMIN_EMAIL, ADMIN_PASSWORD, orgs_dir
 from tests.sync_helpers import Side, seed_sales
 
 RESCO = backend_type("resco").provider_id
 DYNAMICS = "60650fb3-5d8b-45dd-b82e-459f3b019e9a"
+SALESFORCE = backend_type("salesforce").provider_id
 
 # The seed's ConnectRequest, as written in the Resco summary (whitespace included).
 SEED_XML = """<ConnectRequest>     
@@ -455,6 +457,14 @@ def test_connect_async_refuses_a_loopback_server_unless_allowed(app: Flask,
                     "Password": "p", "TenantId": "not a tenant/",
                     "RegistrationInfo": {"Email": "a@example.com", "Password": "pass-word-1"}}},
      "InvalidInput", "SyncSetup/TenantId"),
+    ({"SyncSetup": {"ProviderID": SALESFORCE, "Url": "http://93.184.215.14/", "UserName": "u",
+                    "Password": "p",
+                    "RegistrationInfo": {"Email": "a@example.com", "Password": "pass-word-1"}}},
+     "InvalidInput", "SyncSetup/ClientId"),
+    ({"SyncSetup": {"ProviderID": SALESFORCE, "Url": "http://93.184.215.14/", "UserName": "u",
+                    "Password": "p", "ClientId": "3MVG9", "SecurityToken": "T",
+                    "RegistrationInfo": {"Email": "a@example.com", "Password": "pass-word-1"}}},
+     "InvalidInput", "SyncSetup/ClientSecret"),
 ])
 def test_connect_async_refuses_bad_json_and_creates_nothing(
         app: Flask, redis: Redis, document: Any, code: str, element: str) -> None:
@@ -559,3 +569,17 @@ def test_web_service_matches_its_openapi_document(tmp_path: Path, redis: Redis,
     # Every operation was called, with more than a handful of generated requests.
     assert {label.split()[0] for label in seen} == {"POST", "GET", "PATCH", "PUT", "DELETE"}
     assert len(seen) >= 90, len(seen)
+
+
+def test_a_salesforce_connect_request_reads_the_connected_app() -> None:
+    setup = {"ProviderID": SALESFORCE, "Url": "https://login.salesforce.com",
+             "UserName": "u@example.com", "Password": "pw", "ClientId": "3MVG9",
+             "ClientSecret": "s", "SecurityToken": "T"}
+    server = parse_json(json.dumps({"SyncSetup": setup}).encode()).server()
+    assert (server.username, server.password, server.options) == (
+        "u@example.com", "pw", {"consumer_key": "3MVG9", "consumer_secret": "s",
+                                "security_token": "T"})
+    app_only = {k: setup[k] for k in ("ProviderID", "Url", "ClientId", "ClientSecret")}
+    server = parse_json(json.dumps({"SyncSetup": app_only}).encode()).server()
+    assert (server.username, server.password, server.options) == (
+        "3MVG9", "s", {"auth": "client_credentials"})

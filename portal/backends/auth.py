@@ -295,6 +295,66 @@ class UserPassword(MsalSource):
                               self.password, self.scopes)
 
 
+class StaticToken(TokenSource):
+    """A bearer token the connection was given (it cannot renew it)."""
+
+    def __init__(self, token: str) -> None:
+        super().__init__()
+        self.given = token
+
+    def acquire(self) -> dict[str, Any]:
+        """The given token, once; refused once, there is no other."""
+        return {"access_token": self.given} if self.given else {"error": "no token"}
+
+    def refused(self) -> None:
+        """The server refused the token: a second request with it would be refused too."""
+        with self._lock:
+            self._token = None
+            self.given = ""
+
+    def refusal(self, answer: dict[str, Any]) -> str:
+        """Why there is no token."""
+        return "the server refused the bearer token (a new one is needed)"
+
+
+class TokenUrlCredentials(TokenSource):
+    """OAuth 2.0 client credentials (RFC 6749, 4.4) against a plain token URL, as the
+    `odata` backend signs in to services not behind Microsoft Entra ID."""
+
+    def __init__(self, session: requests.Session, token_url: str, client_id: str,
+                 client_secret: str, scope: str | None = None) -> None:
+        super().__init__()
+        self.session = session
+        self.token_url = token_url
+        self.client_id, self.client_secret, self.scope = client_id, client_secret, scope
+
+    def acquire(self) -> dict[str, Any]:
+        """A new token from the token URL (client id and secret as HTTP Basic, RFC 6749 2.3.1)."""
+        data = {"grant_type": "client_credentials", **({"scope": self.scope} if self.scope
+                                                        else {})}
+        try:
+            response = self.session.post(self.token_url, data=data, timeout=(10, 60),
+                                         auth=(self.client_id, self.client_secret))
+        except requests.RequestException as exc:
+            raise BackendError(f"the token URL {self.token_url} cannot be reached: "
+                               f"{exc.__class__.__name__}") from None
+        try:
+            answer = response.json()
+        except ValueError:
+            answer = {}
+        if not isinstance(answer, dict):
+            answer = {}
+        if response.status_code != 200 and "error" not in answer:
+            answer = {"error": f"{response.status_code}"}
+        return answer
+
+    def refusal(self, answer: dict[str, Any]) -> str:
+        """The token URL's error and description."""
+        description = _first_line(str(answer.get("error_description") or ""))
+        return (f"the token URL {self.token_url} refused the client credentials: "
+                f"{description or answer.get('error') or 'no token in its answer'}")
+
+
 def discover_authority(session: requests.Session, url: str) -> Challenge:
     """Ask the server (no token) where its tokens come from, as Dataverse answers: 401 + Bearer."""
     try:

@@ -34,6 +34,10 @@ class ChangesPage:
     # Where the server's keys are not GUIDs (`Backend.keyed`): record id (upserts and
     # deletions, each `sync_state.server_key_id` of its key) -> the server's key.
     keys: dict[str, str] = field(default_factory=dict)
+    # A keyed server's lookup values travel as the GUIDs derived from their targets'
+    # keys: derived GUID -> (target entity, server key), so the engine can swap in the
+    # client's own GUID of a target created on the client.
+    references: dict[str, tuple[str, str]] = field(default_factory=dict)
 
 
 @dataclass
@@ -47,6 +51,9 @@ class Write:
     if_match: str | None = None  # the server version this write expects, if any
     create_only: bool = False  # If-None-Match: *, so a repeated create is recognised
     server_key: str | None = None  # the record's key on a keyed server, once known
+    # A keyed server's keys of the records the values' lookups point to (client GUID ->
+    # server key), where known.
+    references: dict[str, str] = field(default_factory=dict)
 
 
 @dataclass
@@ -71,6 +78,10 @@ class Backend(ABC):
     # composite keys, Salesforce ids): pages carry `keys`, `read_ids` yields
     # server keys and `get_record` takes one. See docs/architecture.md.
     keyed: ClassVar[bool] = False
+
+    def is_keyed(self, entity: Entity) -> bool:
+        """Whether this entity's records have server keys (a backend may key only some)."""
+        return self.keyed
 
     @abstractmethod
     def check_credentials(self) -> str:

@@ -29,6 +29,7 @@ EDMX_V4 = "http://docs.oasis-open.org/odata/ns/edmx"
 EDM_V4 = "http://docs.oasis-open.org/odata/ns/edm"
 EDMX_V1_3 = "http://schemas.microsoft.com/ado/2007/06/edmx"  # OData v1 to v3
 CORE = "Org.OData.Core.V1"
+CAPABILITIES = "Org.OData.Capabilities.V1"
 VERSIONS = ("4.0", "4.01")
 
 
@@ -92,6 +93,17 @@ class CsdlEntityType:
 
 
 @dataclass
+class CsdlCapabilities:
+    """What Org.OData.Capabilities says of an entity set (None: it does not say)."""
+
+    change_tracking: bool | None = None  # ChangeTracking/Supported
+    insertable: bool = True  # InsertRestrictions/Insertable
+    updatable: bool = True  # UpdateRestrictions/Updatable
+    deletable: bool = True  # DeleteRestrictions/Deletable
+    filterable: bool = True  # FilterRestrictions/Filterable
+
+
+@dataclass
 class CsdlService:
     """What a `$metadata` document declares."""
 
@@ -99,6 +111,11 @@ class CsdlService:
     entity_types: dict[str, CsdlEntityType]
     enums: dict[str, CsdlEnum]
     entity_sets: dict[str, str]  # entity set name -> qualified entity type name
+    capabilities: dict[str, CsdlCapabilities] = field(default_factory=dict)  # by entity set
+
+    def capabilities_of(self, entity_set: str) -> CsdlCapabilities:
+        """The set's capabilities (all allowed, change tracking unknown, where none are said)."""
+        return self.capabilities.get(entity_set) or CsdlCapabilities()
 
 
 def read_csdl(content: bytes) -> CsdlService:
@@ -189,6 +206,7 @@ class _Reader:
         entity_types: dict[str, CsdlEntityType] = {}
         enums: dict[str, CsdlEnum] = {}
         entity_sets: dict[str, str] = {}
+        capabilities: dict[str, CsdlCapabilities] = {}
         for schema in self.schemas:
             namespace = schema.get("Namespace", "")
             for element in schema.findall(_edm("EnumType")):
@@ -201,18 +219,24 @@ class _Reader:
                 entity_types[entity_type.name] = entity_type
             for container in schema.findall(_edm("EntityContainer")):
                 for entity_set in container.findall(_edm("EntitySet")):
-                    entity_sets[entity_set.get("Name", "")] = self.qualified(
-                        entity_set.get("EntityType", ""))
+                    name = entity_set.get("Name", "")
+                    entity_sets[name] = self.qualified(entity_set.get("EntityType", ""))
+                    self.read_capabilities(entity_set, capabilities.setdefault(
+                        name, CsdlCapabilities()))
         for schema in self.schemas:
             for annotations in schema.findall(_edm("Annotations")):
                 self.external_annotations(annotations, entity_types)
+                # `Target="Ns.Container/Set"`: capabilities of an entity set.
+                holder, _, set_name = annotations.get("Target", "").partition("/")
+                if set_name in capabilities and "." in holder:
+                    self.read_capabilities(annotations, capabilities[set_name])
         for entity_type in entity_types.values():
             _inherit(entity_type, entity_types)
         for name, type_name in entity_sets.items():
             if type_name not in entity_types:
                 raise BackendError(f"entity set {name} is of type {type_name}, "
                                    "which the $metadata document does not declare")
-        return CsdlService(version, entity_types, enums, entity_sets)
+        return CsdlService(version, entity_types, enums, entity_sets, capabilities)
 
     def enum(self, namespace: str, element: Element) -> CsdlEnum:
         members: dict[str, int] = {}
@@ -279,6 +303,23 @@ class _Reader:
             prop.computed = on
         else:
             prop.immutable = on
+
+    def read_capabilities(self, element: Element, found: CsdlCapabilities) -> None:
+        """Read the Capabilities annotations (record terms) under an entity set or Annotations."""
+        terms = {"ChangeTracking": ("Supported", "change_tracking"),
+                 "InsertRestrictions": ("Insertable", "insertable"),
+                 "UpdateRestrictions": ("Updatable", "updatable"),
+                 "DeleteRestrictions": ("Deletable", "deletable"),
+                 "FilterRestrictions": ("Filterable", "filterable")}
+        for annotation in element.findall(_edm("Annotation")):
+            prefix, _, term = self.qualified(annotation.get("Term", "")).rpartition(".")
+            if prefix != CAPABILITIES or term not in terms or annotation.get("Qualifier"):
+                continue
+            wanted, attribute = terms[term]
+            for value in annotation.iter(_edm("PropertyValue")):
+                if value.get("Property") == wanted:
+                    text = value.get("Bool") or (value.findtext(_edm("Bool")) or "")
+                    setattr(found, attribute, text.strip() == "true")
 
     def external_annotations(self, annotations: Element,
                              entity_types: dict[str, CsdlEntityType]) -> None:

@@ -12,7 +12,12 @@ from typing import Any
 from portal.backends.base import Backend
 from portal.backends.dynamics import DynamicsBackend
 from portal.backends.dynamics import check_options as check_dynamics_options
+from portal.backends.odata_v4 import ODataV4Backend
+from portal.backends.odata_v4 import check_options as check_odata_options
 from portal.backends.resco import RescoBackend
+from portal.backends.salesforce import SECRET_OPTIONS as SALESFORCE_SECRETS
+from portal.backends.salesforce import SalesforceBackend
+from portal.backends.salesforce import check_options as check_salesforce_options
 from portal.errors import InvalidInput, NotAvailable
 
 
@@ -35,8 +40,9 @@ BACKEND_TYPES = (
     BackendType("resco", "Resco Cloud", "3b2f3c1e-7f0c-4f4b-9a57-1c2d3e4f5a6b", RescoBackend),
     BackendType("dynamics", "Dynamics CRM", "60650fb3-5d8b-45dd-b82e-459f3b019e9a",
                 DynamicsBackend),
-    BackendType("odata", "OData v4", "9c1d6a53-2f7e-4b8a-8e1f-0a4b5c6d7e8f", None),
-    BackendType("salesforce", "Salesforce", "d5a7e2c4-6b1f-4e3a-9c8d-2f4e6a8b0c1d", None),
+    BackendType("odata", "OData v4", "9c1d6a53-2f7e-4b8a-8e1f-0a4b5c6d7e8f", ODataV4Backend),
+    BackendType("salesforce", "Salesforce", "d5a7e2c4-6b1f-4e3a-9c8d-2f4e6a8b0c1d",
+                SalesforceBackend),
 )
 
 
@@ -65,14 +71,24 @@ def available_backend(key_or_provider_id: str) -> BackendType:
 
 
 def check_options(kind: str, options: dict[str, str] | None) -> dict[str, str]:
-    """A backend type's sign-in options checked (only Dynamics has any); empty ones dropped."""
+    """A backend type's sign-in options checked (Dynamics', OData's, Salesforce's); empty ones
+    dropped."""
     options = {k: v.strip() for k, v in (options or {}).items() if v and v.strip()}
     if available_backend(kind).key == "dynamics":
         return check_dynamics_options(options)
+    if available_backend(kind).key == "odata":
+        return check_odata_options(options)
+    if available_backend(kind).key == "salesforce":
+        return check_salesforce_options(options)
     if options:
         raise InvalidInput(f"the {backend_type(kind).name} backend takes no sign-in options "
                            f"({', '.join(sorted(options))})", field="auth")
     return options
+
+
+def secret_options(kind: str) -> frozenset[str]:
+    """The sign-in options of a backend type that are secrets (stored encrypted)."""
+    return SALESFORCE_SECRETS if backend_type(kind).key == "salesforce" else frozenset()
 
 
 def make_backend(kind: str, url: str, username: str, password: str,

@@ -217,17 +217,26 @@ def show_connection(connection: Connection) -> None:
 @click.option("--password-stdin", is_flag=True,
               help="Read the server password (or client secret) from the first line of stdin "
                    "(else it is prompted for).")
-@click.option("--auth", type=click.Choice(["password", "client_credentials"]), default=None,
-              help="Dynamics: sign in by user name and password (default) or as an "
-                   "application user (client credentials).")
+@click.option("--auth", type=click.Choice(["password", "client_credentials", "jwt"]),
+              default=None,
+              help="Dynamics, Salesforce: sign in by user name and password (default) or as an "
+                   "application user (client credentials); Salesforce also: jwt (JWT bearer, "
+                   "the private key PEM as the password).")
 @click.option("--tenant", help="Dynamics: the tenant id or domain (default: the one the "
               "environment names).")
 @click.option("--client-id", help="Dynamics, user name and password: the public client id "
               "(default: the one Microsoft's samples use).")
+@click.option("--consumer-key", help="Salesforce: the connected app's consumer key.")
+@click.option("--consumer-secret", envvar="SALESFORCE_CONSUMER_SECRET", show_envvar=True,
+              help="Salesforce, user name and password: the connected app's consumer secret "
+                   "(better from the environment variable).")
+@click.option("--security-token", envvar="SALESFORCE_SECURITY_TOKEN", show_envvar=True,
+              help="Salesforce: the user's security token, if not appended to the password.")
 @wait_option
 @timeout_option
 def connect(org: str, kind: str, url: str, user: str, password_stdin: bool, auth: str | None,
-            tenant: str | None, client_id: str | None, wait: bool,
+            tenant: str | None, client_id: str | None, consumer_key: str | None,
+            consumer_secret: str | None, security_token: str | None, wait: bool,
             timeout: float | None) -> None:
     """Connect an existing hosted org to a server org and enqueue the connect job."""
     db = get_db()
@@ -240,8 +249,10 @@ def connect(org: str, kind: str, url: str, user: str, password_stdin: bool, auth
     else:
         password = click.prompt("Server password", hide_input=True)
     key = crypto.load_key(current_app.instance_path)
-    options = {k: v for k, v in (("auth", auth), ("tenant", tenant), ("client_id", client_id))
-               if v}
+    options = {k: v for k, v in (("auth", auth), ("tenant", tenant), ("client_id", client_id),
+                                 ("consumer_key", consumer_key),
+                                 ("consumer_secret", consumer_secret),
+                                 ("security_token", security_token)) if v}
     existing = connections.connection_of_org(db, org)
     if existing is not None and existing.status in ("failed", "pending"):
         # A connection that never connected: point it at the new values.

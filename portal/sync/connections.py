@@ -18,7 +18,7 @@ from typing import Any
 from sqlite_utils import Database
 
 from portal import crypto
-from portal.backends.registry import available_backend, check_options
+from portal.backends.registry import available_backend, check_options, secret_options
 from portal.db import TIMESTAMP_FORMAT, immediate, utcnow
 from portal.errors import InvalidInput, NotFound
 from portal.orgs.metadata import Entity
@@ -122,7 +122,7 @@ def create_connection(db: Database, key: bytes, org_id: int, *, backend: str, ur
     kind = available_backend(backend)
     url = check_url(url)
     policy = check_policy(conflict_policy)
-    options = check_options(backend, server_options)
+    options = _sealed(key, backend, check_options(backend, server_options))
     if not username:
         raise InvalidInput("enter the server user name", field="username")
     if not password:
@@ -146,7 +146,7 @@ def update_server(db: Database, key: bytes, connection_id: int, *, backend: str,
     """Change the server of a connection (to fix a failed connect); status back to pending."""
     kind = available_backend(backend)
     url = check_url(url)
-    options = check_options(backend, server_options)
+    options = _sealed(key, backend, check_options(backend, server_options))
     with immediate(db):
         db.execute(
             "UPDATE connections SET backend = ?, url = ?, username = ?, password_encrypted = ?, "
@@ -206,6 +206,19 @@ def connection_of_org(db: Database, org_name: str) -> Connection | None:
 def list_connections(db: Database) -> list[Connection]:
     """Every connection, by org name."""
     return [_from_row(r) for r in db.query(_SELECT + " ORDER BY orgs.name")]
+
+
+def _sealed(key: bytes, backend: str, options: dict[str, str]) -> dict[str, str]:
+    """Options with the backend's secret ones (e.g. a consumer secret) encrypted."""
+    secret = secret_options(backend)
+    return {k: crypto.encrypt(key, v) if k in secret else v for k, v in options.items()}
+
+
+def backend_options(key: bytes, connection: Connection) -> dict[str, str]:
+    """A connection's server options as its backend takes them: secret ones decrypted."""
+    secret = secret_options(connection.backend)
+    return {k: crypto.decrypt(key, v) if k in secret else v
+            for k, v in connection.server_options.items()}
 
 
 def server_password(db: Database, key: bytes, connection_id: int) -> str:

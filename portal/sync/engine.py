@@ -226,15 +226,16 @@ def upload(run: Run) -> None:
             record_ids = [g.record_id for g in sendable if g.entity == name]
             known.update({(name, i): v for i, v in
                           sync_state.server_versions(org, name, record_ids).items()})
-            if backend.keyed:
+            if backend.is_keyed(entities[name]):
                 keys.update({(name, i): k for i, k in
                              sync_state.keys_for_ids(org.db, name, record_ids).items()})
         writes = [_write(entities[g.entity], g, known.get((g.entity, g.record_id)),
                          keys.get((g.entity, g.record_id))) for g in sendable]
+        _reference_keys(org, backend, entities, writes)
         answers = backend.apply_writes(writes)
         # The server's records of refused writes are read before the write lock is
         # taken: API writers of the client org must not wait on the network.
-        servers = {n: _server_record(backend, w)
+        servers = {n: _server_record(backend, w, a)
                    for n, (w, a) in enumerate(zip(writes, answers, strict=True))
                    if _needs_server_record(w, a)}
         retry: list[tuple[_Group, Write]] = []
@@ -245,6 +246,7 @@ def upload(run: Run) -> None:
                 if outcome is not None:
                     retry.append((group, outcome))
         if retry:  # the client won: write again without a condition
+            _reference_keys(org, backend, entities, [w for _, w in retry])
             answers = backend.apply_writes([w for _, w in retry])
             with immediate(org.db):
                 for (group, write), answer in zip(retry, answers, strict=True):
@@ -267,13 +269,39 @@ def _write(entity: Entity, group: _Group, known_version: str | None,
                  server_key=server_key)
 
 
-def _server_record(backend: Backend, write: Write) -> tuple[dict[str, Any], str] | None:
-    """The server's record of a write, under the client's id (a keyed server's by its key)."""
-    if not backend.keyed:
+def _reference_keys(org: OrgDb, backend: Backend, entities: dict[str, Entity],
+                    writes: list[Write]) -> None:
+    """Give writes the server keys of the records their lookups point to, where keyed."""
+    wanted: dict[str, set[str]] = {}  # keyed target entity -> client GUIDs
+    for write in writes:
+        for attr in write.entity.attributes:
+            value = write.values.get(attr.logicalname)
+            if attr.type == "lookup" and isinstance(value, str):
+                for target in attr.targets:
+                    if target in entities and backend.is_keyed(entities[target]):
+                        wanted.setdefault(target, set()).add(value)
+    if not wanted:
+        return
+    found: dict[str, str] = {}
+    for target, ids in wanted.items():
+        found.update(sync_state.keys_for_ids(org.db, target, ids))
+    for write in writes:
+        write.references = {v: found[v] for v in write.values.values()
+                            if isinstance(v, str) and v in found}
+
+
+def _server_record(backend: Backend, write: Write,
+                   answer: WriteResult) -> tuple[dict[str, Any], str] | None:
+    """The server's record of a write, under the client's id (a keyed server's by its key).
+
+    A refused create of a keyed record names the key it collided with in its answer.
+    """
+    if not backend.is_keyed(write.entity):
         return backend.get_record(write.entity, write.record_id)
-    if write.server_key is None:
+    key = write.server_key or answer.server_key
+    if key is None:
         return None  # the server never told us this record's key: it has no such record
-    found = backend.get_record(write.entity, write.server_key)
+    found = backend.get_record(write.entity, key)
     if found is None:
         return None
     return {**found[0], write.entity.primaryidattribute: write.record_id}, found[1]
@@ -305,9 +333,12 @@ def _settle(run: Run, group: _Group, write: Write, answer: WriteResult,
         counts.uploaded += 1
         return None
     if answer.status in ("conflict", "missing") and not forced:
+        if write.server_key is None and answer.server_key:
+            # A keyed create that collided with a record of its key: judged as that record.
+            write = dataclasses.replace(write, server_key=answer.server_key)
         if server is not None and not group.deletes and _holds(server[0], write.values):
             # The server already has exactly our change: our earlier answer was lost.
-            _accepted(org, group, server[1], server[0])
+            _accepted(org, group, server[1], server[0], write.server_key)
             counts.uploaded += 1
             return None
         return _upload_conflict(run, group, write, server)
@@ -366,7 +397,7 @@ def _upload_conflict(run: Run, group: _Group, write: Write,
     else:
         records.save_records(org, name, [_project(_names(org.entity(name)), server[0])],
                              from_server=True)
-        _remember(org, name, record_id, server[1])
+        _remember(org, name, record_id, server[1], server_key=write.server_key)
     return None
 
 
@@ -460,7 +491,7 @@ def reconcile_deletions(org: OrgDb, backend: Backend, entity: Entity) -> int:
     name = entity.logicalname
     with sync_state.listed_ids(org) as listing:
         for ids in backend.read_ids(entity):
-            if backend.keyed:  # a keyed server lists its keys: these are the client's GUIDs
+            if backend.is_keyed(entity):  # a keyed server lists keys: to the client's GUIDs
                 ids = list(sync_state.ids_for_keys(org.db, name, ids).values())
             listing.add(ids)
         with immediate(org.db):
@@ -477,16 +508,30 @@ def _client_ids(org: OrgDb, entity: Entity, page: ChangesPage) -> ChangesPage:
     The backend gives each record the GUID derived from its key; a record created
     here kept its own random GUID, learnt with its key from the create's answer.
     """
-    if not page.keys:
+    if not page.keys and not page.references:
         return page
     ids = sync_state.ids_for_keys(org.db, entity.logicalname, page.keys.values())
     moved = {i: ids[k] for i, k in page.keys.items() if ids[k] != i}
-    if not moved:
+    # Lookups to records created on the client: their stored GUIDs, not the derived ones.
+    refs: dict[str, str] = {}
+    for target in {t for t, _ in page.references.values()}:
+        wanted = {g: k for g, (t, k) in page.references.items() if t == target}
+        stored = sync_state.ids_for_keys(org.db, target, wanted.values())
+        refs.update({g: stored[k] for g, k in wanted.items() if stored[k] != g})
+    if not moved and not refs:
         return page
     pk = entity.primaryidattribute
+    lookups = [a.logicalname for a in entity.attributes if a.type == "lookup"]
+
+    def client_record(record: dict[str, Any]) -> dict[str, Any]:
+        swapped = {n: refs[record[n]] for n in lookups if record.get(n) in refs}
+        if record[pk] in moved:
+            swapped[pk] = moved[record[pk]]
+        return {**record, **swapped} if swapped else record
+
     return dataclasses.replace(
         page,
-        upserts=[{**r, pk: moved[r[pk]]} if r[pk] in moved else r for r in page.upserts],
+        upserts=[client_record(r) for r in page.upserts],
         versions={moved.get(i, i): v for i, v in page.versions.items()},
         deleted=[moved.get(i, i) for i in page.deleted],
         keys={moved.get(i, i): k for i, k in page.keys.items()})

@@ -170,7 +170,8 @@ def status(org: str) -> ResponseReturnValue:
         "server_username": connection.username,
         "server_auth": connection.server_options.get("auth", "password"),
         "server_tenant": connection.server_options.get("tenant"),
-        "server_client_id": connection.server_options.get("client_id")})
+        "server_client_id": connection.server_options.get("client_id"),
+        "server_consumer_key": connection.server_options.get("consumer_key")})
     return _status_page(connection, form)
 
 

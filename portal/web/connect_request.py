@@ -11,6 +11,7 @@ from xml.etree.ElementTree import Element, ParseError, tostring
 from defusedxml import DefusedXmlException
 from defusedxml.ElementTree import fromstring
 
+from portal.backends.registry import backend_type
 from portal.errors import InvalidInput, PortalError
 from portal.orgs import registry
 from portal.sync.registration import Registration, ServerValues
@@ -19,8 +20,11 @@ MAX_TEXT = 2048
 # Resco's four, then ours for Dynamics: an application user (ClientId and
 # ClientSecret, instead of UserName and Password), a tenant, and with
 # UserName/Password a ClientId alone names the public client of the password flow.
+# Salesforce: ClientId and ClientSecret are the connected app's consumer key and secret
+# (with UserName and Password: the username-password flow; alone: client credentials),
+# SecurityToken the user's token when not appended to the Password.
 SETUP_TEXT = ("ProviderID", "Url", "UserName", "Password", "TenantId", "ClientId",
-              "ClientSecret")
+              "ClientSecret", "SecurityToken")
 REGISTRATION_TEXT = ("Email", "FirstName", "LastName", "Company", "Password", "JobTitle",
                      "Phone", "Country")
 SETUP_ELEMENTS = (*SETUP_TEXT, "RegistrationInfo", "Entities", "SyncFiltersXml")
@@ -60,6 +64,8 @@ class ConnectRequest:
 
     def server_credentials(self) -> tuple[str, str, dict[str, str]]:
         """(user name, password, sign-in options): UserName/Password, or ClientId/ClientSecret."""
+        if self.is_salesforce():
+            return self.salesforce_credentials()
         options = {"tenant": self.text("TenantId") or ""}
         if self.text("ClientSecret") is not None:
             if self.text("UserName") is not None or self.text("Password") is not None:
@@ -70,6 +76,24 @@ class ConnectRequest:
             return self.required("ClientId"), self.required("ClientSecret"), \
                 {k: v for k, v in options.items() if v}
         options["client_id"] = self.text("ClientId") or ""
+        return self.required("UserName"), self.required("Password"), \
+            {k: v for k, v in options.items() if v}
+
+    def is_salesforce(self) -> bool:
+        """The ProviderID names the Salesforce backend."""
+        try:
+            return backend_type(self.text("ProviderID") or "").key == "salesforce"
+        except InvalidInput:
+            return False
+
+    def salesforce_credentials(self) -> tuple[str, str, dict[str, str]]:
+        """Salesforce's: user, password and the app's ClientId/ClientSecret, or the app alone."""
+        options = {"consumer_key": self.text("ClientId") or "",
+                   "consumer_secret": self.text("ClientSecret") or "",
+                   "security_token": self.text("SecurityToken") or ""}
+        if self.text("UserName") is None and self.text("Password") is None:
+            return self.required("ClientId"), self.required("ClientSecret"), \
+                {"auth": "client_credentials"}
         return self.required("UserName"), self.required("Password"), \
             {k: v for k, v in options.items() if v}
 

@@ -18,11 +18,19 @@ from portal.sync.registration import Registration
 FIELD_OF_ERROR = {"name": "organization", "email": "email", "password": "password",
                   "backend": "backend", "url": "server_url", "username": "server_username",
                   "auth": "server_auth", "tenant": "server_tenant",
-                  "authority": "server_tenant", "client_id": "server_client_id"}
-# How a Dynamics connection signs in (portal.backends.dynamics.AUTH_KINDS).
+                  "authority": "server_tenant", "client_id": "server_client_id",
+                  "consumer_key": "server_consumer_key",
+                  "consumer_secret": "server_consumer_secret",
+                  "security_token": "server_security_token", "api_budget": "server_auth"}
+# How a Dynamics or Salesforce connection signs in (the backends' AUTH_KINDS).
 SIGN_INS: list[tuple[str, str, dict[str, Any]]] = [
     ("password", "User name and password", {}),
-    ("client_credentials", "Application user (client id and secret)", {})]
+    ("client_credentials", "Application user (client id and secret)", {}),
+    ("jwt", "Salesforce JWT bearer (the private key as the password)", {})]
+# The sign-in options of Salesforce, by form field (portal.backends.salesforce.OPTIONS).
+SALESFORCE_FIELDS = {"consumer_key": "server_consumer_key",
+                     "consumer_secret": "server_consumer_secret",
+                     "security_token": "server_security_token"}
 
 
 def _checked(check: Any, value: Any) -> None:
@@ -61,7 +69,7 @@ class ServerFields(FlaskForm):
     server_password = PasswordField("Password", validators=[
         InputRequired("Enter the server password."), Length(max=1024)],
         description="For a Dynamics application user: the client id above, its secret here.")
-    server_auth = SelectField("Sign-in (Dynamics)", default="password")
+    server_auth = SelectField("Sign-in (Dynamics, Salesforce)", default="password")
     server_tenant = StringField("Tenant (Dynamics, optional)", filters=[strip], validators=[
         Optional(), Length(max=254)], description="The directory (tenant) id or domain, "
         "e.g. contoso.onmicrosoft.com. Left empty, the environment names its own.")
@@ -69,6 +77,13 @@ class ServerFields(FlaskForm):
                                    validators=[Optional(), Length(max=100)],
                                    description="For a user name and password only; empty: "
                                    "the id Microsoft's samples use.")
+    server_consumer_key = StringField("Consumer key (Salesforce)", filters=[strip], validators=[
+        Optional(), Length(max=256)], description="The connected app's consumer key.")
+    server_consumer_secret = PasswordField("Consumer secret (Salesforce)", validators=[
+        Optional(), Length(max=256)], description="For a user name and password; kept "
+        "encrypted.")
+    server_security_token = PasswordField("Security token (Salesforce, optional)", validators=[
+        Optional(), Length(max=256)], description="Or append it to the password.")
 
     def __init__(self, *args: Any, **kwargs: Any) -> None:
         super().__init__(*args, **kwargs)
@@ -90,8 +105,18 @@ class ServerFields(FlaskForm):
             _checked(lambda _: check_options(self.backend.data, self.server_options()),
                      field.data)
 
+    def validate_server_consumer_key(self, field: Field) -> None:
+        """Salesforce's options, checked as the data layer checks them."""
+        if self.backend.data == "salesforce":
+            _checked(lambda _: check_options(self.backend.data, self.server_options()),
+                     field.data)
+
     def server_options(self) -> dict[str, str]:
-        """The sign-in options of the chosen type (only Dynamics has any)."""
+        """The sign-in options of the chosen type (Dynamics and Salesforce have some)."""
+        if self.backend.data == "salesforce":
+            options = {"auth": self.server_auth.data or "password",
+                       **{k: getattr(self, f).data or "" for k, f in SALESFORCE_FIELDS.items()}}
+            return {k: v for k, v in options.items() if v}
         if self.backend.data != "dynamics":
             return {}
         options = {"auth": self.server_auth.data or "password",

@@ -46,7 +46,10 @@ ELEMENT_OF_FIELD = {"backend": "SyncSetup/ProviderID", "url": "SyncSetup/Url",
                     "filter": "SyncSetup/SyncFiltersXml", "entity": "SyncSetup/Entities",
                     "name": "{org}", "email": "RegistrationInfo/Email",
                     "tenant": "SyncSetup/TenantId", "authority": "SyncSetup/TenantId",
-                    "client_id": "SyncSetup/ClientId", "auth": "SyncSetup/ClientId"}
+                    "client_id": "SyncSetup/ClientId", "auth": "SyncSetup/ClientId",
+                    "consumer_key": "SyncSetup/ClientId",
+                    "consumer_secret": "SyncSetup/ClientSecret",
+                    "security_token": "SyncSetup/SecurityToken"}
 REALM = 'Basic realm="CRM Sync web service", charset="UTF-8"'
 
 

@@ -1,0 +1,305 @@
+"""How an OData v4 service's entity sets become our entities, and its records ours.
+
+One `EntityMap` per entity set, made from the CSDL (`csdl_metadata`):
+
+* names: our logical names are the set's and properties' names in lower case
+  (`Accounts` -> `accounts`, `lastName` -> `lastname`); the map keeps both ways;
+* the record id: a set whose key is one `Edm.Guid` ("guid" keys) uses it as
+  the record's GUID. Any other key (integer, string, composite) is a server
+  key (`sync_state`, docs/architecture.md): the record's GUID is derived from
+  it or learnt from a create's answer, and the key properties stay attributes.
+  A key the server picks (`Core.Computed`: identity integers) is "server"
+  keyed; one the client gives (a CAP `Integer` or `String` key) is "value"
+  keyed: a create sends it from the record's values (a single String key the
+  client left empty gets the record's GUID as text);
+* the modified timestamp (`modifiedAt`, `ModifiedOn`, `LastModifiedDateTime`, ...,
+  or the connection's `timestamp_property`) is our `modifiedon`, a created
+  timestamp our `createdon`;
+* a single-valued navigation property whose ReferentialConstraint names one
+  property of ours and the key of a guid-keyed set is a lookup (that property);
+* enums are picklists (member names on the wire, values here).
+"""
+
+import re
+from dataclasses import dataclass, field
+from typing import Any
+from urllib.parse import quote
+
+import orjson
+
+from portal.backends.csdl_metadata import (
+    CsdlCapabilities,
+    CsdlEntityType,
+    CsdlProperty,
+    CsdlService,
+)
+from portal.errors import BackendError
+from portal.orgs.metadata import SYSTEM_ATTRIBUTES, Attribute, Entity, Option
+from portal.orgs.sync_state import key_text, server_key_id
+
+MODIFIED_NAMES = ("modifiedat", "modifiedon", "lastmodifieddatetime", "lastmodifiedat",
+                  "lastmodified", "updatedat", "changedat", "changedon", "modified",
+                  "lastchangedatetime", "systemmodstamp")
+CREATED_NAMES = ("createdat", "createdon", "createddatetime", "created", "createddate")
+NAME_PROPERTIES = ("name", "title", "lastname", "fullname", "subject", "description")
+KEY_KINDS = ("guid", "value", "server")
+
+
+def logical(name: str) -> str:
+    """Our logical name of a service's name: lower case, `_` for other characters."""
+    text = re.sub(r"[^a-z0-9_]", "_", name.lower())
+    if not text or not text[0].isalpha():
+        text = "x" + text
+    return text[:64]
+
+
+def _normal(name: str) -> str:
+    return name.lower().replace("_", "")
+
+
+@dataclass
+class EntityMap:
+    """One entity set: its entity, its keys and how its properties are named and typed."""
+
+    entity: Entity
+    entity_set: str
+    key_kind: str  # KEY_KINDS
+    keys: list[CsdlProperty]  # in key order
+    properties: dict[str, CsdlProperty]  # by server name, the synced ones
+    to_logical: dict[str, str]  # server name -> ours
+    server_names: dict[str, str]  # ours -> server name
+    enums: dict[str, dict[str, int]]  # server name -> its members
+    capabilities: CsdlCapabilities
+    modified: str | None = None  # the server's modified timestamp property
+    created: str | None = None
+    client_id: str | None = None  # a server-keyed set's property holding our GUID
+    lookups: dict[str, str] = field(default_factory=dict)  # server property -> target set
+
+    @property
+    def name(self) -> str:
+        """Our logical name of the set."""
+        return self.entity.logicalname
+
+    @property
+    def computes_values(self) -> bool:
+        """The service sets some synced attribute itself (a key it picks, a computed value)."""
+        return any(self.properties[p].computed for p in self.to_logical)
+
+    @property
+    def keyed(self) -> bool:
+        """Records are known by server keys, not by GUIDs."""
+        return self.key_kind != "guid"
+
+    # --- keys --------------------------------------------------------------
+
+    def key_of(self, item: dict[str, Any]) -> str:
+        """The server key (`sync_state.key_text`) of a record as the server sends it."""
+        return key_text({k.name: item.get(k.name) for k in self.keys})
+
+    def id_of(self, item: dict[str, Any]) -> str:
+        """Our record id of a server record: its GUID key, or the GUID derived from its key."""
+        if not self.keyed:
+            return str(item.get(self.keys[0].name) or "").lower()
+        return server_key_id(self.name, self.key_of(item))
+
+    def key_values(self, key: str) -> dict[str, Any]:
+        """A server key's properties and values (typed as the CSDL declares them)."""
+        if len(self.keys) == 1:
+            prop = self.keys[0]
+            return {prop.name: int(key) if prop.type in ("integer", "bigint") else key}
+        values = orjson.loads(key)
+        return {k.name: values.get(k.name) for k in self.keys}
+
+    def path(self, key: str) -> str:
+        """The record's path: `Set(1)`, `Set('a')`, `Set(k1=1,k2='x')` (GUIDs bare)."""
+        values = self.key_values(key)
+        if len(values) == 1:
+            predicate = literal(self.keys[0], next(iter(values.values())))
+        else:
+            predicate = ",".join(f"{k.name}={literal(k, values[k.name])}" for k in self.keys)
+        return f"{self.entity_set}({quote(predicate, safe=chr(39) + '=,-')})"
+
+    def key_from_url(self, url: str) -> str | None:
+        """The server key in a record URL's key predicate (a tombstone's `id`), or None."""
+        match = re.search(r"\(([^()]*)\)\s*$", url)
+        if match is None:
+            return None
+        parts = re.findall(r"(?:(\w+)=)?('(?:[^']|'')*'|[^,]+)", match.group(1))
+        values: dict[str, Any] = {}
+        for n, (name, raw) in enumerate(parts):
+            if n >= len(self.keys):
+                return None
+            prop = next((k for k in self.keys if k.name == name), self.keys[n])
+            text = raw[1:-1].replace("''", "'") if raw.startswith("'") else raw
+            values[prop.name] = int(text) if prop.type in ("integer", "bigint") else text
+        if not self.keyed:
+            return str(values[self.keys[0].name]).lower()
+        return key_text(values)
+
+    # --- records -----------------------------------------------------------
+
+    def from_server(self, item: dict[str, Any]) -> dict[str, Any]:
+        """A server record in our form: every synced attribute, null where the server has none."""
+        record: dict[str, Any] = {self.entity.primaryidattribute: self.id_of(item)}
+        for server, ours in self.to_logical.items():
+            value = item.get(server)
+            if value is not None:
+                if server in self.enums and isinstance(value, str):
+                    value = self.enums[server].get(value, value)
+                elif self.properties[server].type in ("uniqueidentifier", "lookup"):
+                    value = str(value).lower()
+            record[ours] = value
+        if self.modified:
+            record["modifiedon"] = item.get(self.modified)
+        if self.created:
+            record["createdon"] = item.get(self.created)
+        return record
+
+    def to_server(self, values: dict[str, Any], *, creating: bool,
+                  record_id: str) -> dict[str, Any]:
+        """Our values as the server's body: what it lets a create (or an update) send."""
+        body: dict[str, Any] = {}
+        for ours, value in values.items():
+            server = self.server_names.get(ours)
+            if server is None:
+                continue  # system columns, the record id, attributes the server lacks
+            prop = self.properties[server]
+            if not (prop.insertable if creating else prop.updatable):
+                continue  # computed or immutable on the server: synced down, never up
+            if server in self.enums and isinstance(value, int):
+                names = {v: k for k, v in self.enums[server].items()}
+                value = names.get(value, value)
+            body[server] = value
+        if creating:
+            if self.key_kind == "guid":
+                body[self.keys[0].name] = record_id
+            elif self.key_kind == "value":
+                key = self.keys[0]
+                if len(self.keys) == 1 and key.type == "string" and body.get(key.name) is None:
+                    body[key.name] = record_id  # a text key the client may choose: its GUID
+            elif self.client_id:
+                body[self.client_id] = record_id
+        return body
+
+    def key_of_values(self, body: dict[str, Any]) -> str | None:
+        """A value-keyed record's key from the body of its create, or None if incomplete."""
+        if any(body.get(k.name) is None for k in self.keys):
+            return None
+        return self.key_of(body)
+
+
+def literal(prop: CsdlProperty, value: Any) -> str:
+    """A value as an OData URL literal of its property's type."""
+    if prop.type in ("string", "memo") or prop.enum:
+        return "'" + str(value).replace("'", "''") + "'"
+    if isinstance(value, bool):
+        return "true" if value else "false"
+    return str(value)
+
+
+def _timestamp(entity_type: CsdlEntityType, names: tuple[str, ...],
+               wanted: str | None) -> str | None:
+    """The entity type's DateTimeOffset property of one of these names (or the one wanted)."""
+    stamps = [p for p in entity_type.properties if p.edm == "Edm.DateTimeOffset"]
+    if wanted:
+        return next((p.name for p in stamps if p.name == wanted), None)
+    for name in names:
+        found = next((p.name for p in stamps if _normal(p.name) == name), None)
+        if found:
+            return found
+    return None
+
+
+def entity_maps(service: CsdlService, *, timestamp_property: str | None = None,
+                client_id_property: str | None = None) -> dict[str, EntityMap]:
+    """Each entity set's map, by our logical name, in the service's order."""
+    from portal.backends.csdl_metadata import entity_types_of_sets
+
+    sets = list(entity_types_of_sets(service))
+    guid_sets = {service.entity_sets[name]: name for name, t in sets
+                 if len(t.keys) == 1 and (t.property(t.keys[0]) or _NONE).edm == "Edm.Guid"}
+    maps: dict[str, EntityMap] = {}
+    used: set[str] = set()
+    for set_name, entity_type in sets:
+        name = logical(set_name)
+        while name in used:
+            name = name[:60] + "_2"
+        used.add(name)
+        maps[name] = _entity_map(service, name, set_name, entity_type, guid_sets,
+                                 timestamp_property, client_id_property)
+    targets = {m.entity_set: m.name for m in maps.values()}
+    for m in maps.values():
+        for attr in m.entity.attributes:
+            if attr.type == "lookup":
+                attr.targets = [targets[t] for t in attr.targets]
+    return maps
+
+
+_NONE = CsdlProperty("", "", None)
+
+
+def _entity_map(service: CsdlService, name: str, set_name: str, entity_type: CsdlEntityType,
+                guid_sets: dict[str, str], timestamp_property: str | None,
+                client_id_property: str | None) -> EntityMap:
+    keys = [entity_type.property(k) for k in entity_type.keys]
+    if any(k is None or k.type is None for k in keys):
+        raise BackendError(f"entity set {set_name}: its key ({', '.join(entity_type.keys)}) "
+                           "has a property of a type we cannot keep")
+    key_props = [k for k in keys if k is not None]
+    if len(key_props) == 1 and key_props[0].edm == "Edm.Guid":
+        kind = "guid"
+    elif all(k.computed for k in key_props):
+        kind = "server"
+    else:
+        kind = "value"
+    modified = _timestamp(entity_type, MODIFIED_NAMES, timestamp_property)
+    created = _timestamp(entity_type, CREATED_NAMES, None)
+    lookups = {c.properties and next(iter(c.properties)): guid_sets.get(c.target)
+               for c in entity_type.lookups if len(c.properties) == 1}
+    pk = logical(key_props[0].name) if kind == "guid" else f"{name[:60]}_id"
+    entity = Entity(logicalname=name, displayname=set_name, labels={"1033": set_name},
+                    primaryidattribute=pk, entitysetname=name)  # the client's own set name
+    if kind != "guid":
+        entity.attributes.append(Attribute(pk, "uniqueidentifier", "Record id", issystem=True))
+    properties: dict[str, CsdlProperty] = {}
+    to_logical: dict[str, str] = {}
+    enums: dict[str, dict[str, int]] = {}
+    client_id = client_id_property if kind == "server" and client_id_property and \
+        entity_type.property(client_id_property) is not None else None
+    for prop in entity_type.properties:
+        if prop.type is None or prop.name in (modified, created):
+            continue
+        ours = logical(prop.name)
+        if ours in SYSTEM_ATTRIBUTES or ours in to_logical.values() or (
+                ours == pk and kind != "guid"):
+            ours = f"{ours[:62]}_x"
+        kind_name = prop.type
+        targets: list[str] = []
+        if lookups.get(prop.name) and kind_name == "uniqueidentifier":
+            kind_name, targets = "lookup", [str(lookups[prop.name])]
+        options = []
+        if prop.enum:
+            members = service.enums[prop.enum].members
+            enums[prop.name] = members
+            options = [Option(v, k, {"1033": k}) for k, v in members.items()]
+        is_key = any(prop is k for k in key_props)
+        if is_key and kind == "guid":
+            ours = pk
+        entity.attributes.append(Attribute(
+            ours, kind_name, prop.name, {"1033": prop.name},
+            maxlength=prop.maxlength if kind_name in ("string", "memo") else None,
+            precision=prop.scale if kind_name in ("decimal", "money") else None,
+            required=not prop.nullable and not prop.computed and not is_key
+            and prop.name != client_id,
+            options=options, targets=targets,
+            issystem=is_key and kind == "guid" or not prop.updatable and not is_key
+            or prop.name == client_id))
+        properties[prop.name] = prop
+        if not (is_key and kind == "guid"):
+            to_logical[prop.name] = ours
+    entity.primarynameattribute = next(
+        (to_logical[p] for n in NAME_PROPERTIES for p in to_logical if _normal(p) == n), None)
+    return EntityMap(entity, set_name, kind, key_props, properties, to_logical,
+                     {v: k for k, v in to_logical.items()}, enums,
+                     service.capabilities_of(set_name), modified, created, client_id,
+                     {p: t for p, t in lookups.items() if p and t})
