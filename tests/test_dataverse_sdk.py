@@ -388,3 +388,37 @@ def test_sdk_batch_with_a_change_set(served: Served) -> None:
     assert failing.execute().has_errors
     assert served.org.db.execute("SELECT count(*) FROM contact WHERE lastname = ?",
                                  ["never written"]).fetchone()[0] == 0
+
+
+def test_sdk_tables_relationships_and_columns(served: Served) -> None:
+    from PowerPlatform.Dataverse.models.relationship import ManyToManyRelationshipMetadata
+
+    client = sdk_client(served)
+    client.tables.create("new_order", {"new_total": "decimal"})
+    created = client.tables.create_lookup_field("new_order", "new_AccountId", "account",
+                                                display_name="Account")
+    assert created.relationship_id and created.lookup_schema_name == "new_AccountId"
+    found = client.tables.get_relationship(created.relationship_schema_name)
+    assert found is not None and found.relationship_id == created.relationship_id
+    assert (found.referenced_entity, found.referencing_entity) == ("account", "new_order")
+    account_id = client.records.create("account", {"name": "Contoso"})
+    order_id = client.records.create("new_order", {
+        "new_name": "O-1", "new_AccountId@odata.bind".lower(): f"/accounts({account_id})"})
+    assert client.records.retrieve("new_order", order_id)["_new_accountid_value"] == account_id
+    listed = client.tables.list_table_relationships("new_order")
+    assert created.relationship_schema_name in {r["SchemaName"] for r in listed}
+    many = client.tables.create_many_to_many_relationship(ManyToManyRelationshipMetadata(
+        schema_name="new_order_contact", entity1_logical_name="new_order",
+        entity2_logical_name="contact"))
+    assert "new_order_contact" in served.org.entities()
+    assert {r["SchemaName"] for r in client.tables.list_relationships()} >= {
+        "new_order_contact", created.relationship_schema_name}
+    columns = client.tables.list_columns("new_order", select=["LogicalName", "AttributeType"])
+    assert {"new_accountid", "new_total"} <= {c["LogicalName"] for c in columns}
+    column = client.tables.get_column("new_order", "new_total")
+    assert column is not None and column["AttributeType"] == "Decimal"
+    client.tables.delete_relationship(str(many.relationship_id))
+    assert "new_order_contact" not in served.org.entities()
+    client.tables.delete_relationship(str(created.relationship_id))
+    assert served.org.entity("new_order").attribute("new_accountid") is None
+    assert client.tables.get_relationship(created.relationship_schema_name) is None

@@ -14,7 +14,7 @@ from sqlite_utils import Database
 
 from portal.db import immediate, utcnow
 from portal.errors import AlreadyExists, InvalidInput, MetadataChangeRefused, NotFound
-from portal.orgs import transactions
+from portal.orgs import relationships, transactions
 from portal.orgs.metadata import (
     Attribute,
     Entity,
@@ -67,16 +67,20 @@ def check_customizable(org: OrgDb) -> None:
             "customize the server org instead")
 
 
-def add_entity(org: OrgDb, entity: Entity) -> Entity:
-    """Create one entity with its table."""
-    return add_entities(org, [entity])[0]
+def add_entity(org: OrgDb, entity: Entity, *, relationship: str | None = None) -> Entity:
+    """Create one entity with its table; an intersect entity may name its relationship."""
+    return add_entities(org, [entity], relationship=relationship)[0]
 
 
-def add_entities(org: OrgDb, entities: list[Entity]) -> list[Entity]:
+def add_entities(org: OrgDb, entities: list[Entity], *,
+                 relationship: str | None = None) -> list[Entity]:
     """Create several entities at once, so lookups between them are valid."""
     db = org.db
     with immediate(db):
         existing = load_entities(db)
+        if relationship is not None:  # the many-to-many relationship of one intersect entity
+            relationships.name_relationship(db, existing, relationship,
+                                            (entities[0].logicalname, "", ""))
         new_names = {e.logicalname for e in entities}
         names = set(existing) | new_names
         set_names = {e.entitysetname for e in existing.values()}
@@ -154,6 +158,8 @@ def remove_entity(org: OrgDb, name: str) -> None:
                     _log(db, "alter attribute", other.logicalname, attr.logicalname,
                          {"targets": attr.targets, "reason": f"entity {name} removed"})
         db.table(name).drop()
+        relationships.forget(db, name)
+        relationships.forget_target(db, name)
         db.execute("DELETE FROM _attributes WHERE entity = ?", [name])
         db.execute("DELETE FROM _entities WHERE logicalname = ?", [name])
         db.execute("DELETE FROM _tombstones WHERE entity = ?", [name])
@@ -163,8 +169,12 @@ def remove_entity(org: OrgDb, name: str) -> None:
         bump_metadata_version(db)
 
 
-def add_attribute(org: OrgDb, entity_name: str, attr: Attribute) -> Attribute:
-    """Add an attribute (a column) to an entity; existing records get null."""
+def add_attribute(org: OrgDb, entity_name: str, attr: Attribute, *,
+                  relationship: str | None = None) -> Attribute:
+    """Add an attribute (a column) to an entity; existing records get null.
+
+    A lookup may name the one-to-many relationship it makes (its first target's).
+    """
     db = org.db
     with immediate(db):
         entities = load_entities(db)
@@ -175,6 +185,9 @@ def add_attribute(org: OrgDb, entity_name: str, attr: Attribute) -> Attribute:
             raise AlreadyExists(f"attribute {attr.logicalname!r} exists already in {entity_name}",
                                 field="logicalname")
         check_attribute(attr, set(entities))
+        if relationship is not None and attr.targets:
+            relationships.name_relationship(db, entities, relationship,
+                                            (entity_name, attr.logicalname, attr.targets[0]))
         db.table(entity_name).add_column(attr.logicalname, PYTHON_TYPES[TYPES[attr.type].column])
         _save_attribute(db, entity_name, attr)
         _log(db, "add attribute", entity_name, attr.logicalname, {"type": attr.type})
@@ -202,6 +215,8 @@ def alter_attribute(org: OrgDb, entity_name: str, attr: Attribute) -> Attribute:
             db.table(entity_name).transform(types={attr.logicalname:
                                              PYTHON_TYPES[TYPES[attr.type].column]})
         _save_attribute(db, entity_name, attr)
+        for target in set(old.targets) - set(attr.targets):
+            relationships.forget(db, entity_name, attr.logicalname, target)
         _log(db, "alter attribute", entity_name, attr.logicalname,
              {"before": _describe(old), "after": _describe(attr)})
         bump_metadata_version(db)
@@ -251,6 +266,7 @@ def _drop_attribute(db: Database, entity: Entity, attr: Attribute) -> None:
     db.table(entity.logicalname).transform(drop={attr.logicalname})
     db.execute("DELETE FROM _attributes WHERE entity = ? AND logicalname = ?",
                [entity.logicalname, attr.logicalname])
+    relationships.forget(db, entity.logicalname, attr.logicalname)
     _log(db, "remove attribute", entity.logicalname, attr.logicalname, {"type": attr.type})
 
 
@@ -301,6 +317,17 @@ def _check_lossless(db: Database, table: str, old: Attribute, new: Attribute) ->
                 raise MetadataChangeRefused(
                     f"removing option(s) {sorted(removed)} of {where} would orphan "
                     f"{used} record(s)", field="options")
+    dropped = [t for t in old.targets if t not in new.targets]
+    if dropped and new_kind.targets:
+        entities = load_entities(db)
+        pointing = " OR ".join(
+            f"[{column}] IN (SELECT [{entities[t].primaryidattribute}] FROM [{t}])"
+            for t in dropped if t in entities)
+        used = count(pointing) if pointing else 0
+        if used:
+            raise MetadataChangeRefused(
+                f"removing target(s) {', '.join(dropped)} of {where} would orphan "
+                f"{used} record(s)", field="targets")
     if (old_kind.precision is not None and new_kind.precision is not None
             and (new.precision or 0) < (old.precision or 0)):
         raise MetadataChangeRefused(

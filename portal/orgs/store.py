@@ -7,6 +7,7 @@ Layout of instance/orgs/{org}.db:
   _attributes     one row per attribute definition
   _tombstones     (entity, id) of deleted records, with the version of the delete
   _metadata_log   every metadata change applied to the org
+  _relationships  the schema names clients gave relationships they created
   {entity}        one table per entity: primary id, attributes, createdon,
                   modifiedon, versionnumber (unique, org-wide, strictly increasing)
 """
@@ -124,6 +125,19 @@ def m003_server_keys(db: Database) -> None:
     db.execute("ALTER TABLE _server_versions ADD COLUMN server_key TEXT")
     db.execute("CREATE UNIQUE INDEX idx_server_versions_key ON _server_versions "
                "(entity, server_key) WHERE server_key IS NOT NULL")
+
+
+@org_migrations()
+def m004_relationship_names(db: Database) -> None:
+    # The schema names clients gave the relationships they created through
+    # RelationshipDefinitions (portal.orgs.relationships); a relationship's
+    # structure is its lookup (entity, attribute, target) or its intersect
+    # entity (attribute and target ''), as ever.
+    db.table("_relationships").create(
+        {"schemaname": str, "entity": str, "attribute": str, "target": str},
+        pk="schemaname", not_null={"entity", "attribute", "target"})
+    db.execute("CREATE UNIQUE INDEX idx_relationships_key ON _relationships "
+               "(entity, attribute, target)")
 
 
 class OrgDb:

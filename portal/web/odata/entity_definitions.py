@@ -13,6 +13,7 @@ from collections.abc import Callable
 from typing import Any
 
 from portal.orgs.metadata import Attribute, Entity, Option
+from portal.orgs.relationships import names as relationship_names
 from portal.orgs.types import TYPES
 from portal.web.odata import relationships
 from portal.web.odata.messages import (
@@ -231,7 +232,7 @@ def _sample_properties() -> dict[str, set[str]]:
         out[f"kind:{kind}"] = names(attribute_definition(sample, attr))
     out[ENTITY_TYPE] = names(entity_definition(target))
     definitions = relationships.relationship_definitions(
-        {e.logicalname: e for e in (target, sample, pair)})
+        {e.logicalname: e for e in (target, sample, pair)}, {})
     out[RELATIONSHIP_TYPE] = set().union(*(names(r) for r in definitions))
     for cast in RELATIONSHIP_CASTS:
         out[cast] = set().union(*(names(r) for r in definitions
@@ -315,8 +316,9 @@ def find_entity(req: ApiRequest, key: str) -> Entity:
     raise ProtocolError(404, "NotFound", f"Could not find an entity with {text}")
 
 
-def _find(items: list[dict[str, Any]], key: str, name_property: str, what: str
-          ) -> dict[str, Any]:
+def find_definition(items: list[dict[str, Any]], key: str, name_property: str, what: str
+                    ) -> dict[str, Any]:
+    """The item a key names: {name_property}='x' or its MetadataId; 404 if none."""
     text = key.strip()
     match = re.match(rf"^{name_property}\s*=\s*'([^']*)'$", text)
     guid = GUID_RE.match(text)
@@ -401,8 +403,8 @@ def _attributes(req: ApiRequest, entity: Entity, rest: list[tuple[str, str | Non
     single = None
     if key is not None:
         everything = _attribute_collection(entity, None)
-        single = _find(everything.items, key, "LogicalName", f"an attribute of {entity.logicalname}"
-                       " with")
+        single = find_definition(everything.items, key, "LogicalName",
+                                 f"an attribute of {entity.logicalname} with")
         if cast and single["@odata.type"] != f"#Microsoft.Dynamics.CRM.{cast}" and not (
                 cast == "EnumAttributeMetadata" and single["AttributeType"] in (
                     "Picklist", "Boolean")):
@@ -433,9 +435,10 @@ def _entity_definitions(req: ApiRequest, segments: list[tuple[str, str | None]]
     if nav == "Attributes":
         return _attributes(req, entity, segments[2:], nav_key, base)
     if nav in RELATIONSHIP_COLLECTIONS and len(segments) == 2:
-        items = relationships.of_entity(entities, entity.logicalname, nav)
+        items = relationships.of_entity(entities, relationship_names(req.org),
+                                        entity.logicalname, nav)
         collection = Collection(items, RELATIONSHIP_TYPE)
-        single = _find(items, nav_key, "SchemaName", "a relationship with") \
+        single = find_definition(items, nav_key, "SchemaName", "a relationship with") \
             if nav_key is not None else None
         if "$expand" in req.args:
             raise _not_served("$expand on relationships")
@@ -458,8 +461,9 @@ def _entities(req: ApiRequest, entities: dict[str, Entity], one: Entity | None
             if nav == "Attributes":
                 inner = _attribute_collection(entity, None)
             else:
-                inner = Collection(relationships.of_entity(entities, entity.logicalname, nav),
-                                   RELATIONSHIP_TYPE)
+                inner = Collection(relationships.of_entity(
+                    entities, relationship_names(req.org), entity.logicalname, nav),
+                    RELATIONSHIP_TYPE)
             select = parse_select(options.get("$select"), inner.properties |
                                   set(inner.navigations), inner.type_name)
             item[nav] = [inner.project(i, select) for i in inner.filtered(
@@ -472,7 +476,8 @@ def _entities(req: ApiRequest, entities: dict[str, Entity], one: Entity | None
 
 def _relationship_definitions(req: ApiRequest, segments: list[tuple[str, str | None]]
                               ) -> ApiResponse:
-    items = relationships.relationship_definitions(req.org.entities())
+    items = relationships.relationship_definitions(req.org.entities(),
+                                                   relationship_names(req.org))
     context = req.service_root + "$metadata#RelationshipDefinitions"
     key = segments[0][1]
     cast = None
@@ -484,7 +489,8 @@ def _relationship_definitions(req: ApiRequest, segments: list[tuple[str, str | N
                                              f"{segments[1][0]!r}")
     if "$expand" in req.args:
         raise _not_served("$expand on relationships")
-    single = _find(items, key, "SchemaName", "a relationship with") if key is not None else None
+    single = find_definition(items, key, "SchemaName", "a relationship with") \
+        if key is not None else None
     if cast:
         if single is not None and single["@odata.type"] != f"#Microsoft.Dynamics.CRM.{cast}":
             raise ProtocolError(404, "NotFound", f"relationship {single['SchemaName']!r} is "

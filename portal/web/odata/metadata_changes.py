@@ -108,9 +108,6 @@ def change(req: ApiRequest, path: str) -> ApiResponse:
     if shape == [("EntityDefinitions", False)] and method == "POST":
         check_customizable(req)
         return _created(req, schema.add_entity(req.org, entity_from_payload(read_object(req))))
-    if segments[0][0] == "RelationshipDefinitions":
-        raise ProtocolError(501, "NotImplemented", "creating or changing relationships is not "
-                                                   "served; add a lookup column instead")
     if segments[0][0] != "EntityDefinitions" or segments[0][1] is None:
         raise ProtocolError(405, "MethodNotAllowed", f"{method} is not allowed here",
                             headers={"Allow": "GET"})
