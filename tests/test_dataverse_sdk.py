@@ -310,14 +310,17 @@ def test_sdk_query_builder(served: Served) -> None:
     top = list(client.query.builder("account").where(col("numberofemployees") <= 3)
                .top(2).execute())
     assert len(top) == 2
-    # Dataverse's query functions (col.in_ sends Microsoft.Dynamics.CRM.In(...)) are not
-    # served: a 400 that says why.
-    from PowerPlatform.Dataverse.core.errors import HttpError
-
-    with pytest.raises(HttpError) as refused:
-        list(client.query.builder("account").where(col("numberofemployees").in_([1, 2]))
-             .execute())
-    assert refused.value.status_code == 400
+    # Dataverse's query functions: col.in_ / not_in send Microsoft.Dynamics.CRM.In / NotIn;
+    # between / not_between send ge and le.
+    within = list(client.query.builder("account").select("numberofemployees")
+                  .where(col("numberofemployees").in_([1, 2, 400])).execute())
+    assert sorted(r["numberofemployees"] for r in within) == [1, 2]
+    outside = list(client.query.builder("account").select("numberofemployees")
+                   .where(col("numberofemployees").not_in(list(range(3, 300)))).execute())
+    assert sorted(r["numberofemployees"] for r in outside) == [0, 1, 2]
+    between = list(client.query.builder("account").select("numberofemployees")
+                   .where(col("numberofemployees").between(10, 12)).execute())
+    assert sorted(r["numberofemployees"] for r in between) == [10, 11, 12]
 
 
 def test_sdk_fetchxml_pages_through_a_filtered_query(served: Served) -> None:

@@ -120,7 +120,9 @@ def parse_options(args: MultiDict[str, str], entity: Entity, dialect: Dialect = 
     opts = QueryOptions(select=parse_select(args.get("$select"), entity),
                         orderby=parse_orderby(args.get("$orderby"), entity))
     if args.get("$filter") is not None:
-        opts.where, opts.params = parse_filter(args["$filter"], entity)
+        opts.where, opts.params = parse_filter(
+            args["$filter"], entity, dataverse_functions=dialect.functions,
+            aliases={k: v for k, v in args.items() if k.startswith("@")})
         opts.has_filter = True
     opts.top = whole_number(args, "$top")
     opts.skip = whole_number(args, "$skip") or 0
