@@ -142,3 +142,30 @@ def records_by_ids(org: OrgDb, entity: Entity, names: list[str], ids: list[str],
             f"WHERE [{pk}] IN ({', '.join('?' * len(chunk))})", chunk).fetchall()
         found.update((row[0], orjson.loads(row[1])) for row in rows)
     return found
+
+
+def related_records(org: OrgDb, entity: Entity, names: list[str], lookup: str,
+                    parent_ids: list[str], *, where: str = "", params: list[Any] | None = None,
+                    order: Order | None = None, limit: int = 5000,
+                    keys: dict[str, str] | None = None) -> dict[str, list[dict[str, Any]]]:
+    """Each parent's records whose `lookup` names it (at most `limit` each), decoded, in order.
+
+    One statement per chunk of parents; the window function keeps the first
+    `limit` of each parent in the requested order (the primary id breaking ties).
+    """
+    order_sql = ", ".join(f"[{n}]{' DESC' if d else ''}" for n, d in full_order(entity,
+                                                                              order or []))
+    found: dict[str, list[dict[str, Any]]] = {}
+    for i in range(0, len(parent_ids), IDS_PER_QUERY):
+        chunk = parent_ids[i:i + IDS_PER_QUERY]
+        condition = f"[{lookup}] IN ({', '.join('?' * len(chunk))})" + (
+            f" AND ({where})" if where else "")
+        row_json = row_json_sql(entity, names, keys)
+        rows = org.db.conn.execute(
+            f"SELECT parent, j FROM (SELECT [{lookup}] AS parent, {row_json} AS j,"
+            f" row_number() OVER (PARTITION BY [{lookup}] ORDER BY {order_sql}) AS n"
+            f" FROM [{entity.logicalname}] WHERE {condition}) WHERE n <= ? ORDER BY parent, n",
+            [*chunk, *(params or []), limit]).fetchall()
+        for parent, text in rows:
+            found.setdefault(parent, []).append(orjson.loads(text))
+    return found

@@ -70,7 +70,7 @@ def read_record(req: ApiRequest, entity: Entity, key: str) -> ApiResponse:
     prefs = parse_prefer(req.headers.getlist("Prefer"))
     shape = shapes.Shape(
         shapes.parse_annotations(prefs.include_annotations, req.dialect),
-        shapes.parse_expand(req.args.get("$expand"), entity, req.org.entities(), req.dialect))
+        shapes.parse_expand(req.args.get("$expand"), entity, req.org, req.dialect))
     found = queries.record_json(req.org, entity, shape.columns(names, keys), record_id, keys)
     if found is None:
         raise ProtocolError(404, "NotFound", f"{entity.logicalname} {record_id} does not exist")

@@ -24,6 +24,7 @@ from portal.web.odata.messages import (
     json_response,
 )
 from portal.web.odata.metadata_filter import compile_filter
+from portal.web.odata.options import split_top
 
 
 def label(text: str | None, labels: dict[str, str]) -> dict[str, Any]:
@@ -159,25 +160,6 @@ Expander = Callable[[dict[str, Any], dict[str, Any]], None]
 
 def _not_served(what: str) -> ProtocolError:
     return ProtocolError(501, "NotImplemented", f"{what} is not served on metadata")
-
-
-def split_top(text: str, sep: str) -> list[str]:
-    """`text` split at `sep` outside parentheses and quotes."""
-    parts, depth, quoted, current = [], 0, False, ""
-    for char in text:
-        if char == "'":
-            quoted = not quoted
-        elif not quoted and char == "(":
-            depth += 1
-        elif not quoted and char == ")":
-            depth -= 1
-        if char == sep and depth == 0 and not quoted:
-            parts.append(current)
-            current = ""
-        else:
-            current += char
-    parts.append(current)
-    return [p.strip() for p in parts if p.strip()]
 
 
 def parse_expand(text: str, allowed: tuple[str, ...]) -> dict[str, dict[str, str]]:
