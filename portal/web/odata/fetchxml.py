@@ -7,7 +7,8 @@ Microsoft Learn, "Use FetchXml to query data" / "Page results using FetchXml":
 annotations are asked for (as Microsoft's SDK does). The filters are the sync
 filters' FetchXML (portal.sync.filters: parsed safely, checked against the
 metadata, turned into $filter), so a query means what a sync filter means.
-Link-entities, aggregates and distinct are not served.
+Aggregates: portal.web.odata.fetch_aggregates. Link-entities and distinct are
+not served.
 """
 
 from typing import Any
@@ -23,6 +24,7 @@ from portal.orgs import queries
 from portal.orgs.metadata import Entity
 from portal.sync import filters as sync_filters
 from portal.web.odata import shapes
+from portal.web.odata.fetch_aggregates import read_aggregate
 from portal.web.odata.filters import parse_filter
 from portal.web.odata.messages import (
     ApiRequest,
@@ -58,9 +60,8 @@ def _document(xml: str) -> Element:
         raise bad_request(f"fetchXml is not well-formed XML: {exc}", "fetchXml") from None
     if root.tag != "fetch":
         raise bad_request("fetchXml must be a <fetch> document", "fetchXml")
-    for name in ("aggregate", "distinct"):
-        if root.get(name, "false").lower() == "true":
-            raise ProtocolError(501, "NotImplemented", f"fetchXml: {name} is not supported")
+    if root.get("distinct", "false").lower() == "true":
+        raise ProtocolError(501, "NotImplemented", "fetchXml: distinct is not supported")
     return root
 
 
@@ -73,13 +74,15 @@ def read_fetchxml(req: ApiRequest, entity: Entity) -> ApiResponse:
     element = elements[0] if len(elements) == 1 else None
     if element is None or element.get("name") != entity.logicalname:
         raise bad_request(f"fetchXml: the <entity> must be {entity.logicalname!r}", "fetchXml")
-    names, order = _columns(element, entity)
     where, params = "", list[Any]()
     found = sync_filters.parse_fetch_filters(xml).get(entity.logicalname)
     if found is not None:
         text = sync_filters.to_odata(found.check(entity))
         if text:
             where, params = parse_filter(text, entity)
+    if root.get("aggregate", "false").lower() == "true":
+        return read_aggregate(req, entity, root, element, where, params)
+    names, order = _columns(element, entity)
     page_size = _number(root, "count", req.dialect.max_page_size, req.dialect.max_page_size)
     assert page_size is not None
     page = _number(root, "page", 1, 2**31 - 1) or 1
