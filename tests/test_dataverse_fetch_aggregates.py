@@ -185,7 +185,7 @@ def test_aggregate_record_limit_is_dataverses_error(client: FlaskClient,
     ("<attribute name='name' alias='a' aggregate='count' />"
      "<attribute name='name' alias='a' aggregate='count' />", 400, "distinct aliases"),
     ("<attribute name='name' alias='a' aggregate='count' /><link-entity name='contact' "
-     "from='parentcustomerid' to='accountid' />", 400, "<link-entity> in <entity"),
+     "from='parentcustomerid' to='accountid' />", 501, "link-entity is not served"),
 ])
 def test_bad_aggregates_say_why(client: FlaskClient, token: dict[str, str], attributes: str,
                                 status: int, words: str) -> None:
