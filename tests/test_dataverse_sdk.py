@@ -425,3 +425,26 @@ def test_sdk_tables_relationships_and_columns(served: Served) -> None:
     client.tables.delete_relationship(str(created.relationship_id))
     assert served.org.entity("new_order").attribute("new_accountid") is None
     assert client.tables.get_relationship(created.relationship_schema_name) is None
+
+
+def test_sdk_fetchxml_link_entity_and_aggregate(served: Served) -> None:
+    client = sdk_client(served)
+    contact_id = client.records.create("contact", {"lastname": "Stubberod",
+                                                   "fullname": "Susanna Stubberod"})
+    client.records.create("account", [
+        {"name": "Litware", "numberofemployees": 10,
+         "primarycontactid@odata.bind": f"/contacts({contact_id})"},
+        {"name": "Fabrikam", "numberofemployees": 30}])
+    joined = [r for page in client.query.fetchxml("""
+      <fetch><entity name="account"><attribute name="name" />
+        <link-entity name="contact" from="contactid" to="primarycontactid" alias="contact">
+          <attribute name="fullname" /></link-entity></entity></fetch>""").execute_pages()
+              for r in page]
+    assert [(r["name"], r["contact.fullname"]) for r in joined] == [
+        ("Litware", "Susanna Stubberod")]
+    totals = [r for page in client.query.fetchxml("""
+      <fetch aggregate="true"><entity name="account">
+        <attribute name="numberofemployees" alias="Total" aggregate="sum" />
+        <attribute name="numberofemployees" alias="Average" aggregate="avg" />
+      </entity></fetch>""").execute_pages() for r in page]
+    assert [(r["Total"], r["Average"]) for r in totals] == [(40, 20)]
