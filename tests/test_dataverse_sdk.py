@@ -448,3 +448,24 @@ def test_sdk_fetchxml_link_entity_and_aggregate(served: Served) -> None:
         <attribute name="numberofemployees" alias="Average" aggregate="avg" />
       </entity></fetch>""").execute_pages() for r in page]
     assert [(r["Total"], r["Average"]) for r in totals] == [(40, 20)]
+
+
+def test_sdk_alternate_keys_and_upsert_by_them(served: Served) -> None:
+    from PowerPlatform.Dataverse.models.upsert import UpsertItem
+
+    client = sdk_client(served)
+    key = client.tables.create_alternate_key("account", "new_AccountNumberKey",
+                                             ["accountnumber"], display_name="Account number")
+    assert key.metadata_id
+    [listed] = client.tables.get_alternate_keys("account")
+    assert (listed.schema_name, listed.key_attributes, listed.status) == (
+        "new_AccountNumberKey", ["accountnumber"], "Active")
+    client.records.upsert("account", [UpsertItem(alternate_key={"accountnumber": "A1"},
+                                                 record={"name": "One"})])
+    client.records.upsert("account", [
+        UpsertItem(alternate_key={"accountnumber": "A1"}, record={"name": "One again"}),
+        UpsertItem(alternate_key={"accountnumber": "A2"}, record={"name": "Two"})])
+    rows = served.org.db.execute("SELECT accountnumber, name FROM account ORDER BY 1").fetchall()
+    assert [tuple(r) for r in rows] == [("A1", "One again"), ("A2", "Two")]
+    client.tables.delete_alternate_key("account", str(key.metadata_id))
+    assert client.tables.get_alternate_keys("account") == []

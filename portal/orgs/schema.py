@@ -14,7 +14,7 @@ from sqlite_utils import Database
 
 from portal.db import immediate, utcnow
 from portal.errors import AlreadyExists, InvalidInput, MetadataChangeRefused, NotFound
-from portal.orgs import relationships, transactions
+from portal.orgs import keys, relationships, transactions
 from portal.orgs.metadata import (
     Attribute,
     Entity,
@@ -160,6 +160,7 @@ def remove_entity(org: OrgDb, name: str) -> None:
         db.table(name).drop()
         relationships.forget(db, name)
         relationships.forget_target(db, name)
+        db.execute("DELETE FROM _keys WHERE entity = ?", [name])
         db.execute("DELETE FROM _attributes WHERE entity = ?", [name])
         db.execute("DELETE FROM _entities WHERE logicalname = ?", [name])
         db.execute("DELETE FROM _tombstones WHERE entity = ?", [name])
@@ -210,6 +211,8 @@ def alter_attribute(org: OrgDb, entity_name: str, attr: Attribute) -> Attribute:
             raise MetadataChangeRefused(f"{entity_name}.{old.logicalname} is a system attribute",
                                         field="logicalname")
         check_attribute(attr, set(entities))
+        if attr.type != old.type:
+            _check_not_in_key(db, entity_name, attr.logicalname)
         _check_lossless(db, entity_name, old, attr)
         if TYPES[old.type].column != TYPES[attr.type].column:
             db.table(entity_name).transform(types={attr.logicalname:
@@ -238,8 +241,72 @@ def remove_attribute(org: OrgDb, entity_name: str, name: str) -> None:
             raise MetadataChangeRefused(
                 f"{entity_name}.{name} is the primary name attribute; choose another first",
                 field="logicalname")
+        _check_not_in_key(db, entity_name, name)
         _drop_attribute(db, entity, attr)
         bump_metadata_version(db)
+
+
+def add_key(org: OrgDb, entity_name: str, schemaname: str, attributes: list[str],
+            displayname: str = "") -> keys.Key:
+    """Add an alternate key; refused while records share values of its attributes."""
+    db = org.db
+    with immediate(db):
+        entity = _entity(db, entity_name)
+        if not isinstance(schemaname, str) or not schemaname.replace("_", "").isalnum():
+            raise InvalidInput("a key needs a SchemaName of letters, digits and _",
+                               field="SchemaName")
+        if db.execute("SELECT 1 FROM _keys WHERE lower(schemaname) = ?",
+                      [schemaname.lower()]).fetchone():
+            raise AlreadyExists(f"a key named {schemaname!r} exists already", field="SchemaName")
+        if not attributes or len(attributes) > keys.MAX_ATTRIBUTES or (
+                len(set(attributes)) != len(attributes)):
+            raise InvalidInput(f"a key names 1 to {keys.MAX_ATTRIBUTES} distinct attributes",
+                               field="KeyAttributes")
+        for name in attributes:
+            attr = entity.attribute(name)
+            if attr is None or attr.type not in keys.KEY_TYPES or attr.issystem or \
+                    name == entity.primaryidattribute:
+                raise InvalidInput(f"{entity_name}.{name} cannot be part of a key (one of "
+                                   f"{', '.join(sorted(keys.KEY_TYPES))} attributes)",
+                                   field="KeyAttributes")
+        columns = ", ".join(f"[{n}]" for n in attributes)
+        nulls = " AND ".join(f"[{n}] IS NOT NULL" for n in attributes)
+        shared = db.execute(f"SELECT count(*) FROM (SELECT 1 FROM [{entity_name}] WHERE "
+                            f"{nulls} GROUP BY {columns} HAVING count(*) > 1)").fetchone()[0]
+        if shared:
+            raise MetadataChangeRefused(
+                f"{shared} value(s) of {', '.join(attributes)} are shared by several "
+                f"{entity_name} records: the key would not identify them", field="KeyAttributes")
+        key = keys.Key(schemaname, entity_name, tuple(attributes), displayname or schemaname)
+        db.table("_keys").insert({"schemaname": schemaname, "entity": entity_name,
+                                  "attributes": json.dumps(attributes),
+                                  "displayname": key.displayname})
+        db.execute(f"CREATE UNIQUE INDEX [{keys.index_name(key)}] ON [{entity_name}] "
+                   f"({columns})")
+        _log(db, "add key", entity_name, None, {"key": schemaname, "attributes": attributes})
+        bump_metadata_version(db)
+    return key
+
+
+def remove_key(org: OrgDb, entity_name: str, schemaname: str) -> None:
+    """Remove an alternate key and its index."""
+    db = org.db
+    with immediate(db):
+        found = [k for k in keys.load_keys(db).get(entity_name, []) if k.schemaname == schemaname]
+        if not found:
+            raise NotFound(f"{entity_name} has no key {schemaname!r}")
+        db.execute(f"DROP INDEX IF EXISTS [{keys.index_name(found[0])}]")
+        db.execute("DELETE FROM _keys WHERE schemaname = ?", [schemaname])
+        _log(db, "remove key", entity_name, None, {"key": schemaname})
+        bump_metadata_version(db)
+
+
+def _check_not_in_key(db: Database, entity_name: str, name: str) -> None:
+    for key in keys.load_keys(db).get(entity_name, []):
+        if name in key.attributes:
+            raise MetadataChangeRefused(f"{entity_name}.{name} is part of the key "
+                                        f"{key.schemaname}; remove the key first",
+                                        field="logicalname")
 
 
 def metadata_log(org: OrgDb, limit: int = 200) -> list[dict[str, Any]]:

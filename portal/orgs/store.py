@@ -8,6 +8,7 @@ Layout of instance/orgs/{org}.db:
   _tombstones     (entity, id) of deleted records, with the version of the delete
   _metadata_log   every metadata change applied to the org
   _relationships  the schema names clients gave relationships they created
+  _keys           alternate keys: the attributes whose values identify a record
   {entity}        one table per entity: primary id, attributes, createdon,
                   modifiedon, versionnumber (unique, org-wide, strictly increasing)
 """
@@ -138,6 +139,15 @@ def m004_relationship_names(db: Database) -> None:
         pk="schemaname", not_null={"entity", "attribute", "target"})
     db.execute("CREATE UNIQUE INDEX idx_relationships_key ON _relationships "
                "(entity, attribute, target)")
+
+
+@org_migrations()
+def m005_alternate_keys(db: Database) -> None:
+    # Alternate keys (portal.orgs.keys): named sets of an entity's attributes whose
+    # values identify a record, each kept unique by an index on the entity's table.
+    db.table("_keys").create(
+        {"schemaname": str, "entity": str, "attributes": str, "displayname": str},
+        pk="schemaname", not_null={"entity", "attributes"})
 
 
 class OrgDb:

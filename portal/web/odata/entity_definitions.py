@@ -12,6 +12,7 @@ import uuid
 from collections.abc import Callable
 from typing import Any
 
+from portal.orgs import keys as org_keys
 from portal.orgs.metadata import Attribute, Entity, Option
 from portal.orgs.relationships import names as relationship_names
 from portal.orgs.types import TYPES
@@ -39,6 +40,22 @@ def label(text: str | None, labels: dict[str, str]) -> dict[str, Any]:
 def metadata_id(*names: str) -> str:
     """A stable MetadataId for an entity or attribute (Dataverse gives each one a GUID)."""
     return str(uuid.uuid5(uuid.NAMESPACE_URL, "crm-sync:" + "/".join(names)))
+
+
+def key_definition(key: org_keys.Key) -> dict[str, Any]:
+    """One alternate key as Dataverse's EntityKeyMetadata (its index is built at once)."""
+    return {
+        "MetadataId": metadata_id(key.entity, "key", key.schemaname.lower()),
+        "SchemaName": key.schemaname,
+        "LogicalName": key.schemaname.lower(),
+        "EntityLogicalName": key.entity,
+        "KeyAttributes": list(key.attributes),
+        "DisplayName": label(key.displayname, {"1033": key.displayname}),
+        "EntityKeyIndexStatus": "Active",
+        "IsManaged": False,
+        "IsCustomizable": {"Value": True, "CanBeChanged": True,
+                           "ManagedPropertyLogicalName": "iscustomizable"},
+    }
 
 
 def attribute_definition(entity: Entity, attr: Attribute) -> dict[str, Any]:
@@ -137,6 +154,7 @@ def entity_definition(entity: Entity) -> dict[str, Any]:
 ENTITY_TYPE = "Microsoft.Dynamics.CRM.EntityMetadata"
 ATTRIBUTE_TYPE = "Microsoft.Dynamics.CRM.AttributeMetadata"
 RELATIONSHIP_TYPE = "Microsoft.Dynamics.CRM.RelationshipMetadataBase"
+KEY_TYPE = "Microsoft.Dynamics.CRM.EntityKeyMetadata"
 RELATIONSHIP_COLLECTIONS = ("OneToManyRelationships", "ManyToOneRelationships",
                             "ManyToManyRelationships")
 ENTITY_NAVIGATIONS = ("Attributes", *RELATIONSHIP_COLLECTIONS)
@@ -425,9 +443,11 @@ def _entity_definitions(req: ApiRequest, segments: list[tuple[str, str | None]]
         if "$expand" in req.args:
             raise _not_served("$expand on relationships")
         return _answer(req, f"{base}/{nav}", collection, single=single)
-    if nav == "Keys" and len(segments) == 2 and nav_key is None:
-        # Alternate keys are not part of our metadata: every entity has none.
-        return json_response({"@odata.context": f"{base}/Keys", "value": []})
+    if nav == "Keys" and len(segments) == 2:
+        items = [key_definition(k) for k in org_keys.keys(req.org, entity.logicalname)]
+        single = find_definition(items, nav_key, "LogicalName", "a key with") \
+            if nav_key is not None else None
+        return _answer(req, f"{base}/Keys", Collection(items, KEY_TYPE), single=single)
     raise ProtocolError(404, "NotFound", f"EntityDefinitions have no {nav!r} here")
 
 
