@@ -420,6 +420,9 @@ def test_sdk_tables_relationships_and_columns(served: Served) -> None:
     assert {"new_accountid", "new_total"} <= {c["LogicalName"] for c in columns}
     column = client.tables.get_column("new_order", "new_total")
     assert column is not None and column["AttributeType"] == "Decimal"
+    client.tables.update_column("new_order", "new_name", {"max_length": 300})
+    name = served.org.entity("new_order").attribute("new_name")
+    assert name is not None and name.maxlength == 300
     client.tables.delete_relationship(str(many.relationship_id))
     assert "new_order_contact" not in served.org.entities()
     client.tables.delete_relationship(str(created.relationship_id))
