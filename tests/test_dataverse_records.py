@@ -228,7 +228,7 @@ def test_expand_single_valued_navigation_with_select(client: FlaskClient, token:
 
 @pytest.mark.parametrize("query, status", [
     ("contacts?$expand=nothere", 400),
-    ("contacts?$expand=parentcustomerid($filter=name eq 'x')", 501),
+    ("contacts?$expand=parentcustomerid($filter=name eq 'x')", 400),
     ("contacts?$expand=parentcustomerid($select=nothere)", 400),
     ("contacts?$select=_nothere_value", 400),
     ("contacts?$orderby=_nothere_value", 400),
@@ -386,16 +386,18 @@ def test_fetchxml_query_with_filter_order_and_pages(client: FlaskClient, sales_o
 
 @pytest.mark.parametrize("xml, status", [
     ("<fetch><entity name='account'><link-entity name='contact' from='parentcustomerid' "
-     "to='accountid'/></entity></fetch>", 501),
-    ("<fetch aggregate='true'><entity name='account'/></fetch>", 501),
+     "to='accountid'><link-entity name='lead' from='leadid' to='contactid'/></link-entity>"
+     "</entity></fetch>", 501),
+    ("<fetch aggregate='true'><entity name='account'/></fetch>", 400),
+    ("<fetch distinct='true'><entity name='account'/></fetch>", 501),
     ("<fetch><entity name='contact'/></fetch>", 400),
     ("<fetch><entity name='account'><filter><condition attribute='nothere' operator='eq' "
      "value='1'/></filter></entity></fetch>", 400),
     ("<fetch count='0'><entity name='account'/></fetch>", 400),
     ("<!DOCTYPE x [<!ENTITY a 'b'>]><fetch><entity name='account'/></fetch>", 400),
     ("<fetch>", 400),
-], ids=["link-entity", "aggregate", "other-entity", "unknown-attribute", "count", "dtd",
-        "malformed"])
+], ids=["nested-link-entity", "aggregate-of-nothing", "distinct", "other-entity",
+        "unknown-attribute", "count", "dtd", "malformed"])
 def test_fetchxml_bad_input_is_refused(client: FlaskClient, token: dict[str, str], xml: str,
                                        status: int) -> None:
     answer = client.get(DV_ROOT + "accounts", query_string={"fetchXml": xml}, headers=token)

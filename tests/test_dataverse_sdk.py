@@ -310,14 +310,17 @@ def test_sdk_query_builder(served: Served) -> None:
     top = list(client.query.builder("account").where(col("numberofemployees") <= 3)
                .top(2).execute())
     assert len(top) == 2
-    # Dataverse's query functions (col.in_ sends Microsoft.Dynamics.CRM.In(...)) are not
-    # served: a 400 that says why.
-    from PowerPlatform.Dataverse.core.errors import HttpError
-
-    with pytest.raises(HttpError) as refused:
-        list(client.query.builder("account").where(col("numberofemployees").in_([1, 2]))
-             .execute())
-    assert refused.value.status_code == 400
+    # Dataverse's query functions: col.in_ / not_in send Microsoft.Dynamics.CRM.In / NotIn;
+    # between / not_between send ge and le.
+    within = list(client.query.builder("account").select("numberofemployees")
+                  .where(col("numberofemployees").in_([1, 2, 400])).execute())
+    assert sorted(r["numberofemployees"] for r in within) == [1, 2]
+    outside = list(client.query.builder("account").select("numberofemployees")
+                   .where(col("numberofemployees").not_in(list(range(3, 300)))).execute())
+    assert sorted(r["numberofemployees"] for r in outside) == [0, 1, 2]
+    between = list(client.query.builder("account").select("numberofemployees")
+                   .where(col("numberofemployees").between(10, 12)).execute())
+    assert sorted(r["numberofemployees"] for r in between) == [10, 11, 12]
 
 
 def test_sdk_fetchxml_pages_through_a_filtered_query(served: Served) -> None:
@@ -388,3 +391,84 @@ def test_sdk_batch_with_a_change_set(served: Served) -> None:
     assert failing.execute().has_errors
     assert served.org.db.execute("SELECT count(*) FROM contact WHERE lastname = ?",
                                  ["never written"]).fetchone()[0] == 0
+
+
+def test_sdk_tables_relationships_and_columns(served: Served) -> None:
+    from PowerPlatform.Dataverse.models.relationship import ManyToManyRelationshipMetadata
+
+    client = sdk_client(served)
+    client.tables.create("new_order", {"new_total": "decimal"})
+    created = client.tables.create_lookup_field("new_order", "new_AccountId", "account",
+                                                display_name="Account")
+    assert created.relationship_id and created.lookup_schema_name == "new_AccountId"
+    found = client.tables.get_relationship(created.relationship_schema_name)
+    assert found is not None and found.relationship_id == created.relationship_id
+    assert (found.referenced_entity, found.referencing_entity) == ("account", "new_order")
+    account_id = client.records.create("account", {"name": "Contoso"})
+    order_id = client.records.create("new_order", {
+        "new_name": "O-1", "new_AccountId@odata.bind".lower(): f"/accounts({account_id})"})
+    assert client.records.retrieve("new_order", order_id)["_new_accountid_value"] == account_id
+    listed = client.tables.list_table_relationships("new_order")
+    assert created.relationship_schema_name in {r["SchemaName"] for r in listed}
+    many = client.tables.create_many_to_many_relationship(ManyToManyRelationshipMetadata(
+        schema_name="new_order_contact", entity1_logical_name="new_order",
+        entity2_logical_name="contact"))
+    assert "new_order_contact" in served.org.entities()
+    assert {r["SchemaName"] for r in client.tables.list_relationships()} >= {
+        "new_order_contact", created.relationship_schema_name}
+    columns = client.tables.list_columns("new_order", select=["LogicalName", "AttributeType"])
+    assert {"new_accountid", "new_total"} <= {c["LogicalName"] for c in columns}
+    column = client.tables.get_column("new_order", "new_total")
+    assert column is not None and column["AttributeType"] == "Decimal"
+    client.tables.update_column("new_order", "new_name", {"max_length": 300})
+    name = served.org.entity("new_order").attribute("new_name")
+    assert name is not None and name.maxlength == 300
+    client.tables.delete_relationship(str(many.relationship_id))
+    assert "new_order_contact" not in served.org.entities()
+    client.tables.delete_relationship(str(created.relationship_id))
+    assert served.org.entity("new_order").attribute("new_accountid") is None
+    assert client.tables.get_relationship(created.relationship_schema_name) is None
+
+
+def test_sdk_fetchxml_link_entity_and_aggregate(served: Served) -> None:
+    client = sdk_client(served)
+    contact_id = client.records.create("contact", {"lastname": "Stubberod",
+                                                   "fullname": "Susanna Stubberod"})
+    client.records.create("account", [
+        {"name": "Litware", "numberofemployees": 10,
+         "primarycontactid@odata.bind": f"/contacts({contact_id})"},
+        {"name": "Fabrikam", "numberofemployees": 30}])
+    joined = [r for page in client.query.fetchxml("""
+      <fetch><entity name="account"><attribute name="name" />
+        <link-entity name="contact" from="contactid" to="primarycontactid" alias="contact">
+          <attribute name="fullname" /></link-entity></entity></fetch>""").execute_pages()
+              for r in page]
+    assert [(r["name"], r["contact.fullname"]) for r in joined] == [
+        ("Litware", "Susanna Stubberod")]
+    totals = [r for page in client.query.fetchxml("""
+      <fetch aggregate="true"><entity name="account">
+        <attribute name="numberofemployees" alias="Total" aggregate="sum" />
+        <attribute name="numberofemployees" alias="Average" aggregate="avg" />
+      </entity></fetch>""").execute_pages() for r in page]
+    assert [(r["Total"], r["Average"]) for r in totals] == [(40, 20)]
+
+
+def test_sdk_alternate_keys_and_upsert_by_them(served: Served) -> None:
+    from PowerPlatform.Dataverse.models.upsert import UpsertItem
+
+    client = sdk_client(served)
+    key = client.tables.create_alternate_key("account", "new_AccountNumberKey",
+                                             ["accountnumber"], display_name="Account number")
+    assert key.metadata_id
+    [listed] = client.tables.get_alternate_keys("account")
+    assert (listed.schema_name, listed.key_attributes, listed.status) == (
+        "new_AccountNumberKey", ["accountnumber"], "Active")
+    client.records.upsert("account", [UpsertItem(alternate_key={"accountnumber": "A1"},
+                                                 record={"name": "One"})])
+    client.records.upsert("account", [
+        UpsertItem(alternate_key={"accountnumber": "A1"}, record={"name": "One again"}),
+        UpsertItem(alternate_key={"accountnumber": "A2"}, record={"name": "Two"})])
+    rows = served.org.db.execute("SELECT accountnumber, name FROM account ORDER BY 1").fetchall()
+    assert [tuple(r) for r in rows] == [("A1", "One again"), ("A2", "Two")]
+    client.tables.delete_alternate_key("account", str(key.metadata_id))
+    assert client.tables.get_alternate_keys("account") == []

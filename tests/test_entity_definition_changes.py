@@ -158,7 +158,7 @@ def test_sdk_deletes_a_table(client: FlaskClient, sales_org: OrgDb) -> None:
      {"@odata.type": "Microsoft.Dynamics.CRM.StringAttributeMetadata", "SchemaName": "Bad Name"},
      400, "must be 1-64 lower-case"),
     ("POST", "CreateEntities", {"Entities": []}, 400, "CreateEntities needs"),
-    ("POST", "RelationshipDefinitions", {}, 501, "relationships is not served"),
+    ("POST", "RelationshipDefinitions", {}, 400, "@odata.type"),
     ("PATCH", "EntityDefinitions(LogicalName='account')", {}, 405, "not allowed"),
     ("DELETE", "EntityDefinitions(LogicalName='nothing')", None, 404, "Could not find"),
     ("DELETE", "EntityDefinitions(LogicalName='account')/Attributes(LogicalName='accountid')",

@@ -6,6 +6,7 @@ texts into the page. Paging is keyset-based: a page starts after the sort
 key of the previous page's last row, so deep pages cost what the first does.
 """
 
+from dataclasses import dataclass, field
 from typing import Any
 
 import orjson
@@ -142,3 +143,76 @@ def records_by_ids(org: OrgDb, entity: Entity, names: list[str], ids: list[str],
             f"WHERE [{pk}] IN ({', '.join('?' * len(chunk))})", chunk).fetchall()
         found.update((row[0], orjson.loads(row[1])) for row in rows)
     return found
+
+
+def related_records(org: OrgDb, entity: Entity, names: list[str], lookup: str,
+                    parent_ids: list[str], *, where: str = "", params: list[Any] | None = None,
+                    order: Order | None = None, limit: int = 5000,
+                    keys: dict[str, str] | None = None) -> dict[str, list[dict[str, Any]]]:
+    """Each parent's records whose `lookup` names it (at most `limit` each), decoded, in order.
+
+    One statement per chunk of parents; the window function keeps the first
+    `limit` of each parent in the requested order (the primary id breaking ties).
+    """
+    order_sql = ", ".join(f"[{n}]{' DESC' if d else ''}" for n, d in full_order(entity,
+                                                                              order or []))
+    found: dict[str, list[dict[str, Any]]] = {}
+    for i in range(0, len(parent_ids), IDS_PER_QUERY):
+        chunk = parent_ids[i:i + IDS_PER_QUERY]
+        condition = f"[{lookup}] IN ({', '.join('?' * len(chunk))})" + (
+            f" AND ({where})" if where else "")
+        row_json = row_json_sql(entity, names, keys)
+        rows = org.db.conn.execute(
+            f"SELECT parent, j FROM (SELECT [{lookup}] AS parent, {row_json} AS j,"
+            f" row_number() OVER (PARTITION BY [{lookup}] ORDER BY {order_sql}) AS n"
+            f" FROM [{entity.logicalname}] WHERE {condition}) WHERE n <= ? ORDER BY parent, n",
+            [*chunk, *(params or []), limit]).fetchall()
+        for parent, text in rows:
+            found.setdefault(parent, []).append(orjson.loads(text))
+    return found
+
+
+@dataclass
+class Join:
+    """A table joined to a read (FetchXML's link-entity): `on` of it equals `to` of the base."""
+
+    entity: Entity
+    on: str  # its attribute
+    to: str  # the base entity's attribute
+    outer: bool
+    names: list[str]  # its attributes in each row
+    keys: dict[str, str]  # their JSON names
+    where: str = ""  # a condition on its rows (they join only if it holds)
+    params: list[Any] = field(default_factory=list)
+
+
+def read_joined(org: OrgDb, entity: Entity, names: list[str], joins: list[Join], *,
+                where: str = "", params: list[Any] | None = None, order: Order | None = None,
+                offset: int = 0, limit: int = 1000, keys: dict[str, str] | None = None
+                ) -> list[tuple[dict[str, Any], list[dict[str, Any] | None]]]:
+    """Up to `limit` joined rows: (base record with @odata.etag, each join's columns or None).
+
+    Each side is a subquery of its own table, so its conditions and column names
+    stay its own; rows come in the base order, then each joined table's primary id.
+    """
+    base_order = full_order(entity, order or [])
+    columns = [f"{row_json_sql(entity, names, keys)} AS j"]
+    columns += [f"[{n}] AS s{i}" for i, (n, _) in enumerate(base_order)]
+    columns += [f"[{j.to}] AS k{i}" for i, j in enumerate(joins)]
+    sql = (f"SELECT p.j{''.join(f', l{i}.j' for i in range(len(joins)))} FROM (SELECT "
+           f"{', '.join(columns)} FROM [{entity.logicalname}]"
+           + (f" WHERE {where}" if where else "") + ") AS p")
+    values = list(params or [])
+    for i, join in enumerate(joins):
+        pk = join.entity.primaryidattribute
+        sql += (f" {'LEFT' if join.outer else 'INNER'} JOIN (SELECT "
+                f"{row_json_sql(join.entity, join.names, join.keys)} AS j, [{join.on}] AS k, "
+                f"[{pk}] AS s FROM [{join.entity.logicalname}]"
+                + (f" WHERE {join.where}" if join.where else "") + f") AS l{i} ON l{i}.k = p.k{i}")
+        values += join.params
+    sql += " ORDER BY " + ", ".join(
+        [f"p.s{i}{' DESC' if d else ''}" for i, (_, d) in enumerate(base_order)]
+        + [f"l{i}.s" for i in range(len(joins))]) + " LIMIT ? OFFSET ?"
+    rows = org.db.conn.execute(sql, [*values, limit, offset]).fetchall()
+    return [(orjson.loads(row[0]), [orjson.loads(t) if t else None for t in row[1:]])
+            for row in rows]

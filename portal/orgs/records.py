@@ -6,7 +6,9 @@ delete) and the version counter together. Values are checked against the
 attribute types before anything is written.
 """
 
-from collections.abc import Iterable, Sequence
+import sqlite3
+from collections.abc import Iterable, Iterator, Sequence
+from contextlib import contextmanager
 from operator import itemgetter
 from typing import Any
 
@@ -138,23 +140,41 @@ def upsert_record(org: OrgDb, entity_name: str, record_id: str | None,
         _check_lookups(org, c, clean)
         now = utcnow()
         version = next_versions(db)
-        if found is None:
-            row = {**clean, c.pk: record_id, "createdon": now, "modifiedon": now,
-                   "versionnumber": version}
-            db.table(entity_name).insert(row)
-            db.execute("DELETE FROM _tombstones WHERE entity = ? AND id = ?",
-                       [entity_name, record_id])
-        else:
-            changes = {**clean, "modifiedon": now, "versionnumber": version}
-            sets = ", ".join(f"[{name}] = ?" for name in changes)
-            db.execute(f"UPDATE [{entity_name}] SET {sets} WHERE [{c.pk}] = ?",
-                       [*changes.values(), record_id])
+        with alternate_keys_kept(entity_name):
+            if found is None:
+                row = {**clean, c.pk: record_id, "createdon": now, "modifiedon": now,
+                       "versionnumber": version}
+                db.table(entity_name).insert(row)
+                db.execute("DELETE FROM _tombstones WHERE entity = ? AND id = ?",
+                           [entity_name, record_id])
+            else:
+                changes = {**clean, "modifiedon": now, "versionnumber": version}
+                sets = ", ".join(f"[{name}] = ?" for name in changes)
+                db.execute(f"UPDATE [{entity_name}] SET {sets} WHERE [{c.pk}] = ?",
+                           [*changes.values(), record_id])
         if transactions.is_client(db):
             transactions.record(db, entity_name, record_id,
                                 "create" if found is None else "update",
                                 c.record(dict(clean)), version)
         rows = list(db.query(f"SELECT * FROM [{entity_name}] WHERE [{c.pk}] = ?", [record_id]))
     return c.record(rows[0]), found is None
+
+
+@contextmanager
+def alternate_keys_kept(entity_name: str) -> Iterator[None]:
+    """Refuse a write whose values another record has for an alternate key (portal.orgs.keys).
+
+    The key's unique index refuses it in SQLite; the caller's transaction rolls back.
+    """
+    try:
+        yield
+    except sqlite3.IntegrityError as exc:
+        if "UNIQUE constraint failed" not in str(exc):
+            raise
+        columns = str(exc).split("failed:", 1)[1].strip()
+        raise AlreadyExists(f"A record with matching key values already exists: another "
+                            f"{entity_name} has the same {columns.replace(entity_name + '.', '')}",
+                            field=entity_name) from None
 
 
 def delete_record(org: OrgDb, entity_name: str, record_id: str, *,
@@ -257,7 +277,8 @@ def save_records(org: OrgDb, entity_name: str, records: Iterable[dict[str, Any]]
         sql = (f"INSERT INTO [{entity_name}] ({', '.join(f'[{n}]' for n in names)}) "
                f"VALUES ({', '.join('?' * len(names))}) "
                f"ON CONFLICT([{c.pk}]) DO UPDATE SET {updates}")
-        db.conn.executemany(sql, zip(*columns, strict=True))
+        with alternate_keys_kept(entity_name):
+            db.conn.executemany(sql, zip(*columns, strict=True))
         if db.execute("SELECT 1 FROM _tombstones WHERE entity = ? LIMIT 1",
                       [entity_name]).fetchone():
             ids = columns[names.index(c.pk)]

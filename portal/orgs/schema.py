@@ -14,7 +14,7 @@ from sqlite_utils import Database
 
 from portal.db import immediate, utcnow
 from portal.errors import AlreadyExists, InvalidInput, MetadataChangeRefused, NotFound
-from portal.orgs import transactions
+from portal.orgs import keys, relationships, transactions
 from portal.orgs.metadata import (
     Attribute,
     Entity,
@@ -67,16 +67,20 @@ def check_customizable(org: OrgDb) -> None:
             "customize the server org instead")
 
 
-def add_entity(org: OrgDb, entity: Entity) -> Entity:
-    """Create one entity with its table."""
-    return add_entities(org, [entity])[0]
+def add_entity(org: OrgDb, entity: Entity, *, relationship: str | None = None) -> Entity:
+    """Create one entity with its table; an intersect entity may name its relationship."""
+    return add_entities(org, [entity], relationship=relationship)[0]
 
 
-def add_entities(org: OrgDb, entities: list[Entity]) -> list[Entity]:
+def add_entities(org: OrgDb, entities: list[Entity], *,
+                 relationship: str | None = None) -> list[Entity]:
     """Create several entities at once, so lookups between them are valid."""
     db = org.db
     with immediate(db):
         existing = load_entities(db)
+        if relationship is not None:  # the many-to-many relationship of one intersect entity
+            relationships.name_relationship(db, existing, relationship,
+                                            (entities[0].logicalname, "", ""))
         new_names = {e.logicalname for e in entities}
         names = set(existing) | new_names
         set_names = {e.entitysetname for e in existing.values()}
@@ -154,6 +158,9 @@ def remove_entity(org: OrgDb, name: str) -> None:
                     _log(db, "alter attribute", other.logicalname, attr.logicalname,
                          {"targets": attr.targets, "reason": f"entity {name} removed"})
         db.table(name).drop()
+        relationships.forget(db, name)
+        relationships.forget_target(db, name)
+        db.execute("DELETE FROM _keys WHERE entity = ?", [name])
         db.execute("DELETE FROM _attributes WHERE entity = ?", [name])
         db.execute("DELETE FROM _entities WHERE logicalname = ?", [name])
         db.execute("DELETE FROM _tombstones WHERE entity = ?", [name])
@@ -163,8 +170,12 @@ def remove_entity(org: OrgDb, name: str) -> None:
         bump_metadata_version(db)
 
 
-def add_attribute(org: OrgDb, entity_name: str, attr: Attribute) -> Attribute:
-    """Add an attribute (a column) to an entity; existing records get null."""
+def add_attribute(org: OrgDb, entity_name: str, attr: Attribute, *,
+                  relationship: str | None = None) -> Attribute:
+    """Add an attribute (a column) to an entity; existing records get null.
+
+    A lookup may name the one-to-many relationship it makes (its first target's).
+    """
     db = org.db
     with immediate(db):
         entities = load_entities(db)
@@ -175,6 +186,9 @@ def add_attribute(org: OrgDb, entity_name: str, attr: Attribute) -> Attribute:
             raise AlreadyExists(f"attribute {attr.logicalname!r} exists already in {entity_name}",
                                 field="logicalname")
         check_attribute(attr, set(entities))
+        if relationship is not None and attr.targets:
+            relationships.name_relationship(db, entities, relationship,
+                                            (entity_name, attr.logicalname, attr.targets[0]))
         db.table(entity_name).add_column(attr.logicalname, PYTHON_TYPES[TYPES[attr.type].column])
         _save_attribute(db, entity_name, attr)
         _log(db, "add attribute", entity_name, attr.logicalname, {"type": attr.type})
@@ -197,11 +211,15 @@ def alter_attribute(org: OrgDb, entity_name: str, attr: Attribute) -> Attribute:
             raise MetadataChangeRefused(f"{entity_name}.{old.logicalname} is a system attribute",
                                         field="logicalname")
         check_attribute(attr, set(entities))
+        if attr.type != old.type:
+            _check_not_in_key(db, entity_name, attr.logicalname)
         _check_lossless(db, entity_name, old, attr)
         if TYPES[old.type].column != TYPES[attr.type].column:
             db.table(entity_name).transform(types={attr.logicalname:
                                              PYTHON_TYPES[TYPES[attr.type].column]})
         _save_attribute(db, entity_name, attr)
+        for target in set(old.targets) - set(attr.targets):
+            relationships.forget(db, entity_name, attr.logicalname, target)
         _log(db, "alter attribute", entity_name, attr.logicalname,
              {"before": _describe(old), "after": _describe(attr)})
         bump_metadata_version(db)
@@ -223,8 +241,72 @@ def remove_attribute(org: OrgDb, entity_name: str, name: str) -> None:
             raise MetadataChangeRefused(
                 f"{entity_name}.{name} is the primary name attribute; choose another first",
                 field="logicalname")
+        _check_not_in_key(db, entity_name, name)
         _drop_attribute(db, entity, attr)
         bump_metadata_version(db)
+
+
+def add_key(org: OrgDb, entity_name: str, schemaname: str, attributes: list[str],
+            displayname: str = "") -> keys.Key:
+    """Add an alternate key; refused while records share values of its attributes."""
+    db = org.db
+    with immediate(db):
+        entity = _entity(db, entity_name)
+        if not isinstance(schemaname, str) or not schemaname.replace("_", "").isalnum():
+            raise InvalidInput("a key needs a SchemaName of letters, digits and _",
+                               field="SchemaName")
+        if db.execute("SELECT 1 FROM _keys WHERE lower(schemaname) = ?",
+                      [schemaname.lower()]).fetchone():
+            raise AlreadyExists(f"a key named {schemaname!r} exists already", field="SchemaName")
+        if not attributes or len(attributes) > keys.MAX_ATTRIBUTES or (
+                len(set(attributes)) != len(attributes)):
+            raise InvalidInput(f"a key names 1 to {keys.MAX_ATTRIBUTES} distinct attributes",
+                               field="KeyAttributes")
+        for name in attributes:
+            attr = entity.attribute(name)
+            if attr is None or attr.type not in keys.KEY_TYPES or attr.issystem or \
+                    name == entity.primaryidattribute:
+                raise InvalidInput(f"{entity_name}.{name} cannot be part of a key (one of "
+                                   f"{', '.join(sorted(keys.KEY_TYPES))} attributes)",
+                                   field="KeyAttributes")
+        columns = ", ".join(f"[{n}]" for n in attributes)
+        nulls = " AND ".join(f"[{n}] IS NOT NULL" for n in attributes)
+        shared = db.execute(f"SELECT count(*) FROM (SELECT 1 FROM [{entity_name}] WHERE "
+                            f"{nulls} GROUP BY {columns} HAVING count(*) > 1)").fetchone()[0]
+        if shared:
+            raise MetadataChangeRefused(
+                f"{shared} value(s) of {', '.join(attributes)} are shared by several "
+                f"{entity_name} records: the key would not identify them", field="KeyAttributes")
+        key = keys.Key(schemaname, entity_name, tuple(attributes), displayname or schemaname)
+        db.table("_keys").insert({"schemaname": schemaname, "entity": entity_name,
+                                  "attributes": json.dumps(attributes),
+                                  "displayname": key.displayname})
+        db.execute(f"CREATE UNIQUE INDEX [{keys.index_name(key)}] ON [{entity_name}] "
+                   f"({columns})")
+        _log(db, "add key", entity_name, None, {"key": schemaname, "attributes": attributes})
+        bump_metadata_version(db)
+    return key
+
+
+def remove_key(org: OrgDb, entity_name: str, schemaname: str) -> None:
+    """Remove an alternate key and its index."""
+    db = org.db
+    with immediate(db):
+        found = [k for k in keys.load_keys(db).get(entity_name, []) if k.schemaname == schemaname]
+        if not found:
+            raise NotFound(f"{entity_name} has no key {schemaname!r}")
+        db.execute(f"DROP INDEX IF EXISTS [{keys.index_name(found[0])}]")
+        db.execute("DELETE FROM _keys WHERE schemaname = ?", [schemaname])
+        _log(db, "remove key", entity_name, None, {"key": schemaname})
+        bump_metadata_version(db)
+
+
+def _check_not_in_key(db: Database, entity_name: str, name: str) -> None:
+    for key in keys.load_keys(db).get(entity_name, []):
+        if name in key.attributes:
+            raise MetadataChangeRefused(f"{entity_name}.{name} is part of the key "
+                                        f"{key.schemaname}; remove the key first",
+                                        field="logicalname")
 
 
 def metadata_log(org: OrgDb, limit: int = 200) -> list[dict[str, Any]]:
@@ -251,6 +333,7 @@ def _drop_attribute(db: Database, entity: Entity, attr: Attribute) -> None:
     db.table(entity.logicalname).transform(drop={attr.logicalname})
     db.execute("DELETE FROM _attributes WHERE entity = ? AND logicalname = ?",
                [entity.logicalname, attr.logicalname])
+    relationships.forget(db, entity.logicalname, attr.logicalname)
     _log(db, "remove attribute", entity.logicalname, attr.logicalname, {"type": attr.type})
 
 
@@ -301,6 +384,17 @@ def _check_lossless(db: Database, table: str, old: Attribute, new: Attribute) ->
                 raise MetadataChangeRefused(
                     f"removing option(s) {sorted(removed)} of {where} would orphan "
                     f"{used} record(s)", field="options")
+    dropped = [t for t in old.targets if t not in new.targets]
+    if dropped and new_kind.targets:
+        entities = load_entities(db)
+        pointing = " OR ".join(
+            f"[{column}] IN (SELECT [{entities[t].primaryidattribute}] FROM [{t}])"
+            for t in dropped if t in entities)
+        used = count(pointing) if pointing else 0
+        if used:
+            raise MetadataChangeRefused(
+                f"removing target(s) {', '.join(dropped)} of {where} would orphan "
+                f"{used} record(s)", field="targets")
     if (old_kind.precision is not None and new_kind.precision is not None
             and (new.precision or 0) < (old.precision or 0)):
         raise MetadataChangeRefused(

@@ -7,6 +7,8 @@ Layout of instance/orgs/{org}.db:
   _attributes     one row per attribute definition
   _tombstones     (entity, id) of deleted records, with the version of the delete
   _metadata_log   every metadata change applied to the org
+  _relationships  the schema names clients gave relationships they created
+  _keys           alternate keys: the attributes whose values identify a record
   {entity}        one table per entity: primary id, attributes, createdon,
                   modifiedon, versionnumber (unique, org-wide, strictly increasing)
 """
@@ -124,6 +126,28 @@ def m003_server_keys(db: Database) -> None:
     db.execute("ALTER TABLE _server_versions ADD COLUMN server_key TEXT")
     db.execute("CREATE UNIQUE INDEX idx_server_versions_key ON _server_versions "
                "(entity, server_key) WHERE server_key IS NOT NULL")
+
+
+@org_migrations()
+def m004_relationship_names(db: Database) -> None:
+    # The schema names clients gave the relationships they created through
+    # RelationshipDefinitions (portal.orgs.relationships); a relationship's
+    # structure is its lookup (entity, attribute, target) or its intersect
+    # entity (attribute and target ''), as ever.
+    db.table("_relationships").create(
+        {"schemaname": str, "entity": str, "attribute": str, "target": str},
+        pk="schemaname", not_null={"entity", "attribute", "target"})
+    db.execute("CREATE UNIQUE INDEX idx_relationships_key ON _relationships "
+               "(entity, attribute, target)")
+
+
+@org_migrations()
+def m005_alternate_keys(db: Database) -> None:
+    # Alternate keys (portal.orgs.keys): named sets of an entity's attributes whose
+    # values identify a record, each kept unique by an index on the entity's table.
+    db.table("_keys").create(
+        {"schemaname": str, "entity": str, "attributes": str, "displayname": str},
+        pk="schemaname", not_null={"entity", "attributes"})
 
 
 class OrgDb:

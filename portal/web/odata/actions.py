@@ -14,10 +14,12 @@ from typing import Any
 
 from portal.db import immediate
 from portal.errors import PortalError
+from portal.orgs import keys as org_keys
 from portal.orgs import records
 from portal.orgs.metadata import Entity
+from portal.orgs.types import TYPES, new_guid
 from portal.web.odata.bodies import read_object, record_values
-from portal.web.odata.entities import parse_key
+from portal.web.odata.entities import record_id_of
 from portal.web.odata.messages import (
     ApiRequest,
     ApiResponse,
@@ -64,7 +66,11 @@ def run(req: ApiRequest, entity: Entity, action: str) -> ApiResponse:
                     record = records.create_record(req.org, entity.logicalname, values,
                                                    record_id=values.get(pk))
                 else:
-                    record_id = values.get(pk) or _odata_id(entity, target)
+                    named, key_values = _odata_id(req, entity, target)
+                    values = {**values, **key_values}  # a new record takes its key's values
+                    record_id = values.get(pk) or named or (
+                        _by_alternate_key(req, entity, values)
+                        if action == "UpsertMultiple" else None)
                     if not record_id:
                         raise bad_request(f"{action}: target {index} names no {pk}", pk)
                     record, _ = records.upsert_record(
@@ -81,13 +87,31 @@ def run(req: ApiRequest, entity: Entity, action: str) -> ApiResponse:
     return ApiResponse(204)
 
 
-def _odata_id(entity: Entity, target: dict[str, Any]) -> str | None:
-    """The record id in a target's `@odata.id` (`accounts(<guid>)` or `(pk='<guid>')`)."""
+def _by_alternate_key(req: ApiRequest, entity: Entity, values: dict[str, Any]) -> str | None:
+    """The record an upsert target names by an alternate key's values (a new id if none)."""
+    for key in org_keys.keys(req.org, entity.logicalname):
+        if all(values.get(name) is not None for name in key.attributes):
+            try:  # the stored form of each value (GUIDs lower case, date-times in UTC)
+                stored = {name: TYPES[attr.type].filter_value(values[name]) for name in
+                          key.attributes if (attr := entity.attribute(name)) is not None}
+            except (ValueError, TypeError):
+                return None  # the write itself refuses the value, naming it
+            found = org_keys.find_record(req.org, entity.logicalname, entity.primaryidattribute,
+                                         stored)
+            return found or new_guid()
+    return None
+
+
+def _odata_id(req: ApiRequest, entity: Entity, target: dict[str, Any]
+              ) -> tuple[str | None, dict[str, Any]]:
+    """(record id, alternate key values) a target's `@odata.id` names: `accounts(<guid>)`,
+    `(pk='<guid>')`, or an alternate key `(accountnumber='A1')` (its record, else a new id)."""
     value = target.get("@odata.id")
     if not isinstance(value, str):
-        return None
+        return None, {}
     match = ODATA_ID_RE.match(value)
     if match is None or match.group(1) != entity.entitysetname:
         raise bad_request(f"@odata.id {value!r} does not name a record of "
                           f"{entity.entitysetname}", "@odata.id")
-    return parse_key(entity, match.group(2))
+    record_id, key_values = record_id_of(req, entity, match.group(2))
+    return record_id or new_guid(), key_values

@@ -145,7 +145,7 @@ def read_shape(req: ApiRequest, entity: Entity, prefs: Preferences) -> shapes.Sh
     """The annotations and expansions a read asks for, as its dialect serves them."""
     return shapes.Shape(
         shapes.parse_annotations(prefs.include_annotations, req.dialect),
-        shapes.parse_expand(req.args.get("$expand"), entity, req.org.entities(), req.dialect))
+        shapes.parse_expand(req.args.get("$expand"), entity, req.org, req.dialect))
 
 
 def collection_annotations(req: ApiRequest, shape: shapes.Shape, total: int | None

@@ -33,9 +33,10 @@ class Dialect:
     # Dataverse's instance annotations (lookuplogicalname, FormattedValue...)
     # when Prefer: odata.include-annotations asks for them.
     annotations: bool
-    # $expand of single-valued navigation properties (with $select inside).
+    # $expand of navigation properties (single- and collection-valued, nested).
     expand: bool
-    # Dataverse's functions (WhoAmI) at the service root and bulk actions on entity sets.
+    # Dataverse's functions (WhoAmI) at the service root, bulk actions on entity sets and
+    # query functions in $filter (Microsoft.Dynamics.CRM.In(...)).
     functions: bool
     # Dataverse's FetchXML queries: GET {set}?fetchXml=...
     fetchxml: bool

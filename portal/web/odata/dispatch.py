@@ -14,6 +14,7 @@ from portal.web.odata import (
     entity_definitions,
     functions,
     metadata_changes,
+    relationship_changes,
 )
 from portal.web.odata.csdl import metadata_document
 from portal.web.odata.messages import (
@@ -65,6 +66,8 @@ def route(req: ApiRequest) -> ApiResponse:
     if METADATA_RE.match(path):
         if method == "GET":
             return entity_definitions.handle(req, path)
+        if path.startswith("RelationshipDefinitions"):
+            return relationship_changes.change(req, path)
         return metadata_changes.change(req, path)
     if path == "CreateEntities":
         return metadata_changes.create_entities(req)

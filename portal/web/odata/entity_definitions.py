@@ -12,7 +12,9 @@ import uuid
 from collections.abc import Callable
 from typing import Any
 
+from portal.orgs import keys as org_keys
 from portal.orgs.metadata import Attribute, Entity, Option
+from portal.orgs.relationships import names as relationship_names
 from portal.orgs.types import TYPES
 from portal.web.odata import relationships
 from portal.web.odata.messages import (
@@ -23,6 +25,7 @@ from portal.web.odata.messages import (
     json_response,
 )
 from portal.web.odata.metadata_filter import compile_filter
+from portal.web.odata.options import split_top
 
 
 def label(text: str | None, labels: dict[str, str]) -> dict[str, Any]:
@@ -37,6 +40,22 @@ def label(text: str | None, labels: dict[str, str]) -> dict[str, Any]:
 def metadata_id(*names: str) -> str:
     """A stable MetadataId for an entity or attribute (Dataverse gives each one a GUID)."""
     return str(uuid.uuid5(uuid.NAMESPACE_URL, "crm-sync:" + "/".join(names)))
+
+
+def key_definition(key: org_keys.Key) -> dict[str, Any]:
+    """One alternate key as Dataverse's EntityKeyMetadata (its index is built at once)."""
+    return {
+        "MetadataId": metadata_id(key.entity, "key", key.schemaname.lower()),
+        "SchemaName": key.schemaname,
+        "LogicalName": key.schemaname.lower(),
+        "EntityLogicalName": key.entity,
+        "KeyAttributes": list(key.attributes),
+        "DisplayName": label(key.displayname, {"1033": key.displayname}),
+        "EntityKeyIndexStatus": "Active",
+        "IsManaged": False,
+        "IsCustomizable": {"Value": True, "CanBeChanged": True,
+                           "ManagedPropertyLogicalName": "iscustomizable"},
+    }
 
 
 def attribute_definition(entity: Entity, attr: Attribute) -> dict[str, Any]:
@@ -135,6 +154,7 @@ def entity_definition(entity: Entity) -> dict[str, Any]:
 ENTITY_TYPE = "Microsoft.Dynamics.CRM.EntityMetadata"
 ATTRIBUTE_TYPE = "Microsoft.Dynamics.CRM.AttributeMetadata"
 RELATIONSHIP_TYPE = "Microsoft.Dynamics.CRM.RelationshipMetadataBase"
+KEY_TYPE = "Microsoft.Dynamics.CRM.EntityKeyMetadata"
 RELATIONSHIP_COLLECTIONS = ("OneToManyRelationships", "ManyToOneRelationships",
                             "ManyToManyRelationships")
 ENTITY_NAVIGATIONS = ("Attributes", *RELATIONSHIP_COLLECTIONS)
@@ -158,25 +178,6 @@ Expander = Callable[[dict[str, Any], dict[str, Any]], None]
 
 def _not_served(what: str) -> ProtocolError:
     return ProtocolError(501, "NotImplemented", f"{what} is not served on metadata")
-
-
-def split_top(text: str, sep: str) -> list[str]:
-    """`text` split at `sep` outside parentheses and quotes."""
-    parts, depth, quoted, current = [], 0, False, ""
-    for char in text:
-        if char == "'":
-            quoted = not quoted
-        elif not quoted and char == "(":
-            depth += 1
-        elif not quoted and char == ")":
-            depth -= 1
-        if char == sep and depth == 0 and not quoted:
-            parts.append(current)
-            current = ""
-        else:
-            current += char
-    parts.append(current)
-    return [p.strip() for p in parts if p.strip()]
 
 
 def parse_expand(text: str, allowed: tuple[str, ...]) -> dict[str, dict[str, str]]:
@@ -231,7 +232,7 @@ def _sample_properties() -> dict[str, set[str]]:
         out[f"kind:{kind}"] = names(attribute_definition(sample, attr))
     out[ENTITY_TYPE] = names(entity_definition(target))
     definitions = relationships.relationship_definitions(
-        {e.logicalname: e for e in (target, sample, pair)})
+        {e.logicalname: e for e in (target, sample, pair)}, {})
     out[RELATIONSHIP_TYPE] = set().union(*(names(r) for r in definitions))
     for cast in RELATIONSHIP_CASTS:
         out[cast] = set().union(*(names(r) for r in definitions
@@ -315,8 +316,9 @@ def find_entity(req: ApiRequest, key: str) -> Entity:
     raise ProtocolError(404, "NotFound", f"Could not find an entity with {text}")
 
 
-def _find(items: list[dict[str, Any]], key: str, name_property: str, what: str
-          ) -> dict[str, Any]:
+def find_definition(items: list[dict[str, Any]], key: str, name_property: str, what: str
+                    ) -> dict[str, Any]:
+    """The item a key names: {name_property}='x' or its MetadataId; 404 if none."""
     text = key.strip()
     match = re.match(rf"^{name_property}\s*=\s*'([^']*)'$", text)
     guid = GUID_RE.match(text)
@@ -401,8 +403,8 @@ def _attributes(req: ApiRequest, entity: Entity, rest: list[tuple[str, str | Non
     single = None
     if key is not None:
         everything = _attribute_collection(entity, None)
-        single = _find(everything.items, key, "LogicalName", f"an attribute of {entity.logicalname}"
-                       " with")
+        single = find_definition(everything.items, key, "LogicalName",
+                                 f"an attribute of {entity.logicalname} with")
         if cast and single["@odata.type"] != f"#Microsoft.Dynamics.CRM.{cast}" and not (
                 cast == "EnumAttributeMetadata" and single["AttributeType"] in (
                     "Picklist", "Boolean")):
@@ -433,16 +435,19 @@ def _entity_definitions(req: ApiRequest, segments: list[tuple[str, str | None]]
     if nav == "Attributes":
         return _attributes(req, entity, segments[2:], nav_key, base)
     if nav in RELATIONSHIP_COLLECTIONS and len(segments) == 2:
-        items = relationships.of_entity(entities, entity.logicalname, nav)
+        items = relationships.of_entity(entities, relationship_names(req.org),
+                                        entity.logicalname, nav)
         collection = Collection(items, RELATIONSHIP_TYPE)
-        single = _find(items, nav_key, "SchemaName", "a relationship with") \
+        single = find_definition(items, nav_key, "SchemaName", "a relationship with") \
             if nav_key is not None else None
         if "$expand" in req.args:
             raise _not_served("$expand on relationships")
         return _answer(req, f"{base}/{nav}", collection, single=single)
-    if nav == "Keys" and len(segments) == 2 and nav_key is None:
-        # Alternate keys are not part of our metadata: every entity has none.
-        return json_response({"@odata.context": f"{base}/Keys", "value": []})
+    if nav == "Keys" and len(segments) == 2:
+        items = [key_definition(k) for k in org_keys.keys(req.org, entity.logicalname)]
+        single = find_definition(items, nav_key, "LogicalName", "a key with") \
+            if nav_key is not None else None
+        return _answer(req, f"{base}/Keys", Collection(items, KEY_TYPE), single=single)
     raise ProtocolError(404, "NotFound", f"EntityDefinitions have no {nav!r} here")
 
 
@@ -458,8 +463,9 @@ def _entities(req: ApiRequest, entities: dict[str, Entity], one: Entity | None
             if nav == "Attributes":
                 inner = _attribute_collection(entity, None)
             else:
-                inner = Collection(relationships.of_entity(entities, entity.logicalname, nav),
-                                   RELATIONSHIP_TYPE)
+                inner = Collection(relationships.of_entity(
+                    entities, relationship_names(req.org), entity.logicalname, nav),
+                    RELATIONSHIP_TYPE)
             select = parse_select(options.get("$select"), inner.properties |
                                   set(inner.navigations), inner.type_name)
             item[nav] = [inner.project(i, select) for i in inner.filtered(
@@ -472,7 +478,8 @@ def _entities(req: ApiRequest, entities: dict[str, Entity], one: Entity | None
 
 def _relationship_definitions(req: ApiRequest, segments: list[tuple[str, str | None]]
                               ) -> ApiResponse:
-    items = relationships.relationship_definitions(req.org.entities())
+    items = relationships.relationship_definitions(req.org.entities(),
+                                                   relationship_names(req.org))
     context = req.service_root + "$metadata#RelationshipDefinitions"
     key = segments[0][1]
     cast = None
@@ -484,7 +491,8 @@ def _relationship_definitions(req: ApiRequest, segments: list[tuple[str, str | N
                                              f"{segments[1][0]!r}")
     if "$expand" in req.args:
         raise _not_served("$expand on relationships")
-    single = _find(items, key, "SchemaName", "a relationship with") if key is not None else None
+    single = find_definition(items, key, "SchemaName", "a relationship with") \
+        if key is not None else None
     if cast:
         if single is not None and single["@odata.type"] != f"#Microsoft.Dynamics.CRM.{cast}":
             raise ProtocolError(404, "NotFound", f"relationship {single['SchemaName']!r} is "

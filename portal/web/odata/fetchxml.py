@@ -7,7 +7,8 @@ Microsoft Learn, "Use FetchXml to query data" / "Page results using FetchXml":
 annotations are asked for (as Microsoft's SDK does). The filters are the sync
 filters' FetchXML (portal.sync.filters: parsed safely, checked against the
 metadata, turned into $filter), so a query means what a sync filter means.
-Link-entities, aggregates and distinct are not served.
+Aggregates: portal.web.odata.fetch_aggregates; link-entities:
+portal.web.odata.fetch_links. distinct is not served.
 """
 
 from typing import Any
@@ -23,6 +24,8 @@ from portal.orgs import queries
 from portal.orgs.metadata import Entity
 from portal.sync import filters as sync_filters
 from portal.web.odata import shapes
+from portal.web.odata.fetch_aggregates import read_aggregate
+from portal.web.odata.fetch_links import linked_columns, parse_links, without_links
 from portal.web.odata.filters import parse_filter
 from portal.web.odata.messages import (
     ApiRequest,
@@ -58,9 +61,8 @@ def _document(xml: str) -> Element:
         raise bad_request(f"fetchXml is not well-formed XML: {exc}", "fetchXml") from None
     if root.tag != "fetch":
         raise bad_request("fetchXml must be a <fetch> document", "fetchXml")
-    for name in ("aggregate", "distinct"):
-        if root.get(name, "false").lower() == "true":
-            raise ProtocolError(501, "NotImplemented", f"fetchXml: {name} is not supported")
+    if root.get("distinct", "false").lower() == "true":
+        raise ProtocolError(501, "NotImplemented", "fetchXml: distinct is not supported")
     return root
 
 
@@ -73,13 +75,19 @@ def read_fetchxml(req: ApiRequest, entity: Entity) -> ApiResponse:
     element = elements[0] if len(elements) == 1 else None
     if element is None or element.get("name") != entity.logicalname:
         raise bad_request(f"fetchXml: the <entity> must be {entity.logicalname!r}", "fetchXml")
-    names, order = _columns(element, entity)
     where, params = "", list[Any]()
-    found = sync_filters.parse_fetch_filters(xml).get(entity.logicalname)
+    found = sync_filters.parse_fetch_filters(without_links(element)).get(entity.logicalname)
     if found is not None:
         text = sync_filters.to_odata(found.check(entity))
         if text:
             where, params = parse_filter(text, entity)
+    if root.get("aggregate", "false").lower() == "true":
+        if element.find("link-entity") is not None:
+            raise ProtocolError(501, "NotImplemented", "fetchXml: link-entity is not served "
+                                                       "in aggregate queries")
+        return read_aggregate(req, entity, root, element, where, params)
+    names, order = _columns(element, entity)
+    links = parse_links(req, element, entity)
     page_size = _number(root, "count", req.dialect.max_page_size, req.dialect.max_page_size)
     assert page_size is not None
     page = _number(root, "page", 1, 2**31 - 1) or 1
@@ -89,12 +97,25 @@ def read_fetchxml(req: ApiRequest, entity: Entity) -> ApiResponse:
     keys = shapes.json_keys(entity, req.dialect)
     prefs = parse_prefer(req.headers.getlist("Prefer"))
     shape = shapes.Shape(shapes.parse_annotations(prefs.include_annotations, req.dialect))
-    with snapshot(req.org.db):
-        text, sent, last = queries.read_page(req.org, entity, names, where=where, params=params,
-                                             order=order, offset=offset, limit=limit, keys=keys)
-    more = last is not None and top is None
-    values = orjson.loads("[" + text + "]")
-    values = shapes.shape_records(req.org, entity, values, shape, req.dialect)
+    if links:
+        joined = queries.read_joined(req.org, entity, names, [j for _, j in links], where=where,
+                                     params=params, order=order, offset=offset,
+                                     limit=limit + 1, keys=keys)
+        more = len(joined) > limit and top is None
+        joined = joined[:limit]
+        values = shapes.shape_records(req.org, entity, [base for base, _ in joined], shape,
+                                      req.dialect)
+        for value, (_, linked) in zip(values, joined, strict=True):
+            for (alias, join), columns in zip(links, linked, strict=True):
+                value.update(linked_columns(alias, join, columns, shape))
+    else:
+        with snapshot(req.org.db):
+            text, sent, last = queries.read_page(req.org, entity, names, where=where,
+                                                 params=params, order=order, offset=offset,
+                                                 limit=limit, keys=keys)
+        more = last is not None and top is None
+        values = shapes.shape_records(req.org, entity, orjson.loads("[" + text + "]"), shape,
+                                      req.dialect)
     payload: dict[str, Any] = {
         "@odata.context": f"{req.service_root}$metadata#{entity.entitysetname}"}
     if shape.wants(COOKIE):
@@ -123,8 +144,6 @@ def _columns(element: Element, entity: Entity) -> tuple[list[str], list[tuple[st
                 raise bad_request(f"fetchXml: <order attribute={name!r}> is not an attribute "
                                   f"of {entity.logicalname}", "fetchXml")
             order.append((name, child.get("descending", "false").lower() == "true"))
-        elif child.tag == "link-entity":
-            raise ProtocolError(501, "NotImplemented", "fetchXml: link-entity is not supported")
     names = parse_select(None if everything or not chosen else ",".join(chosen), entity)
     return names, order
 

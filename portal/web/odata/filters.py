@@ -7,6 +7,7 @@ parameter converted to the stored form of the property it is compared with
 """
 
 import re
+from collections.abc import Mapping
 from typing import Any
 
 from odata_query import ast
@@ -16,6 +17,7 @@ from odata_query.visitor import NodeVisitor
 
 from portal.orgs.metadata import Attribute, Entity
 from portal.orgs.types import TYPES
+from portal.web.odata import query_functions
 from portal.web.odata.messages import ProtocolError, bad_request
 
 MAX_FILTER_LENGTH = 8192
@@ -56,28 +58,48 @@ class Expr:
         self.name = name
 
 
-def parse_filter(text: str, entity: Entity) -> tuple[str, list[Any]]:
-    """Turn a $filter expression into (SQL condition, parameters) for one entity."""
+def parse_filter(text: str, entity: Entity, *, dataverse_functions: bool = False,
+                 aliases: Mapping[str, str] | None = None) -> tuple[str, list[Any]]:
+    """Turn a $filter expression into (SQL condition, parameters) for one entity.
+
+    `dataverse_functions`: Dataverse's query functions (portal.web.odata.query_functions)
+    and parameter aliases (`aliases`, the query's @name=value options) are served;
+    otherwise the functions are refused with a 400 that says where they are.
+    """
     if len(text) > MAX_FILTER_LENGTH:
         raise bad_request(f"$filter is longer than {MAX_FILTER_LENGTH} characters", "$filter")
     try:
-        tree = ODataParser().parse(ODataLexer().tokenize(text))
+        parsed = query_functions.prepare(text, aliases) if dataverse_functions else text
+        tree = ODataParser().parse(ODataLexer().tokenize(parsed))
     except ODataException as exc:
+        if not dataverse_functions and NOT_HERE_RE.search(text):
+            raise not_here() from None
         raise bad_request(f"$filter is not a valid expression: {exc}", "$filter") from None
     if tree is None:
         raise bad_request("$filter is empty", "$filter")
-    expr = SqlFilter(entity).visit(tree)
+    expr = SqlFilter(entity, dataverse_functions).visit(tree)
     if expr.kind != "boolean":
         raise bad_request("$filter must be a condition (true or false)", "$filter")
     return expr.sql, expr.params
 
 
+NOT_HERE_RE = re.compile(r"Microsoft\.Dynamics\.CRM\.\w+\s*\(")
+
+
+def not_here() -> ProtocolError:
+    """The Org API's refusal of Dataverse's query functions."""
+    return bad_request("$filter: Microsoft.Dynamics.CRM query functions are Dataverse's: they "
+                       "are served at the org's Dataverse Web API root (/dataverse/{org}/api/"
+                       "data/v9.2/); here use 'in (...)', ge, le and the like", "$filter")
+
+
 class SqlFilter(NodeVisitor):
     """Visitor over odata-query's AST that builds parameterised SQLite conditions."""
 
-    def __init__(self, entity: Entity) -> None:
+    def __init__(self, entity: Entity, dataverse_functions: bool = False) -> None:
         self.entity = entity
         self.attributes = {a.logicalname: a for a in entity.attributes}
+        self.dataverse_functions = dataverse_functions
 
     def generic_visit(self, node: ast._Node) -> Expr:
         raise ProtocolError(501, "NotImplemented",
@@ -181,6 +203,13 @@ class SqlFilter(NodeVisitor):
         return Expr(f"({left.sql} IN ({marks}))", "boolean", left.params + values)
 
     def visit_Call(self, node: ast.Call) -> Expr:
+        if query_functions.is_query_function(node):
+            if not self.dataverse_functions:
+                raise not_here()
+            sql, params = query_functions.call_sql(
+                node, self.attribute, lambda text, attr: self.value(
+                    ast.String(val=text), attr.type, attr.logicalname, text=True))
+            return Expr(sql, "boolean", params)
         name = node.func.name
         args = [self.visit(a) for a in node.args]
         if name in LIKE_FUNCTIONS:
@@ -204,11 +233,18 @@ class SqlFilter(NodeVisitor):
                             f"$filter: the function {name}() is not supported here")
 
     # --- values ---------------------------------------------------------
-    def value(self, literal: ast._Node | None, kind: str, name: str | None = None) -> Any:
-        """A literal converted to the stored form of a property of type `kind` (named `name`)."""
+    def value(self, literal: ast._Node | None, kind: str, name: str | None = None, *,
+              text: bool = False) -> Any:
+        """A literal converted to the stored form of a property of type `kind` (named `name`).
+
+        `text`: the literal is a string standing for a value of any type (Dataverse's
+        PropertyValues are Collection(Edm.String)).
+        """
         if literal is None:
             raise bad_request("$filter: expected a value", "$filter")
         try:
+            if text and isinstance(literal, ast.String):
+                return TYPES[kind].filter_value(literal.val)
             return convert(literal, kind)
         except (ValueError, TypeError, OverflowError):
             of = f" for {name}" if name else ""

@@ -40,6 +40,7 @@ class ErrorKind(StrEnum):
     TOO_MUCH_EXECUTION_TIME = "too_much_execution_time"
     TOO_MANY_CONCURRENT = "too_many_concurrent"
     NOT_IMPLEMENTED = "not_implemented"
+    AGGREGATE_LIMIT = "aggregate_limit"  # a FetchXML aggregate over too many records
     INTERNAL = "internal"
 
 
@@ -86,6 +87,10 @@ ERROR_CODES: dict[ErrorKind, ErrorCode] = {
     ErrorKind.TOO_MUCH_EXECUTION_TIME: ErrorCode("TooManyRequests", "0x80072321"),
     ErrorKind.TOO_MANY_CONCURRENT: ErrorCode("TooManyRequests", "0x80072326"),
     ErrorKind.NOT_IMPLEMENTED: ErrorCode("NotImplemented", INVALID_ARGUMENT),
+    # "Aggregate data using FetchXml" (fetchxml/aggregate-data.md), Limitations.
+    ErrorKind.AGGREGATE_LIMIT: ErrorCode(
+        "AggregateQueryRecordLimit", "0x8004E023",
+        "AggregateQueryRecordLimit exceeded. Cannot perform this operation."),
     ErrorKind.INTERNAL: ErrorCode("InternalServerError", "0x80040216"),
 }
 # The kind of an error that names only its Org API code (the first kind with that code:

@@ -16,12 +16,18 @@ change that would lose data is refused (409) with the reason.
 from typing import Any
 
 from portal.backends.dataverse_metadata import attribute_from_definition, label_text
-from portal.orgs import schema
+from portal.orgs import keys, schema
 from portal.orgs.metadata import Attribute, Entity
 from portal.orgs.types import TYPES
 from portal.web.odata.bodies import read_object
 from portal.web.odata.customization import check_customizable
-from portal.web.odata.entity_definitions import find_entity, metadata_id, parse_path
+from portal.web.odata.entity_definitions import (
+    find_definition,
+    find_entity,
+    key_definition,
+    metadata_id,
+    parse_path,
+)
 from portal.web.odata.messages import ApiRequest, ApiResponse, ProtocolError, bad_request
 
 # "StringAttributeMetadata" (or "ComplexStringAttributeMetadata", which CreateEntities
@@ -108,9 +114,6 @@ def change(req: ApiRequest, path: str) -> ApiResponse:
     if shape == [("EntityDefinitions", False)] and method == "POST":
         check_customizable(req)
         return _created(req, schema.add_entity(req.org, entity_from_payload(read_object(req))))
-    if segments[0][0] == "RelationshipDefinitions":
-        raise ProtocolError(501, "NotImplemented", "creating or changing relationships is not "
-                                                   "served; add a lookup column instead")
     if segments[0][0] != "EntityDefinitions" or segments[0][1] is None:
         raise ProtocolError(405, "MethodNotAllowed", f"{method} is not allowed here",
                             headers={"Allow": "GET"})
@@ -126,6 +129,26 @@ def change(req: ApiRequest, path: str) -> ApiResponse:
         url = (f"{_entity_url(req, metadata_id(entity.logicalname))}/Attributes("
                f"{metadata_id(entity.logicalname, attr.logicalname)})")
         return ApiResponse(204, b"", {"OData-EntityId": url})
+    if shape == [("EntityDefinitions", True), ("Keys", False)] and method == "POST":
+        check_customizable(req)
+        body = read_object(req)
+        names = body.get("KeyAttributes")
+        if not isinstance(names, list) or not all(isinstance(n, str) for n in names):
+            raise bad_request("a key needs KeyAttributes: [attribute names]", "KeyAttributes")
+        key = schema.add_key(req.org, entity.logicalname, str(body.get("SchemaName") or ""),
+                             [n.lower() for n in names], label_text(body.get("DisplayName"))[0])
+        # The entity by name, not by MetadataId: the SDK takes the first GUID in
+        # parentheses of this URL as the new key's id.
+        url = (f"{req.service_root}EntityDefinitions(LogicalName='{entity.logicalname}')/Keys("
+               f"{key_definition(key)['MetadataId']})")
+        return ApiResponse(204, b"", {"OData-EntityId": url})
+    if shape == [("EntityDefinitions", True), ("Keys", True)] and method == "DELETE":
+        check_customizable(req)
+        found = find_definition([key_definition(k) for k in keys.keys(req.org,
+                                                                     entity.logicalname)],
+                                str(segments[1][1]), "LogicalName", "a key with")
+        schema.remove_key(req.org, entity.logicalname, found["SchemaName"])
+        return ApiResponse(204)
     if shape == [("EntityDefinitions", True), ("Attributes", True)] and method in ("PUT",
                                                                                     "DELETE"):
         check_customizable(req)

@@ -51,6 +51,25 @@ def whole_number(args: MultiDict[str, str], name: str) -> int | None:
     return int(text)
 
 
+def split_top(text: str, sep: str) -> list[str]:
+    """`text` split at `sep` outside parentheses and quotes."""
+    parts, depth, quoted, current = [], 0, False, ""
+    for char in text:
+        if char == "'":
+            quoted = not quoted
+        elif not quoted and char == "(":
+            depth += 1
+        elif not quoted and char == ")":
+            depth -= 1
+        if char == sep and depth == 0 and not quoted:
+            parts.append(current)
+            current = ""
+        else:
+            current += char
+    parts.append(current)
+    return [p.strip() for p in parts if p.strip()]
+
+
 def check_options(args: MultiDict[str, str], allowed: set[str]) -> None:
     """Refuse unknown, unimplemented or repeated system query options."""
     for name in args:
@@ -120,7 +139,9 @@ def parse_options(args: MultiDict[str, str], entity: Entity, dialect: Dialect = 
     opts = QueryOptions(select=parse_select(args.get("$select"), entity),
                         orderby=parse_orderby(args.get("$orderby"), entity))
     if args.get("$filter") is not None:
-        opts.where, opts.params = parse_filter(args["$filter"], entity)
+        opts.where, opts.params = parse_filter(
+            args["$filter"], entity, dataverse_functions=dialect.functions,
+            aliases={k: v for k, v in args.items() if k.startswith("@")})
         opts.has_filter = True
     opts.top = whole_number(args, "$top")
     opts.skip = whole_number(args, "$skip") or 0

@@ -3,15 +3,17 @@
 Our metadata has no separate relationship table: a lookup of entity E to
 target T *is* Dataverse's one-to-many relationship T → E (E's many-to-one), and
 an intersect entity with two lookups *is* a many-to-many relationship of their
-targets. These shapes follow OneToManyRelationshipMetadata and
-ManyToManyRelationshipMetadata (RelationshipDefinitions, and an entity's
-OneToManyRelationships / ManyToOneRelationships / ManyToManyRelationships).
+targets; their schema names come from portal.orgs.relationships. These shapes
+follow OneToManyRelationshipMetadata and ManyToManyRelationshipMetadata
+(RelationshipDefinitions, and an entity's OneToManyRelationships /
+ManyToOneRelationships / ManyToManyRelationships).
 """
 
 import uuid
 from typing import Any
 
 from portal.orgs.metadata import Entity
+from portal.orgs.relationships import Key, many_to_many_name, one_to_many_name
 from portal.web.odata.csdl import navigations
 
 ONE_TO_MANY = "OneToManyRelationshipMetadata"
@@ -38,14 +40,14 @@ def _common(schema_name: str, kind: str) -> dict[str, Any]:
     }
 
 
-def one_to_many(entities: dict[str, Entity]) -> list[dict[str, Any]]:
+def one_to_many(entities: dict[str, Entity], names: dict[Key, str]) -> list[dict[str, Any]]:
     """Every lookup of a (non-intersect) entity, as a one-to-many of its target."""
     out = []
     for entity in entities.values():
         if entity.isintersect:
             continue  # its lookups are the two sides of a many-to-many
         for navigation, attr, target in navigations(entity, entities):
-            schema_name = f"{target}_{entity.logicalname}_{attr.logicalname}"
+            schema_name = one_to_many_name(names, entity.logicalname, attr.logicalname, target)
             out.append({
                 **_common(schema_name, ONE_TO_MANY),
                 "ReferencedAttribute": entities[target].primaryidattribute,
@@ -62,7 +64,7 @@ def one_to_many(entities: dict[str, Entity]) -> list[dict[str, Any]]:
     return out
 
 
-def many_to_many(entities: dict[str, Entity]) -> list[dict[str, Any]]:
+def many_to_many(entities: dict[str, Entity], names: dict[Key, str]) -> list[dict[str, Any]]:
     """Every intersect entity with two single-target lookups, as a many-to-many."""
     out = []
     for entity in entities.values():
@@ -73,31 +75,33 @@ def many_to_many(entities: dict[str, Entity]) -> list[dict[str, Any]]:
         if len(sides) != 2:
             continue
         first, second = sides
+        schema_name = many_to_many_name(names, entity.logicalname)
         out.append({
-            **_common(entity.logicalname, MANY_TO_MANY),
+            **_common(schema_name, MANY_TO_MANY),
             "Entity1LogicalName": first.targets[0],
             "Entity2LogicalName": second.targets[0],
             "IntersectEntityName": entity.logicalname,
             "Entity1IntersectAttribute": first.logicalname,
             "Entity2IntersectAttribute": second.logicalname,
-            "Entity1NavigationPropertyName": entity.logicalname,
-            "Entity2NavigationPropertyName": entity.logicalname,
+            "Entity1NavigationPropertyName": schema_name,
+            "Entity2NavigationPropertyName": schema_name,
             "SecurityTypes": "None",
         })
     return out
 
 
-def relationship_definitions(entities: dict[str, Entity]) -> list[dict[str, Any]]:
+def relationship_definitions(entities: dict[str, Entity], names: dict[Key, str]
+                             ) -> list[dict[str, Any]]:
     """Every relationship of the org: one-to-many first, then many-to-many."""
-    return one_to_many(entities) + many_to_many(entities)
+    return one_to_many(entities, names) + many_to_many(entities, names)
 
 
-def of_entity(entities: dict[str, Entity], name: str, collection: str
+def of_entity(entities: dict[str, Entity], names: dict[Key, str], name: str, collection: str
               ) -> list[dict[str, Any]]:
     """An entity's OneToManyRelationships, ManyToOneRelationships or ManyToManyRelationships."""
     if collection == "OneToManyRelationships":
-        return [r for r in one_to_many(entities) if r["ReferencedEntity"] == name]
+        return [r for r in one_to_many(entities, names) if r["ReferencedEntity"] == name]
     if collection == "ManyToOneRelationships":
-        return [r for r in one_to_many(entities) if r["ReferencingEntity"] == name]
-    return [r for r in many_to_many(entities)
+        return [r for r in one_to_many(entities, names) if r["ReferencingEntity"] == name]
+    return [r for r in many_to_many(entities, names)
             if name in (r["Entity1LogicalName"], r["Entity2LogicalName"])]

@@ -1,4 +1,4 @@
-"""How records look in a dialect: lookup names, Dataverse's annotations, single-valued $expand.
+"""How records look in a dialect: lookup names, Dataverse's annotations, $expand.
 
 The Org API writes a lookup's GUID under its logical name; Dataverse writes
 it as `_{lookup}_value` and, when `Prefer: odata.include-annotations` asks,
@@ -7,9 +7,14 @@ adds `@Microsoft.Dynamics.CRM.lookuplogicalname`,
 `@OData.Community.Display.V1.FormattedValue` (lookups' primary names, option
 labels, Yes/No, money, numbers and dates as a US-English user sees them, in
 UTC). Microsoft Learn: "Query data using the Web API" / "Select columns"
-(formatted values and lookup properties) and "Join tables" ($expand).
+(formatted values and lookup properties) and "Join tables using OData" ($expand
+of single-valued and collection-valued navigation properties, nested). An
+expanded collection holds every related record (up to 5,000, as Dataverse's
+single-level $expand) and no `<nav>@odata.nextLink`: the related set's own
+filtered-collection URL is not served here.
 """
 
+import re
 from collections import defaultdict
 from dataclasses import dataclass, field
 from datetime import datetime
@@ -17,14 +22,26 @@ from typing import Any
 
 from portal.orgs import queries
 from portal.orgs.metadata import Attribute, Entity
+from portal.orgs.queries import Order
+from portal.orgs.relationships import names as relationship_names
 from portal.orgs.store import OrgDb
+from portal.web.odata import relationships
 from portal.web.odata.dialect import Dialect
+from portal.web.odata.filters import parse_filter
 from portal.web.odata.messages import ProtocolError, bad_request
-from portal.web.odata.options import parse_select
+from portal.web.odata.options import parse_orderby, parse_select, split_top
 
 FORMATTED = "OData.Community.Display.V1.FormattedValue"
 LOOKUP_TARGET = "Microsoft.Dynamics.CRM.lookuplogicalname"
 NAVIGATION = "Microsoft.Dynamics.CRM.associatednavigationproperty"
+# Dataverse's limits: 15 $expand options in a query, 5,000 related records per
+# expanded collection; nesting here goes three levels deep.
+MAX_EXPANDS = 15
+MAX_RELATED = 5000
+MAX_DEPTH = 3
+SINGLE_OPTIONS = ("$select", "$expand")
+COLLECTION_OPTIONS = ("$select", "$filter", "$orderby", "$top", "$expand")
+EXPAND_ITEM_RE = re.compile(r"^(\w+)(?:\((.*)\))?$", re.S)
 
 
 def json_keys(entity: Entity, dialect: Dialect) -> dict[str, str]:
@@ -61,12 +78,23 @@ def associated_navigation(attr: Attribute, target: str) -> str:
 
 @dataclass
 class Expansion:
-    """One `$expand=nav($select=...)` item."""
+    """One `$expand=nav(...)` item.
+
+    Single-valued: `lookup` is the record's lookup, `targets` the entities it may
+    name. Collection-valued: `lookup` is the related entity's lookup to the
+    record, `targets` that one related entity, with its $filter, $orderby, $top.
+    """
 
     name: str
     lookup: Attribute
     targets: list[str]
     select: str | None = None
+    collection: bool = False
+    where: str = ""
+    params: list[Any] = field(default_factory=list)
+    order: Order = field(default_factory=list)
+    top: int | None = None
+    nested: list["Expansion"] = field(default_factory=list)
 
 
 @dataclass
@@ -79,7 +107,8 @@ class Shape:
 
     def columns(self, names: list[str], keys: dict[str, str]) -> list[str]:
         """The attributes to read: the selected ones and the lookups being expanded."""
-        extra = [e.lookup.logicalname for e in self.expand if e.lookup.logicalname not in names]
+        extra = [e.lookup.logicalname for e in self.expand
+                 if not e.collection and e.lookup.logicalname not in names]
         self.hidden = {keys.get(n, n) for n in extra}
         return names + list(dict.fromkeys(extra))
 
@@ -102,49 +131,91 @@ class Shape:
         return included
 
 
-def split_top_level(text: str) -> list[str]:
-    """Split on commas outside parentheses."""
-    parts, depth, start = [], 0, 0
-    for i, char in enumerate(text):
-        if char == "(":
-            depth += 1
-        elif char == ")":
-            depth -= 1
-        elif char == "," and depth == 0:
-            parts.append(text[start:i])
-            start = i + 1
-    parts.append(text[start:])
-    return [p.strip() for p in parts if p.strip()]
+def collection_navigations(entity: Entity, org: OrgDb) -> dict[str, tuple[Entity, Attribute]]:
+    """Collection-valued navigation properties: name -> (related entity, its lookup to us).
+
+    One per one-to-many relationship of the entity, named as Dataverse names it:
+    the relationship's ReferencedEntityNavigationPropertyName (its schema name).
+    """
+    entities = org.entities()
+    found: dict[str, tuple[Entity, Attribute]] = {}
+    for relationship in relationships.one_to_many(entities, relationship_names(org)):
+        if relationship["ReferencedEntity"] != entity.logicalname:
+            continue
+        related = entities[relationship["ReferencingEntity"]]
+        lookup = related.attribute(relationship["ReferencingAttribute"])
+        assert lookup is not None  # the relationship was derived from it
+        found[relationship["ReferencedEntityNavigationPropertyName"]] = (related, lookup)
+    return found
 
 
-def parse_expand(text: str | None, entity: Entity, entities: dict[str, Entity],
-                 dialect: Dialect) -> list[Expansion]:
-    """$expand of single-valued navigation properties, each with an optional $select."""
+def parse_expand(text: str | None, entity: Entity, org: OrgDb, dialect: Dialect, *,
+                 depth: int = 0, budget: list[int] | None = None) -> list[Expansion]:
+    """$expand of navigation properties with their options, nested as Dataverse allows.
+
+    Single-valued: $select and a nested $expand. Collection-valued (one-to-many):
+    $select, $filter, $orderby, $top and a nested $expand. At most MAX_EXPANDS in all.
+    """
     if text is None:
         return []
     if not dialect.expand:
         raise ProtocolError(501, "NotImplemented", "$expand is not supported")
-    navigations = navigation_names(entity, entities)
+    budget = budget if budget is not None else [MAX_EXPANDS]
+    entities = org.entities()
+    singles = navigation_names(entity, entities)
+    collections = collection_navigations(entity, org)
     found = []
-    for item in split_top_level(text):
-        name, _, inner = item.partition("(")
-        name = name.strip()
-        if name not in navigations:
-            raise bad_request(f"$expand: {entity.logicalname} has no single-valued navigation "
-                              f"property {name!r}", "$expand")
-        select = None
-        if inner:
-            if not inner.endswith(")"):
-                raise bad_request(f"$expand: {item!r} is not nav($select=...)", "$expand")
-            for option in inner[:-1].split(";"):
-                key, _, value = option.strip().partition("=")
-                if key != "$select":
-                    raise ProtocolError(501, "NotImplemented",
-                                        f"$expand: only $select is supported inside, not {key}")
-                select = value
-        lookup, targets = navigations[name]
-        found.append(Expansion(name, lookup, targets, select))
+    for item in split_top(text, ","):
+        match = EXPAND_ITEM_RE.match(item)
+        name = match.group(1) if match else item
+        if match is None or (name not in singles and name not in collections):
+            raise bad_request(f"$expand: {entity.logicalname} has no navigation property "
+                              f"{name!r}", "$expand")
+        budget[0] -= 1
+        if budget[0] < 0:
+            raise bad_request(f"$expand: at most {MAX_EXPANDS} navigation properties may be "
+                              "expanded in one query", "$expand")
+        options = _expand_options(match.group(2) or "", name, name in collections)
+        if name in singles:
+            lookup, targets = singles[name]
+            expansion = Expansion(name, lookup, targets, options.get("$select"))
+            inner = [entities[t] for t in targets]
+        else:
+            related, lookup = collections[name]
+            expansion = Expansion(name, lookup, [related.logicalname], options.get("$select"),
+                                  collection=True)
+            if "$filter" in options:
+                expansion.where, expansion.params = parse_filter(
+                    options["$filter"], related, dataverse_functions=dialect.functions)
+            expansion.order = parse_orderby(options.get("$orderby"), related)
+            if "$top" in options:
+                top = options["$top"]
+                if not top.isdigit() or int(top) > MAX_RELATED:
+                    raise bad_request(f"$expand={name}($top=...): a whole number up to "
+                                      f"{MAX_RELATED}", "$expand")
+                expansion.top = int(top)
+            inner = [related]
+        if "$expand" in options:
+            if depth + 1 >= MAX_DEPTH or len(inner) != 1:
+                raise bad_request(f"$expand={name}($expand=...): nested $expand goes "
+                                  f"{MAX_DEPTH} levels deep, through one target", "$expand")
+            expansion.nested = parse_expand(options["$expand"], inner[0], org, dialect,
+                                            depth=depth + 1, budget=budget)
+        found.append(expansion)
     return found
+
+
+def _expand_options(text: str, name: str, collection: bool) -> dict[str, str]:
+    allowed = COLLECTION_OPTIONS if collection else SINGLE_OPTIONS
+    options: dict[str, str] = {}
+    for option in split_top(text, ";"):
+        key, eq, value = option.partition("=")
+        key = key.strip()
+        if not eq or key not in allowed:
+            raise bad_request(f"$expand={name}(...): only {', '.join(allowed)} can be given "
+                              f"inside, not {key!r}", "$expand")
+        options[key] = value.strip()
+    return options
 
 
 def parse_annotations(value: str | None, dialect: Dialect) -> list[str]:
@@ -164,8 +235,11 @@ def shape_records(org: OrgDb, entity: Entity, records: list[dict[str, Any]], sha
     attributes = {keys.get(a.logicalname, a.logicalname): a for a in entity.attributes}
     targets = _lookup_targets(org, entity, records, keys, entities) if shape.annotations \
         else {}
-    expanded = [(e, keys.get(e.lookup.logicalname, e.lookup.logicalname),
-                 _expanded(org, e, records, keys, entities, dialect)) for e in shape.expand]
+    pk = entity.primaryidattribute
+    expanded = [(e, pk if e.collection else keys.get(e.lookup.logicalname,
+                                                     e.lookup.logicalname),
+                 _related(org, e, records, pk, shape, dialect) if e.collection else
+                 _expanded(org, e, records, keys, shape, dialect)) for e in shape.expand]
     out = []
     for record in records:
         shaped: dict[str, Any] = {}
@@ -177,7 +251,10 @@ def shape_records(org: OrgDb, entity: Entity, records: list[dict[str, Any]], sha
                 shaped.update(_annotations(attr, key, value, shape, targets))
             shaped[key] = value
         for expansion, key, values in expanded:
-            shaped[expansion.name] = values.get(record[key]) if record.get(key) else None
+            if expansion.collection:
+                shaped[expansion.name] = values.get(record[key], [])
+            else:
+                shaped[expansion.name] = values.get(record[key]) if record.get(key) else None
         out.append(shaped)
     return out
 
@@ -264,16 +341,43 @@ def _lookup_targets(org: OrgDb, entity: Entity, records: list[dict[str, Any]],
 
 
 def _expanded(org: OrgDb, expansion: Expansion, records: list[dict[str, Any]],
-              keys: dict[str, str], entities: dict[str, Entity], dialect: Dialect
+              keys: dict[str, str], shape: Shape, dialect: Dialect
               ) -> dict[str, dict[str, Any]]:
     """GUID -> the expanded target record (its $select, pk and @odata.etag)."""
     key = keys.get(expansion.lookup.logicalname, expansion.lookup.logicalname)
     ids = sorted({r[key] for r in records if r.get(key)})
+    entities = org.entities()
     out: dict[str, dict[str, Any]] = {}
     for target in expansion.targets:
         target_entity = entities[target]
-        names = parse_select(expansion.select, target_entity)
-        found = queries.records_by_ids(org, target_entity, names, ids,
-                                       keys=json_keys(target_entity, dialect))
-        out.update(found)
+        inner = Shape(shape.annotations, expansion.nested)
+        target_keys = json_keys(target_entity, dialect)
+        names = inner.columns(parse_select(expansion.select, target_entity), target_keys)
+        found = queries.records_by_ids(org, target_entity, names, ids, keys=target_keys)
+        shaped = shape_records(org, target_entity, list(found.values()), inner, dialect)
+        out.update(zip(found, shaped, strict=True))
     return out
+
+
+def _related(org: OrgDb, expansion: Expansion, records: list[dict[str, Any]], pk: str,
+             shape: Shape, dialect: Dialect) -> dict[str, list[dict[str, Any]]]:
+    """Record id -> its related records of a collection-valued navigation property."""
+    related = org.entities()[expansion.targets[0]]
+    inner = Shape(shape.annotations, expansion.nested)
+    keys = json_keys(related, dialect)
+    names = parse_select(expansion.select, related)
+    if expansion.lookup.logicalname not in names:  # Dataverse answers it in each row
+        names.append(expansion.lookup.logicalname)
+    limit = expansion.top if expansion.top is not None else MAX_RELATED + 1
+    found = queries.related_records(
+        org, related, inner.columns(names, keys), expansion.lookup.logicalname,
+        sorted({r[pk] for r in records}), where=expansion.where, params=expansion.params,
+        order=expansion.order, limit=limit, keys=keys)
+    for parent, rows in found.items():
+        if len(rows) > MAX_RELATED:
+            raise bad_request(f"$expand={expansion.name}: record {parent} has more than "
+                              f"{MAX_RELATED} related records; read them from "
+                              f"{related.entitysetname} with $filter on "
+                              f"{dialect.lookup_key(expansion.lookup.logicalname)}", "$expand")
+        found[parent] = shape_records(org, related, rows, inner, dialect)
+    return found
