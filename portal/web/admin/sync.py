@@ -28,7 +28,7 @@ from portal import crypto
 from portal.db import get_db
 from portal.errors import InvalidInput, PortalError
 from portal.orgs import transactions
-from portal.orgs.store import OrgDb
+from portal.orgs.store import OrgDb, orgs_path
 from portal.sync import connections, filters, metadata, overview, registration, runs, server
 from portal.sync.connections import Connection
 from portal.sync.runs import RunStatus
@@ -95,7 +95,7 @@ def run_state(connection: Connection | None) -> dict[str, Any]:
         queued = runs.running_run(get_db(), connection.id, RunStatus.QUEUED)
         if queued is not None:
             return {"state": "queued", "kind": queued["kind"], "job_status": "queued",
-                    "status": connection.status}
+                    "status": connection.status, "resuming": _resuming(connection)}
         return {"state": "idle", "kind": None, "status": connection.status}
     progress = connection.progress or {}
     done, total = progress.get("done"), progress.get("total")
@@ -104,7 +104,13 @@ def run_state(connection: Connection | None) -> dict[str, Any]:
         percent = min(100, round(100 * done / total))
     return {"state": "running", "kind": running["kind"], "run": running["id"],
             "trigger": running["trigger"], "started": running["started"],
-            "progress": progress, "percent": percent, "status": connection.status}
+            "progress": progress, "percent": percent, "status": connection.status,
+            "resuming": _resuming(connection)}
+
+
+def _resuming(connection: Connection) -> bool:
+    """Whether the queued or running connect or sync goes on from an interrupted one's pages."""
+    return runs.resuming(get_db(), orgs_path(current_app), connection.id, connection.org_name)
 
 
 def _page(template: str, **context: Any) -> str:
@@ -205,7 +211,7 @@ def connector(org: str) -> ResponseReturnValue:
                 queue_run(connection, "connect", "connector")
             else:
                 connection = registration.reconnect(
-                    db, _key(), connection, backend=form.backend.data,
+                    db, orgs_path(current_app), _key(), connection, backend=form.backend.data,
                     url=form.server_url.data, username=form.server_username.data,
                     password=form.server_password.data, allow_private=allow_private,
                     server_options=form.server_options())
