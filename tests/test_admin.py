@@ -770,3 +770,29 @@ def test_admin_tokens_bad_input_is_shown_beside_the_field(admin: FlaskClient, or
     assert errors_of(answer.get_data(as_text=True))["email"] == [message]
     with orgs.app_context():
         assert tokens.list_tokens(get_db(), "acme") == []
+
+
+def test_admin_progress_says_resuming_after_a_killed_run(admin: FlaskClient, orgs: Flask) -> None:
+    from portal.orgs import sync_state
+
+    connection = connection_now(orgs)
+    with open_org(orgs_dir(orgs), "acme") as org, org.db.conn:
+        sync_state.save_checkpoint(org.db, sync_state.Checkpoint(
+            "account", SERVER_URL + "accounts?$skiptoken=50", False, None))
+    with orgs.app_context():
+        db = get_db()
+        # A sync run after a successful one goes on from delta links: not "resuming".
+        run_id, _ = runs.request_run(db, connection.id, connection.org_id, "sync", "button")
+        assert admin.get("/admin/acme/sync/progress.json").get_json()["resuming"] is False
+        runs.start_run(db, connection.id, connection.org_id, "sync", "button", None, run_id)
+        assert runs.end_active(db, run_id, runs.ABANDONED + " (its lock expired)")  # killed
+        again, _ = runs.request_run(db, connection.id, connection.org_id, "sync", "schedule")
+    state_now = admin.get("/admin/acme/sync/progress.json").get_json()
+    assert state_now["state"] == "queued" and state_now["resuming"] is True
+    page = admin.get("/admin/acme/sync/").get_data(as_text=True)
+    assert "A sync job is waiting for a worker to resume from where the last one stopped" in page
+    with orgs.app_context():
+        runs.start_run(get_db(), connection.id, connection.org_id, "sync", "schedule", None,
+                       again)
+    page = admin.get("/admin/acme/sync/").get_data(as_text=True)
+    assert f"Run {again} (sync, schedule) is resuming from where the last one stopped" in page
