@@ -7,9 +7,7 @@ Dataverse SDK refuses any other scheme. Clients then trust the CA through
 REQUESTS_CA_BUNDLE=tls.ca_file.
 """
 
-import ctypes
 import os
-import signal
 import socket
 import subprocess
 import sys
@@ -19,20 +17,16 @@ from pathlib import Path
 
 import requests
 
+from portal.processes import die_with_parent, stop_child
+
 ROOT = Path(__file__).resolve().parent.parent
 START_TIMEOUT_S = 60
 
 
-def _die_with_parent() -> None:
-    """Linux: SIGTERM gunicorn when the test process that started it dies.
-
-    A killed pytest (timeout, Ctrl-C twice, SIGKILL) runs no fixture teardown;
-    without this its portals would keep running, orphaned.
-    """
-    try:
-        ctypes.CDLL("libc.so.6", use_errno=True).prctl(1, signal.SIGTERM)  # PR_SET_PDEATHSIG
-    except OSError:
-        pass  # not Linux: teardown still stops the process
+# Linux: gunicorn is sent SIGTERM when the test process that started it dies. A
+# killed pytest (timeout, Ctrl-C twice, SIGKILL) runs no fixture teardown; without
+# this its portals would keep running, orphaned.
+_die_with_parent = die_with_parent
 
 
 def free_port() -> int:
@@ -110,11 +104,5 @@ class PortalProcess:
 
     def stop(self) -> None:
         """Stop gunicorn (by its PID) and wait for it; killed if it does not stop in time."""
-        if self.process.poll() is None:
-            self.process.send_signal(signal.SIGTERM)
-            try:
-                self.process.wait(10)
-            except subprocess.TimeoutExpired:
-                self.process.kill()
-                self.process.wait(5)
+        stop_child(self.process)
         self._log.close()
