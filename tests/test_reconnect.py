@@ -5,11 +5,6 @@ that counts what it serves and `srvb` reached directly; the client side's
 connect job runs in its own process, killed with SIGKILL half-way.
 """
 
-import os
-import signal
-import subprocess
-import sys
-import time
 from pathlib import Path
 
 import pytest
@@ -24,11 +19,10 @@ from portal.sync import connections, registration, runs
 from tests.conftest import ADMIN_EMAIL, ADMIN_PASSWORD
 from tests.fault_proxy import FaultProxy
 from tests.sync_helpers import Side, assert_identical, seed_sales, snapshot
+from tests.test_sync_faults import FAST, _job_in_process, _kill_when, _wait_for
 
-ROOT = Path(__file__).resolve().parent.parent
 SALES = [e.logicalname for e in sales()]
 SERVER = "http://127.0.0.1:9/odata/v4/srv/"  # never reached: no job runs
-FAST = {"SYNC_HTTP_RETRIES": 1, "SYNC_PAGE_SIZE": 50, "SYNC_UPLOAD_BATCH": 20}
 
 
 @pytest.fixture
@@ -47,24 +41,6 @@ def two_servers(tmp_path: Path, redis_url: str, portal_process):
     client.create_org("cli", template=None)
     yield server, client, proxy, (proxy.url + "/odata/v4/srva/", process.url + "/odata/v4/srvb/")
     proxy.stop()
-
-
-def _connect_job(client: Side, connection_id: int) -> subprocess.Popen[bytes]:
-    env = {**os.environ, "PORTAL_INSTANCE_PATH": str(client.instance),
-           "REDIS_URL": client.redis_url, "PORTAL_ALLOW_PRIVATE_SERVERS": "true",
-           **{f"PORTAL_{k}": str(v) for k, v in FAST.items()}}
-    return subprocess.Popen([sys.executable, "-c",
-                             f"from jobs.sync import connect; connect({connection_id})"],
-                            cwd=ROOT, env=env, stdout=subprocess.DEVNULL,
-                            stderr=subprocess.DEVNULL)
-
-
-def _wait_for(condition, what: str, timeout: float = 120) -> None:
-    deadline = time.monotonic() + timeout
-    while not condition():
-        if time.monotonic() > deadline:
-            raise AssertionError(f"gave up waiting for {what}")
-        time.sleep(0.05)
 
 
 def _accounts(client: Side) -> int:
@@ -89,11 +65,8 @@ def test_reconnect_to_another_server_after_a_kill_starts_fresh(two_servers,
     server, client, proxy, (url_a, url_b) = two_servers
     connection_id = client.connect("cli", url_a)
     proxy.hold_page = ("accounts", 3)  # two pages of A's accounts committed, the third held
-    job = _connect_job(client, connection_id)
-    _wait_for(lambda: proxy.holding.is_set() and _accounts(client) == 100,
-              "two pages of A's accounts to be committed")
-    job.send_signal(signal.SIGKILL)
-    job.wait(10)
+    job = _job_in_process(client, "connect", connection_id)
+    _kill_when(job, lambda: proxy.holding.is_set() and _accounts(client) == 100)  # SIGKILL
     proxy.hold_page = None
     proxy.release()
     with client.org("cli") as c:
