@@ -779,6 +779,7 @@ def test_admin_progress_says_resuming_after_a_killed_run(admin: FlaskClient, org
     with open_org(orgs_dir(orgs), "acme") as org, org.db.conn:
         sync_state.save_checkpoint(org.db, sync_state.Checkpoint(
             "account", SERVER_URL + "accounts?$skiptoken=50", False, None))
+        org.db.execute("UPDATE _sync_state SET updated = '2026-01-01T00:00:00Z'")  # before
     with orgs.app_context():
         db = get_db()
         # A sync run after a successful one goes on from delta links: not "resuming".

@@ -318,6 +318,7 @@ def test_status_page_says_resuming_when_a_killed_connect_goes_on(
     with store.open_org(orgs_dir(app), "acme") as org, org.db.conn:
         sync_state.save_checkpoint(org.db, sync_state.Checkpoint(
             "account", PUBLIC_SERVER + "accounts?$skiptoken=50", False, None))
+        org.db.execute("UPDATE _sync_state SET updated = '2026-01-01T00:00:00Z'")  # before
     with app.app_context():
         db = get_db()
         assert runs.end_active(db, queued["id"], runs.ABANDONED + " (its lock expired)")
@@ -335,8 +336,13 @@ def test_status_page_says_resuming_when_a_killed_connect_goes_on(
     assert "Resuming: the connect goes on from its last committed page" in page
     assert "Connecting…" not in page
 
-    # Nothing committed to go on from (e.g. moved to another server): a fresh start.
+    # Nothing committed to go on from (e.g. moved to another server): a fresh start,
+    # and still one once it commits pages of its own.
     with store.open_org(orgs_dir(app), "acme") as org:
         sync_state.reset(org)
     assert client.get(json_url).get_json()["resuming"] is False
     assert "Connecting…" in client.get(url).get_data(as_text=True)
+    with store.open_org(orgs_dir(app), "acme") as org, org.db.conn:
+        sync_state.save_checkpoint(org.db, sync_state.Checkpoint(
+            "account", PUBLIC_SERVER + "accounts?$skiptoken=50", False, None))
+    assert client.get(json_url).get_json()["resuming"] is False

@@ -51,6 +51,11 @@ def _accounts(client: Side) -> int:
         return 0
 
 
+def _resuming(client: Side, connection_id: int) -> bool:
+    with client.app.app_context():
+        return runs.resuming(get_db(), client.orgs_dir, connection_id, "cli")
+
+
 def _reconnect(client: Side, connection_id: int, url: str, password: str = ADMIN_PASSWORD):
     with client.app.app_context():
         db = get_db()
@@ -87,9 +92,11 @@ def test_reconnect_to_another_server_after_a_kill_starts_fresh(two_servers,
 
         assert any("resumed" in line for line in recover(get_db(), get_redis()))
     assert client.connection(connection_id).status == "failed"
+    assert _resuming(client, connection_id)  # the queued connect would go on from A's pages
     served_by_a = proxy.served.copy()
     moved = _reconnect(client, connection_id, url_b)
     assert (moved.url, moved.status) == (url_b, "pending")
+    assert not _resuming(client, connection_id)  # a fresh start on B
     with client.org("cli") as c:
         # Dropped with the reconnect: A's records, versions, keys and checkpoints.
         assert set(snapshot(c, ["account"])["account"]) == {mine}

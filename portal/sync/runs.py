@@ -111,10 +111,11 @@ def resuming(db: Database, orgs_dir: str | Path, connection_id: int, org_name: s
 
     It does when the run of its kind before it did not succeed (killed, failed,
     stopped by the server's limits) and the client org holds committed pages
-    to go on from; a reconnect to another server drops those, so it starts fresh.
+    to go on from, committed before this run began; a reconnect to another server
+    drops those, so it starts fresh (and stays so while it commits pages of its own).
     """
     active = db.execute(
-        "SELECT id, kind FROM sync_runs WHERE connection_id = ? AND status IN (?, ?) "
+        "SELECT id, kind, started FROM sync_runs WHERE connection_id = ? AND status IN (?, ?) "
         "AND kind IN ('connect', 'sync') ORDER BY id DESC LIMIT 1",
         [connection_id, *ACTIVE]).fetchone()
     if active is None:
@@ -125,7 +126,8 @@ def resuming(db: Database, orgs_dir: str | Path, connection_id: int, org_name: s
     if before is None or before[0] == RunStatus.SUCCEEDED:
         return False
     with store.open_org(orgs_dir, org_name) as org:
-        return bool(sync_state.last_downloads(org))
+        # Pages committed before this run began (or was asked for), not by this run itself.
+        return any(moved < active[2] for moved in sync_state.last_downloads(org).values())
 
 
 def abandoned_streak(db: Database, connection_id: int, kind: str) -> int:
