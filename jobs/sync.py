@@ -171,6 +171,9 @@ def working_on(connection_id: int, kind: str, trigger: str,
         job = get_current_job()
         run_id = runs.start_run(db, connection_id, connection.org_id, kind, trigger,
                                 job.id if job else None, run_id)
+        # Read again now that the run is recorded: a reconnect to another server
+        # committed before this point is seen; one after it is refused (a job works).
+        connection = connections.get_connection(db, connection_id)
         if kind == "connect":
             connections.set_status(db, connection_id, ConnectionStatus.CONNECTING,
                                    job_id=job.id if job else None)

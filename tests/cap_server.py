@@ -29,7 +29,8 @@ from typing import Any
 import pytest
 import requests
 
-from tests.portal_process import _die_with_parent, free_port, terminate
+from portal.processes import stop_child
+from tests.portal_process import _die_with_parent, free_port
 
 CAP_DIR = Path(__file__).resolve().parent / "cap"
 SERVICE_PATH = "/odata/v4/crm/"
@@ -125,12 +126,12 @@ class CapServer:
             except requests.RequestException:  # not listening yet
                 pass
             time.sleep(0.1)
-        terminate(self.process)
+        stop_child(self.process)
         return False
 
     def stop(self) -> None:
         """Stop node (SIGTERM to its PID, SIGKILL after 10 s) and close the log."""
-        terminate(self.process)
+        stop_child(self.process)
         if not self._log.closed:
             self._log.close()
         if self._own_log_dir:

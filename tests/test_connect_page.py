@@ -295,3 +295,55 @@ def test_status_page_retry_is_refused_unless_the_connection_failed(
     assert response.status_code == 302
     assert "nothing to try again" in client.get(response.headers["Location"]).get_data(
         as_text=True)
+
+
+def test_status_page_says_resuming_when_a_killed_connect_goes_on(
+        app: Flask, client: FlaskClient, connected_page) -> None:
+    from portal.orgs import sync_state
+    from portal.sync import runs
+
+    connection_id, url = connected_page
+    json_url = url.replace("/status?", "/status.json?")
+    with app.app_context():
+        db = get_db()
+        connection = connections.get_connection(db, connection_id)
+        queued = runs.running_run(db, connection_id, runs.RunStatus.QUEUED)
+        assert queued is not None
+        # Its worker took it up, committed a page of accounts, and was killed.
+        runs.start_run(db, connection_id, connection.org_id, "connect", "connect", None,
+                       queued["id"])
+    set_state(app, connection_id, "connecting", step="download", entity="account", done=50,
+              total=400)
+    assert client.get(json_url).get_json()["resuming"] is False  # the first attempt
+    assert "Connecting…" in client.get(url).get_data(as_text=True)
+    with store.open_org(orgs_dir(app), "acme") as org, org.db.conn:
+        sync_state.save_checkpoint(org.db, sync_state.Checkpoint(
+            "account", PUBLIC_SERVER + "accounts?$skiptoken=50", False, None))
+        org.db.execute("UPDATE _sync_state SET updated = '2026-01-01T00:00:00Z'")  # before
+    with app.app_context():
+        db = get_db()
+        assert runs.end_active(db, queued["id"], runs.ABANDONED + " (its lock expired)")
+        connections.set_status(db, connection_id, "failed", error=runs.ABANDONED)
+        runs.request_run(db, connection_id, connection.org_id, "connect", "connect")  # resumed
+        connections.set_status(db, connection_id, "pending")
+    state = client.get(json_url).get_json()
+    assert state["resuming"] is True and state["status"] == "pending"
+    page = client.get(url).get_data(as_text=True)
+    assert "Waiting for a worker to resume the connect job from where it stopped" in page
+
+    set_state(app, connection_id, "connecting", step="download", entity="account", done=50,
+              total=400)
+    page = client.get(url).get_data(as_text=True)
+    assert "Resuming: the connect goes on from its last committed page" in page
+    assert "Connecting…" not in page
+
+    # Nothing committed to go on from (e.g. moved to another server): a fresh start,
+    # and still one once it commits pages of its own.
+    with store.open_org(orgs_dir(app), "acme") as org:
+        sync_state.reset(org)
+    assert client.get(json_url).get_json()["resuming"] is False
+    assert "Connecting…" in client.get(url).get_data(as_text=True)
+    with store.open_org(orgs_dir(app), "acme") as org, org.db.conn:
+        sync_state.save_checkpoint(org.db, sync_state.Checkpoint(
+            "account", PUBLIC_SERVER + "accounts?$skiptoken=50", False, None))
+    assert client.get(json_url).get_json()["resuming"] is False

@@ -235,3 +235,18 @@ def test_metadata_queries_we_do_not_serve_say_why(client: FlaskClient, sales_org
     answer = client.get(ROOT + quote(path, safe="/?&=$(),'*:"), headers=AUTH)
     assert answer.status_code == status
     assert words in answer.json["error"]["message"]
+
+
+def test_metadata_id_keys_in_every_guid_spelling(client: FlaskClient, sales_org: OrgDb) -> None:
+    """A MetadataId key is read by the one GUID rule (portal.orgs.types.guid_text)."""
+    entity, attribute = metadata_id("account"), metadata_id("account", "name")
+    for key in (entity, entity.upper(), f"'{entity}'", "{" + entity + "}"):
+        assert get(client, f"EntityDefinitions({key})?$select=LogicalName")[
+            "LogicalName"] == "account"
+        assert get(client, f"EntityDefinitions({key})/Attributes({attribute.upper()})"
+                   "?$select=LogicalName")["LogicalName"] == "name"
+    for bad in (entity[:-1], f"'{entity}", entity + "0"):
+        answer = client.get(ROOT + quote(f"EntityDefinitions({bad})", safe="/?&=$(),'*"),
+                            headers=AUTH)
+        assert answer.status_code == 400
+        assert "is not LogicalName='<name>' or a MetadataId" in answer.json["error"]["message"]

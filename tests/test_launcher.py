@@ -8,6 +8,7 @@ import sys
 import tempfile
 import time
 from pathlib import Path
+from typing import Any
 
 import requests
 
@@ -58,13 +59,18 @@ def _alive(pid: int) -> bool:
     return stat.rsplit(")", 1)[1].split()[0] != "Z"
 
 
-def test_launcher_starts_everything_and_sigterm_leaves_no_process() -> None:
-    instance = tempfile.mkdtemp(prefix="L", dir="/tmp")  # short: it holds the Redis socket
+def _launch(prefix: str, **output: Any) -> tuple[str, int, subprocess.Popen[bytes]]:
+    """`make run`'s launcher on a new instance folder and a free port, its own bundled Redis."""
+    instance = tempfile.mkdtemp(prefix=prefix, dir="/tmp")  # short: it holds the Redis socket
     port = _free_port()
     env = {k: v for k, v in os.environ.items() if k != "REDIS_URL"}
     env.update(PORTAL_INSTANCE_PATH=instance, PORT=str(port))
-    launcher = subprocess.Popen([sys.executable, "-m", "jobs.launcher"], cwd=ROOT, env=env,
-                                stdout=subprocess.PIPE, stderr=subprocess.STDOUT)
+    return instance, port, subprocess.Popen([sys.executable, "-m", "jobs.launcher"], cwd=ROOT,
+                                            env=env, **output)
+
+
+def test_launcher_starts_everything_and_sigterm_leaves_no_process() -> None:
+    instance, port, launcher = _launch("L", stdout=subprocess.PIPE, stderr=subprocess.STDOUT)
     try:
         deadline = time.monotonic() + 60
         health = None
@@ -108,3 +114,38 @@ def test_launcher_starts_everything_and_sigterm_leaves_no_process() -> None:
             launcher.kill()
         output, _ = launcher.communicate(timeout=30)
     assert "Traceback" not in output.decode(), output.decode()
+
+
+def test_launcher_killed_outright_leaves_no_redis_server_nor_other_process() -> None:
+    """SIGKILL runs no handler of the launcher: its children die with it (PR_SET_PDEATHSIG)."""
+    instance, _, launcher = _launch("K", stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+    children: set[int] = set()
+    try:
+        deadline = time.monotonic() + 90
+        while time.monotonic() < deadline:
+            children = _family(launcher.pid, instance)
+            commands = [_processes().get(p, (0, ""))[1] for p in children]
+            if all(any(name in c for c in commands)
+                   for name in ("redis-server", "gunicorn", "rq worker", "rq cron")):
+                break
+            time.sleep(0.3)
+        redis_servers = {p for p in children
+                         if "redis-server" in _processes().get(p, (0, ""))[1]}
+        assert len(redis_servers) == 1, "the bundled redis-server never started"
+        launcher.kill()
+        launcher.wait(10)
+        deadline = time.monotonic() + 30
+        while time.monotonic() < deadline and any(_alive(p) for p in children):
+            time.sleep(0.2)
+        assert not [p for p in redis_servers if _alive(p)], "the redis-server was left behind"
+        left = {p: _processes().get(p) for p in children if _alive(p)}
+        assert not left, f"left behind: {left}"
+    finally:
+        for pid in children | _family(launcher.pid, instance):  # a failed assertion above
+            try:
+                os.kill(pid, signal.SIGKILL)
+            except OSError:
+                pass
+        if launcher.poll() is None:
+            launcher.kill()
+            launcher.wait(10)

@@ -275,19 +275,40 @@ def test_sync_chain_a_to_b_to_c_and_back(
     last = Side(tmp_path / "c", middle.redis_url)
     last.create_org("end", template=None)
     b_to_c = last.connect_now(redis, "end", b_process.odata_root("cli"))
+    hops = [(server, "srv", middle, "cli"), (middle, "cli", last, "end")]
+    _chain_identical(hops)  # both connects ended identical, hop by hop
     with last.org("end") as c:
         made = records.create_record(c, "account", {"name": "made on C"})
-    last.sync_now(redis, b_to_c)  # C -> B (B records it as its own offline transaction)
-    middle.sync_now(redis, a_to_b)  # B -> A
+    _synced(last, redis, b_to_c)  # C -> B (B records it as its own offline transaction)
+    _synced(middle, redis, a_to_b)  # B -> A
     with server.org("srv") as a:
         assert records.get_record(a, "account", made["accountid"])["name"] == "made on C"  # type: ignore[index]
         records.update_record(a, "account", made["accountid"], {"name": "changed on A"})
-    middle.sync_now(redis, a_to_b)  # A -> B
-    last.sync_now(redis, b_to_c)  # B -> C
+    _synced(middle, redis, a_to_b)  # A -> B
+    _synced(last, redis, b_to_c)  # B -> C
     with last.org("end") as c:
         assert records.get_record(c, "account", made["accountid"])["name"] == "changed on A"  # type: ignore[index]
+    _chain_identical(hops)
     with server.org("srv") as a, last.org("end") as c:
         assert snapshot(a, SALES) == snapshot(c, SALES)
+
+
+def _synced(side: Side, redis: Redis, connection_id: int) -> None:
+    """One sync run of the connection, which must succeed (a failed run is named, not hidden)."""
+    from portal.db import get_db
+    from portal.sync import runs
+
+    side.sync_now(redis, connection_id)
+    with side.app.app_context():
+        newest = runs.list_runs(get_db(), side.connection(connection_id).org_id)[0]
+    assert (newest["kind"], newest["status"]) == ("sync", "succeeded"), newest
+
+
+def _chain_identical(hops: list[tuple[Side, str, Side, str]]) -> None:
+    """Each server org and its client hold the same records: a difference names its hop."""
+    for server, server_org, client, client_org in hops:
+        with server.org(server_org) as s, client.org(client_org) as c:
+            assert_identical(s, c, SALES)
 
 
 @resco_only

@@ -26,7 +26,7 @@ from portal.errors import InvalidInput, PortalError
 from portal.orgs import registry, transactions
 from portal.orgs.store import open_org, orgs_path
 from portal.queue import JobState, enqueue_run, get_redis, job_state
-from portal.sync import connections, runs
+from portal.sync import connections, registration, runs
 from portal.sync.connections import Connection
 
 sync_cli = PortalGroup("sync",
@@ -256,9 +256,10 @@ def connect(org: str, kind: str, url: str, user: str, password_stdin: bool, auth
     existing = connections.connection_of_org(db, org)
     if existing is not None and existing.status in ("failed", "pending"):
         # A connection that never connected: point it at the new values.
-        connection = connections.update_server(db, key, existing.id, backend=backend.key,
-                                               url=url, username=user, password=password,
-                                               server_options=options)
+        connection = registration.reconnect(
+            db, orgs_path(current_app), key, existing, backend=backend.key, url=url,
+            username=user, password=password,
+            allow_private=current_app.config["ALLOW_PRIVATE_SERVERS"], server_options=options)
         said = "changed"
     else:
         connection = connections.create_connection(

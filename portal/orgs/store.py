@@ -23,6 +23,7 @@ from sqlite_utils.migrations import Migrations
 from portal.db import connect, immediate
 from portal.errors import NotFound
 from portal.orgs.metadata import Attribute, Entity, Option
+from portal.orgs.types import FOLD_SQL, fold_text
 
 if TYPE_CHECKING:  # the data layer takes an app for its settings only, never imports Flask
     from flask import Flask
@@ -219,6 +220,8 @@ def open_org(orgs_dir: str | Path, name: str, *, create: bool = False) -> OrgDb:
     if not create and not path.exists():
         raise NotFound(f"org {name!r} does not exist")
     db = connect(path)
+    # Text comparisons of queries and filters (portal.orgs.types.fold_text).
+    db.conn.create_function(FOLD_SQL, 1, fold_text, deterministic=True)
     if org_migrations.pending(db):
         with immediate(db):
             org_migrations.apply(db)

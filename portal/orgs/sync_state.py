@@ -15,7 +15,9 @@ import orjson
 from sqlite_utils import Database
 
 from portal.db import immediate, utcnow
+from portal.orgs import records, transactions
 from portal.orgs.store import OrgDb
+from portal.orgs.transactions import TransactionStatus
 
 
 @dataclass
@@ -53,6 +55,35 @@ def reset(org: OrgDb, entity: str | None = None) -> None:
             org.db.execute("DELETE FROM _sync_state")
         else:
             org.db.execute("DELETE FROM _sync_state WHERE entity = ?", [entity])
+
+
+def forget_server(org: OrgDb, reason: str) -> tuple[int, int]:
+    """Drop all the client holds of its server, in one transaction: (records, transactions).
+
+    For a connection moved to another server: the records that came from the
+    old server (those with a server version) leave, with their versions, keys
+    and every checkpoint (delta links), and their open offline transactions are
+    archived with `reason` (the new server never had those records). Records
+    created here and not yet uploaded stay, their transactions pending for the
+    new server.
+    """
+    with immediate(org.db):
+        entities = org.entities()
+        removed = archived = 0
+        for entity, ids_json in org.db.execute(
+                "SELECT entity, json_group_array(id) FROM _server_versions GROUP BY entity"
+        ).fetchall():
+            ids = orjson.loads(ids_json)
+            if entity in entities:
+                removed += records.delete_records(org, entity, ids, from_server=True)
+            open_ids = [i for (i,) in org.db.execute(
+                "SELECT id FROM _transactions WHERE entity = ? AND status IN ('pending', 'error')"
+                " AND record_id IN (SELECT value FROM json_each(?))", [entity, ids_json])]
+            transactions.mark(org.db, open_ids, TransactionStatus.ARCHIVED, reason)
+            archived += len(open_ids)
+        org.db.execute("DELETE FROM _server_versions")
+        org.db.execute("DELETE FROM _sync_state")
+    return removed, archived
 
 
 def server_versions(org: OrgDb, entity: str, ids: list[str]) -> dict[str, str]:

@@ -189,6 +189,21 @@ class Family:
         raise NotImplementedError
 
 
+# How text compares, everywhere a query or filter compares it: case-insensitively,
+# as Dataverse's default collation does — sync filters (in memory), FetchXML and
+# $filter on both roots (the Dataverse Web API and the Org API, which follows
+# Dataverse's conventions, so one sync filter selects the same records through
+# either root and on either side of a sync), and metadata $filter. Both sides of a
+# comparison are folded by str.casefold (Unicode, not only A-Z); in SQL by the
+# function FOLD_SQL, which every org file's connection has (store.open_org).
+FOLD_SQL = "fold_text"
+
+
+def fold_text(value: Any) -> Any:
+    """Text in the form it compares in (casefolded); other values as they are."""
+    return value.casefold() if isinstance(value, str) else value
+
+
 class TextFamily(Family):
     """string, memo: text up to the attribute's maxlength; compared case-insensitively."""
 
@@ -225,7 +240,7 @@ class TextFamily(Family):
         return value
 
     def comparable(self, value: Any) -> Any:
-        return value.casefold() if isinstance(value, str) else NO_VALUE
+        return fold_text(value) if isinstance(value, str) else NO_VALUE
 
 
 class IntegerFamily(Family):

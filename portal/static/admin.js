@@ -21,13 +21,15 @@
     var bar = document.getElementById("run-bar");
     if (state.state === "queued") {
       text.textContent = "A " + state.kind + " job is " +
-        (state.job_status === "started" ? "starting" : "waiting for a worker") + "\u2026";
+        (state.job_status === "started" ? "starting" : "waiting for a worker") +
+        (state.resuming ? " to resume from where the last one stopped" : "") + "\u2026";
       bar.removeAttribute("value");
       return;
     }
     var p = state.progress || {};
     text.textContent = "Run " + state.run + " (" + state.kind + ", " + state.trigger +
-      ") is running: " + (p.step || "starting") + " " + (p.entity || "") + " " +
+      ") is " + (state.resuming ? "resuming from where the last one stopped" : "running") +
+      ": " + (p.step || "starting") + " " + (p.entity || "") + " " +
       number(p.done || 0) + (p.total ? " of " + number(p.total) : "") + " records";
     if (state.percent !== null && state.percent !== undefined) {
       bar.max = 100;

@@ -8,11 +8,16 @@
   var marks = { done: "\u2713", running: "\u2026", failed: "\u2717", todo: "\u25cb" };
   var texts = { pending: "Waiting for a worker to start the connect job\u2026",
                 connecting: "Connecting\u2026" };
+  // A connect going on from the pages an interrupted one committed (state.resuming).
+  var resumingTexts = {
+    pending: "Waiting for a worker to resume the connect job from where it stopped\u2026",
+    connecting: "Resuming: the connect goes on from its last committed page\u2026" };
   function number(n) { return n === null || n === undefined ? "?" : n.toLocaleString("en"); }
 
   function show(state) {
     if (state.final) { window.location.reload(); return true; }
-    document.getElementById("status-text").textContent = texts[state.status] || state.status;
+    document.getElementById("status-text").textContent = (state.resuming && resumingTexts[state.status]) ||
+      texts[state.status] || state.status;
     state.steps.forEach(function (step) {
       var item = document.querySelector('#steps [data-step="' + step.step + '"]');
       if (item) {

@@ -14,6 +14,7 @@ from dataclasses import dataclass, field
 from datetime import UTC, datetime, timedelta
 from enum import StrEnum
 from typing import Any
+from urllib.parse import urlsplit, urlunsplit
 
 from sqlite_utils import Database
 
@@ -155,6 +156,24 @@ def update_server(db: Database, key: bytes, connection_id: int, *, backend: str,
              ConnectionStatus.PENDING,
              utcnow(), connection_id])
     return get_connection(db, connection_id)
+
+
+def server_identity(backend: str, url: str) -> tuple[str, str]:
+    """What names a server (and its org): the backend type and the URL, case-folded where
+    URLs ignore case (scheme, host) and without a trailing slash."""
+    parts = urlsplit(url.strip())
+    path = parts.path.rstrip("/")
+    return (available_backend(backend).key,
+            urlunsplit((parts.scheme.lower(), parts.netloc.lower(), path, parts.query, "")))
+
+
+def reset_entities(db: Database, connection_id: int) -> None:
+    """Entity settings back to their defaults (enabled, Sync Deletion, no filter): a new server."""
+    # The names stay: they tell the metadata copy which client entities were the old
+    # server's, so those the new server lacks leave the client.
+    with immediate(db):
+        db.execute("UPDATE connection_entities SET enabled = 1, sync_deletion = 1, filter = NULL "
+                   "WHERE connection_id = ?", [connection_id])
 
 
 def change_credentials(db: Database, key: bytes, connection_id: int, *, username: str,

@@ -21,7 +21,7 @@ from defusedxml.ElementTree import fromstring
 
 from portal.errors import InvalidInput
 from portal.orgs.metadata import NAME_RE, SYSTEM_ATTRIBUTES, Attribute, Entity, system_attributes
-from portal.orgs.types import NO_VALUE, TYPES
+from portal.orgs.types import NO_VALUE, TYPES, fold_text
 
 # Limits against hostile or runaway input. Dataverse allows 500 conditions per
 # <filter> element; we count them over the whole tree, which is stricter.
@@ -391,8 +391,8 @@ def _like_regex(pattern: str) -> re.Pattern[str]:
             parts.append(re.escape(token[1]))
         else:
             parts.append(f"[{'^' if token[1] else ''}{_regex_class(token[2])}]")
-    # Case-insensitive as Dataverse's default collation is.
-    return re.compile("".join(parts), re.IGNORECASE | re.DOTALL)
+    # Matched against folded text (types.fold_text): case-insensitive as Dataverse is.
+    return re.compile("".join(parts), re.DOTALL)
 
 
 # --------------------------------------------------------------------- OData
@@ -497,7 +497,8 @@ def _condition_matches(cond: Condition, raw: Any) -> bool:
     if op in LIKE_OPERATORS:
         if not isinstance(raw, str):
             return False
-        found = _like_regex(str(cond.values[0])).fullmatch(raw) is not None
+        found = _like_regex(fold_text(str(cond.values[0]))).fullmatch(fold_text(raw)) \
+            is not None
         return found if op == "like" else not found
     # An unchecked filter is typed after the record's value.
     kind = cond.attribute_type or _kind_of(raw)

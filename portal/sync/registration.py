@@ -21,7 +21,7 @@ from portal.backends.registry import available_backend
 from portal.backends.server_urls import Resolver, check_server_url, resolve
 from portal.db import immediate
 from portal.errors import InvalidInput, NotFound
-from portal.orgs import registry, store, transactions
+from portal.orgs import registry, store, sync_state, transactions
 from portal.orgs.metadata import NAME_RE, Entity
 from portal.orgs.store import OrgDb
 from portal.sync import connections, filters, runs
@@ -201,19 +201,44 @@ def connect_existing(db: Database, key: bytes, org_id: int, *, backend: str, url
     return connection
 
 
-def reconnect(db: Database, key: bytes, connection: Connection, *, backend: str, url: str,
-              username: str, password: str, allow_private: bool,
+def reconnect(db: Database, orgs_dir: str | Path, key: bytes, connection: Connection, *,
+              backend: str, url: str, username: str, password: str, allow_private: bool,
               setup: RequestedSetup | None = None, resolver: Resolver = resolve,
               server_options: dict[str, str] | None = None) -> Connection:
-    """Point a pending or failed connection at (corrected) server values, with its requests."""
-    available_backend(backend)
+    """Point a pending or failed connection at (corrected) server values, with its requests.
+
+    The one place a connection is pointed at a server again. The same server
+    (backend type and URL) resumes: the next connect goes on from the last
+    committed page. Another server starts fresh: what the client holds of the
+    old one (its records, server versions and keys, checkpoints and delta
+    links, entity settings) is dropped before the connection names the new one,
+    and open offline transactions of the old server's records are archived.
+    """
+    kind = available_backend(backend)
     url = check_server_url(url, allow_private=allow_private, resolver=resolver)
     if not username:
         raise InvalidInput("enter the server user name", field="username")
     if not password:
         raise InvalidInput("enter the server password", field="password")
+    # The registry's write lock is held throughout: no job can start on the
+    # connection in between (a job records its run, and re-reads the connection,
+    # after taking the connection's lock).
     with immediate(db):
-        updated = connections.update_server(db, key, connection.id, backend=backend, url=url,
+        current = connections.get_connection(db, connection.id)
+        if current.status == ConnectionStatus.CONNECTING or \
+                runs.running_run(db, connection.id) is not None:
+            raise InvalidInput("a job is working on this connection: wait until it has ended",
+                               field="connection")
+        if connections.server_identity(current.backend, current.url) != \
+                connections.server_identity(kind.key, url):
+            # Two files, two commits: the client's is first. Killed between them, the
+            # connection still names the old server and the client starts that one
+            # afresh: nothing of one server is ever followed on another.
+            with store.open_org(orgs_dir, current.org_name) as org:
+                sync_state.forget_server(org, f"the connection moved from {current.url} to "
+                                              f"{url}: this record was the old server's")
+            connections.reset_entities(db, connection.id)
+        updated = connections.update_server(db, key, connection.id, backend=kind.key, url=url,
                                             username=username, password=password,
                                             server_options=server_options)
         store_requested_setup(db, connection.id, setup)
@@ -300,7 +325,7 @@ def connect_request(db: Database, orgs_dir: str | Path, key: bytes, org: str, as
     if found.status == ConnectionStatus.CONNECTING:
         return ConnectDecision(ConnectAction.BUSY, found, f"{org} is being connected right now")
     server = ask.server()  # pending or failed: connect again with the values sent
-    connection = reconnect(db, key, found, backend=server.backend, url=server.url,
+    connection = reconnect(db, orgs_dir, key, found, backend=server.backend, url=server.url,
                            username=server.username, password=server.password,
                            allow_private=allow_private, setup=setup, resolver=resolver,
                            server_options=server.options)

@@ -3,12 +3,14 @@
 import json
 from dataclasses import dataclass
 from enum import StrEnum
+from pathlib import Path
 from typing import Any
 
 from sqlite_utils import Database
 
 from portal.db import immediate, utcnow
 from portal.errors import InvalidInput
+from portal.orgs import store, sync_state
 
 KINDS = ("connect", "sync", "metadata", "upload")
 LEVELS = ("info", "conflict", "error")
@@ -102,6 +104,30 @@ def active_runs(db: Database) -> list[dict[str, Any]]:
 def abandoned(run: dict[str, Any]) -> bool:
     """Whether a run ended because its worker stopped."""
     return run["status"] == RunStatus.FAILED and (run["error"] or "").startswith(ABANDONED)
+
+
+def resuming(db: Database, orgs_dir: str | Path, connection_id: int, org_name: str) -> bool:
+    """Whether the connect or sync run queued or going on now resumes one that stopped short.
+
+    It does when the run of its kind before it did not succeed (killed, failed,
+    stopped by the server's limits) and the client org holds committed pages
+    to go on from, committed before this run began; a reconnect to another server
+    drops those, so it starts fresh (and stays so while it commits pages of its own).
+    """
+    active = db.execute(
+        "SELECT id, kind, started FROM sync_runs WHERE connection_id = ? AND status IN (?, ?) "
+        "AND kind IN ('connect', 'sync') ORDER BY id DESC LIMIT 1",
+        [connection_id, *ACTIVE]).fetchone()
+    if active is None:
+        return False
+    before = db.execute("SELECT status FROM sync_runs WHERE connection_id = ? AND kind = ? "
+                        "AND id < ? ORDER BY id DESC LIMIT 1",
+                        [connection_id, active[1], active[0]]).fetchone()
+    if before is None or before[0] == RunStatus.SUCCEEDED:
+        return False
+    with store.open_org(orgs_dir, org_name) as org:
+        # Pages committed before this run began (or was asked for), not by this run itself.
+        return any(moved < active[2] for moved in sync_state.last_downloads(org).values())
 
 
 def abandoned_streak(db: Database, connection_id: int, kind: str) -> int:

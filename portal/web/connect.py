@@ -33,7 +33,7 @@ from portal.orgs.store import orgs_path
 from portal.queue import Job, enqueue_run, get_redis
 from portal.sync import connections, runs
 from portal.sync.connections import Connection, ConnectionStatus
-from portal.sync.registration import register_connection
+from portal.sync.registration import reconnect, register_connection
 from portal.web import rate_limits
 from portal.web.forms import ConnectForm, ResumeForm, RetryForm
 
@@ -114,7 +114,11 @@ def state(connection: Connection) -> dict[str, Any]:
     percent = None
     if isinstance(done, int) and isinstance(total, int) and total > 0:
         percent = min(100, round(100 * done / total))
-    return {"org": connection.org_name, "status": connection.status,
+    # A connect going on from the pages an interrupted one committed (after a kill,
+    # a failure): the page says so instead of "connecting".
+    resuming = connection.status not in FINAL and runs.resuming(
+        get_db(), _orgs_dir(), connection.id, connection.org_name)
+    return {"org": connection.org_name, "status": connection.status, "resuming": resuming,
             "error": connection.error, "progress": progress, "percent": percent,
             "steps": steps, "final": connection.status in FINAL,
             "odata_root": odata_root(connection.org_name)}
@@ -195,10 +199,11 @@ def retry(org: str) -> ResponseReturnValue:
         return redirect(status_url(connection))
     if form.validate_on_submit():
         try:
-            connection = connections.update_server(
-                get_db(), load_key(current_app.instance_path), connection.id,
-                backend=form.backend.data, url=form.server_url.data,
+            connection = reconnect(
+                get_db(), orgs_path(current_app), load_key(current_app.instance_path),
+                connection, backend=form.backend.data, url=form.server_url.data,
                 username=form.server_username.data, password=form.server_password.data,
+                allow_private=current_app.config["ALLOW_PRIVATE_SERVERS"],
                 server_options=form.server_options())
         except InvalidInput as refused:
             form.add_error(refused)

@@ -28,7 +28,7 @@ from portal import crypto
 from portal.db import get_db
 from portal.errors import InvalidInput
 from portal.orgs import transactions
-from portal.orgs.store import OrgDb
+from portal.orgs.store import OrgDb, orgs_path
 from portal.queue import check_result, enqueue_check, get_redis, is_check_of, job_state
 from portal.sync import connections, filters, overview, registration, runs
 from portal.sync.connections import Connection
@@ -97,7 +97,7 @@ def run_state(connection: Connection | None) -> dict[str, Any]:
         queued = runs.running_run(get_db(), connection.id, RunStatus.QUEUED)
         if queued is not None:
             return {"state": "queued", "kind": queued["kind"], "job_status": "queued",
-                    "status": connection.status}
+                    "status": connection.status, "resuming": _resuming(connection)}
         return {"state": "idle", "kind": None, "status": connection.status}
     progress = connection.progress or {}
     done, total = progress.get("done"), progress.get("total")
@@ -106,7 +106,13 @@ def run_state(connection: Connection | None) -> dict[str, Any]:
         percent = min(100, round(100 * done / total))
     return {"state": "running", "kind": running["kind"], "run": running["id"],
             "trigger": running["trigger"], "started": running["started"],
-            "progress": progress, "percent": percent, "status": connection.status}
+            "progress": progress, "percent": percent, "status": connection.status,
+            "resuming": _resuming(connection)}
+
+
+def _resuming(connection: Connection) -> bool:
+    """Whether the queued or running connect or sync goes on from an interrupted one's pages."""
+    return runs.resuming(get_db(), orgs_path(current_app), connection.id, connection.org_name)
 
 
 def _page(template: str, **context: Any) -> str:
@@ -232,7 +238,7 @@ def connector(org: str) -> ResponseReturnValue:
                 queue_run(connection, "connect", "connector")
             else:
                 connection = registration.reconnect(
-                    db, _key(), connection, backend=form.backend.data,
+                    db, orgs_path(current_app), _key(), connection, backend=form.backend.data,
                     url=form.server_url.data, username=form.server_username.data,
                     password=form.server_password.data, allow_private=allow_private,
                     server_options=form.server_options())

@@ -15,7 +15,7 @@ from typing import Any
 from portal.orgs import keys as org_keys
 from portal.orgs.metadata import Attribute, Entity, Option
 from portal.orgs.relationships import names as relationship_names
-from portal.orgs.types import TYPES
+from portal.orgs.types import TYPES, guid_text
 from portal.web.odata import relationships
 from portal.web.odata.messages import (
     ApiRequest,
@@ -169,8 +169,6 @@ CASTS["Microsoft.Dynamics.CRM.EnumAttributeMetadata"] = "EnumAttributeMetadata"
 RELATIONSHIP_CASTS = {f"Microsoft.Dynamics.CRM.{kind}": kind
                       for kind in (relationships.ONE_TO_MANY, relationships.MANY_TO_MANY)}
 SEGMENT_RE = re.compile(r"^([A-Za-z_][\w.]*)(?:\((.*)\))?$")
-GUID_RE = re.compile(r"^'?([0-9a-fA-F]{8}-[0-9a-fA-F]{4}-[0-9a-fA-F]{4}-[0-9a-fA-F]{4}"
-                     r"-[0-9a-fA-F]{12})'?$")
 OPTIONS = {"$select", "$filter", "$expand", "$format"}
 # Adds what $expand asks to an item: (its full definition, the item answered).
 Expander = Callable[[dict[str, Any], dict[str, Any]], None]
@@ -302,16 +300,25 @@ def handle(req: ApiRequest, path: str) -> ApiResponse:
     return _entity_definitions(req, segments)
 
 
+def metadata_key(text: str) -> str | None:
+    """The MetadataId a key names (a GUID, bare or in quotes), in stored form; None if none."""
+    quoted = len(text) > 1 and text[0] == text[-1] == "'"
+    try:
+        return guid_text(text[1:-1] if quoted else text)
+    except ValueError:
+        return None
+
+
 def find_entity(req: ApiRequest, key: str) -> Entity:
     """The entity a key names: LogicalName='x' or its MetadataId; 404 if none."""
     text = key.strip()
     match = re.match(r"^LogicalName\s*=\s*'([^']*)'$", text)
-    guid = GUID_RE.match(text)
+    guid = metadata_key(text)
     if match is None and guid is None:
         raise bad_request(f"{key!r} is not LogicalName='<name>' or a MetadataId", "key")
     for entity in req.org.entities().values():
         if (match and entity.logicalname == match.group(1)) or (
-                guid and metadata_id(entity.logicalname) == guid.group(1).lower()):
+                guid and metadata_id(entity.logicalname) == guid):
             return entity
     raise ProtocolError(404, "NotFound", f"Could not find an entity with {text}")
 
@@ -321,12 +328,12 @@ def find_definition(items: list[dict[str, Any]], key: str, name_property: str, w
     """The item a key names: {name_property}='x' or its MetadataId; 404 if none."""
     text = key.strip()
     match = re.match(rf"^{name_property}\s*=\s*'([^']*)'$", text)
-    guid = GUID_RE.match(text)
+    guid = metadata_key(text)
     if match is None and guid is None:
         raise bad_request(f"{key!r} is not {name_property}='<name>' or a MetadataId", "key")
     for item in items:
         if (match and item[name_property] == match.group(1)) or (
-                guid and item["MetadataId"] == guid.group(1).lower()):
+                guid and item["MetadataId"] == guid):
             return item
     raise ProtocolError(404, "NotFound", f"Could not find {what} {text}")
 

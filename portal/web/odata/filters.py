@@ -4,6 +4,7 @@ Every property is looked up in the entity's metadata before any SQL is made,
 column names come only from the metadata, and every literal becomes a `?`
 parameter converted to the stored form of the property it is compared with
 (GUIDs lower-case, date-times as UTC text to the second, booleans as 0/1).
+Text compares case-insensitively, both sides folded (portal.orgs.types.fold_text).
 """
 
 import re
@@ -16,7 +17,7 @@ from odata_query.grammar import ODataLexer, ODataParser
 from odata_query.visitor import NodeVisitor
 
 from portal.orgs.metadata import Attribute, Entity
-from portal.orgs.types import TYPES
+from portal.orgs.types import FOLD_SQL, TYPES, fold_text
 from portal.web.odata import query_functions
 from portal.web.odata.messages import ProtocolError, bad_request
 
@@ -182,9 +183,14 @@ class SqlFilter(NodeVisitor):
                 return Expr(f"({left.sql} IS {'NOT ' if sql_op == '!=' else ''}NULL)",
                             "boolean", left.params)
             value = self.value(right.literal, kind, left.name)
+            if is_text(kind):
+                return Expr(f"({fold(left.sql)} {sql_op} ?)", "boolean",
+                            left.params + [fold_text(value)])
             return Expr(f"({left.sql} {sql_op} ?)", "boolean", left.params + [value])
         if not compatible(kind, right.kind):
             raise bad_request(f"$filter: cannot compare {kind} with {right.kind}", "$filter")
+        if is_text(kind):
+            left, right = (Expr(fold(e.sql), e.kind, e.params) for e in (left, right))
         # ne between columns must be true when exactly one side is null, as OData says.
         if sql_op == "!=":
             return Expr(f"({left.sql} IS NOT {right.sql})", "boolean", left.params + right.params)
@@ -200,6 +206,9 @@ class SqlFilter(NodeVisitor):
         if not values:
             return Expr("(0)", "boolean", [])
         marks = ",".join("?" * len(values))
+        if is_text(left.kind):
+            return Expr(f"({fold(left.sql)} IN ({marks}))", "boolean",
+                        left.params + [fold_text(v) for v in values])
         return Expr(f"({left.sql} IN ({marks}))", "boolean", left.params + values)
 
     def visit_Call(self, node: ast.Call) -> Expr:
@@ -217,9 +226,9 @@ class SqlFilter(NodeVisitor):
                     not isinstance(args[1].literal, ast.String):
                 raise bad_request(f"$filter: {name}(text property, 'text') expected", "$filter")
             before, after = LIKE_FUNCTIONS[name]
-            text = args[1].literal.val
+            text = fold_text(args[1].literal.val)
             pattern = before + re.sub(r"([\\%_])", r"\\\1", text) + after
-            return Expr(f"({args[0].sql} LIKE ? ESCAPE '\\')", "boolean",
+            return Expr(f"({fold(args[0].sql)} LIKE ? ESCAPE '\\')", "boolean",
                         args[0].params + [pattern])
         if name in TEXT_FUNCTIONS and len(args) == 1 and is_text(args[0].kind):
             return Expr(f"{TEXT_FUNCTIONS[name]}({args[0].sql})", "string", args[0].params)
@@ -250,6 +259,11 @@ class SqlFilter(NodeVisitor):
             of = f" for {name}" if name else ""
             raise bad_request(f"$filter: {literal_text(literal)} is not a valid {kind} value{of}",
                               "$filter") from None
+
+
+def fold(sql: str) -> str:
+    """A text expression as it compares: folded (portal.orgs.types.fold_text)."""
+    return f"{FOLD_SQL}({sql})"
 
 
 def literal_text(node: ast._Node) -> str:
