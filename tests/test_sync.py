@@ -454,6 +454,67 @@ def test_sync_dynamics_through_a_429_storm_waits_as_told_and_ends_identical(
     _same(server, client)
 
 
+dynamics_only = pytest.mark.parametrize("pair", ["dynamics"], indirect=True)
+
+
+def _logs(client: Side, connection_id: int) -> list[str]:
+    from portal.db import get_db
+    from portal.sync import runs
+
+    with client.app.app_context():
+        return [line["message"] for line in
+                runs.list_logs(get_db(), client.connection(connection_id).org_id)]
+
+
+@dynamics_only
+def test_sync_dynamics_expired_delta_token_reads_again_in_full_nothing_lost_or_doubled(
+        pair, redis: Redis) -> None:
+    from portal.orgs import changes
+
+    server, client = pair
+    connection_id = _connect(server, client, redis)
+    with server.org("srv") as a:
+        ids = sorted(r["accountid"] for r in a.db.table("account").rows)
+        records.delete_record(a, "account", ids[0])
+        records.delete_record(a, "account", ids[1])
+        records.update_record(a, "account", ids[2], {"name": "changed while the token aged"})
+        records.create_record(a, "account", {"name": "made while the token aged"})
+        # The org's change history is pruned (as Dataverse's change-tracking window ends):
+        # the connection's delta tokens are older than the feed, so the server refuses
+        # them with ExpiredVersionStamp (0x80044352), and the deletions are not reported.
+        assert changes.forget_tombstones(a, "9999-12-31T00:00:00Z") >= 2
+    with client.org("cli") as b:
+        records.update_record(b, "account", ids[3], {"telephone1": "+421 2 000"})
+        mine = records.create_record(b, "account", {"name": "made on the client meanwhile"})
+    before = _version(server)
+    client.sync_now(redis, connection_id)
+    _same(server, client)
+    assert _version(server) - before == 2  # the client's two writes, each once
+    with client.org("cli") as b:
+        assert records.get_record(b, "account", ids[0]) is None
+        assert records.get_record(b, "account", ids[1]) is None
+        assert records.get_record(b, "account", mine["accountid"]) is not None
+        assert transactions.counts(b) == {"pending": 0, "processed": 2, "error": 0,
+                                          "archived": 0}
+    logged = _logs(client, connection_id)
+    started_over = [m for m in logged if "reading account again in full" in m]
+    assert len(started_over) == 1, logged[:10]
+    assert "Version stamp associated with the client has expired" in started_over[0]
+    assert any(m.startswith("downloaded ") and "deleted 2 " in m for m in logged), logged[:10]
+    # The full read left a new delta link: the next run reads changes again, not all.
+    client.sync_now(redis, connection_id)
+    assert len([m for m in _logs(client, connection_id) if "again in full" in m]) == 1
+    assert _version(server) - before == 2
+    _same(server, client)
+
+
+def _version(side: Side) -> int:
+    from portal.orgs import store
+
+    with side.org("srv") as a:
+        return store.current_version(a.db)
+
+
 @resco_only
 def test_sync_backend_counts_records_for_progress(pair) -> None:
     from portal.backends.resco import RescoBackend

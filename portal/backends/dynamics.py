@@ -313,10 +313,12 @@ class DynamicsBackend(ODataBackend):
             newest = ""
             while True:
                 response = self.request("GET", url, headers=headers)
-                if response.status_code != 200 and link is not None and url != full \
+                if 400 <= response.status_code < 500 and link is not None and url != full \
                         and url == link.removesuffix(RECONCILE):
                     # A delta token too old (or refused): read everything again, and
-                    # let the engine delete what the server no longer has.
+                    # let the engine delete what the server no longer has. A server
+                    # error (5xx after the retries) fails the run instead: the token
+                    # may be good, and the next run tries it again.
                     note = (f"the server refused the saved change link ({response.status_code}:"
                             f" {_message(response)}); reading {entity.logicalname} again in "
                             "full, deletions found by comparing ids")
