@@ -508,6 +508,84 @@ def test_sync_dynamics_expired_delta_token_reads_again_in_full_nothing_lost_or_d
     _same(server, client)
 
 
+def test_sync_dynamics_sends_the_filter_as_odata_filter_on_an_untracked_table(
+        tmp_path: Path, redis_url: str, redis: Redis, portal_process, monkeypatch) -> None:
+    from portal.db import get_db
+    from portal.sync import connections
+    from tests.fault_proxy import FaultProxy
+
+    # account without change tracking on the server: read by a modifiedon watermark, where
+    # Dataverse takes $filter. A proxy counts the records that cross the wire.
+    tls = dataverse_tls(tmp_path / "tls")
+    server = Side(tmp_path / "a", redis_url)
+    server.create_org("srv")
+    with server.org("srv") as org:
+        seed_sales(org, accounts=40)
+    process = portal_process(tmp_path / "a", tls=tls,
+                             env={"PORTAL_DATAVERSE_UNTRACKED_TABLES": "account"})
+    monkeypatch.setenv("REQUESTS_CA_BUNDLE", str(tls.ca_file))
+    proxy = FaultProxy(process.url, tls=tls)
+    try:
+        server.url = f"{proxy.url}/dataverse/srv"
+        client = Side(tmp_path / "b", redis_url, backend="dynamics")
+        client.create_org("cli", template=None)
+        connection_id = client.connect_now(redis, "cli", server.url)
+        assert proxy.served["accounts"] == 2 * 40  # read, then listed (reconciliation)
+
+        def filtered(xml: str) -> tuple[int, set[str]]:
+            with client.app.app_context():
+                connections.configure_entity(get_db(), connection_id, "account",
+                                             filter_xml=xml)
+            before = proxy.served["accounts"]
+            client.sync_now(redis, connection_id)
+            with client.org("cli") as b:
+                return proxy.served["accounts"] - before, {
+                    r["accountid"] for r in b.db.table("account").rows}
+
+        def server_accounts(keep) -> dict[str, dict]:  # type: ignore[type-arg]
+            with server.org("srv") as a:
+                return {i: r for i, r in snapshot(a, ["account"])["account"].items()
+                        if keep(r)}
+
+        def client_accounts() -> dict[str, dict]:  # type: ignore[type-arg]
+            with client.org("cli") as b:
+                return snapshot(b, ["account"])["account"]
+
+        served, kept = filtered('<filter type="and"><condition attribute="creditonhold" '
+                                'operator="eq" value="false"/></filter>')
+        expected = server_accounts(lambda r: not r["creditonhold"])
+        assert 0 < len(expected) < 40
+        assert client_accounts() == expected  # the same records and values as the engine's
+        # Only the matching records crossed the wire: one read and one listing of them.
+        assert served == 2 * len(expected)
+        leaving, renamed = sorted(expected)[:2]
+        with server.org("srv") as a:
+            records.update_record(a, "account", leaving, {"creditonhold": True})
+            records.update_record(a, "account", renamed, {"name": "renamed on the server"})
+        client.sync_now(redis, connection_id)
+        # The record that stopped matching is not sent, and leaves by the filtered listing.
+        expected = server_accounts(lambda r: not r["creditonhold"])
+        assert leaving not in expected and client_accounts() == expected
+        with client.org("cli") as b:
+            assert transactions.counts(b)["pending"] == 0  # leaving is not a deletion
+        # A like pattern OData cannot say: the engine's filter alone, every record read.
+        served, kept = filtered('<filter><condition attribute="name" operator="like" '
+                                'value="Account 1%5"/></filter>')
+        assert served == 2 * 40
+        expected = server_accounts(lambda r: r["name"].startswith("Account 1")
+                                   and r["name"].endswith("5"))
+        assert set(expected) == {r for r in kept} and client_accounts() == expected
+        _same_entities_but(server, client, "account")
+    finally:
+        proxy.stop()
+
+
+def _same_entities_but(server: Side, client: Side, filtered: str) -> None:
+    with server.org("srv") as a, client.org("cli") as b:
+        names = [n for n in SALES if n != filtered]
+        assert snapshot(a, names) == snapshot(b, names)
+
+
 def _version(side: Side) -> int:
     from portal.orgs import store
 

@@ -419,7 +419,11 @@ def download_entity(run: Run, setting: EntitySettings, total: int | None = None)
     delta_link = None
     reconcile = False
     # Closed on any exit: the backend may be reading the next page in a thread.
-    with closing(run.backend.read_changes(entity, link, page_size=run.plan.page_size)) as pages:
+    # The filter may go to the server (fewer records over the wire) only where the run
+    # ends by reconciling against the same filtered listing: with Sync Deletion on.
+    sent = rule if setting.sync_deletion else None
+    with closing(run.backend.read_changes(entity, link, page_size=run.plan.page_size,
+                                          filter=sent)) as pages:
         for page in pages:
             delta_link = page.link
             reconcile = reconcile or page.reconcile
@@ -444,13 +448,14 @@ def download_entity(run: Run, setting: EntitySettings, total: int | None = None)
     if (delta_link is None or reconcile) and setting.sync_deletion:
         # The read ended without a delta link, or the backend says its deletions are
         # unknown (no change tracking, a read started over): compare ids.
-        counts.deleted += reconcile_deletions(org, run.backend, entity)
+        counts.deleted += reconcile_deletions(org, run.backend, entity, sent)
     run.reporter.log("info", f"downloaded {counts.downloaded}, deleted {counts.deleted} "
                      f"in {time.monotonic() - started:.2f} s", name)
 
 
-def reconcile_deletions(org: OrgDb, backend: Backend, entity: Entity) -> int:
-    """Delete client records the server had and no longer lists; returns how many.
+def reconcile_deletions(org: OrgDb, backend: Backend, entity: Entity,
+                        rule: filters.Filter | None = None) -> int:
+    """Delete client records the server had and no longer lists (under `rule`); how many.
 
     For servers that cannot report deletions. The server's ids are streamed
     into `sync_state.listed_ids` (flat memory for any size); a record counts
@@ -459,7 +464,7 @@ def reconcile_deletions(org: OrgDb, backend: Backend, entity: Entity) -> int:
     """
     name = entity.logicalname
     with sync_state.listed_ids(org) as listing:
-        for ids in backend.read_ids(entity):
+        for ids in backend.read_ids(entity, rule):
             if backend.keyed:  # a keyed server lists its keys: these are the client's GUIDs
                 ids = list(sync_state.ids_for_keys(org.db, name, ids).values())
             listing.add(ids)
