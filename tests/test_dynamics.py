@@ -487,6 +487,7 @@ def test_dynamics_associates_and_disassociates_n_to_n_rows(dataverse) -> None:
     _batch_server(dataverse, {f"sample_sample_bankaccounts_contactsset({row})": refused
                               for row in ("r1", "r2", "r3")})
     dataverse.route("POST", nav + "/$ref", Answer(204, b""))
+    dataverse.route("GET", "sample_sample_bankaccounts_contactsset?", Answer(200, {"value": []}))
     dataverse.route("GET", "sample_sample_bankaccounts_contactsset(r2)", Answer(200, {
         "sample_sample_bankaccounts_contactsid": "r2", "sample_bankaccountid": "b1",
         "contactid": "c9"}))
@@ -505,6 +506,51 @@ def test_dynamics_associates_and_disassociates_n_to_n_rows(dataverse) -> None:
     post = dataverse.server.requests_to(API + nav + "/$ref")[0]
     assert post.json() == {"@odata.id": f"{dataverse.server.url}{API}contacts(c1)"}
     assert dataverse.server.requests_to(API + nav + "(c9)/$ref")[0].method == "DELETE"
+
+
+def test_dynamics_an_associated_n_to_n_row_maps_to_the_servers_own_row_id(dataverse) -> None:
+    # associate-disassociate-entities-using-web-api.md: POST .../$ref answers 204 and the
+    # server makes the intersect row with an id of its own; reading the intersect table by
+    # its two ids finds it (query-data-web-api.md: $filter on the lookup columns).
+    _metadata(dataverse)
+    link = Entity("sample_sample_bankaccounts_contacts", isintersect=True,
+                  primaryidattribute="sample_sample_bankaccounts_contactsid",
+                  entitysetname="sample_sample_bankaccounts_contactsset", attributes=[
+                      Attribute("sample_bankaccountid", "lookup", targets=["sample_bankaccount"]),
+                      Attribute("contactid", "lookup", targets=["contact"])])
+    rows = "sample_sample_bankaccounts_contactsset"
+    nav = "sample_bankaccounts(b1)/sample_sample_BankAccounts_Contacts"
+    refused = Answer(400, {"error": {"code": "0x80040203", "message": "The 'Create' method "
+                                     "does not support entities of type 'intersect'"}})
+    _batch_server(dataverse, {f"{rows}(r1)": refused})
+    dataverse.route("POST", nav + "/$ref", Answer(204, b""))
+    server_row = {"sample_sample_bankaccounts_contactsid": "5E0F5A7C-0000-4000-8000-00000000A001",
+                  "sample_bankaccountid": "b1", "contactid": "c1"}
+    dataverse.route("GET", rows + "?", Answer(200, {"value": [
+        {"sample_sample_bankaccounts_contactsid": server_row[
+            "sample_sample_bankaccounts_contactsid"]}]}))
+    backend = dataverse.backend()
+    [result] = backend.apply_writes([Write(link, "r1", "upsert", {
+        "sample_bankaccountid": "b1", "contactid": "c1"}, create_only=True)])
+    assert result.status == "ok"
+    assert result.server_key == "5e0f5a7c-0000-4000-8000-00000000a001"
+    [lookup] = dataverse.server.requests_to(API + rows + "?")
+    assert "$filter=sample_bankaccountid%20eq%20b1%20and%20contactid%20eq%20c1" in lookup.path
+    # The delete reads the row by the server's id (the engine gives it as the server key).
+    dataverse.route("GET", f"{rows}(5e0f5a7c", Answer(200, server_row))
+    dataverse.route("DELETE", nav + "(c1)/$ref", Answer(204, b""))
+    [result] = backend.apply_writes([Write(link, "r1", "delete",
+                                           server_key="5e0f5a7c-0000-4000-8000-00000000a001")])
+    assert result.status == "ok"
+    assert dataverse.server.requests_to(API + nav + "(c1)/$ref")[0].method == "DELETE"
+    # Pages of an intersect table name each row's server id, for the engine to map.
+    dataverse.route("GET", rows + "?", Answer(200, {
+        "value": [{"@odata.etag": 'W/"1"', **server_row}],
+        "@odata.deltaLink": f"{dataverse.server.url}{API}{rows}?$deltatoken=1"}))
+    [page] = list(backend.read_changes(link, None))
+    backend.close()
+    assert page.keys == {"5e0f5a7c-0000-4000-8000-00000000a001":
+                         "5e0f5a7c-0000-4000-8000-00000000a001"}
 
 
 def test_dynamics_429_waits_as_retry_after_says(dataverse) -> None:

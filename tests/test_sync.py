@@ -10,7 +10,7 @@ from redis import Redis
 from portal import crypto
 from portal.orgs import records, transactions
 from portal.orgs.templates import sales
-from tests.conftest import ADMIN_PASSWORD
+from tests.conftest import ADMIN_EMAIL, ADMIN_PASSWORD
 from tests.sync_helpers import Side, assert_identical, checksums, seed_sales, snapshot
 
 SALES = [e.logicalname for e in sales()]
@@ -584,6 +584,49 @@ def _same_entities_but(server: Side, client: Side, filtered: str) -> None:
     with server.org("srv") as a, client.org("cli") as b:
         names = [n for n in SALES if n != filtered]
         assert snapshot(a, names) == snapshot(b, names)
+
+
+@dynamics_only
+def test_sync_dynamics_bad_server_values_fail_clearly_make_nothing_and_can_be_fixed(
+        pair, redis: Redis) -> None:
+    from portal.db import get_db
+    from portal.sync import connections
+
+    server, client = pair
+    with server.org("srv") as org:
+        seed_sales(org, accounts=5)
+    portal = server.url.removesuffix("/dataverse/srv")  # type: ignore[union-attr]
+    client.create_org("cli", template=None)
+    connection_id = client.connect("cli", server.url)  # type: ignore[arg-type]
+    key = crypto.load_key(client.instance)
+    bad = [
+        # The org's OData root is no Dataverse environment: no Bearer challenge there.
+        (f"{portal}/odata/v4/srv/", {}, "is not a Dataverse environment"),
+        # A tenant (the hosted portal's authority of an org) that does not exist.
+        (server.url, {"authority": f"{portal}/dataverse/no-such-org"}, "AADSTS"),
+    ]
+    for url, options, said in bad:
+        with client.app.app_context():
+            connections.update_server(get_db(), key, connection_id, backend="dynamics",
+                                      url=url, username=ADMIN_EMAIL, password=ADMIN_PASSWORD,
+                                      server_options=options)
+        client.queue(redis, connection_id, "connect")
+        client.work(redis)
+        failed = client.connection(connection_id)
+        assert failed.status == "failed", url
+        assert said in (failed.error or ""), failed.error
+        assert "Traceback" not in (failed.error or "")
+        with client.org("cli") as b:
+            assert list(b.entities()) == []  # nothing half-made
+    # The way on: the right values, connected, the same data on both sides.
+    with client.app.app_context():
+        connections.update_server(get_db(), key, connection_id, backend="dynamics",
+                                  url=server.url, username=ADMIN_EMAIL,  # type: ignore[arg-type]
+                                  password=ADMIN_PASSWORD)
+    client.queue(redis, connection_id, "connect")
+    client.work(redis)
+    assert client.connection(connection_id).status == "connected"
+    _same(server, client)
 
 
 def _version(side: Side) -> int:

@@ -338,6 +338,11 @@ class DynamicsBackend(ODataBackend):
                     raise BackendError(f"reading {entity.logicalname} answered "
                                        f"{response.status_code}: {_message(response)}")
                 page = self.changes_page(entity, orjson.loads(response.content))
+                if entity.isintersect:
+                    # N:N rows we associated have the server's ids: the engine maps each
+                    # server id it knows (a server key) to the client's row.
+                    page.keys = {i: i for i in [*(r[entity.primaryidattribute]
+                                                  for r in page.upserts), *page.deleted]}
                 page.note, note = note, None
                 newest = max([newest, *(str(r.get("modifiedon") or "") for r in page.upserts)])
                 if not tracked and page.complete:
@@ -542,7 +547,8 @@ class DynamicsBackend(ODataBackend):
         """An N:N row: associate its two records, or disassociate them ($ref)."""
         relationship = self.relationship(write.entity)
         if write.operation == "delete":
-            row = self._intersect_row(write.entity, write.record_id)
+            # The server's own id of a row we associated (it gave the row an id of its own).
+            row = self._intersect_row(write.entity, write.server_key or write.record_id)
             if row is None:
                 return WriteResult("missing", message="the N:N row does not exist")
             values = row[0]
@@ -561,9 +567,26 @@ class DynamicsBackend(ODataBackend):
                 "POST", f"{base}/$ref", headers={"Content-Type": "application/json"},
                 data=orjson.dumps({"@odata.id": f"{self.root}"
                                    f"{self.entity_set(relationship.entity2)}({two})"}))
-            if response.status_code >= 400 and "duplicate" in _message(response).lower():
-                return WriteResult("ok")  # associated already (our lost answer, or theirs)
+            if response.status_code < 300 or "duplicate" in _message(response).lower():
+                # Associated (now, or already: our lost answer, or theirs). Dataverse gave
+                # the intersect row an id of its own: the client's row maps to it (its
+                # server key), so the row read back is the same row, not a second one.
+                return WriteResult("ok", server_key=self._intersect_id(
+                    write.entity, relationship, one, two))
         return self._result(write.entity, response)
+
+    def _intersect_id(self, entity: Entity, relationship: dvm.ManyToMany, one: str,
+                      two: str) -> str | None:
+        """The server's id of the N:N row joining `one` and `two`, or None if it lists none."""
+        pk = entity.primaryidattribute
+        response = self.request(
+            "GET", f"{entity.entitysetname}?$select={pk}&$filter="
+            + quote(f"{relationship.attribute1} eq {one} and {relationship.attribute2} eq {two}"))
+        if response.status_code != 200:
+            return None
+        rows = orjson.loads(response.content).get("value") or []
+        found = rows[0].get(pk) if rows and isinstance(rows[0], dict) else None
+        return str(found).lower() if found else None
 
     def _intersect_row(self, entity: Entity, record_id: str) -> tuple[dict[str, Any], str] | None:
         return self.read_record(entity, record_id, f"{entity.entitysetname}({record_id})")

@@ -226,7 +226,7 @@ def upload(run: Run) -> None:
             record_ids = [g.record_id for g in sendable if g.entity == name]
             known.update({(name, i): v for i, v in
                           sync_state.server_versions(org, name, record_ids).items()})
-            if backend.keyed:
+            if backend.keyed or entities[name].isintersect:  # N:N rows may have server ids
                 keys.update({(name, i): k for i, k in
                              sync_state.keys_for_ids(org.db, name, record_ids).items()})
         writes = [_write(entities[g.entity], g, known.get((g.entity, g.record_id)),
@@ -430,7 +430,7 @@ def download_entity(run: Run, setting: EntitySettings, total: int | None = None)
             if page.note:
                 run.reporter.log("info", page.note, name)
             with immediate(org.db):
-                page = _client_ids(org, entity, page)
+                page = _client_ids(org, entity, page, run.backend.keyed)
                 waiting = transactions.pending_records(org, name)
                 rows, leaving, versions = _page_writes(run, entity, names, rule, page, waiting)
                 deleted = [i for i in page.deleted if i not in waiting] \
@@ -465,8 +465,8 @@ def reconcile_deletions(org: OrgDb, backend: Backend, entity: Entity,
     name = entity.logicalname
     with sync_state.listed_ids(org) as listing:
         for ids in backend.read_ids(entity, rule):
-            if backend.keyed:  # a keyed server lists its keys: these are the client's GUIDs
-                ids = list(sync_state.ids_for_keys(org.db, name, ids).values())
+            if backend.keyed or entity.isintersect:  # server keys, as the client's GUIDs
+                ids = list(sync_state.ids_for_keys(org.db, name, ids, backend.keyed).values())
             listing.add(ids)
         with immediate(org.db):
             waiting = transactions.pending_records(org, name)
@@ -476,15 +476,16 @@ def reconcile_deletions(org: OrgDb, backend: Backend, entity: Entity,
     return deleted
 
 
-def _client_ids(org: OrgDb, entity: Entity, page: ChangesPage) -> ChangesPage:
+def _client_ids(org: OrgDb, entity: Entity, page: ChangesPage, derive: bool) -> ChangesPage:
     """A keyed server's page under the client's GUIDs: a stored mapping wins over the derived one.
 
     The backend gives each record the GUID derived from its key; a record created
     here kept its own random GUID, learnt with its key from the create's answer.
+    (Without `derive`: the keys are GUIDs, ids of their own unless mapped: N:N rows.)
     """
     if not page.keys:
         return page
-    ids = sync_state.ids_for_keys(org.db, entity.logicalname, page.keys.values())
+    ids = sync_state.ids_for_keys(org.db, entity.logicalname, page.keys.values(), derive)
     moved = {i: ids[k] for i, k in page.keys.items() if ids[k] != i}
     if not moved:
         return page
