@@ -18,7 +18,7 @@ import pytest
 from portal import multipart
 from portal.backends.base import Write
 from portal.backends.dynamics import MAX_WAIT_S, DynamicsBackend, web_api_root
-from portal.errors import BackendError, CredentialsRefused
+from portal.errors import BackendError, CredentialsRefused, ServerLimited
 from portal.multipart import RequestPart
 from portal.orgs.metadata import Attribute, Entity
 from tests.scripted_https import FIXTURES, Answer, ScriptedHttps, Seen, entra_authority, fixture
@@ -577,7 +577,8 @@ def test_dynamics_a_wait_longer_than_a_run_stops_it_with_the_reason(dataverse) -
         "code": "0x80072321", "message": "Combined execution time of incoming requests "
                                          "exceeded limit"}}, {"Retry-After": str(MAX_WAIT_S * 3)}))
     backend = dataverse.backend()
-    with pytest.raises(BackendError, match="service protection limits.*next run continues"):
+    # ServerLimited: the run ends "limited" (not failed), and the next run resumes.
+    with pytest.raises(ServerLimited, match="service protection limits.*next run continues"):
         backend.check_credentials()
     backend.close()
     assert len(dataverse.server.requests_to(API + "WhoAmI()")) == 1  # no waiting, no retry

@@ -58,7 +58,13 @@ from portal.backends.odata import (
     write_headers,
 )
 from portal.backends.prefetch import prefetched
-from portal.errors import BackendError, CredentialsRefused, InvalidInput, MalformedMultipart
+from portal.errors import (
+    BackendError,
+    CredentialsRefused,
+    InvalidInput,
+    MalformedMultipart,
+    ServerLimited,
+)
 from portal.orgs.metadata import SYSTEM_ATTRIBUTES, Attribute, Entity
 from portal.sync import filters
 
@@ -119,8 +125,9 @@ class ServiceProtectionRetry(ServerRetry):
         # Read here: urllib3's own reading is capped at retry_after_max.
         wait = _seconds(response.headers.get("Retry-After"))
         if wait is not None and wait > MAX_WAIT_S:
-            raise BackendError(
-                f"Dataverse's service protection limits are reached ({_error_text(response)}); "
+            raise ServerLimited(
+                f"stopped by the server's limit: Dataverse's service protection limits are "
+                f"reached ({_error_text(response)}); "
                 f"it asks to wait {wait:.0f} s, longer than a run waits ({MAX_WAIT_S} s). "
                 "The run stops here; the next run continues where this one stopped")
         return bool(super().sleep_for_retry(response))
