@@ -117,6 +117,44 @@ def test_dynamics_an_app_user_without_privileges_is_told_what_to_do(dataverse) -
     backend.close()
 
 
+def test_dynamics_connect_as_an_app_user_without_a_role_fails_makes_nothing_then_resumes(
+        dataverse, tmp_path: Path, redis_url: str, redis, monkeypatch) -> None:
+    # The connect job, on a real RQ worker, against the scripted environment: WhoAmI 403s
+    # until the admin gives the application user a security role.
+    from portal import crypto
+    from portal.db import get_db
+    from portal.sync import connections
+    from tests.sync_helpers import Side
+
+    monkeypatch.setenv("REQUESTS_CA_BUNDLE", str(dataverse.server.ca_path))
+    dataverse.route("GET", "WhoAmI()", Answer(403, {"error": {
+        "code": "0x80040220", "message": "Principal user is missing prvReadAccount privilege"}}))
+    client = Side(tmp_path / "b", redis_url, backend="dynamics")
+    client.create_org("cli", template=None)
+    with client.app.app_context():
+        db = get_db()
+        org_id = db.execute("SELECT id FROM orgs WHERE name = 'cli'").fetchone()[0]
+        connection = connections.create_connection(
+            db, crypto.load_key(client.instance), org_id, backend="dynamics",
+            url=dataverse.server.url, username="app-id", password="app-secret",
+            server_options={"auth": "client_credentials"})
+    client.queue(redis, connection.id, "connect")
+    client.work(redis)
+    failed = client.connection(connection.id)
+    assert failed.status == "failed"
+    assert "missing prvReadAccount privilege" in (failed.error or "")
+    assert "give the user or application user a security role" in (failed.error or "")
+    with client.org("cli") as b:
+        assert list(b.entities()) == []  # nothing half-made
+    # The role given: the same connection connects when its connect runs again.
+    dataverse.route("GET", "WhoAmI()", Answer(200, fixture("dataverse/whoami.response.json")))
+    dataverse.route("GET", "EntityDefinitions", Answer(200, {"value": []}))
+    dataverse.route("GET", "RelationshipDefinitions", Answer(200, {"value": []}))
+    client.queue(redis, connection.id, "connect")
+    client.work(redis)
+    assert client.connection(connection.id).status == "connected"
+
+
 def test_dynamics_a_url_that_is_not_dataverse_is_a_clear_failure(dataverse) -> None:
     dataverse.server.route("GET", API, Answer(200, {"value": []}))  # no 401, no challenge
     backend = dataverse.backend()
