@@ -511,18 +511,22 @@ def test_dynamics_a_batch_over_1000_writes_goes_in_several(dataverse) -> None:
     assert len(received) == 1500 and {r.status for r in results} == {"ok"}
 
 
+# The N:N of _metadata's two tables, and Dataverse's refusal to write one of its rows
+# itself (composed: Learn shows no body).
+LINK = Entity("sample_sample_bankaccounts_contacts", isintersect=True,
+              primaryidattribute="sample_sample_bankaccounts_contactsid",
+              entitysetname="sample_sample_bankaccounts_contactsset", attributes=[
+                  Attribute("sample_bankaccountid", "lookup", targets=["sample_bankaccount"]),
+                  Attribute("contactid", "lookup", targets=["contact"])])
+REFUSED_ROW = Answer(400, {"error": {"code": "0x80040203", "message": "The 'Create' method "
+                                     "does not support entities of type 'intersect'"}})
+
+
 def test_dynamics_associates_and_disassociates_n_to_n_rows(dataverse) -> None:
     _metadata(dataverse)
-    link = Entity("sample_sample_bankaccounts_contacts", isintersect=True,
-                  primaryidattribute="sample_sample_bankaccounts_contactsid",
-                  entitysetname="sample_sample_bankaccounts_contactsset", attributes=[
-                      Attribute("sample_bankaccountid", "lookup", targets=["sample_bankaccount"]),
-                      Attribute("contactid", "lookup", targets=["contact"])])
+    link = LINK
     nav = "sample_bankaccounts(b1)/sample_sample_BankAccounts_Contacts"
-    # Dataverse refuses writing an intersect row itself (composed: Learn shows no body).
-    refused = Answer(400, {"error": {"code": "0x80040203", "message": "The 'Create' method "
-                                     "does not support entities of type 'intersect'"}})
-    _batch_server(dataverse, {f"sample_sample_bankaccounts_contactsset({row})": refused
+    _batch_server(dataverse, {f"sample_sample_bankaccounts_contactsset({row})": REFUSED_ROW
                               for row in ("r1", "r2", "r3")})
     dataverse.route("POST", nav + "/$ref", Answer(204, b""))
     dataverse.route("GET", "sample_sample_bankaccounts_contactsset?", Answer(200, {"value": []}))
@@ -551,16 +555,10 @@ def test_dynamics_an_associated_n_to_n_row_maps_to_the_servers_own_row_id(datave
     # server makes the intersect row with an id of its own; reading the intersect table by
     # its two ids finds it (query-data-web-api.md: $filter on the lookup columns).
     _metadata(dataverse)
-    link = Entity("sample_sample_bankaccounts_contacts", isintersect=True,
-                  primaryidattribute="sample_sample_bankaccounts_contactsid",
-                  entitysetname="sample_sample_bankaccounts_contactsset", attributes=[
-                      Attribute("sample_bankaccountid", "lookup", targets=["sample_bankaccount"]),
-                      Attribute("contactid", "lookup", targets=["contact"])])
+    link = LINK
     rows = "sample_sample_bankaccounts_contactsset"
     nav = "sample_bankaccounts(b1)/sample_sample_BankAccounts_Contacts"
-    refused = Answer(400, {"error": {"code": "0x80040203", "message": "The 'Create' method "
-                                     "does not support entities of type 'intersect'"}})
-    _batch_server(dataverse, {f"{rows}(r1)": refused})
+    _batch_server(dataverse, {f"{rows}(r1)": REFUSED_ROW})
     dataverse.route("POST", nav + "/$ref", Answer(204, b""))
     server_row = {"sample_sample_bankaccounts_contactsid": "5E0F5A7C-0000-4000-8000-00000000A001",
                   "sample_bankaccountid": "b1", "contactid": "c1"}

@@ -462,19 +462,27 @@ def test_sync_dynamics_as_an_application_user_and_refused_secrets_readably(
     _same(server, client)
 
 
-def test_sync_dynamics_through_a_429_storm_waits_as_told_and_ends_identical(
-        tmp_path: Path, redis_url: str, redis: Redis, portal_process, monkeypatch) -> None:
-    # The server's Dataverse root with service protection on and a small budget: the
-    # connect job meets 429s with Retry-After and waits them out; nothing is lost.
+def _dataverse_server(tmp_path: Path, redis_url: str, portal_process, monkeypatch,
+                      accounts: int, env: dict[str, str]):
+    """Server org `srv` seeded with `accounts`, on a TLS portal with `env`; the worker trusts it."""
     tls = dataverse_tls(tmp_path / "tls")
     server = Side(tmp_path / "a", redis_url)
     server.create_org("srv")
     with server.org("srv") as org:
-        seed_sales(org, accounts=30)
-    process = portal_process(tmp_path / "a", tls=tls, env={
-        "PORTAL_DATAVERSE_SERVICE_PROTECTION": "true", "PORTAL_DATAVERSE_LIMIT_REQUESTS": "25",
-        "PORTAL_DATAVERSE_LIMIT_WINDOW_S": "2"})
+        seed_sales(org, accounts=accounts)
+    process = portal_process(tmp_path / "a", tls=tls, env=env)
     monkeypatch.setenv("REQUESTS_CA_BUNDLE", str(tls.ca_file))
+    return server, process, tls
+
+
+def test_sync_dynamics_through_a_429_storm_waits_as_told_and_ends_identical(
+        tmp_path: Path, redis_url: str, redis: Redis, portal_process, monkeypatch) -> None:
+    # The server's Dataverse root with service protection on and a small budget: the
+    # connect job meets 429s with Retry-After and waits them out; nothing is lost.
+    server, process, _ = _dataverse_server(tmp_path, redis_url, portal_process, monkeypatch,
+                                           30, {"PORTAL_DATAVERSE_SERVICE_PROTECTION": "true",
+                                                "PORTAL_DATAVERSE_LIMIT_REQUESTS": "25",
+                                                "PORTAL_DATAVERSE_LIMIT_WINDOW_S": "2"})
     server.url = f"{process.url}/dataverse/srv"
     client = Side(tmp_path / "b", redis_url, backend="dynamics",
                   config={"SYNC_PAGE_SIZE": 10, "SYNC_HTTP_RETRIES": 20})
@@ -545,14 +553,8 @@ def test_sync_dynamics_sends_the_filter_as_odata_filter_on_an_untracked_table(
 
     # account without change tracking on the server: read by a modifiedon watermark, where
     # Dataverse takes $filter. A proxy counts the records that cross the wire.
-    tls = dataverse_tls(tmp_path / "tls")
-    server = Side(tmp_path / "a", redis_url)
-    server.create_org("srv")
-    with server.org("srv") as org:
-        seed_sales(org, accounts=40)
-    process = portal_process(tmp_path / "a", tls=tls,
-                             env={"PORTAL_DATAVERSE_UNTRACKED_TABLES": "account"})
-    monkeypatch.setenv("REQUESTS_CA_BUNDLE", str(tls.ca_file))
+    server, process, tls = _dataverse_server(tmp_path, redis_url, portal_process, monkeypatch,
+                                             40, {"PORTAL_DATAVERSE_UNTRACKED_TABLES": "account"})
     proxy = FaultProxy(process.url, tls=tls)
     try:
         server.url = f"{proxy.url}/dataverse/srv"
