@@ -87,6 +87,10 @@ SETTINGS = (
     Setting("DATAVERSE_LIMIT_CONCURRENT", int, 52,
             "service protection: concurrent requests per user"),
     Setting("DATAVERSE_LIMIT_WINDOW_S", int, 300, "service protection: sliding window, seconds"),
+    Setting("DATAVERSE_UNTRACKED_TABLES", str, "",
+            "Dataverse root: tables (comma-separated logical names) whose EntityDefinitions "
+            "say ChangeTrackingEnabled false, as in an environment where change tracking is "
+            "off for them: their clients read them by a modifiedon watermark"),
     Setting("OPERATORS", dict, None,
             "operators of the status page (/status): name -> password hash (werkzeug's "
             "generate_password_hash); null or {}: the status page lets nobody in",

@@ -17,23 +17,40 @@
   start) is held after the server applied it: `holding` is set, and the answer
   goes out (to whoever is still there) on `release()`. A test kills the
   client in that window.
+
+With `tls` (the portal's `portal_process.Tls`), the proxy speaks HTTPS on both
+sides: it presents the portal's own test certificate to the client and
+forwards over HTTPS trusting the test CA, so a backend that needs TLS (the
+`dynamics` one, against a hosted org's Dataverse root) meets the same faults
+over the same transport. The proxy sees the requests in clear between the two
+TLS legs, as it must to count pages and hold `$batch` answers.
 """
 
 import http.client
 import json
 import random
+import ssl
 import threading
 from collections import Counter
 from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
+from typing import TYPE_CHECKING
 from urllib.parse import urlsplit
+
+if TYPE_CHECKING:
+    from tests.portal_process import Tls
+
+# The path before an entity set: the Org API's `/odata/v4/{org}/`, the Dataverse root's
+# `/dataverse/{org}/api/data/v9.2/`.
+SERVICE_ROOTS = ("/api/data/", "/odata/v4/")
 
 
 class FaultProxy:
-    """Listens on 127.0.0.1 (a free port) and forwards to `target` (http://host:port)."""
+    """Listens on 127.0.0.1 (a free port) and forwards to `target` (http[s]://host:port)."""
 
-    def __init__(self, target: str) -> None:
+    def __init__(self, target: str, tls: "Tls | None" = None) -> None:
         parts = urlsplit(target)
-        self.target = (parts.hostname or "127.0.0.1", parts.port or 80)
+        self.target = (parts.hostname or "127.0.0.1", parts.port or (443 if tls else 80))
+        self.tls = tls
         self.down = False
         self.drop_batch_answers = 0
         self.dropped = 0
@@ -77,7 +94,7 @@ class FaultProxy:
                     self.end_headers()
                     self.wfile.write(message)
                     return
-                upstream = http.client.HTTPConnection(*proxy.target, timeout=60)
+                upstream = proxy._upstream()
                 headers = {k: v for k, v in self.headers.items()
                            if k.lower() not in ("connection", "keep-alive")}
                 upstream.request(self.command, self.path, body=body, headers=headers)
@@ -132,12 +149,35 @@ class FaultProxy:
             def handle_error(self, request: object, client_address: object) -> None:
                 pass  # a client killed mid-request resets its connection: expected here
 
+            def finish_request(self, request, client_address):  # type: ignore[no-untyped-def]
+                if tls is None:
+                    super().finish_request(request, client_address)
+                    return
+                try:  # the handshake in the request's own thread
+                    secure = listening.wrap_socket(request, server_side=True)
+                except (ssl.SSLError, OSError):
+                    return  # a client that went away mid-handshake
+                try:
+                    super().finish_request(secure, client_address)
+                finally:
+                    secure.close()  # the server closes only the plain socket it accepted
+
+        if tls is not None:
+            listening = ssl.create_default_context(ssl.Purpose.CLIENT_AUTH)
+            listening.load_cert_chain(str(tls.certfile), str(tls.keyfile))
+            self._forwarding = ssl.create_default_context(cafile=str(tls.ca_file))
         self.server = Server(("127.0.0.1", 0), Handler)
         self.server.daemon_threads = True
         self.port = self.server.server_address[1]
-        self.url = f"http://127.0.0.1:{self.port}"
+        self.url = f"{'https' if tls else 'http'}://127.0.0.1:{self.port}"
         self.thread = threading.Thread(target=self.server.serve_forever, daemon=True)
         self.thread.start()
+
+    def _upstream(self) -> http.client.HTTPConnection:
+        """A new connection to the portal (HTTPS, trusting the test CA, when `tls`)."""
+        if self.tls is None:
+            return http.client.HTTPConnection(*self.target, timeout=60)
+        return http.client.HTTPSConnection(*self.target, timeout=60, context=self._forwarding)
 
     def _fault(self) -> int | str | None:
         """The fault this request meets when the proxy is flaky: 503, 429, 'drop' or None."""
@@ -149,7 +189,11 @@ class FaultProxy:
 
     def _count(self, path: str, data: bytes) -> str | None:
         """Count a page's records; the entity set of a non-empty page."""
-        entity_set = path.split("/odata/v4/", 1)[-1].split("/", 1)[-1].split("?")[0]
+        entity_set = path.split("?")[0]
+        for root in SERVICE_ROOTS:
+            if root in entity_set:  # the segment after the org (Org API) or the version
+                entity_set = entity_set.split(root, 1)[1].split("/", 1)[-1]
+                break
         if not entity_set or "(" in entity_set or entity_set.startswith("$"):
             return None
         try:

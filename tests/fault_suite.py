@@ -1,6 +1,7 @@
 """`make faults`: sync between two real portals under faults, and one table of figures.
 
-    python -m tests.fault_suite [--seed N] [--points N] [--out docs/RELIABILITY.md]
+    python -m tests.fault_suite [--seed N] [--points N] [--backend resco|dynamics]
+                                [--out docs/RELIABILITY.md]
 
 Portal A (gunicorn) hosts the server org behind tests/fault_proxy.py; portal
 B's jobs run on real `rq worker` processes (the Procfile's worker class) that
@@ -16,7 +17,9 @@ both orgs hold the same records (at most MAX_RUNS runs), then:
 
 "Lost" and "doubled" come from the two orgs' files and the server's counter,
 never from the engine's own counts. Kill points are chosen at random from the
-seed, and printed.
+seed, and printed. `--backend dynamics` runs every scenario through the
+`dynamics` backend against portal A's Dataverse root over TLS (the proxy
+speaking TLS with A's test certificate), as `tests/test_sync_faults.py` does.
 """
 
 import argparse
@@ -42,7 +45,7 @@ from portal.orgs.templates import sales
 from portal.queue import connect_redis
 from portal.sync import runs
 from tests.fault_proxy import FaultProxy
-from tests.portal_process import PortalProcess
+from tests.portal_process import PortalProcess, Tls
 from tests.redis_server import RedisServer
 from tests.sync_helpers import Side, seed_sales, snapshot
 
@@ -51,6 +54,8 @@ SALES = [e.logicalname for e in sales()]
 FAST = {"SYNC_HTTP_RETRIES": 1, "SYNC_PAGE_SIZE": 50, "SYNC_UPLOAD_BATCH": 20}
 MAX_RUNS = 5
 ACCOUNTS = 400
+BACKENDS = ("resco", "dynamics")
+BACKEND = "resco"  # of every Pair: main's --backend
 
 
 @dataclass
@@ -75,12 +80,20 @@ class Pair:
         self.server.create_org("srv")
         with self.server.org("srv") as a:
             seed_sales(a, accounts=accounts)
-        self.portal = PortalProcess(folder / f"{name}-a", redis_url)
-        self.proxy = FaultProxy(self.portal.url)
-        self.server.url = self.proxy.url + "/odata/v4/srv/"
+        if BACKEND == "resco":
+            self.portal = PortalProcess(folder / f"{name}-a", redis_url)
+            self.proxy = FaultProxy(self.portal.url)
+            self.server.url = self.proxy.url + "/odata/v4/srv/"
+        else:  # the Dataverse root over TLS; the workers trust its CA by the environment
+            tls = Tls.make(folder / f"{name}-tls")
+            os.environ["REQUESTS_CA_BUNDLE"] = str(tls.ca_file)
+            self.portal = PortalProcess(folder / f"{name}-a", redis_url, tls=tls)
+            self.proxy = FaultProxy(self.portal.url, tls=tls)
+            self.server.url = self.proxy.url + "/dataverse/srv"
         self.client_redis = client_redis or redis_url
         self.redis = connect_redis(self.client_redis)
-        self.client = Side(folder / f"{name}-b", self.client_redis, config=FAST)
+        self.client = Side(folder / f"{name}-b", self.client_redis, config=FAST,
+                           backend=BACKEND)
         self.client.create_org("cli", template=None)
         self.connection_id = self.client.connect("cli", self.server.url)
         self.writes = 0  # writes that must each change the server exactly once
@@ -444,8 +457,12 @@ def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(description=__doc__.split("\n")[0])
     parser.add_argument("--seed", type=int, default=15)
     parser.add_argument("--points", type=int, default=20, help="SIGKILL points")
+    parser.add_argument("--backend", choices=BACKENDS, default="resco",
+                        help="the backend of the client's connections")
     parser.add_argument("--out", type=Path, help="write the printout into this Markdown file")
     args = parser.parse_args(argv)
+    global BACKEND  # noqa: PLW0603 - one setting of the whole run, read by every Pair
+    BACKEND = args.backend
     # The workers' logs (and the tracebacks of the runs each fault fails) are expected:
     # the table is the printout.
     logging.disable(logging.CRITICAL)
@@ -456,7 +473,8 @@ def main(argv: list[str] | None = None) -> int:
     started = time.monotonic()
     rows: list[Figures] = []
     try:
-        print(f"fault suite, seed {args.seed}, {args.points} kill points")
+        print(f"fault suite, seed {args.seed}, {args.points} kill points, "
+              f"backend {args.backend}")
         rows.append(kill_points(folder, session_redis.url, rng, args.points))
         print(table(rows[-1:]).splitlines()[-1], flush=True)
         for scenario in SCENARIOS:
@@ -467,7 +485,8 @@ def main(argv: list[str] | None = None) -> int:
         session_redis.stop()
         shutil.rmtree(folder, ignore_errors=True)
     elapsed = time.monotonic() - started
-    printout = (f"Seed {args.seed}, {args.points} kill points; {elapsed:.0f} s on {machine()}, "
+    printout = (f"Seed {args.seed}, {args.points} kill points, backend {args.backend}; "
+                f"{elapsed:.0f} s on {machine()}, "
                 f"{datetime.now(UTC):%Y-%m-%d %H:%M} UTC.\n\n{table(rows)}\n")
     print()
     print(printout)

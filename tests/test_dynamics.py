@@ -18,7 +18,7 @@ import pytest
 from portal import multipart
 from portal.backends.base import Write
 from portal.backends.dynamics import MAX_WAIT_S, DynamicsBackend, web_api_root
-from portal.errors import BackendError, CredentialsRefused
+from portal.errors import BackendError, CredentialsRefused, ServerLimited
 from portal.multipart import RequestPart
 from portal.orgs.metadata import Attribute, Entity
 from tests.scripted_https import FIXTURES, Answer, ScriptedHttps, Seen, entra_authority, fixture
@@ -115,6 +115,44 @@ def test_dynamics_an_app_user_without_privileges_is_told_what_to_do(dataverse) -
     with pytest.raises(CredentialsRefused, match="missing prvReadAccount.*security role"):
         backend.check_credentials()
     backend.close()
+
+
+def test_dynamics_connect_as_an_app_user_without_a_role_fails_makes_nothing_then_resumes(
+        dataverse, tmp_path: Path, redis_url: str, redis, monkeypatch) -> None:
+    # The connect job, on a real RQ worker, against the scripted environment: WhoAmI 403s
+    # until the admin gives the application user a security role.
+    from portal import crypto
+    from portal.db import get_db
+    from portal.sync import connections
+    from tests.sync_helpers import Side
+
+    monkeypatch.setenv("REQUESTS_CA_BUNDLE", str(dataverse.server.ca_path))
+    dataverse.route("GET", "WhoAmI()", Answer(403, {"error": {
+        "code": "0x80040220", "message": "Principal user is missing prvReadAccount privilege"}}))
+    client = Side(tmp_path / "b", redis_url, backend="dynamics")
+    client.create_org("cli", template=None)
+    with client.app.app_context():
+        db = get_db()
+        org_id = db.execute("SELECT id FROM orgs WHERE name = 'cli'").fetchone()[0]
+        connection = connections.create_connection(
+            db, crypto.load_key(client.instance), org_id, backend="dynamics",
+            url=dataverse.server.url, username="app-id", password="app-secret",
+            server_options={"auth": "client_credentials"})
+    client.queue(redis, connection.id, "connect")
+    client.work(redis)
+    failed = client.connection(connection.id)
+    assert failed.status == "failed"
+    assert "missing prvReadAccount privilege" in (failed.error or "")
+    assert "give the user or application user a security role" in (failed.error or "")
+    with client.org("cli") as b:
+        assert list(b.entities()) == []  # nothing half-made
+    # The role given: the same connection connects when its connect runs again.
+    dataverse.route("GET", "WhoAmI()", Answer(200, fixture("dataverse/whoami.response.json")))
+    dataverse.route("GET", "EntityDefinitions", Answer(200, {"value": []}))
+    dataverse.route("GET", "RelationshipDefinitions", Answer(200, {"value": []}))
+    client.queue(redis, connection.id, "connect")
+    client.work(redis)
+    assert client.connection(connection.id).status == "connected"
 
 
 def test_dynamics_a_url_that_is_not_dataverse_is_a_clear_failure(dataverse) -> None:
@@ -473,20 +511,25 @@ def test_dynamics_a_batch_over_1000_writes_goes_in_several(dataverse) -> None:
     assert len(received) == 1500 and {r.status for r in results} == {"ok"}
 
 
+# The N:N of _metadata's two tables, and Dataverse's refusal to write one of its rows
+# itself (composed: Learn shows no body).
+LINK = Entity("sample_sample_bankaccounts_contacts", isintersect=True,
+              primaryidattribute="sample_sample_bankaccounts_contactsid",
+              entitysetname="sample_sample_bankaccounts_contactsset", attributes=[
+                  Attribute("sample_bankaccountid", "lookup", targets=["sample_bankaccount"]),
+                  Attribute("contactid", "lookup", targets=["contact"])])
+REFUSED_ROW = Answer(400, {"error": {"code": "0x80040203", "message": "The 'Create' method "
+                                     "does not support entities of type 'intersect'"}})
+
+
 def test_dynamics_associates_and_disassociates_n_to_n_rows(dataverse) -> None:
     _metadata(dataverse)
-    link = Entity("sample_sample_bankaccounts_contacts", isintersect=True,
-                  primaryidattribute="sample_sample_bankaccounts_contactsid",
-                  entitysetname="sample_sample_bankaccounts_contactsset", attributes=[
-                      Attribute("sample_bankaccountid", "lookup", targets=["sample_bankaccount"]),
-                      Attribute("contactid", "lookup", targets=["contact"])])
+    link = LINK
     nav = "sample_bankaccounts(b1)/sample_sample_BankAccounts_Contacts"
-    # Dataverse refuses writing an intersect row itself (composed: Learn shows no body).
-    refused = Answer(400, {"error": {"code": "0x80040203", "message": "The 'Create' method "
-                                     "does not support entities of type 'intersect'"}})
-    _batch_server(dataverse, {f"sample_sample_bankaccounts_contactsset({row})": refused
+    _batch_server(dataverse, {f"sample_sample_bankaccounts_contactsset({row})": REFUSED_ROW
                               for row in ("r1", "r2", "r3")})
     dataverse.route("POST", nav + "/$ref", Answer(204, b""))
+    dataverse.route("GET", "sample_sample_bankaccounts_contactsset?", Answer(200, {"value": []}))
     dataverse.route("GET", "sample_sample_bankaccounts_contactsset(r2)", Answer(200, {
         "sample_sample_bankaccounts_contactsid": "r2", "sample_bankaccountid": "b1",
         "contactid": "c9"}))
@@ -505,6 +548,45 @@ def test_dynamics_associates_and_disassociates_n_to_n_rows(dataverse) -> None:
     post = dataverse.server.requests_to(API + nav + "/$ref")[0]
     assert post.json() == {"@odata.id": f"{dataverse.server.url}{API}contacts(c1)"}
     assert dataverse.server.requests_to(API + nav + "(c9)/$ref")[0].method == "DELETE"
+
+
+def test_dynamics_an_associated_n_to_n_row_maps_to_the_servers_own_row_id(dataverse) -> None:
+    # associate-disassociate-entities-using-web-api.md: POST .../$ref answers 204 and the
+    # server makes the intersect row with an id of its own; reading the intersect table by
+    # its two ids finds it (query-data-web-api.md: $filter on the lookup columns).
+    _metadata(dataverse)
+    link = LINK
+    rows = "sample_sample_bankaccounts_contactsset"
+    nav = "sample_bankaccounts(b1)/sample_sample_BankAccounts_Contacts"
+    _batch_server(dataverse, {f"{rows}(r1)": REFUSED_ROW})
+    dataverse.route("POST", nav + "/$ref", Answer(204, b""))
+    server_row = {"sample_sample_bankaccounts_contactsid": "5E0F5A7C-0000-4000-8000-00000000A001",
+                  "sample_bankaccountid": "b1", "contactid": "c1"}
+    dataverse.route("GET", rows + "?", Answer(200, {"value": [
+        {"sample_sample_bankaccounts_contactsid": server_row[
+            "sample_sample_bankaccounts_contactsid"]}]}))
+    backend = dataverse.backend()
+    [result] = backend.apply_writes([Write(link, "r1", "upsert", {
+        "sample_bankaccountid": "b1", "contactid": "c1"}, create_only=True)])
+    assert result.status == "ok"
+    assert result.server_key == "5e0f5a7c-0000-4000-8000-00000000a001"
+    [lookup] = dataverse.server.requests_to(API + rows + "?")
+    assert "$filter=sample_bankaccountid%20eq%20b1%20and%20contactid%20eq%20c1" in lookup.path
+    # The delete reads the row by the server's id (the engine gives it as the server key).
+    dataverse.route("GET", f"{rows}(5e0f5a7c", Answer(200, server_row))
+    dataverse.route("DELETE", nav + "(c1)/$ref", Answer(204, b""))
+    [result] = backend.apply_writes([Write(link, "r1", "delete",
+                                           server_key="5e0f5a7c-0000-4000-8000-00000000a001")])
+    assert result.status == "ok"
+    assert dataverse.server.requests_to(API + nav + "(c1)/$ref")[0].method == "DELETE"
+    # Pages of an intersect table name each row's server id, for the engine to map.
+    dataverse.route("GET", rows + "?", Answer(200, {
+        "value": [{"@odata.etag": 'W/"1"', **server_row}],
+        "@odata.deltaLink": f"{dataverse.server.url}{API}{rows}?$deltatoken=1"}))
+    [page] = list(backend.read_changes(link, None))
+    backend.close()
+    assert page.keys == {"5e0f5a7c-0000-4000-8000-00000000a001":
+                         "5e0f5a7c-0000-4000-8000-00000000a001"}
 
 
 def test_dynamics_429_waits_as_retry_after_says(dataverse) -> None:
@@ -531,7 +613,8 @@ def test_dynamics_a_wait_longer_than_a_run_stops_it_with_the_reason(dataverse) -
         "code": "0x80072321", "message": "Combined execution time of incoming requests "
                                          "exceeded limit"}}, {"Retry-After": str(MAX_WAIT_S * 3)}))
     backend = dataverse.backend()
-    with pytest.raises(BackendError, match="service protection limits.*next run continues"):
+    # ServerLimited: the run ends "limited" (not failed), and the next run resumes.
+    with pytest.raises(ServerLimited, match="service protection limits.*next run continues"):
         backend.check_credentials()
     backend.close()
     assert len(dataverse.server.requests_to(API + "WhoAmI()")) == 1  # no waiting, no retry

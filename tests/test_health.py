@@ -21,6 +21,9 @@ def test_health_503_when_redis_is_unreachable(tmp_path) -> None:
 def test_home_page_and_404_page(client) -> None:
     home = client.get("/")
     assert home.status_code == 200 and b"CRM Sync" in home.data
+    # Dynamics is the main path, offered as such (issue 11), never "coming soon".
+    assert b"Dynamics 365 / Dataverse environment" in home.data
+    assert b"coming soon" not in home.data.lower()
     missing = client.get("/no/such/page")
     assert missing.status_code == 404
     assert b"404" in missing.data and b"Traceback" not in missing.data

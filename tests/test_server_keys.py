@@ -116,8 +116,8 @@ class KeyedServer(Backend):
     def read_metadata(self) -> list[Entity]:
         return []
 
-    def read_changes(self, entity: Entity, link: str | None, *,
-                     page_size: int = 1000) -> Generator[ChangesPage, None, None]:
+    def read_changes(self, entity: Entity, link: str | None, *, page_size: int = 1000,
+                     filter: Any = None) -> Generator[ChangesPage, None, None]:
         keys = sorted(self.rows)
         for start in range(0, len(keys), page_size):
             chunk = keys[start:start + page_size]
@@ -129,7 +129,7 @@ class KeyedServer(Backend):
                 None if last else str(start + page_size), last,
                 keys={r["accountid"]: str(k) for r, k in zip(records_, chunk, strict=True)})
 
-    def read_ids(self, entity: Entity) -> Iterator[list[str]]:
+    def read_ids(self, entity: Entity, filter: Any = None) -> Iterator[list[str]]:
         yield [str(k) for k in self.rows]
 
     def get_record(self, entity: Entity, record_id: str) -> tuple[dict[str, Any], str] | None:
@@ -231,3 +231,16 @@ def test_deletions_on_a_keyed_server_are_reconciled_by_key(sales_org: store.OrgD
     engine.download_entity(run, run.plan.entities[0])
     assert _names(sales_org) == {sync_state.server_key_id("account", "1"): "Stays"}
     assert run.result.of("account").deleted == 1
+
+
+def test_guid_server_ids_map_to_the_client_row_where_known_else_are_their_own(
+        sales_org: store.OrgDb) -> None:
+    # Dataverse's N:N rows: the client's row (c1) was associated and the server gave the
+    # row its own id (s1); an id never mapped (s2) is the row's id, not a derived GUID.
+    with immediate(sales_org.db):
+        sync_state.save_server_versions(sales_org.db, "leadcompetitor", {"c1": ""},
+                                        {"c1": "s1"})
+    assert sync_state.ids_for_keys(sales_org.db, "leadcompetitor", ["s1", "s2"],
+                                   derive=False) == {"s1": "c1", "s2": "s2"}
+    assert sync_state.ids_for_keys(sales_org.db, "leadcompetitor", ["s2"]) == {
+        "s2": sync_state.server_key_id("leadcompetitor", "s2")}

@@ -8,9 +8,9 @@ import pytest
 from redis import Redis
 
 from portal import crypto
-from portal.orgs import records, transactions
+from portal.orgs import records, sync_state, transactions
 from portal.orgs.templates import sales
-from tests.conftest import ADMIN_PASSWORD
+from tests.conftest import ADMIN_EMAIL, ADMIN_PASSWORD
 from tests.sync_helpers import Side, assert_identical, checksums, seed_sales, snapshot
 
 SALES = [e.logicalname for e in sales()]
@@ -99,7 +99,19 @@ def _connect(server: Side, client: Side, redis: Redis, *, policy: str = "server-
 
 def _same(server: Side, client: Side) -> None:
     with server.org("srv") as a, client.org("cli") as b:
-        assert_identical(a, b, SALES)
+        if client.backend != "dynamics":
+            assert_identical(a, b, SALES)
+            return
+        # Dataverse gives an N:N row the client associated an id of its own; the client
+        # keeps its row (mapped to the server's id): the same rows, each once, by content.
+        links = [n for n in SALES if a.entity(n).isintersect]
+        assert_identical(a, b, [n for n in SALES if n not in links])
+        for name in links:
+            pk = a.entity(name).primaryidattribute
+            rows = [sorted(({k: v for k, v in r.items() if k != pk} for r in snapshot(
+                side, [name])[name].values()), key=lambda r: sorted(r.items()))
+                for side in (a, b)]
+            assert rows[0] == rows[1], name
 
 
 def test_sync_changes_and_deletions_both_ways(pair, redis: Redis) -> None:
@@ -126,7 +138,8 @@ def test_sync_changes_and_deletions_both_ways(pair, redis: Redis) -> None:
         records.create_record(b, "contact", {"lastname": "Mine", "parentcustomerid":
                                              mine["accountid"]})
         other = list(b.db.table("competitor").rows)[1]["competitorid"]
-        records.create_record(b, "leadcompetitor", {"leadid": lead, "competitorid": other})
+        link = records.create_record(b, "leadcompetitor", {"leadid": lead,
+                                                            "competitorid": other})
         assert transactions.counts(b)["pending"] == 5
     client.sync_now(redis, connection_id)
     _same(server, client)
@@ -136,6 +149,13 @@ def test_sync_changes_and_deletions_both_ways(pair, redis: Redis) -> None:
         assert records.get_record(b, "account", server_accounts[1]) is None
         assert transactions.counts(b) == {"pending": 0, "processed": 5, "error": 0,
                                           "archived": 0}
+        if client.backend == "dynamics":
+            # Associated through $ref: the server's row has its own id, the client's maps to it.
+            [server_link] = [r["leadcompetitorid"] for r in a.db.table("leadcompetitor").rows
+                             if (r["leadid"], r["competitorid"]) == (lead, other)]
+            assert server_link != link["leadcompetitorid"]
+            assert sync_state.keys_for_ids(b.db, "leadcompetitor", [link["leadcompetitorid"]]
+                                           ) == {link["leadcompetitorid"]: server_link}
         # Nothing that came from the server went back.
     # A second run with nothing new changes nothing and sends nothing.
     with server.org("srv") as a:
@@ -143,6 +163,15 @@ def test_sync_changes_and_deletions_both_ways(pair, redis: Redis) -> None:
     client.sync_now(redis, connection_id)
     with server.org("srv") as a:
         assert a.db.execute("SELECT value FROM _org WHERE key='version'").fetchone()[0] == version
+    _same(server, client)
+    # The N:N row made on the client leaves both sides (disassociated by the server's id).
+    with client.org("cli") as b:
+        records.delete_record(b, "leadcompetitor", link["leadcompetitorid"])
+    client.sync_now(redis, connection_id)
+    with server.org("srv") as a, client.org("cli") as b:
+        for org in (a, b):
+            assert not [r for r in org.db.table("leadcompetitor").rows
+                        if (r["leadid"], r["competitorid"]) == (lead, other)]
     _same(server, client)
 
 
@@ -454,25 +483,209 @@ def test_sync_dynamics_as_an_application_user_and_refused_secrets_readably(
     _same(server, client)
 
 
-def test_sync_dynamics_through_a_429_storm_waits_as_told_and_ends_identical(
-        tmp_path: Path, redis_url: str, redis: Redis, portal_process, monkeypatch) -> None:
-    # The server's Dataverse root with service protection on and a small budget: the
-    # connect job meets 429s with Retry-After and waits them out; nothing is lost.
+def _dataverse_server(tmp_path: Path, redis_url: str, portal_process, monkeypatch,
+                      accounts: int, env: dict[str, str]):
+    """Server org `srv` seeded with `accounts`, on a TLS portal with `env`; the worker trusts it."""
     tls = dataverse_tls(tmp_path / "tls")
     server = Side(tmp_path / "a", redis_url)
     server.create_org("srv")
     with server.org("srv") as org:
-        seed_sales(org, accounts=30)
-    process = portal_process(tmp_path / "a", tls=tls, env={
-        "PORTAL_DATAVERSE_SERVICE_PROTECTION": "true", "PORTAL_DATAVERSE_LIMIT_REQUESTS": "25",
-        "PORTAL_DATAVERSE_LIMIT_WINDOW_S": "2"})
+        seed_sales(org, accounts=accounts)
+    process = portal_process(tmp_path / "a", tls=tls, env=env)
     monkeypatch.setenv("REQUESTS_CA_BUNDLE", str(tls.ca_file))
+    return server, process, tls
+
+
+def test_sync_dynamics_through_a_429_storm_waits_as_told_and_ends_identical(
+        tmp_path: Path, redis_url: str, redis: Redis, portal_process, monkeypatch) -> None:
+    # The server's Dataverse root with service protection on and a small budget: the
+    # connect job meets 429s with Retry-After and waits them out; nothing is lost.
+    server, process, _ = _dataverse_server(tmp_path, redis_url, portal_process, monkeypatch,
+                                           30, {"PORTAL_DATAVERSE_SERVICE_PROTECTION": "true",
+                                                "PORTAL_DATAVERSE_LIMIT_REQUESTS": "25",
+                                                "PORTAL_DATAVERSE_LIMIT_WINDOW_S": "2"})
     server.url = f"{process.url}/dataverse/srv"
     client = Side(tmp_path / "b", redis_url, backend="dynamics",
                   config={"SYNC_PAGE_SIZE": 10, "SYNC_HTTP_RETRIES": 20})
     client.create_org("cli", template=None)
     client.connect_now(redis, "cli", server.url)
     _same(server, client)
+
+
+dynamics_only = pytest.mark.parametrize("pair", ["dynamics"], indirect=True)
+
+
+def _logs(client: Side, connection_id: int) -> list[str]:
+    from portal.db import get_db
+    from portal.sync import runs
+
+    with client.app.app_context():
+        return [line["message"] for line in
+                runs.list_logs(get_db(), client.connection(connection_id).org_id)]
+
+
+@dynamics_only
+def test_sync_dynamics_expired_delta_token_reads_again_in_full_nothing_lost_or_doubled(
+        pair, redis: Redis) -> None:
+    from portal.orgs import changes
+
+    server, client = pair
+    connection_id = _connect(server, client, redis)
+    with server.org("srv") as a:
+        ids = sorted(r["accountid"] for r in a.db.table("account").rows)
+        records.delete_record(a, "account", ids[0])
+        records.delete_record(a, "account", ids[1])
+        records.update_record(a, "account", ids[2], {"name": "changed while the token aged"})
+        records.create_record(a, "account", {"name": "made while the token aged"})
+        # The org's change history is pruned (as Dataverse's change-tracking window ends):
+        # the connection's delta tokens are older than the feed, so the server refuses
+        # them with ExpiredVersionStamp (0x80044352), and the deletions are not reported.
+        assert changes.forget_tombstones(a, "9999-12-31T00:00:00Z") >= 2
+    with client.org("cli") as b:
+        records.update_record(b, "account", ids[3], {"telephone1": "+421 2 000"})
+        mine = records.create_record(b, "account", {"name": "made on the client meanwhile"})
+    before = _version(server)
+    client.sync_now(redis, connection_id)
+    _same(server, client)
+    assert _version(server) - before == 2  # the client's two writes, each once
+    with client.org("cli") as b:
+        assert records.get_record(b, "account", ids[0]) is None
+        assert records.get_record(b, "account", ids[1]) is None
+        assert records.get_record(b, "account", mine["accountid"]) is not None
+        assert transactions.counts(b) == {"pending": 0, "processed": 2, "error": 0,
+                                          "archived": 0}
+    logged = _logs(client, connection_id)
+    started_over = [m for m in logged if "reading account again in full" in m]
+    assert len(started_over) == 1, logged[:10]
+    assert "Version stamp associated with the client has expired" in started_over[0]
+    assert any(m.startswith("downloaded ") and "deleted 2 " in m for m in logged), logged[:10]
+    # The full read left a new delta link: the next run reads changes again, not all.
+    client.sync_now(redis, connection_id)
+    assert len([m for m in _logs(client, connection_id) if "again in full" in m]) == 1
+    assert _version(server) - before == 2
+    _same(server, client)
+
+
+def test_sync_dynamics_sends_the_filter_as_odata_filter_on_an_untracked_table(
+        tmp_path: Path, redis_url: str, redis: Redis, portal_process, monkeypatch) -> None:
+    from portal.db import get_db
+    from portal.sync import connections
+    from tests.fault_proxy import FaultProxy
+
+    # account without change tracking on the server: read by a modifiedon watermark, where
+    # Dataverse takes $filter. A proxy counts the records that cross the wire.
+    server, process, tls = _dataverse_server(tmp_path, redis_url, portal_process, monkeypatch,
+                                             40, {"PORTAL_DATAVERSE_UNTRACKED_TABLES": "account"})
+    proxy = FaultProxy(process.url, tls=tls)
+    try:
+        server.url = f"{proxy.url}/dataverse/srv"
+        client = Side(tmp_path / "b", redis_url, backend="dynamics")
+        client.create_org("cli", template=None)
+        connection_id = client.connect_now(redis, "cli", server.url)
+        assert proxy.served["accounts"] == 2 * 40  # read, then listed (reconciliation)
+
+        def filtered(xml: str) -> tuple[int, set[str]]:
+            with client.app.app_context():
+                connections.configure_entity(get_db(), connection_id, "account",
+                                             filter_xml=xml)
+            before = proxy.served["accounts"]
+            client.sync_now(redis, connection_id)
+            with client.org("cli") as b:
+                return proxy.served["accounts"] - before, {
+                    r["accountid"] for r in b.db.table("account").rows}
+
+        def server_accounts(keep) -> dict[str, dict]:  # type: ignore[type-arg]
+            with server.org("srv") as a:
+                return {i: r for i, r in snapshot(a, ["account"])["account"].items()
+                        if keep(r)}
+
+        def client_accounts() -> dict[str, dict]:  # type: ignore[type-arg]
+            with client.org("cli") as b:
+                return snapshot(b, ["account"])["account"]
+
+        served, kept = filtered('<filter type="and"><condition attribute="creditonhold" '
+                                'operator="eq" value="false"/></filter>')
+        expected = server_accounts(lambda r: not r["creditonhold"])
+        assert 0 < len(expected) < 40
+        assert client_accounts() == expected  # the same records and values as the engine's
+        # Only the matching records crossed the wire: one read and one listing of them.
+        assert served == 2 * len(expected)
+        leaving, renamed = sorted(expected)[:2]
+        with server.org("srv") as a:
+            records.update_record(a, "account", leaving, {"creditonhold": True})
+            records.update_record(a, "account", renamed, {"name": "renamed on the server"})
+        client.sync_now(redis, connection_id)
+        # The record that stopped matching is not sent, and leaves by the filtered listing.
+        expected = server_accounts(lambda r: not r["creditonhold"])
+        assert leaving not in expected and client_accounts() == expected
+        with client.org("cli") as b:
+            assert transactions.counts(b)["pending"] == 0  # leaving is not a deletion
+        # A like pattern OData cannot say: the engine's filter alone, every record read.
+        served, kept = filtered('<filter><condition attribute="name" operator="like" '
+                                'value="Account 1%5"/></filter>')
+        assert served == 2 * 40
+        expected = server_accounts(lambda r: r["name"].startswith("Account 1")
+                                   and r["name"].endswith("5"))
+        assert set(expected) == {r for r in kept} and client_accounts() == expected
+        _same_entities_but(server, client, "account")
+    finally:
+        proxy.stop()
+
+
+def _same_entities_but(server: Side, client: Side, filtered: str) -> None:
+    with server.org("srv") as a, client.org("cli") as b:
+        names = [n for n in SALES if n != filtered]
+        assert snapshot(a, names) == snapshot(b, names)
+
+
+@dynamics_only
+def test_sync_dynamics_bad_server_values_fail_clearly_make_nothing_and_can_be_fixed(
+        pair, redis: Redis) -> None:
+    from portal.db import get_db
+    from portal.sync import connections
+
+    server, client = pair
+    with server.org("srv") as org:
+        seed_sales(org, accounts=5)
+    portal = server.url.removesuffix("/dataverse/srv")  # type: ignore[union-attr]
+    client.create_org("cli", template=None)
+    connection_id = client.connect("cli", server.url)  # type: ignore[arg-type]
+    key = crypto.load_key(client.instance)
+    bad = [
+        # The org's OData root is no Dataverse environment: no Bearer challenge there.
+        (f"{portal}/odata/v4/srv/", {}, "is not a Dataverse environment"),
+        # A tenant (the hosted portal's authority of an org) that does not exist.
+        (server.url, {"authority": f"{portal}/dataverse/no-such-org"}, "AADSTS"),
+    ]
+    for url, options, said in bad:
+        with client.app.app_context():
+            connections.update_server(get_db(), key, connection_id, backend="dynamics",
+                                      url=url, username=ADMIN_EMAIL, password=ADMIN_PASSWORD,
+                                      server_options=options)
+        client.queue(redis, connection_id, "connect")
+        client.work(redis)
+        failed = client.connection(connection_id)
+        assert failed.status == "failed", url
+        assert said in (failed.error or ""), failed.error
+        assert "Traceback" not in (failed.error or "")
+        with client.org("cli") as b:
+            assert list(b.entities()) == []  # nothing half-made
+    # The way on: the right values, connected, the same data on both sides.
+    with client.app.app_context():
+        connections.update_server(get_db(), key, connection_id, backend="dynamics",
+                                  url=server.url, username=ADMIN_EMAIL,  # type: ignore[arg-type]
+                                  password=ADMIN_PASSWORD)
+    client.queue(redis, connection_id, "connect")
+    client.work(redis)
+    assert client.connection(connection_id).status == "connected"
+    _same(server, client)
+
+
+def _version(side: Side) -> int:
+    from portal.orgs import store
+
+    with side.org("srv") as a:
+        return store.current_version(a.db)
 
 
 @resco_only

@@ -22,24 +22,41 @@ from portal.queue import connect_redis
 from tests.fault_proxy import FaultProxy
 from tests.redis_server import RedisServer
 from tests.sync_helpers import Side, assert_identical, seed_sales, snapshot
+from tests.test_sync import dataverse_tls
 
 ROOT = Path(__file__).resolve().parent.parent
 SALES = [e.logicalname for e in sales()]
 FAST = {"SYNC_HTTP_RETRIES": 1, "SYNC_PAGE_SIZE": 50, "SYNC_UPLOAD_BATCH": 20}
 
 
-@pytest.fixture
-def faulty(tmp_path: Path, redis_url: str, redis: Redis, portal_process):
-    """Server portal A behind a fault proxy, and client side B (not yet connected)."""
+@pytest.fixture(params=["resco", "dynamics"])
+def faulty(request, tmp_path: Path, redis_url: str, redis: Redis, portal_process,
+           monkeypatch):
+    """Server portal A behind a fault proxy, and client side B (not yet connected).
+
+    As the sync tests' `pair`: `resco` through A's Org API, `dynamics` through A's
+    Dataverse root over TLS (the proxy speaking TLS on both sides with A's test
+    certificate), signing in through MSAL at A's authority, reached through the proxy.
+    """
     server = Side(tmp_path / "a", redis_url)
     server.create_org("srv")
-    process = portal_process(tmp_path / "a")
-    proxy = FaultProxy(process.url)
-    server.url = proxy.url + "/odata/v4/srv/"
-    client = Side(tmp_path / "b", redis_url, config=FAST)
+    if request.param == "resco":
+        proxy = FaultProxy(portal_process(tmp_path / "a").url)
+        server.url = proxy.url + "/odata/v4/srv/"
+    else:
+        tls = dataverse_tls(tmp_path / "tls")
+        proxy = FaultProxy(portal_process(tmp_path / "a", tls=tls).url, tls=tls)
+        # The CA of the worker's requests (and of the job processes the tests start).
+        monkeypatch.setenv("REQUESTS_CA_BUNDLE", str(tls.ca_file))
+        server.url = proxy.url + "/dataverse/srv"
+    client = Side(tmp_path / "b", redis_url, config=FAST, backend=request.param)
     client.create_org("cli", template=None)
     yield server, client, proxy
     proxy.stop()
+
+
+# Faults of the client's own side (its Redis, its org file): one backend shows them.
+resco_only = pytest.mark.parametrize("faulty", ["resco"], indirect=True)
 
 
 def _version(side: Side, org: str) -> int:
@@ -479,6 +496,7 @@ def _snapshot(side: Side, org: str) -> dict:  # type: ignore[type-arg]
             "SELECT entity, checkpoint, complete FROM _sync_state ORDER BY entity"))}
 
 
+@resco_only
 def test_sync_page_write_on_a_locked_org_file_fails_readably_and_the_next_run_converges(
         faulty, redis: Redis) -> None:
     server, client, _ = faulty
@@ -517,6 +535,7 @@ def small_disk(tmp_path: Path):
     subprocess.run(["umount", "-l", str(folder)], check=False)
 
 
+@resco_only
 def test_sync_page_write_on_a_full_disk_fails_readably_and_the_next_run_converges(
         small_disk: Path, faulty, redis: Redis) -> None:
     server, client, _ = faulty

@@ -30,7 +30,7 @@ import msal
 import requests
 from requests.auth import AuthBase
 
-from portal.errors import BackendError, CredentialsRefused, InvalidInput
+from portal.errors import BackendError, CredentialsRefused, InvalidInput, ServerLimited
 
 # The public client id of Microsoft's Dataverse samples, registered by
 # Microsoft in every tenant; a customer may register and name their own.
@@ -362,6 +362,13 @@ def discover_authority(session: requests.Session, url: str) -> Challenge:
     except requests.RequestException as exc:
         raise BackendError(f"the server at {url} cannot be reached: "
                            f"{exc.__class__.__name__}") from None
+    if response.status_code == 429:  # the service protection limits, not a wrong URL
+        retry_after = response.headers.get("Retry-After")
+        raise ServerLimited(f"stopped by the server's limit: GET {url} answered 429"
+                            + (f" (Retry-After {retry_after} s)" if retry_after else ""))
+    if response.status_code in (502, 503, 504):
+        raise BackendError(f"the server at {url} is unavailable (it answered "
+                           f"{response.status_code}); the next run tries again")
     challenge = parse_bearer_challenge(response.headers.get("WWW-Authenticate", ""))
     if response.status_code != 401 or challenge is None:
         raise BackendError(

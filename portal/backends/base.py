@@ -13,9 +13,12 @@ redirect to one, is refused (`server_urls`).
 from abc import ABC, abstractmethod
 from collections.abc import Generator, Iterator
 from dataclasses import dataclass, field
-from typing import Any, ClassVar
+from typing import TYPE_CHECKING, Any, ClassVar
 
 from portal.orgs.metadata import Entity
+
+if TYPE_CHECKING:
+    from portal.sync.filters import Filter
 
 
 @dataclass
@@ -92,11 +95,14 @@ class Backend(ABC):
         """The server's entities and attributes."""
 
     @abstractmethod
-    def read_changes(self, entity: Entity, link: str | None, *,
-                     page_size: int = 1000) -> Generator[ChangesPage, None, None]:
+    def read_changes(self, entity: Entity, link: str | None, *, page_size: int = 1000,
+                     filter: "Filter | None" = None) -> Generator[ChangesPage, None, None]:
         """Pages of changes since `link` (None: everything), the last one `complete`.
 
-        A caller that stops before the last page closes the generator.
+        `filter` (checked against the entity) is the connection's sync filter: a
+        backend may ask the server for matching records only, where its protocol
+        can say so; the engine filters every page all the same. A caller that
+        stops before the last page closes the generator.
         """
 
     def count(self, entity: Entity) -> int | None:
@@ -104,8 +110,13 @@ class Backend(ABC):
         return None
 
     @abstractmethod
-    def read_ids(self, entity: Entity) -> Iterator[list[str]]:
-        """Pages of the ids (server keys, if `keyed`) of every record (deletion reconciliation)."""
+    def read_ids(self, entity: Entity, filter: "Filter | None" = None) -> Iterator[list[str]]:
+        """Pages of the ids (server keys, if `keyed`) of every record (deletion reconciliation).
+
+        With `filter`, a backend may list only the records that match it: the
+        client keeps no other, so the ones it holds and the server no longer
+        lists under the filter leave it either way.
+        """
 
     @abstractmethod
     def get_record(self, entity: Entity, record_id: str) -> tuple[dict[str, Any], str] | None:

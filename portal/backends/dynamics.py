@@ -58,8 +58,15 @@ from portal.backends.odata import (
     write_headers,
 )
 from portal.backends.prefetch import prefetched
-from portal.errors import BackendError, CredentialsRefused, InvalidInput, MalformedMultipart
+from portal.errors import (
+    BackendError,
+    CredentialsRefused,
+    InvalidInput,
+    MalformedMultipart,
+    ServerLimited,
+)
 from portal.orgs.metadata import SYSTEM_ATTRIBUTES, Attribute, Entity
+from portal.sync import filters
 
 API_PATH = "api/data/v9.2/"
 API_RE = re.compile(r"/api/data/v\d+\.\d+/?")
@@ -118,8 +125,9 @@ class ServiceProtectionRetry(ServerRetry):
         # Read here: urllib3's own reading is capped at retry_after_max.
         wait = _seconds(response.headers.get("Retry-After"))
         if wait is not None and wait > MAX_WAIT_S:
-            raise BackendError(
-                f"Dataverse's service protection limits are reached ({_error_text(response)}); "
+            raise ServerLimited(
+                f"stopped by the server's limit: Dataverse's service protection limits are "
+                f"reached ({_error_text(response)}); "
                 f"it asks to wait {wait:.0f} s, longer than a run waits ({MAX_WAIT_S} s). "
                 "The run stops here; the next run continues where this one stopped")
         return bool(super().sleep_for_retry(response))
@@ -294,11 +302,20 @@ class DynamicsBackend(ODataBackend):
                 dvm.merge_casts(attributes, self.get_json(
                     f"{_key(name)}/Attributes/Microsoft.Dynamics.CRM.{cast}?{query}"))
 
-    def read_changes(self, entity: Entity, link: str | None, *,
-                     page_size: int = 1000) -> Generator[ChangesPage, None, None]:
-        """Delta pages on tracked tables, a modifiedon watermark on the others."""
+    def read_changes(self, entity: Entity, link: str | None, *, page_size: int = 1000,
+                     filter: filters.Filter | None = None) -> Generator[ChangesPage, None, None]:
+        """Delta pages on tracked tables, a modifiedon watermark on the others.
+
+        On a table without change tracking the sync filter goes to the server as
+        `$filter` where it can be expressed (Dataverse refuses $filter with
+        change tracking): fewer records cross the wire, and the reconciliation
+        that ends each such read lists the same records (`read_ids`), so one that
+        stopped matching leaves the client as the engine's own filter would do.
+        """
         tracked = self.tracks_changes(entity)
-        full = f"{entity.entitysetname}?$select={','.join(self.select(entity))}"
+        selected = f"{entity.entitysetname}?$select={','.join(self.select(entity))}"
+        expressed = None if tracked else self.server_filter(entity, filter)
+        full = f"{selected}&$filter={expressed}" if expressed else selected
         prefer = ["odata.track-changes"] if tracked else []
         prefer += [f"odata.maxpagesize={min(page_size, MAX_PAGE_SIZE)}",
                    f'odata.include-annotations="{LOOKUP_TABLE},{NAVIGATION}"']
@@ -313,10 +330,12 @@ class DynamicsBackend(ODataBackend):
             newest = ""
             while True:
                 response = self.request("GET", url, headers=headers)
-                if response.status_code != 200 and link is not None and url != full \
+                if 400 <= response.status_code < 500 and link is not None and url != full \
                         and url == link.removesuffix(RECONCILE):
                     # A delta token too old (or refused): read everything again, and
-                    # let the engine delete what the server no longer has.
+                    # let the engine delete what the server no longer has. A server
+                    # error (5xx after the retries) fails the run instead: the token
+                    # may be good, and the next run tries it again.
                     note = (f"the server refused the saved change link ({response.status_code}:"
                             f" {_message(response)}); reading {entity.logicalname} again in "
                             "full, deletions found by comparing ids")
@@ -326,12 +345,19 @@ class DynamicsBackend(ODataBackend):
                     raise BackendError(f"reading {entity.logicalname} answered "
                                        f"{response.status_code}: {_message(response)}")
                 page = self.changes_page(entity, orjson.loads(response.content))
+                if entity.isintersect:
+                    # N:N rows we associated have the server's ids: the engine maps each
+                    # server id it knows (a server key) to the client's row.
+                    page.keys = {i: i for i in [*(r[entity.primaryidattribute]
+                                                  for r in page.upserts), *page.deleted]}
                 page.note, note = note, None
                 newest = max([newest, *(str(r.get("modifiedon") or "") for r in page.upserts)])
                 if not tracked and page.complete:
                     # Next run: what changed since the newest change seen (ge: a record
                     # changed in the same second comes again and is skipped by version).
-                    page.link = f"{full}&$filter=modifiedon ge {newest}" \
+                    since = f"modifiedon ge {newest}"
+                    page.link = (f"{selected}&$filter={expressed}%20and%20{quote(since)}"
+                                 if expressed else f"{selected}&$filter={since}") \
                         if newest and has_modifiedon else None
                 elif reconcile and page.link:
                     page.link += RECONCILE  # a resumed read still reconciles at its end
@@ -342,6 +368,24 @@ class DynamicsBackend(ODataBackend):
                 url = page.link.removesuffix(RECONCILE)
 
         return prefetched(pages())
+
+    def server_filter(self, entity: Entity, filter: filters.Filter | None) -> str | None:
+        """The sync filter as a URL-quoted `$filter`, or None where it cannot be expressed.
+
+        Not expressed: a like pattern OData has no function for, or an attribute
+        the server's table lacks (the engine's own filter still applies).
+        """
+        if filter is None:
+            return None
+        server = self.server_attributes(entity)
+        if not filter.attributes() <= server.keys():
+            return None
+        try:
+            text = filters.to_odata(filter)
+        except InvalidInput:
+            return None
+        # Parenthesized, so a watermark condition can be and-ed to it.
+        return quote(f"({text})", safe="()',") if text else None
 
     def record_from_server(self, entity: Entity, item: dict[str, Any]) -> dict[str, Any]:
         """A Dataverse record in our form: `_x_value` as x, annotations dropped.
@@ -510,7 +554,8 @@ class DynamicsBackend(ODataBackend):
         """An N:N row: associate its two records, or disassociate them ($ref)."""
         relationship = self.relationship(write.entity)
         if write.operation == "delete":
-            row = self._intersect_row(write.entity, write.record_id)
+            # The server's own id of a row we associated (it gave the row an id of its own).
+            row = self._intersect_row(write.entity, write.server_key or write.record_id)
             if row is None:
                 return WriteResult("missing", message="the N:N row does not exist")
             values = row[0]
@@ -529,9 +574,26 @@ class DynamicsBackend(ODataBackend):
                 "POST", f"{base}/$ref", headers={"Content-Type": "application/json"},
                 data=orjson.dumps({"@odata.id": f"{self.root}"
                                    f"{self.entity_set(relationship.entity2)}({two})"}))
-            if response.status_code >= 400 and "duplicate" in _message(response).lower():
-                return WriteResult("ok")  # associated already (our lost answer, or theirs)
+            if response.status_code < 300 or "duplicate" in _message(response).lower():
+                # Associated (now, or already: our lost answer, or theirs). Dataverse gave
+                # the intersect row an id of its own: the client's row maps to it (its
+                # server key), so the row read back is the same row, not a second one.
+                return WriteResult("ok", server_key=self._intersect_id(
+                    write.entity, relationship, one, two))
         return self._result(write.entity, response)
+
+    def _intersect_id(self, entity: Entity, relationship: dvm.ManyToMany, one: str,
+                      two: str) -> str | None:
+        """The server's id of the N:N row joining `one` and `two`, or None if it lists none."""
+        pk = entity.primaryidattribute
+        response = self.request(
+            "GET", f"{entity.entitysetname}?$select={pk}&$filter="
+            + quote(f"{relationship.attribute1} eq {one} and {relationship.attribute2} eq {two}"))
+        if response.status_code != 200:
+            return None
+        rows = orjson.loads(response.content).get("value") or []
+        found = rows[0].get(pk) if rows and isinstance(rows[0], dict) else None
+        return str(found).lower() if found else None
 
     def _intersect_row(self, entity: Entity, record_id: str) -> tuple[dict[str, Any], str] | None:
         return self.read_record(entity, record_id, f"{entity.entitysetname}({record_id})")

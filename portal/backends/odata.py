@@ -11,7 +11,7 @@ every method is retried, POST and PATCH included.
 """
 
 from collections.abc import Generator, Iterator
-from typing import Any
+from typing import TYPE_CHECKING, Any
 from urllib.parse import urljoin
 
 import orjson
@@ -26,6 +26,9 @@ from portal.backends.prefetch import prefetched
 from portal.backends.server_urls import check_server_url, guard_session
 from portal.errors import BackendError, CredentialsRefused, ServerLimited
 from portal.orgs.metadata import Entity
+
+if TYPE_CHECKING:
+    from portal.sync.filters import Filter
 
 TIMEOUT_S = (10, 120)  # connect, read
 RETRIES = 5
@@ -147,8 +150,8 @@ class ODataBackend(Backend):
         return entities_from_entity_definitions(
             self.get_json("EntityDefinitions?$expand=Attributes"))
 
-    def read_changes(self, entity: Entity, link: str | None, *,
-                     page_size: int = 1000) -> Generator[ChangesPage, None, None]:
+    def read_changes(self, entity: Entity, link: str | None, *, page_size: int = 1000,
+                     filter: "Filter | None" = None) -> Generator[ChangesPage, None, None]:
         """Follow next links then the delta link, as Dataverse change tracking works.
 
         The next page is read while the caller writes this one (`prefetched`).
@@ -193,10 +196,12 @@ class ODataBackend(Backend):
         count = payload.get("@odata.count")
         return int(count) if isinstance(count, int) else None
 
-    def read_ids(self, entity: Entity) -> Iterator[list[str]]:
-        """Every id of the entity, a page at a time."""
+    def read_ids(self, entity: Entity, filter: "Filter | None" = None) -> Iterator[list[str]]:
+        """Every id of the entity (of those matching `filter`, if the dialect sends it)."""
         pk = entity.primaryidattribute
-        url: str | None = f"{entity.entitysetname}?$select={pk}"
+        expressed = self.server_filter(entity, filter)
+        url: str | None = f"{entity.entitysetname}?$select={pk}" + (
+            f"&$filter={expressed}" if expressed else "")
         while url:
             payload = self.get_json(url, {"Prefer": "odata.maxpagesize=5000"})
             yield [str(item[pk]).lower() for item in payload.get("value", [])]
@@ -266,6 +271,10 @@ class ODataBackend(Backend):
     def record_to_server(self, entity: Entity, values: dict[str, Any]) -> dict[str, Any]:
         """Our record in the server's JSON form."""
         return values
+
+    def server_filter(self, entity: Entity, filter: "Filter | None") -> str | None:
+        """A sync filter as this dialect's `$filter` (URL-quoted), or None: not sent."""
+        return None  # the Org API's reads: the engine filters (change tracking refuses $filter)
 
 
 def _message(response: requests.Response) -> str:

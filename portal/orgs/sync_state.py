@@ -137,8 +137,12 @@ def server_key_id(entity: str, key: str) -> str:
     return str(uuid.uuid5(SERVER_KEY_NAMESPACE, f"{entity}\x1f{key}"))
 
 
-def ids_for_keys(db: Database, entity: str, keys: Iterable[str]) -> dict[str, str]:
+def ids_for_keys(db: Database, entity: str, keys: Iterable[str],
+                 derive: bool = True) -> dict[str, str]:
     """The client GUID of each server key: the stored mapping, else the derived GUID.
+
+    `derive=False` for a server whose keys are GUIDs (Dataverse's N:N rows): a key
+    never mapped is the record's id itself.
 
     A stored mapping is one learnt from a create's answer (the client's random
     GUID) or saved with a downloaded page; a key never seen derives its GUID, so
@@ -150,7 +154,7 @@ def ids_for_keys(db: Database, entity: str, keys: Iterable[str]) -> dict[str, st
     stored = dict(db.execute(
         "SELECT server_key, id FROM _server_versions WHERE entity = ? AND server_key IN "
         "(SELECT value FROM json_each(?))", [entity, orjson.dumps(wanted).decode()]).fetchall())
-    return {k: stored.get(k) or server_key_id(entity, k) for k in wanted}
+    return {k: stored.get(k) or (server_key_id(entity, k) if derive else k) for k in wanted}
 
 
 def keys_for_ids(db: Database, entity: str, ids: Iterable[str]) -> dict[str, str]:

@@ -226,7 +226,8 @@ def upload(run: Run) -> None:
             record_ids = [g.record_id for g in sendable if g.entity == name]
             known.update({(name, i): v for i, v in
                           sync_state.server_versions(org, name, record_ids).items()})
-            if backend.is_keyed(entities[name]):
+            # Keyed servers' records, and N:N rows (they may have server ids), have keys.
+            if backend.is_keyed(entities[name]) or entities[name].isintersect:
                 keys.update({(name, i): k for i, k in
                              sync_state.keys_for_ids(org.db, name, record_ids).items()})
         writes = [_write(entities[g.entity], g, known.get((g.entity, g.record_id)),
@@ -450,14 +451,18 @@ def download_entity(run: Run, setting: EntitySettings, total: int | None = None)
     delta_link = None
     reconcile = False
     # Closed on any exit: the backend may be reading the next page in a thread.
-    with closing(run.backend.read_changes(entity, link, page_size=run.plan.page_size)) as pages:
+    # The filter may go to the server (fewer records over the wire) only where the run
+    # ends by reconciling against the same filtered listing: with Sync Deletion on.
+    sent = rule if setting.sync_deletion else None
+    with closing(run.backend.read_changes(entity, link, page_size=run.plan.page_size,
+                                          filter=sent)) as pages:
         for page in pages:
             delta_link = page.link
             reconcile = reconcile or page.reconcile
             if page.note:
                 run.reporter.log("info", page.note, name)
             with immediate(org.db):
-                page = _client_ids(org, entity, page)
+                page = _client_ids(org, entity, page, run.backend.is_keyed(entity))
                 waiting = transactions.pending_records(org, name)
                 rows, leaving, versions = _page_writes(run, entity, names, rule, page, waiting)
                 deleted = [i for i in page.deleted if i not in waiting] \
@@ -475,13 +480,14 @@ def download_entity(run: Run, setting: EntitySettings, total: int | None = None)
     if (delta_link is None or reconcile) and setting.sync_deletion:
         # The read ended without a delta link, or the backend says its deletions are
         # unknown (no change tracking, a read started over): compare ids.
-        counts.deleted += reconcile_deletions(org, run.backend, entity)
+        counts.deleted += reconcile_deletions(org, run.backend, entity, sent)
     run.reporter.log("info", f"downloaded {counts.downloaded}, deleted {counts.deleted} "
                      f"in {time.monotonic() - started:.2f} s", name)
 
 
-def reconcile_deletions(org: OrgDb, backend: Backend, entity: Entity) -> int:
-    """Delete client records the server had and no longer lists; returns how many.
+def reconcile_deletions(org: OrgDb, backend: Backend, entity: Entity,
+                        rule: filters.Filter | None = None) -> int:
+    """Delete client records the server had and no longer lists (under `rule`); how many.
 
     For servers that cannot report deletions. The server's ids are streamed
     into `sync_state.listed_ids` (flat memory for any size); a record counts
@@ -490,9 +496,10 @@ def reconcile_deletions(org: OrgDb, backend: Backend, entity: Entity) -> int:
     """
     name = entity.logicalname
     with sync_state.listed_ids(org) as listing:
-        for ids in backend.read_ids(entity):
-            if backend.is_keyed(entity):  # a keyed server lists keys: to the client's GUIDs
-                ids = list(sync_state.ids_for_keys(org.db, name, ids).values())
+        for ids in backend.read_ids(entity, rule):
+            keyed = backend.is_keyed(entity)
+            if keyed or entity.isintersect:  # server keys (N:N rows' too), as the client's GUIDs
+                ids = list(sync_state.ids_for_keys(org.db, name, ids, keyed).values())
             listing.add(ids)
         with immediate(org.db):
             waiting = transactions.pending_records(org, name)
@@ -502,15 +509,16 @@ def reconcile_deletions(org: OrgDb, backend: Backend, entity: Entity) -> int:
     return deleted
 
 
-def _client_ids(org: OrgDb, entity: Entity, page: ChangesPage) -> ChangesPage:
+def _client_ids(org: OrgDb, entity: Entity, page: ChangesPage, derive: bool) -> ChangesPage:
     """A keyed server's page under the client's GUIDs: a stored mapping wins over the derived one.
 
     The backend gives each record the GUID derived from its key; a record created
     here kept its own random GUID, learnt with its key from the create's answer.
+    (Without `derive`: the keys are GUIDs, ids of their own unless mapped: N:N rows.)
     """
     if not page.keys and not page.references:
         return page
-    ids = sync_state.ids_for_keys(org.db, entity.logicalname, page.keys.values())
+    ids = sync_state.ids_for_keys(org.db, entity.logicalname, page.keys.values(), derive)
     moved = {i: ids[k] for i, k in page.keys.items() if ids[k] != i}
     # Lookups to records created on the client: their stored GUIDs, not the derived ones.
     refs: dict[str, str] = {}

@@ -54,6 +54,8 @@ class Dialect:
     max_page_size: int
     # Per-user service protection limits (429) may apply (settings decide if they do).
     service_protection: bool
+    # N:N rows written only by associating their two records (`$ref`), never directly.
+    associations: bool = False
 
     def service_root(self, base_url: str, org: str) -> str:
         """The absolute service root of an org; `base_url` ends with '/'."""
@@ -99,4 +101,5 @@ DATAVERSE = Dialect(
     default_page_size=5000,
     max_page_size=5000,
     service_protection=True,
+    associations=True,
 )

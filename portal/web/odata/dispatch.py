@@ -7,6 +7,7 @@ from flask import current_app
 from portal.errors import PortalError
 from portal.web.odata import (
     actions,
+    associations,
     batch,
     collections,
     customization,
@@ -82,11 +83,16 @@ def route(req: ApiRequest) -> ApiResponse:
         if method != "GET":
             raise not_allowed(method, "GET")
         return collections.count_collection(req, req.org.entity_by_set(path[:-len("/$count")]))
+    if req.dialect.associations and path.endswith("/$ref"):
+        return associations.handle(req, path)
     match = RESOURCE_RE.match(path)
     if match is None:
         raise ProtocolError(404, "NotFound", f"no resource {path!r} in this service")
     entity = req.org.entity_by_set(match.group(1))
     key = match.group(2)
+    if req.dialect.associations and entity.isintersect and method in ("POST", "PATCH",
+                                                                      "DELETE"):
+        raise associations.refuse_intersect_write(method, entity)
     if key is None:
         if method == "GET":
             return collections.read_collection(req, entity)

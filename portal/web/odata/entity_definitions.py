@@ -12,6 +12,8 @@ import uuid
 from collections.abc import Callable
 from typing import Any
 
+from flask import current_app, has_app_context
+
 from portal.orgs import keys as org_keys
 from portal.orgs.metadata import Attribute, Entity, Option
 from portal.orgs.relationships import names as relationship_names
@@ -117,6 +119,14 @@ def _option(option: Option) -> dict[str, Any]:
     return {"Value": option.value, "Label": label(option.label, option.labels)}
 
 
+def _tracked(entity: Entity) -> bool:
+    """Change tracking is on, unless the operator lists the table in DATAVERSE_UNTRACKED_TABLES."""
+    if not has_app_context():
+        return True
+    untracked = str(current_app.config.get("DATAVERSE_UNTRACKED_TABLES") or "")
+    return entity.logicalname not in {name.strip() for name in untracked.split(",")}
+
+
 def entity_definition(entity: Entity) -> dict[str, Any]:
     """One entity as Dataverse's EntityMetadata (without its navigation collections)."""
     names = {a.logicalname for a in entity.attributes}
@@ -136,7 +146,7 @@ def entity_definition(entity: Entity) -> dict[str, Any]:
         "IsManaged": False,
         "IsLogicalEntity": False,
         "IsValidForAdvancedFind": not entity.isintersect,
-        "ChangeTrackingEnabled": True,
+        "ChangeTrackingEnabled": _tracked(entity),
         "IsOptimisticConcurrencyEnabled": True,
         "OwnershipType": "UserOwned" if "ownerid" in names else "OrganizationOwned",
         "HasActivities": False,
