@@ -6,14 +6,20 @@ change tracking (delta links, tombstones as URLs), the same service without it
 jobs run on a real RQ worker against a real Redis.
 """
 
+import os
+import signal
+import subprocess
+import sys
+import time
 from collections.abc import Iterator
 from pathlib import Path
 
 import pytest
 from redis import Redis
 
-from portal.orgs import records, transactions
-from tests.server_sides import OdatapySide, ServerSide, assert_same, odatapy_side
+from portal.orgs import records, store, transactions
+from tests.fault_proxy import FaultProxy
+from tests.server_sides import ROOT, OdatapySide, ServerSide, assert_same, odatapy_side
 from tests.sync_helpers import Side
 
 SERVERS = ["odatapy", "odatapy-watermark"]
@@ -32,8 +38,7 @@ def server(request) -> Iterator[ServerSide]:
 @pytest.fixture
 def client(tmp_path: Path, redis_url: str) -> Side:
     """Portal B's side, with an empty org `cli`."""
-    side = Side(tmp_path / "b", redis_url, backend="odata",
-                config={"SYNC_PAGE_SIZE": 5, "SYNC_UPLOAD_BATCH": 4})
+    side = Side(tmp_path / "b", redis_url, backend="odata", config=FAST)
     side.create_org("cli", template=None)
     return side
 
@@ -118,3 +123,213 @@ def test_servers_many_records_sharing_one_modified_at_all_arrive(
         assert len(client_rows := list(b.db.table("countries").rows)) == 23
         assert "Changed at the same time" in {r["name"] for r in client_rows}
         assert_same(server, b)
+
+
+def _name(org, record_id: str) -> str | None:
+    record = records.get_record(org, "accounts", record_id)
+    return None if record is None else record["name"]
+
+
+@pytest.mark.parametrize("policy", ["server-wins", "client-wins", "newest-wins"])
+def test_servers_conflict_matrix(server: ServerSide, client: Side, redis: Redis,
+                                 policy: str) -> None:
+    server.seed(accounts=6, contacts_per_account=0)
+    connection_id = _connect(server, client, redis, policy=policy)
+    uu, ud, du, dd = sorted(server.snapshot("accounts"))[:4]
+    server.update("accounts", uu, {"name": "server"})
+    server.delete("accounts", ud)
+    server.update("accounts", du, {"name": "server"})
+    server.delete("accounts", dd)
+    time.sleep(1.1)  # the client keeps seconds: its changes are the newer ones
+    with client.org("cli") as b:
+        records.update_record(b, "accounts", uu, {"name": "client"})
+        records.update_record(b, "accounts", ud, {"name": "client"})
+        records.delete_record(b, "accounts", du)
+        records.delete_record(b, "accounts", dd)
+
+    client.sync_now(redis, connection_id)
+
+    expected = {
+        "server-wins": {uu: "server", ud: None, du: "server", dd: None},
+        "client-wins": {uu: "client", ud: "client", du: None, dd: None},
+        "newest-wins": {uu: "client", ud: None, du: None, dd: None},
+    }[policy]
+    with client.org("cli") as b:
+        assert {i: _name(b, i) for i in expected} == expected
+        assert transactions.counts(b)["pending"] == 0
+        assert_same(server, b)
+    on_server = server.snapshot("accounts")
+    assert {i: (on_server.get(i) or {}).get("name") for i in expected} == expected
+
+
+def test_servers_filter_keeps_only_matching_records(server: ServerSide, client: Side,
+                                                    redis: Redis) -> None:
+    from portal.db import get_db
+    from portal.sync import connections
+
+    server.seed(accounts=10, contacts_per_account=0)
+    connection_id = _connect(server, client, redis)
+    with client.app.app_context():
+        connections.configure_entity(
+            get_db(), connection_id, "accounts",
+            filter_xml='<filter type="and"><condition attribute="employees" operator="ge" '
+                       'value="35"/></filter>')
+    client.sync_now(redis, connection_id)
+    expected = {k for k, v in server.snapshot("accounts").items() if v["employees"] >= 35}
+    with client.org("cli") as b:
+        assert {r["id"] for r in b.db.table("accounts").rows} == expected
+    leaving = sorted(expected)[0]
+    server.update("accounts", leaving, {"employees": 1})
+    client.sync_now(redis, connection_id)
+    with client.org("cli") as b:
+        assert records.get_record(b, "accounts", leaving) is None
+        assert transactions.counts(b)["pending"] == 0
+    assert leaving in server.snapshot("accounts")  # leaving the filter is not a deletion
+
+
+# --- faults: a proxy that loses answers or is down, workers killed -------------------
+
+FAST = {"SYNC_HTTP_RETRIES": 1, "SYNC_PAGE_SIZE": 5, "SYNC_UPLOAD_BATCH": 4}
+
+
+@pytest.fixture
+def proxied(server: ServerSide) -> Iterator[tuple[ServerSide, FaultProxy]]:
+    """The server behind a loopback proxy that can drop answers or be down."""
+    proxy = FaultProxy(server.url)
+    server.url, direct = proxy.url + "/", server.url
+    yield server, proxy
+    server.url = direct
+    proxy.stop()
+
+
+def test_servers_lost_batch_answer_is_applied_once(proxied, client: Side, redis: Redis) -> None:
+    server, proxy = proxied
+    server.seed(accounts=4, contacts_per_account=0)
+    connection_id = _connect(server, client, redis)
+    ids = sorted(server.snapshot("accounts"))
+    with client.org("cli") as b:
+        records.create_record(b, "accounts", {"name": "created on the client"})
+        records.update_record(b, "accounts", ids[0], {"name": "updated on the client"})
+        records.delete_record(b, "accounts", ids[1])
+        records.create_record(b, "tickets", {"title": "a ticket from the client"})
+    proxy.drop_batch_answers = 1
+    client.sync_now(redis, connection_id)
+    assert proxy.dropped == 1 and proxy.batches >= 2
+    names = sorted(v["name"] for v in server.snapshot("accounts").values())
+    assert names.count("created on the client") == 1 and "updated on the client" in names
+    assert len(names) == 4
+    assert [v["title"] for v in server.snapshot("tickets").values()] == [
+        "a ticket from the client"]
+    with client.org("cli") as b:
+        assert transactions.counts(b)["processed"] == 4
+        assert_same(server, b)
+
+
+def test_servers_down_keeps_transactions_pending_then_goes_through(
+        proxied, client: Side, redis: Redis) -> None:
+    from portal.db import get_db
+    from portal.sync import runs
+
+    server, proxy = proxied
+    connection_id = _connect(server, client, redis)
+    with client.org("cli") as b:
+        records.create_record(b, "accounts", {"name": "made while the server was down"})
+    proxy.down = True
+    client.sync_now(redis, connection_id)
+    with client.app.app_context():
+        last = runs.list_runs(get_db(), client.connection(connection_id).org_id)[0]
+    assert last["status"] == "failed" and "cannot be reached" in last["error"]
+    with client.org("cli") as b:
+        assert transactions.counts(b)["pending"] == 1
+    proxy.down = False
+    client.sync_now(redis, connection_id)
+    with client.org("cli") as b:
+        assert transactions.counts(b)["pending"] == 0
+        assert_same(server, b)
+
+
+def _job_in_process(client: Side, job: str, connection_id: int) -> subprocess.Popen[bytes]:
+    """Run a sync job in its own process (as a worker would), to be killed."""
+    env = {**os.environ, "PORTAL_INSTANCE_PATH": str(client.instance),
+           "REDIS_URL": client.redis_url, "PORTAL_ALLOW_PRIVATE_SERVERS": "true",
+           **{f"PORTAL_{k}": str(v) for k, v in FAST.items()}}
+    code = f"from jobs.sync import {job}; {job}({connection_id})"
+    return subprocess.Popen([sys.executable, "-c", code], cwd=ROOT, env=env,
+                            stdout=subprocess.DEVNULL, stderr=subprocess.PIPE)
+
+
+def _kill_when(process: subprocess.Popen[bytes], condition, timeout: float = 120) -> None:
+    deadline = time.monotonic() + timeout
+    while time.monotonic() < deadline:
+        if process.poll() is not None:
+            raise AssertionError("the job ended before it could be killed: "
+                                 + (process.stderr.read().decode() if process.stderr else ""))
+        try:
+            if condition():
+                break
+        except Exception:  # noqa: BLE001 - the org file may not have its tables yet
+            pass
+        time.sleep(0.01)
+    process.send_signal(signal.SIGKILL)
+    process.wait(10)
+    if process.stderr:
+        process.stderr.close()
+
+
+def test_servers_worker_killed_during_download_resumes_without_loss(
+        proxied, client: Side, redis: Redis) -> None:
+    server, proxy = proxied
+    server.seed(accounts=60, contacts_per_account=0)
+    connection_id = client.connect("cli", server.url, username=server.username,
+                                   password=server.password, options=server.options)
+    proxy.hold_page = ("Accounts", 4)  # the fourth page waits: three are being written
+    job = _job_in_process(client, "connect", connection_id)
+    _kill_when(job, proxy.holding.is_set)
+    proxy.release()
+    with client.org("cli") as b:
+        partial = b.db.table("accounts").count if b.db.table("accounts").exists() else 0
+    assert partial < 60
+    client.queue(redis, connection_id, "connect")
+    client.work(redis)
+    assert client.connection(connection_id).status == "connected"
+    with client.org("cli") as b:
+        assert_same(server, b)
+
+
+@pytest.mark.parametrize("kill_at", ["a batch applied, its answer not yet back",
+                                     "between batches"])
+def test_servers_worker_killed_during_upload_resumes_without_duplicates(
+        proxied, client: Side, redis: Redis, kill_at: str) -> None:
+    server, proxy = proxied
+    server.seed(accounts=10, contacts_per_account=0)
+    connection_id = _connect(server, client, redis)
+    existing = sorted(server.snapshot("accounts"))
+    with client.org("cli") as b:
+        for i in range(20):
+            records.create_record(b, "accounts", {"name": f"offline {i}"})
+            records.create_record(b, "tickets", {"title": f"ticket {i}"})
+            if i % 4 == 0:
+                records.update_record(b, "accounts", existing[i // 4], {"name": f"changed {i}"})
+            if i % 10 == 0:
+                records.delete_record(b, "accounts", existing[8 + i // 10])
+        writes = transactions.counts(b)["pending"]
+    job = _job_in_process(client, "sync_run", connection_id)
+    if kill_at == "between batches":
+        def some_uploaded() -> bool:
+            with store.open_org(client.orgs_dir, "cli") as b:
+                return transactions.counts(b)["processed"] >= 12
+
+        _kill_when(job, some_uploaded)
+    else:
+        proxy.hold_batch = proxy.batches + 3
+        _kill_when(job, proxy.holding.is_set)
+        proxy.release()
+    client.sync_now(redis, connection_id)
+    with client.org("cli") as b:
+        assert transactions.counts(b) == {"pending": 0, "processed": writes, "error": 0,
+                                          "archived": 0}
+        assert_same(server, b)
+    names = [v["name"] for v in server.snapshot("accounts").values()]
+    assert len(names) == 10 + 20 - 2 and len(set(names)) == len(names)
+    titles = [v["title"] for v in server.snapshot("tickets").values()]
+    assert sorted(titles) == sorted(f"ticket {i}" for i in range(20))

@@ -31,12 +31,20 @@ from urllib.parse import quote, urljoin, urlsplit
 
 import orjson
 import requests
+from requests.adapters import HTTPAdapter
 
 from portal.backends import odata_mapping
 from portal.backends.auth import BearerAuth, StaticToken, TokenSource, TokenUrlCredentials
 from portal.backends.base import ChangesPage, Write, WriteResult
 from portal.backends.csdl_metadata import MAX_METADATA_BYTES, read_csdl
-from portal.backends.odata import RETRIES, ODataBackend, _message, write_headers
+from portal.backends.odata import (
+    RETRIES,
+    RETRY_METHODS,
+    ODataBackend,
+    _message,
+    server_retry,
+    write_headers,
+)
 from portal.backends.odata_mapping import EntityMap, literal
 from portal.backends.prefetch import prefetched
 from portal.errors import BackendError, InvalidInput
@@ -94,6 +102,14 @@ class ODataV4Backend(ODataBackend):
         with `bearer` the password is the token."""
         super().__init__(url, username, password, allow_private=allow_private,
                          session=session, retries=retries)
+        # A POST is never resent by the transport: a create of a key the service picks
+        # would be made twice. `apply_writes` retries a lost batch itself, after
+        # looking up the creates it may have made.
+        adapter = HTTPAdapter(pool_connections=2, pool_maxsize=4, max_retries=server_retry(
+            retries).new(allowed_methods=RETRY_METHODS - {"POST"}))
+        self.session.mount("http://", adapter)
+        self.session.mount("https://", adapter)
+        self.retries = retries
         self.username = username
         self.auth_kind = check_options({"auth": auth or "basic",
                                         **({"token_url": token_url} if token_url else {})})["auth"]
@@ -401,7 +417,23 @@ class ODataV4Backend(ODataBackend):
     # --- writes ------------------------------------------------------------
 
     def apply_writes(self, writes: list[Write]) -> list[WriteResult]:
-        """Creates found by their client id first; the rest in $batch calls, or one by one."""
+        """Writes in chunks; a chunk whose answer was lost is sent again (creates looked up)."""
+        results: list[WriteResult] = []
+        for start in range(0, len(writes), BATCH_LIMIT):
+            chunk = writes[start:start + BATCH_LIMIT]
+            for attempt in range(self.retries + 1):
+                try:
+                    results.extend(self._apply_chunk(list(chunk)))
+                    break
+                except BackendError as exc:
+                    lost = isinstance(exc.__context__, (requests.ConnectionError,
+                                                        requests.Timeout))
+                    if not lost or attempt == self.retries:
+                        raise
+        return results
+
+    def _apply_chunk(self, writes: list[Write]) -> list[WriteResult]:
+        """Creates found by their client id first; the rest in one $batch, or one by one."""
         results: dict[int, WriteResult] = {}
         plans: dict[int, tuple[str, str, dict[str, str], dict[str, Any] | None]] = {}
         found = self._find_creates(writes)
@@ -418,14 +450,31 @@ class ODataV4Backend(ODataBackend):
             else:
                 plans[n] = plan
         order = list(plans)
-        for start in range(0, len(order), BATCH_LIMIT):
-            chunk = order[start:start + BATCH_LIMIT]
-            answers = self._send([plans[n] for n in chunk])
-            for n, (status, headers, body) in zip(chunk, answers, strict=True):
-                results[n] = self._result(self.entity_map(writes[n].entity), writes[n],
-                                          status, headers, body)
+        answers = self._send([plans[n] for n in order]) if order else []
+        again: dict[int, Any] = {}
+        for n, (status, headers, body) in zip(order, answers, strict=True):
+            write = writes[n]
+            if status == 404 and plans[n][0] == "PATCH" and write.if_match is None:
+                # An unconditional upsert (the client's version won) of a record the
+                # service no longer has: it is created again, as an upsert does.
+                writes[n] = Write(write.entity, write.record_id, "upsert", write.values,
+                                  create_only=True)
+                again[n] = self._plan(self.entity_map(write.entity), writes[n])
+                continue
+            results[n] = self._result(self.entity_map(write.entity), write, status, headers,
+                                      body)
+        for n, plan in again.items():
+            if isinstance(plan, WriteResult):
+                results[n] = plan
+        resend = [n for n, plan in again.items() if not isinstance(plan, WriteResult)]
+        for n, (status, headers, body) in zip(resend, self._send([again[n] for n in resend])
+                                              if resend else [], strict=True):
+            results[n] = self._result(self.entity_map(writes[n].entity), writes[n], status,
+                                      headers, body)
         for n in found:
             results[n].server_key = found[n][0]
+            if self.entity_map(writes[n].entity).computes_values:
+                results[n].version = None  # as for any create: the download brings it whole
         return [results[n] for n in range(len(writes))]
 
     def _find_creates(self, writes: list[Write]) -> dict[int, tuple[str, str]]:
