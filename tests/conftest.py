@@ -14,6 +14,7 @@ from portal import create_app
 from portal.db import get_db
 from portal.orgs import registry, store
 from portal.queue import connect_redis
+from tests.cap_server import cap_server  # noqa: F401 - the SAP CAP server fixture
 
 ADMIN_EMAIL = "admin@example.com"
 ADMIN_PASSWORD = "s3cret-pass"

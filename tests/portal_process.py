@@ -42,6 +42,17 @@ def free_port() -> int:
         return int(sock.getsockname()[1])
 
 
+def terminate(process: subprocess.Popen) -> None:
+    """SIGTERM a process we started (by its PID) and wait; SIGKILL if it is not gone in 10 s."""
+    if process.poll() is None:
+        process.send_signal(signal.SIGTERM)
+        try:
+            process.wait(10)
+        except subprocess.TimeoutExpired:
+            process.kill()
+            process.wait(5)
+
+
 @dataclass(frozen=True)
 class Tls:
     """A server certificate for 127.0.0.1 and the CA that signed it, as PEM files."""
@@ -110,11 +121,5 @@ class PortalProcess:
 
     def stop(self) -> None:
         """Stop gunicorn (by its PID) and wait for it; killed if it does not stop in time."""
-        if self.process.poll() is None:
-            self.process.send_signal(signal.SIGTERM)
-            try:
-                self.process.wait(10)
-            except subprocess.TimeoutExpired:
-                self.process.kill()
-                self.process.wait(5)
+        terminate(self.process)
         self._log.close()
