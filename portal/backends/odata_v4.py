@@ -588,17 +588,16 @@ class ODataV4Backend(ODataBackend):
                 # this run's download brings the record back whole.
                 version = None
             return WriteResult("ok", version=version, record=record, server_key=key)
-        text = (message or "").lower()
-        if creating and (status == 409 or (status == 400 and ("exist" in text
-                                                              or "unique" in text))):
-            # Our own create repeated (its answer was lost), or someone else's record of
-            # this key: the engine compares the service's record with ours.
-            key = None
-            if emap.key_kind == "value":
-                key = emap.key_of_values(emap.to_server(write.values, creating=True,
-                                                        record_id=write.record_id))
-            return WriteResult("conflict", message=message or "the record exists",
-                               server_key=key)
+        if creating and emap.key_kind != "server" and status not in (401, 403):
+            # A create of a key the client chose, refused: our own create repeated (its
+            # answer was lost) or someone else's record of this key? Services say it
+            # differently (409; CAP: 500 SQLITE_CONSTRAINT_PRIMARYKEY), so the record
+            # is looked up; the engine then compares it with ours.
+            key = write.record_id if emap.key_kind == "guid" else emap.key_of_values(
+                emap.to_server(write.values, creating=True, record_id=write.record_id))
+            if key is not None and self.read_record(write.entity, key, emap.path(key)):
+                return WriteResult("conflict", message=message or "the record exists",
+                                   server_key=key if emap.keyed else None)
         if status == 412:
             return WriteResult("conflict", message=message or "the record changed on the service")
         if status == 404:
