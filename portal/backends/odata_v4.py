@@ -136,11 +136,11 @@ class ODataV4Backend(ODataBackend):
     # --- metadata ----------------------------------------------------------
 
     def check_credentials(self) -> str:
-        """The service document (it needs valid credentials), then a readable v4 `$metadata`."""
+        """A readable OData v4 `$metadata` (valid credentials), then the service document."""
+        self.maps()  # first: an OData v2 service is named as such, not as a bad document
         document = self.get_json("")
         if not isinstance(document, dict) or not isinstance(document.get("value"), list):
             raise BackendError(f"{self.root} is not an OData v4 service document")
-        self.maps()
         return self.username or self.auth_kind
 
     def read_metadata(self) -> list[Entity]:
