@@ -217,17 +217,27 @@ def show_connection(connection: Connection) -> None:
 @click.option("--password-stdin", is_flag=True,
               help="Read the server password (or client secret) from the first line of stdin "
                    "(else it is prompted for).")
-@click.option("--auth", type=click.Choice(["password", "client_credentials"]), default=None,
-              help="Dynamics: sign in by user name and password (default) or as an "
-                   "application user (client credentials).")
+@click.option("--auth", type=click.Choice(["password", "client_credentials", "basic", "bearer"]),
+              default=None, help="Dynamics: sign in by user name and password (default) or as "
+              "an application user (client credentials). OData: basic (default), bearer (the "
+              "password is the token) or client_credentials (with --token-url).")
 @click.option("--tenant", help="Dynamics: the tenant id or domain (default: the one the "
               "environment names).")
 @click.option("--client-id", help="Dynamics, user name and password: the public client id "
               "(default: the one Microsoft's samples use).")
+@click.option("--token-url", help="OData, client credentials: the OAuth 2.0 token URL.")
+@click.option("--scope", help="OData, client credentials: the scope to ask for.")
+@click.option("--timestamp-property", help="OData: the modified timestamp of every entity set "
+              "(default: found by name, e.g. modifiedAt, ModifiedOn, LastModifiedDateTime).")
+@click.option("--client-id-property", help="OData: the String property that keeps the "
+              "client's GUID on entity sets whose keys the server picks (exactly-once creates).")
+@click.option("--page-size", help="OData: records per page (1-5000).")
 @wait_option
 @timeout_option
 def connect(org: str, kind: str, url: str, user: str, password_stdin: bool, auth: str | None,
-            tenant: str | None, client_id: str | None, wait: bool,
+            tenant: str | None, client_id: str | None, token_url: str | None,
+            scope: str | None, timestamp_property: str | None,
+            client_id_property: str | None, page_size: str | None, wait: bool,
             timeout: float | None) -> None:
     """Connect an existing hosted org to a server org and enqueue the connect job."""
     db = get_db()
@@ -240,8 +250,11 @@ def connect(org: str, kind: str, url: str, user: str, password_stdin: bool, auth
     else:
         password = click.prompt("Server password", hide_input=True)
     key = crypto.load_key(current_app.instance_path)
-    options = {k: v for k, v in (("auth", auth), ("tenant", tenant), ("client_id", client_id))
-               if v}
+    options = {k: v for k, v in (("auth", auth), ("tenant", tenant), ("client_id", client_id),
+                                 ("token_url", token_url), ("scope", scope),
+                                 ("timestamp_property", timestamp_property),
+                                 ("client_id_property", client_id_property),
+                                 ("page_size", page_size)) if v}
     existing = connections.connection_of_org(db, org)
     if existing is not None and existing.status in ("failed", "pending"):
         # A connection that never connected: point it at the new values.

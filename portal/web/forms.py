@@ -18,11 +18,17 @@ from portal.sync.registration import Registration
 FIELD_OF_ERROR = {"name": "organization", "email": "email", "password": "password",
                   "backend": "backend", "url": "server_url", "username": "server_username",
                   "auth": "server_auth", "tenant": "server_tenant",
-                  "authority": "server_tenant", "client_id": "server_client_id"}
+                  "authority": "server_tenant", "client_id": "server_client_id",
+                  "token_url": "odata_token_url", "page_size": "odata_page_size"}
 # How a Dynamics connection signs in (portal.backends.dynamics.AUTH_KINDS).
 SIGN_INS: list[tuple[str, str, dict[str, Any]]] = [
     ("password", "User name and password", {}),
     ("client_credentials", "Application user (client id and secret)", {})]
+# How an OData v4 connection signs in (portal.backends.odata_v4.AUTH_KINDS).
+ODATA_SIGN_INS: list[tuple[str, str, dict[str, Any]]] = [
+    ("basic", "User name and password (Basic)", {}),
+    ("bearer", "Bearer token (in the password field)", {}),
+    ("client_credentials", "OAuth 2.0 client credentials (client id and secret)", {})]
 
 
 def _checked(check: Any, value: Any) -> None:
@@ -70,10 +76,25 @@ class ServerFields(FlaskForm):
                                    description="For a user name and password only; empty: "
                                    "the id Microsoft's samples use.")
 
+    odata_auth = SelectField("Sign-in (OData v4)", default="basic")
+    odata_token_url = StringField("Token URL (OData v4, client credentials)", filters=[strip],
+                                  validators=[Optional(), Length(max=2048)])
+    odata_timestamp_property = StringField(
+        "Modified timestamp (OData v4, optional)", filters=[strip],
+        validators=[Optional(), Length(max=128)],
+        description="Empty: found by name (modifiedAt, ModifiedOn, LastModifiedDateTime…).")
+    odata_client_id_property = StringField(
+        "Client id property (OData v4, optional)", filters=[strip],
+        validators=[Optional(), Length(max=128)],
+        description="Where the service picks keys: the String property keeping our GUID.")
+    odata_page_size = StringField("Page size (OData v4, optional)", filters=[strip],
+                                  validators=[Optional(), Length(max=5)])
+
     def __init__(self, *args: Any, **kwargs: Any) -> None:
         super().__init__(*args, **kwargs)
         self.backend.choices = backend_choices()  # type: ignore[assignment]
         self.server_auth.choices = SIGN_INS  # type: ignore[assignment]
+        self.odata_auth.choices = ODATA_SIGN_INS  # type: ignore[assignment]
 
     def validate_backend(self, field: Field) -> None:
         """A known type whose backend this portal has."""
@@ -90,8 +111,21 @@ class ServerFields(FlaskForm):
             _checked(lambda _: check_options(self.backend.data, self.server_options()),
                      field.data)
 
+    def validate_odata_page_size(self, field: Field) -> None:
+        """Checked as the data layer checks it, for the type chosen."""
+        if self.backend.data == "odata":
+            _checked(lambda _: check_options(self.backend.data, self.server_options()),
+                     field.data)
+
     def server_options(self) -> dict[str, str]:
-        """The sign-in options of the chosen type (only Dynamics has any)."""
+        """The sign-in options of the chosen type (Dynamics' or OData's)."""
+        if self.backend.data == "odata":
+            options = {"auth": self.odata_auth.data or "basic",
+                       "token_url": self.odata_token_url.data or "",
+                       "timestamp_property": self.odata_timestamp_property.data or "",
+                       "client_id_property": self.odata_client_id_property.data or "",
+                       "page_size": self.odata_page_size.data or ""}
+            return {k: v for k, v in options.items() if v}
         if self.backend.data != "dynamics":
             return {}
         options = {"auth": self.server_auth.data or "password",
