@@ -15,6 +15,7 @@ import sys
 import time
 from collections.abc import Iterator
 from pathlib import Path
+from urllib.parse import urlsplit
 
 import pytest
 from redis import Redis
@@ -209,7 +210,7 @@ FAST = {"SYNC_HTTP_RETRIES": 1, "SYNC_PAGE_SIZE": 5, "SYNC_UPLOAD_BATCH": 4}
 def proxied(server: ServerSide) -> Iterator[tuple[ServerSide, FaultProxy]]:
     """The server behind a loopback proxy that can drop answers or be down."""
     proxy = FaultProxy(server.url)
-    server.url, direct = proxy.url + "/", server.url
+    server.url, direct = proxy.url + urlsplit(server.url).path, server.url
     yield server, proxy
     server.url = direct
     proxy.stop()

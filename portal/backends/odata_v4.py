@@ -523,7 +523,8 @@ class ODataV4Backend(ODataBackend):
         if write.operation == "delete":
             if not emap.capabilities.deletable:
                 return WriteResult("error", message=f"{emap.entity_set} does not take deletions")
-            return "DELETE", emap.path(key), headers, None
+            # No body, nothing to return: CAP refuses `Prefer: return=...` on a DELETE.
+            return "DELETE", emap.path(key), {"If-Match": headers["If-Match"]}, None
         if not emap.capabilities.updatable:
             return WriteResult("error", message=f"{emap.entity_set} does not take updates")
         return "PATCH", emap.path(key), headers, emap.to_server(
@@ -533,7 +534,9 @@ class ODataV4Backend(ODataBackend):
               ) -> list[tuple[int, dict[str, str], Any]]:
         """The writes' answers (status, headers, body), by one $batch or one by one."""
         if self._batch_ok:
-            requests_ = [{"id": str(n), "method": method, "url": path, "headers": headers,
+            # Header names in lower case: CAP reads a batch request's `if-match` only so.
+            requests_ = [{"id": str(n), "method": method, "url": path,
+                          "headers": {k.lower(): v for k, v in headers.items()},
                           **({"body": body} if body is not None else {})}
                          for n, (method, path, headers, body) in enumerate(plans)]
             response = self.request("POST", "$batch", data=orjson.dumps({"requests": requests_}),
@@ -583,9 +586,10 @@ class ODataV4Backend(ODataBackend):
                     key = emap.key_from_url(location) if location else None
             if record is not None:
                 record[emap.entity.primaryidattribute] = write.record_id
-            if creating and emap.computes_values:
-                # The service set values of ours (its key): the version is not kept, so
-                # this run's download brings the record back whole.
+            if creating and (emap.computes_values or record is None or _differs(
+                    record, write.values, emap.entity.primaryidattribute)):
+                # The service set values of its own (its key, defaults): the version is
+                # not kept, so this run's download brings the record back whole.
                 version = None
             return WriteResult("ok", version=version, record=record, server_key=key)
         if creating and emap.key_kind != "server" and status not in (401, 403):
@@ -596,9 +600,19 @@ class ODataV4Backend(ODataBackend):
             key = write.record_id if emap.key_kind == "guid" else emap.key_of_values(
                 emap.to_server(write.values, creating=True, record_id=write.record_id))
             if key is not None and self.read_record(write.entity, key, emap.path(key)):
+                if emap.key_kind == "guid":
+                    # The client's own random GUID: nobody else made this record. It is
+                    # ours; the download brings its values (with the service's defaults).
+                    return WriteResult("ok")
                 return WriteResult("conflict", message=message or "the record exists",
-                                   server_key=key if emap.keyed else None)
+                                   server_key=key)
         if status == 412:
+            key = write.server_key if emap.keyed else write.record_id
+            if write.operation == "delete" and key is not None and \
+                    self.read_record(write.entity, key, emap.path(key)) is None:
+                # CAP answers 412, not 404, to a stale If-Match of a record it no longer
+                # has: gone is gone (perhaps by our own lost answer).
+                return WriteResult("missing", message="the record does not exist")
             return WriteResult("conflict", message=message or "the record changed on the service")
         if status == 404:
             return WriteResult("missing", message=message or "the record does not exist")
@@ -642,6 +656,12 @@ def _instant(stamp: str) -> str:
     fraction = rest.rstrip("Z")
     return f"{head.rstrip('Z')}.{fraction.ljust(7, '0')}Z" if rest else f"{head.rstrip('Z')}." \
         "0000000Z"
+
+
+def _differs(record: dict[str, Any], values: dict[str, Any], pk: str) -> bool:
+    """The service's record of a create holds values other than the ones sent."""
+    stamps = ("createdon", "modifiedon", pk)
+    return any(record.get(k) != values.get(k) for k in record if k not in stamps)
 
 
 def _answer_of(answer: dict[str, Any] | None) -> tuple[int, dict[str, str], Any]:

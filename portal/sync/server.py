@@ -26,7 +26,8 @@ def server_backend(db: Database, key: bytes, connection_id: int, *,
     connection = connections.get_connection(db, connection_id)
     backend = make_backend(connection.backend, connection.url, connection.username,
                            connections.server_password(db, key, connection_id),
-                           retries=RETRIES, allow_private=allow_private)
+                           retries=RETRIES, allow_private=allow_private,
+                           **connection.server_options)
     try:
         yield backend
     finally:
