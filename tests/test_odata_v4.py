@@ -288,3 +288,33 @@ def test_odata_a_record_with_an_unreadable_answer_is_a_clear_error(service: Serv
     with pytest.raises(BackendError, match="not JSON"):
         list(backend.read_changes(entity, None))
     backend.close()
+
+
+def test_odata_options_from_the_web_service_connect_request() -> None:
+    from portal.web.connect_request import ConnectRequest
+
+    request = ConnectRequest()
+    request.setup = {"ProviderID": "{9C1D6A53-2F7E-4B8A-8E1F-0A4B5C6D7E8F}",
+                     "Url": "https://cap.example.com/odata/v4/crm/", "ClientId": "app",
+                     "ClientSecret": "s3cret", "TokenUrl": "https://id.example.com/token",
+                     "TimestampProperty": "modifiedAt", "PageSize": "500", "TenantId": "x"}
+    server = request.server()
+    assert (server.username, server.password) == ("app", "s3cret")
+    assert server.options == {"auth": "client_credentials",
+                              "token_url": "https://id.example.com/token",
+                              "timestamp_property": "modifiedAt", "page_size": "500"}
+    assert check_options(server.options) == server.options
+
+
+def test_odata_options_from_the_connect_form(app) -> None:
+    from portal.web.forms import ServerFields
+
+    with app.test_request_context(method="POST", data={
+            "backend": "odata", "server_url": "https://cap.example.com/odata/v4/crm/",
+            "server_username": "u", "server_password": "p", "odata_auth": "bearer",
+            "odata_timestamp_property": "changedAt", "odata_page_size": "0"}):
+        form = ServerFields(meta={"csrf": False})
+        assert form.server_options() == {"auth": "bearer", "timestamp_property": "changedAt",
+                                         "page_size": "0"}
+        form.validate()
+        assert form.odata_page_size.errors == ["The page size must be a number from 1 to 5000"]
