@@ -8,10 +8,6 @@ If-Match on every change, Integer and String keys the client chooses). The clien
 jobs run on a real RQ worker against a real Redis.
 """
 
-import os
-import signal
-import subprocess
-import sys
 import time
 from collections.abc import Iterator
 from pathlib import Path
@@ -23,8 +19,9 @@ from redis import Redis
 from portal.orgs import records, store, transactions
 from tests.cap_server import running_cap_server
 from tests.fault_proxy import FaultProxy
-from tests.server_sides import ROOT, CapSide, ServerSide, assert_same, odatapy_side
+from tests.server_sides import CapSide, ServerSide, assert_same, odatapy_side
 from tests.sync_helpers import Side
+from tests.test_sync_faults import _job_in_process, _kill_when
 
 SERVERS = ["odatapy", "odatapy-watermark", "cap"]
 
@@ -266,34 +263,6 @@ def test_servers_down_keeps_transactions_pending_then_goes_through(
         assert_same(server, b)
 
 
-def _job_in_process(client: Side, job: str, connection_id: int) -> subprocess.Popen[bytes]:
-    """Run a sync job in its own process (as a worker would), to be killed."""
-    env = {**os.environ, "PORTAL_INSTANCE_PATH": str(client.instance),
-           "REDIS_URL": client.redis_url, "PORTAL_ALLOW_PRIVATE_SERVERS": "true",
-           **{f"PORTAL_{k}": str(v) for k, v in FAST.items()}}
-    code = f"from jobs.sync import {job}; {job}({connection_id})"
-    return subprocess.Popen([sys.executable, "-c", code], cwd=ROOT, env=env,
-                            stdout=subprocess.DEVNULL, stderr=subprocess.PIPE)
-
-
-def _kill_when(process: subprocess.Popen[bytes], condition, timeout: float = 120) -> None:
-    deadline = time.monotonic() + timeout
-    while time.monotonic() < deadline:
-        if process.poll() is not None:
-            raise AssertionError("the job ended before it could be killed: "
-                                 + (process.stderr.read().decode() if process.stderr else ""))
-        try:
-            if condition():
-                break
-        except Exception:  # noqa: BLE001 - the org file may not have its tables yet
-            pass
-        time.sleep(0.01)
-    process.send_signal(signal.SIGKILL)
-    process.wait(10)
-    if process.stderr:
-        process.stderr.close()
-
-
 def test_servers_worker_killed_during_download_resumes_without_loss(
         proxied, client: Side, redis: Redis) -> None:
     server, proxy = proxied
@@ -301,7 +270,7 @@ def test_servers_worker_killed_during_download_resumes_without_loss(
     connection_id = client.connect("cli", server.url, username=server.username,
                                    password=server.password, options=server.options)
     proxy.hold_page = ("Accounts", 4)  # the fourth page waits: three are being written
-    job = _job_in_process(client, "connect", connection_id)
+    job = _job_in_process(client, "connect", connection_id, FAST)
     _kill_when(job, proxy.holding.is_set)
     proxy.release()
     with client.org("cli") as b:
@@ -333,7 +302,7 @@ def test_servers_worker_killed_during_upload_resumes_without_duplicates(
             if i % 10 == 0:
                 records.delete_record(b, "accounts", existing[8 + i // 10])
         writes = transactions.counts(b)["pending"]
-    job = _job_in_process(client, "sync_run", connection_id)
+    job = _job_in_process(client, "sync_run", connection_id, FAST)
     if kill_at == "between batches":
         def some_uploaded() -> bool:
             with store.open_org(client.orgs_dir, "cli") as b:
