@@ -128,12 +128,12 @@ def cap_initial_sync(folder: Path, count: int) -> tuple[float, int]:
     with running_cap_server(max_page_size=5000) as cap:
         http = requests.Session()
         http.auth = cap.auth
-        for start in range(0, count, 1000):  # one atomic change set per 1,000
+        for start in range(0, count, 200):  # one atomic change set per 200 (CAP limits bodies)
             body = {"requests": [
                 {"id": str(n), "atomicityGroup": "g", "method": "POST", "url": "Accounts",
                  "headers": {"content-type": "application/json"},
                  "body": {"name": f"Account {n}", "employees": n % 5000, "revenue": n * 1.5}}
-                for n in range(start, min(start + 1000, count))]}
+                for n in range(start, min(start + 200, count))]}
             assert http.post(cap.url + "$batch", json=body).ok
         seconds, downloaded, _ = sync_in_child(folder, cap.url, cap.auth)
     assert downloaded == count, (downloaded, count)
