@@ -11,10 +11,20 @@ spoken to with plain `requests`. What CAP does, as seen here:
   a cuid `ID` is `Core.ComputedDefaultValue` (the client may choose it). The
   ETag is announced only as `Core.OptimisticConcurrency` with an EMPTY collection.
   `modifiedAt` says `Precision="7"` but holds milliseconds; a `DateTime` holds seconds.
-* Writes need `If-Match` when the entity has an ETag: 428 without, 412 stale,
-  `*` accepted; PATCH/DELETE of a missing key with `If-Match: *` is 404 (no upsert).
+* The ETag is `W/"<modifiedAt>"` (ms): two writes within one millisecond (or one
+  change set) leave the same ETag. Writes need `If-Match` when the entity has an
+  ETag: 428 without, 412 stale, `*` accepted; PATCH/DELETE of a missing key with
+  `If-Match: *` is 404 (no upsert).
 * A POST with a key that exists answers **500** `SQLITE_CONSTRAINT_PRIMARYKEY`, not
   409: a retried create is recognised by reading the key, not by the status.
+  `PUT` with `If-None-Match: *` creates (201) and, again, is that same 500; `PATCH`
+  never creates (with `If-None-Match: *` it is 412 whether the record exists or not).
+  `PUT` of an existing record keeps the properties it leaves out (as PATCH; OData's
+  PUT would replace them).
+* In a JSON `$batch`, a request's `if-match` / `if-none-match` must be named in lower
+  case: `If-Match` (as RFC 9110 allows) is not seen and the request answers 428
+  (`Content-Type` is read in any case).
+  Requests outside a change set run on after one fails.
 * A POST without an Integer key is stored under SQLite's next rowid but answered
   with ANOTHER record's body: Integer keys must be chosen by the client.
 * Lookups are not checked: a foreign key to no record is stored.
@@ -34,11 +44,17 @@ spoken to with plain `requests`. What CAP does, as seen here:
   shares one `modifiedAt`. A failed change set still answers `200` with a `201`
   for each request that ran before the failure although none was kept: the
   group's fate is its worst status, not each request's.
+* A request body over 100 kB (express's default limit), a `$batch` too, is 413.
 * A wrong Basic password (or none) is 401 with `WWW-Authenticate: Basic`. Mocked auth
   lets ANY other user name in with any password unless `users` has `"*": false`.
 * Keys are read leniently: `Products('4100')` finds `Products(4100)`.
 """
 
+import os
+import socket
+import subprocess
+import sys
+import time
 import uuid
 from collections.abc import Iterator
 from pathlib import Path
@@ -51,6 +67,7 @@ import requests
 from portal.backends.csdl_metadata import CsdlLookup, read_csdl
 from tests.cap_server import CapServer, running_cap_server
 
+ROOT = Path(__file__).resolve().parent.parent
 PAGE_SIZE = 5
 EDMX = "{http://docs.oasis-open.org/odata/ns/edmx}"
 EDM = "{http://docs.oasis-open.org/odata/ns/edm}"
@@ -204,6 +221,7 @@ def test_patch_needs_the_current_etag(cap: CapServer, http: requests.Session) ->
     stale = http.patch(url, json={"name": "stale"}, headers={"If-Match": STALE})
     assert stale.status_code == 412
     assert http.get(url).json()["name"] == "Acme"  # neither was applied
+    time.sleep(0.01)  # the ETag is modifiedAt in ms: a write in the same ms would keep it
     right = http.patch(url, json={"name": "Acme 2"}, headers={"If-Match": created["@odata.etag"]})
     assert right.status_code in (200, 204)
     after = http.get(url).json()
@@ -272,6 +290,7 @@ def test_integer_key_records_create_read_update_delete(
     assert created.headers["Location"] == "Products(4100)"
     url = cap.url + "Products(4100)"
     assert http.get(url).json()["price"] == 2.5
+    assert http.get(cap.url + "Products('4100')").json()["ID"] == 4100  # read leniently
     etag = http.get(url).json()["@odata.etag"]
     assert http.patch(url, json={"price": "3.00"}, headers={"If-Match": etag}).ok
     assert http.get(url).json()["price"] == 3
@@ -324,8 +343,10 @@ def batch_create(cap: CapServer, http: requests.Session, entity_set: str,
 def test_changes_since_a_watermark_in_modified_at_then_key_order(
         cap: CapServer, http: requests.Session) -> None:
     before = create_account(cap, http, name="before")
+    time.sleep(0.01)  # CAP's clock counts milliseconds: the next write is surely later
     ids = sorted(str(uuid.uuid4()) for _ in range(7))  # one change set: one modifiedAt
     assert batch_create(cap, http, "Accounts", [{"ID": i, "name": "same"} for i in ids]).ok
+    time.sleep(0.01)
     after = create_account(cap, http, name="after")
     select = "ID,modifiedAt"
     since = f"modifiedAt gt {before['modifiedAt']}"
@@ -384,15 +405,24 @@ def test_server_paging_is_by_offset_so_a_change_between_pages_hides_a_record(
     assert seen.count(moved["ID"]) == 2  # ... while the changed one is read twice
 
 
-def test_max_page_size_is_chosen_per_start_and_the_server_stops_by_pid(cap_server) -> None:
-    small = cap_server(max_page_size=2)
+def test_max_page_size_and_seed_records_are_chosen_per_start_and_it_stops_by_pid(
+        cap_server) -> None:
+    ids = sorted(str(uuid.uuid4()) for _ in range(5))
+    small = cap_server(max_page_size=2, seed={
+        "Accounts": [{"ID": i, "name": "seeded", "rating": 1} for i in ids],
+        "Currencies": [{"code": "USD"}]})
     with requests.Session() as http:
         http.auth = small.auth
-        assert batch_create(small, http, "Currencies",
-                            [{"code": c} for c in ("AAA", "BBB", "CCC")]).ok
-        page = http.get(small.url + "Currencies").json()
-        assert [r["code"] for r in page["value"]] == ["AAA", "BBB"]
-        assert page["@odata.nextLink"]
+        pages, url = [], small.url + "Accounts" + query(orderby="modifiedAt,ID")
+        while url:
+            page = http.get(url).json()
+            pages.append(page["value"])
+            url = urljoin(small.url, page["@odata.nextLink"]) if "@odata.nextLink" in page else ""
+        assert [[r["ID"] for r in p] for p in pages] == [ids[0:2], ids[2:4], ids[4:]]
+        records = [r for p in pages for r in p]
+        assert len({r["modifiedAt"] for r in records}) == 1  # one timestamp for the seed
+        assert {r["modifiedBy"] for r in records} == {"anonymous"}
+        assert http.get(small.url + "Currencies('USD')").status_code == 200
     small.stop()
     assert small.process.poll() is not None
     with pytest.raises(requests.ConnectionError):
@@ -426,6 +456,74 @@ def test_a_json_batch_change_set_is_atomic(cap: CapServer, http: requests.Sessio
     assert stored[0]["modifiedAt"] == stored[1]["modifiedAt"]
 
 
+def test_batch_requests_outside_a_change_set_run_on_after_one_fails_with_lower_case_headers(
+        cap: CapServer, http: requests.Session) -> None:
+    """CAP sees a JSON $batch request's If-Match / If-None-Match only in lower case."""
+    account = create_account(cap, http)
+    new, bad = str(uuid.uuid4()), str(uuid.uuid4())
+
+    def writes(header) -> list[dict]:
+        return [
+            {"id": "new", "method": "PUT", "url": f"Accounts({new})",
+             "headers": {"Content-Type": "application/json", header("If-None-Match"): "*"},
+             "body": {"name": "created"}},
+            {"id": "bad", "method": "PUT", "url": f"Accounts({bad})",
+             "headers": {"Content-Type": "application/json", header("If-None-Match"): "*"},
+             "body": {"name": "x" * 101}},
+            {"id": "stale", "method": "PATCH", "url": f"Accounts({account['ID']})",
+             "headers": {"Content-Type": "application/json", header("If-Match"): STALE},
+             "body": {"name": "stale"}},
+            {"id": "right", "method": "PATCH", "url": f"Accounts({account['ID']})",
+             "headers": {"Content-Type": "application/json",
+                         header("If-Match"): account["@odata.etag"]},
+             "body": {"name": "updated"}},
+            {"id": "gone", "method": "DELETE", "url": f"Accounts({uuid.uuid4()})",
+             "headers": {header("If-Match"): "*"}}]
+
+    def statuses(answer: requests.Response) -> dict[str, int]:
+        assert answer.status_code == 200
+        return {r["id"]: r["status"] for r in answer.json()["responses"]}
+
+    capitalised = http.post(cap.url + "$batch", json={"requests": writes(str)})
+    assert set(statuses(capitalised).values()) == {428}  # If-Match was not seen
+    assert http.get(cap.url + f"Accounts({new})").status_code == 404
+    lower = http.post(cap.url + "$batch", json={"requests": writes(str.lower)},
+                      headers={"Prefer": "odata.continue-on-error"})
+    assert statuses(lower) == {"new": 201, "bad": 400, "stale": 412, "right": 200, "gone": 404}
+    assert http.get(cap.url + f"Accounts({new})").json()["name"] == "created"
+    assert http.get(cap.url + f"Accounts({account['ID']})").json()["name"] == "updated"
+
+
+def test_put_if_none_match_creates_once_and_patch_never_creates(
+        cap: CapServer, http: requests.Session) -> None:
+    chosen = str(uuid.uuid4())
+    url = cap.url + f"Accounts({chosen})"
+    create_only = {"If-None-Match": "*"}
+    assert http.patch(url, json={"name": "upsert?"}, headers=create_only).status_code == 412
+    assert http.patch(url, json={"name": "upsert?"}).status_code == 428
+    assert http.get(url).status_code == 404  # PATCH made nothing
+    assert http.put(url, json={"name": "made"}, headers=create_only).status_code == 201
+    again = http.put(url, json={"name": "retried"}, headers=create_only)
+    assert again.status_code == 500  # not 412: the create's retry is known by its key only
+    assert again.json()["error"]["code"] == "SQLITE_CONSTRAINT_PRIMARYKEY"
+    assert http.get(url).json()["name"] == "made"
+    http.patch(url, json={"revenue": "5.00"},
+               headers={"If-Match": http.get(url).json()["@odata.etag"]}).raise_for_status()
+    replaced = http.put(url, json={"name": "replaced"},
+                        headers={"If-Match": http.get(url).json()["@odata.etag"]})
+    assert replaced.status_code == 200
+    # OData's PUT replaces the record; CAP's keeps what the PUT leaves out, as PATCH does.
+    assert http.get(url).json()["revenue"] == 5
+
+
+def test_a_request_body_over_100_kb_is_413_and_changes_nothing(
+        cap: CapServer, http: requests.Session) -> None:
+    records = [{"ID": str(uuid.uuid4()), "name": "n" * 100} for _ in range(600)]
+    answer = batch_create(cap, http, "Accounts", records)
+    assert answer.status_code == 413  # express's body limit: a writer splits its batches
+    assert http.get(cap.url + f"Accounts({records[0]['ID']})").status_code == 404
+
+
 # --- auth --------------------------------------------------------------------------------
 
 @pytest.mark.parametrize("auth", [("alice", "wrong-password"), ("nobody", "x"), None])
@@ -446,3 +544,61 @@ def test_the_server_fails_the_test_clearly_when_npm_packages_are_missing(tmp_pat
 def test_the_server_fails_the_test_clearly_without_node(tmp_path: Path) -> None:
     with pytest.raises(pytest.fail.Exception, match="need Node.js 20"):
         CapServer(node=str(tmp_path / "no-node"))
+
+
+INNER_TEST = '''
+import os, time
+from tests.cap_server import cap_server  # noqa: F401
+
+def test_inner(cap_server):
+    cap = cap_server(max_page_size=3)
+    with open(os.environ["CAP_PID_FILE"], "w") as out:
+        out.write(f"{cap.pid} {cap.port}")
+    if os.environ["CAP_INNER"] == "hang":
+        time.sleep(120)
+    assert False, "this test fails on purpose"
+'''
+
+
+def run_inner_test(tmp_path: Path, mode: str) -> tuple[subprocess.Popen, int, int]:
+    """A pytest of its own whose test starts a CAP server; its process and node's pid, port."""
+    (tmp_path / "test_inner.py").write_text(INNER_TEST)
+    pid_file = tmp_path / "cap.pid"
+    process = subprocess.Popen(
+        [sys.executable, "-m", "pytest", "-q", "-p", "no:cacheprovider", "test_inner.py"],
+        cwd=tmp_path, stdout=subprocess.PIPE, stderr=subprocess.STDOUT,
+        env={**os.environ, "PYTHONPATH": str(ROOT), "CAP_PID_FILE": str(pid_file),
+             "CAP_INNER": mode})
+    deadline = time.monotonic() + 120
+    while not (pid_file.exists() and pid_file.read_text()) and process.poll() is None:
+        assert time.monotonic() < deadline, "the inner test never started its server"
+        time.sleep(0.1)
+    pid, port = (int(n) for n in pid_file.read_text().split())
+    return process, pid, port
+
+
+def gone(pid: int, port: int) -> bool:
+    """True once no process has `pid` and nothing answers on `port` (waits up to 30 s)."""
+    deadline = time.monotonic() + 30
+    while time.monotonic() < deadline:
+        try:
+            os.kill(pid, 0)  # signal 0: only asks whether the process exists
+        except ProcessLookupError:
+            with socket.socket() as probe:
+                return probe.connect_ex(("127.0.0.1", port)) != 0
+        time.sleep(0.1)
+    return False
+
+
+def test_the_fixture_stops_the_server_when_the_test_fails(tmp_path: Path) -> None:
+    process, pid, port = run_inner_test(tmp_path, "fail")
+    output = process.communicate(timeout=120)[0].decode()
+    assert process.returncode == 1 and "this test fails on purpose" in output
+    assert gone(pid, port)
+
+
+def test_the_server_dies_with_a_killed_test_process(tmp_path: Path) -> None:
+    process, pid, port = run_inner_test(tmp_path, "hang")
+    process.kill()  # SIGKILL: no teardown runs
+    process.communicate(timeout=30)
+    assert gone(pid, port)  # node got SIGTERM from the kernel (PR_SET_PDEATHSIG)
