@@ -4,7 +4,8 @@ rows in the same run (best of three each); then 1% changes in an org of 10k and 
 records, whose incremental runs should cost the same per change (cost follows the
 changes, not the org's size). The same initial sync runs through the `dynamics` backend
 against the org's Dataverse Web API root over HTTPS (a trustme test CA, tokens from the
-portal's own authority by the password flow), printed beside the `resco` figure.
+portal's own authority by the password flow), printed beside the `resco` figure; and the
+initial sync of accounts from a real SAP CAP server (tests/cap) through the `odata` backend.
 
 Each sync runs in a child process, so its peak RSS is measured alone.
 Run: make bench (or .venv/bin/python bench/sync.py [--records N]).
@@ -29,6 +30,7 @@ sys.path.insert(0, str(ROOT))
 from bench.accounts import account_row  # noqa: E402
 from portal import create_app  # noqa: E402
 from portal.backends.dynamics import DynamicsBackend  # noqa: E402
+from portal.backends.odata_v4 import ODataV4Backend  # noqa: E402
 from portal.backends.resco import RescoBackend  # noqa: E402
 from portal.config import SETTING  # noqa: E402
 from portal.db import get_db  # noqa: E402
@@ -55,20 +57,25 @@ def seed(org: store.OrgDb, count: int) -> None:
         records.save_records(org, "contact", contacts[start:start + 5000])
 
 
-BACKENDS = {"resco": RescoBackend, "dynamics": DynamicsBackend}
+BACKENDS = {"resco": RescoBackend, "dynamics": DynamicsBackend, "odata": ODataV4Backend}
 
 
-def client_sync(client_dir: str, url: str, result: Any, kind: str = "resco") -> None:
-    """In a child process: connect-like first sync (metadata + download), or a later run."""
+def client_sync(client_dir: str, url: str, result: Any, kind: str = "resco",
+                credentials: tuple[str, str] = (EMAIL, PASSWORD)) -> None:
+    """In a child process: connect-like first sync (metadata + download), or a later run.
+
+    `kind` "odata": a SAP CAP server at `url`, its accounts read with `credentials`.
+    """
     started = time.perf_counter()
     path = Path(client_dir)
     path.mkdir(parents=True, exist_ok=True)
     org = store.open_org(path, "cli", create=True)
-    backend = BACKENDS[kind](url, EMAIL, PASSWORD, allow_private=True)
+    backend = BACKENDS[kind](url, *credentials, allow_private=True)
     if not org.entities():
         metadata.update_client_metadata(org, backend.read_metadata(), set())
         transactions.set_client(org, True)
-    plan = engine.Plan([EntitySettings(e, True, True, None) for e in ENTITIES],
+    plan = engine.Plan([EntitySettings(e, True, True, None)
+                        for e in (["accounts"] if kind == "odata" else ENTITIES)],
                        page_size=SETTING["SYNC_PAGE_SIZE"].default)
     run = engine.Run(org, backend, plan)
     engine.upload(run)
@@ -80,11 +87,13 @@ def client_sync(client_dir: str, url: str, result: Any, kind: str = "resco") -> 
                 resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024))
 
 
-def sync_in_child(client_dir: Path, url: str, kind: str = "resco") -> tuple[float, int, float]:
+def sync_in_child(client_dir: Path, url: str, kind: str = "resco",
+                  credentials: tuple[str, str] = (EMAIL, PASSWORD)) -> tuple[float, int, float]:
     """(seconds, records downloaded, peak RSS MB) of one sync run in a child process."""
     ctx = multiprocessing.get_context("spawn")
     queue = ctx.Queue()
-    child = ctx.Process(target=client_sync, args=(str(client_dir), url, queue, kind))
+    child = ctx.Process(target=client_sync,
+                        args=(str(client_dir), url, queue, kind, credentials))
     child.start()
     while True:
         try:
@@ -115,6 +124,27 @@ def raw_copy(source: Path, target: Path) -> float:
     src.close()
     dst.close()
     return time.perf_counter() - start
+
+
+def cap_initial_sync(folder: Path, count: int) -> tuple[float, int]:
+    """(seconds, records) of the initial sync of `count` accounts from a real CAP server."""
+    import requests
+
+    from tests.cap_server import running_cap_server
+
+    with running_cap_server(max_page_size=5000) as cap:
+        http = requests.Session()
+        http.auth = cap.auth
+        for start in range(0, count, 200):  # one atomic change set per 200 (CAP limits bodies)
+            body = {"requests": [
+                {"id": str(n), "atomicityGroup": "g", "method": "POST", "url": "Accounts",
+                 "headers": {"content-type": "application/json"},
+                 "body": {"name": f"Account {n}", "employees": n % 5000, "revenue": n * 1.5}}
+                for n in range(start, min(start + 200, count))]}
+            assert http.post(cap.url + "$batch", json=body).ok
+        seconds, downloaded, _ = sync_in_child(folder, cap.url, "odata", cap.auth)
+    assert downloaded == count, (downloaded, count)
+    return seconds, downloaded
 
 
 def change_one_percent(org: store.OrgDb, count: int) -> int:
@@ -165,6 +195,7 @@ def main() -> None:
             dynamics_first, dynamics_downloaded, _ = min(dynamics)
             Path(tmp, "b-big0").rename(Path(tmp, "b-big"))
             _, _, rss_small = sync_in_child(Path(tmp) / "b-small", portal.odata_root("small"))
+            cap_seconds, cap_records = cap_initial_sync(Path(tmp) / "b-cap", small)
             timings = {}
             for name, count in (("small", small), ("big", big)):
                 with store.open_org(orgs, name) as org:
@@ -185,6 +216,8 @@ def main() -> None:
     print(f"  initial sync, dynamics (TLS)     : {big / dynamics_first:>10,.0f} records/s "
           f"(best of {', '.join(f'{t[0]:.2f}' for t in dynamics)} s; "
           f"{first / dynamics_first:.2f} of the resco backend's speed in this run)")
+    print(f"  initial sync from SAP CAP (odata): {cap_records / cap_seconds:>10,.0f} records/s "
+          f"({cap_records:,} accounts in {cap_seconds:.2f} s; resco above)")
     print(f"  peak RSS of the client: {rss_small:.0f} MB for {small:,} records, "
           f"{rss_big:.0f} MB for {big:,}")
     (t_small, n_small), (t_big, n_big) = timings["small"], timings["big"]

@@ -205,13 +205,26 @@ class ODataSide:
         self._check(self.http.delete(self._path(spec, key),
                                      headers={"If-Match": self._etag(spec, key)}))
 
+    # What a test creates on the client, per model: a record of a client-chosen key
+    # (entity, client attributes, its server key) and an entity whose keys the server
+    # picks (entity, a text attribute), if the model has one.
+    value_keyed: tuple[str, dict[str, Any], str] = ("", {}, "")
+    server_keyed: tuple[str, str] | None = None
+
+    def contact_fields(self, i: int, n: int, account: str) -> dict[str, Any]:
+        """A seeded contact of account `account`."""
+        return {"lastName": f"Last {i}-{n}", "account_ID": account}
+
     def seed(self, accounts: int, contacts_per_account: int = 1) -> None:
         """Accounts, each with contacts, by single POSTs (what the model has: see the specs)."""
         for i in range(accounts):
             account = self.create("accounts", {"name": f"Account {i}", "employees": i * 7})
             for n in range(contacts_per_account):
-                self.create("contacts", {"lastName": f"Last {i}-{n}", "account_ID": account,
-                                         "priority": ["low", "normal", "high"][(i + n) % 3]})
+                self.create("contacts", self.contact_fields(i, n, account))
+
+    def create_at_one_time(self, entity: str, records: list[dict[str, Any]]) -> None:
+        """Records that all get one modified timestamp (the side's own way to make that)."""
+        raise NotImplementedError
 
 
 # --- odatapy (tests/odatapy_server.py) ----------------------------------------
@@ -232,6 +245,8 @@ class OdatapySide(ODataSide):
     """odatapy's in-memory service (a subprocess), with its clock control for modifiedAt."""
 
     roles = Roles("accounts", "name", "contacts", "lastName", "account_ID")
+    value_keyed = ("countries", {"code": "CZ", "name": "Czechia"}, "CZ")
+    server_keyed = ("tickets", "title")
 
     def __init__(self, url: str, process: subprocess.Popen[bytes], tracked: bool) -> None:
         from tests.odatapy_server import PASSWORD, USER
@@ -241,9 +256,65 @@ class OdatapySide(ODataSide):
         self.process = process
         self.tracked = tracked
 
+    def contact_fields(self, i: int, n: int, account: str) -> dict[str, Any]:
+        """A contact with a priority (an enum)."""
+        return {**super().contact_fields(i, n, account),
+                "priority": ["low", "normal", "high"][(i + n) % 3]}
+
     def freeze_clock(self, stamp: str | None) -> None:
         """Every change from now on gets this modifiedAt (None: the real time again)."""
         self._check(self.http.post(f"{self.url}_clock", data=stamp or ""))
+
+    def create_at_one_time(self, entity: str, records: list[dict[str, Any]]) -> None:
+        """With the clock frozen."""
+        self.freeze_clock("2026-12-01T10:00:00.000+00:00")
+        try:
+            for record in records:
+                self.create(entity, record)
+        finally:
+            self.freeze_clock(None)
+
+
+# --- SAP CAP (tests/cap, tests/cap_server.py) ------------------------------------------
+
+CAP_SPECS = [
+    EntitySpec("accounts", "Accounts", "ID", "guid",
+               {"name": "name", "employees": "employees", "revenue": "revenue",
+                "active": "active", "rating": "rating", "lastContactAt": "lastcontactat"}),
+    EntitySpec("contacts", "Contacts", "ID", "guid",
+               {"firstName": "firstname", "lastName": "lastname", "email": "email",
+                "account_ID": "account_id"}),
+    EntitySpec("products", "Products", "ID", "value",
+               {"ID": "id", "name": "name", "price": "price", "currency_code": "currency_code"}),
+    EntitySpec("currencies", "Currencies", "code", "value",
+               {"code": "code", "name": "name", "symbol": "symbol"}),
+]
+
+
+class CapSide(ODataSide):
+    """A real SAP CAP server (tests/cap_server.py): no delta links, a modifiedAt watermark."""
+
+    roles = Roles("accounts", "name", "contacts", "lastName", "account_ID")
+    value_keyed = ("currencies", {"code": "CZK", "name": "Koruna"}, "CZK")
+    server_keyed = None  # CAP has no keys it picks itself (Integer keys are the client's)
+
+    def __init__(self, cap: Any) -> None:
+        super().__init__(cap.url, cap.user, cap.password, CAP_SPECS)
+        self.cap = cap
+
+    def contact_fields(self, i: int, n: int, account: str) -> dict[str, Any]:
+        """A contact with an e-mail."""
+        return {**super().contact_fields(i, n, account), "email": f"c{i}-{n}@example.com"}
+
+    def create_at_one_time(self, entity: str, records: list[dict[str, Any]]) -> None:
+        """One atomic JSON $batch change set: CAP stamps every record with its time."""
+        spec = self.specs[entity]
+        body = {"requests": [{"id": str(n), "atomicityGroup": "g1", "method": "POST",
+                              "url": spec.entity_set,
+                              "headers": {"content-type": "application/json"}, "body": r}
+                             for n, r in enumerate(records)]}
+        answer = self._check(self.http.post(f"{self.url}$batch", json=body)).json()
+        assert all(r["status"] == 201 for r in answer["responses"]), answer
 
 
 @contextmanager

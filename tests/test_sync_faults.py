@@ -78,11 +78,12 @@ def _connected(server: Side, client: Side, redis: Redis, accounts: int) -> tuple
         return connection_id, sorted(r["accountid"] for r in b.db.table("account").rows)
 
 
-def _job_in_process(client: Side, job: str, connection_id: int) -> subprocess.Popen[bytes]:
+def _job_in_process(client: Side, job: str, connection_id: int,
+                    config: dict[str, int] | None = None) -> subprocess.Popen[bytes]:
     """Run a sync job in its own process (as a worker would), to be killed."""
     env = {**os.environ, "PORTAL_INSTANCE_PATH": str(client.instance),
            "REDIS_URL": client.redis_url, "PORTAL_ALLOW_PRIVATE_SERVERS": "true",
-           **{f"PORTAL_{k}": str(v) for k, v in FAST.items()}}
+           **{f"PORTAL_{k}": str(v) for k, v in (config or FAST).items()}}
     code = f"from jobs.sync import {job}; {job}({connection_id})"
     return subprocess.Popen([sys.executable, "-c", code], cwd=ROOT, env=env,
                             stdout=subprocess.DEVNULL, stderr=subprocess.PIPE)

@@ -2,27 +2,34 @@
 
 Each test runs once per server (`tests/server_sides.py`): odatapy's service with
 change tracking (delta links, tombstones as URLs), the same service without it
-(the modifiedAt watermark and id reconciliation). The client is portal B's org;
+(the modifiedAt watermark and id reconciliation), and a real SAP CAP server
+(no delta links: the watermark, keyset windows over its relative next links,
+If-Match on every change, Integer and String keys the client chooses). The client is portal B's org;
 jobs run on a real RQ worker against a real Redis.
 """
 
+import time
 from collections.abc import Iterator
 from pathlib import Path
+from urllib.parse import urlsplit
 
 import pytest
 from redis import Redis
 
-from portal.orgs import records, transactions
+from portal.orgs import records, store, transactions
+from tests.cap_server import running_cap_server
+from tests.fault_proxy import FaultProxy
 from tests.server_sides import (
-    OdatapySide,
+    CapSide,
     ServerSide,
     assert_same,
     odatapy_side,
     salesforce_side,
 )
 from tests.sync_helpers import Side
+from tests.test_sync_faults import _job_in_process, _kill_when
 
-SERVERS = ["odatapy", "odatapy-watermark"]
+SERVERS = ["odatapy", "odatapy-watermark", "cap"]
 # The servers of the generic scenarios (sides with `roles`): these and Salesforce's.
 ANY_SERVERS = [*SERVERS, "salesforce"]
 
@@ -33,6 +40,9 @@ def server(request) -> Iterator[ServerSide]:
     if request.param.startswith("odatapy"):
         with odatapy_side(tracked=request.param == "odatapy") as side:
             yield side
+    elif request.param == "cap":
+        with running_cap_server(max_page_size=7) as cap:
+            yield CapSide(cap)
     else:  # pragma: no cover - a param without a side
         raise AssertionError(request.param)
 
@@ -40,8 +50,7 @@ def server(request) -> Iterator[ServerSide]:
 @pytest.fixture
 def client(tmp_path: Path, redis_url: str) -> Side:
     """Portal B's side, with an empty org `cli`."""
-    side = Side(tmp_path / "b", redis_url, backend="odata",
-                config={"SYNC_PAGE_SIZE": 5, "SYNC_UPLOAD_BATCH": 4})
+    side = Side(tmp_path / "b", redis_url, backend="odata", config=FAST)
     side.create_org("cli", template=None)
     return side
 
@@ -54,8 +63,10 @@ def _connect(server: ServerSide, client: Side, redis: Redis, policy: str = "serv
 def test_servers_connect_copies_entities_and_records(server: ServerSide, client: Side,
                                                      redis: Redis) -> None:
     server.seed(accounts=12, contacts_per_account=2)
-    server.create("tickets", {"title": "Printer", "clientId": None})
-    server.create("countries", {"code": "SK", "name": "Slovakia"})
+    if server.server_keyed:
+        server.create(server.server_keyed[0], {server.server_keyed[1]: "Printer"})
+    value_keyed, fields, _ = server.value_keyed
+    server.create(value_keyed, {**fields, "code": "SKK", "name": "Slovak"})
 
     _connect(server, client, redis)
 
@@ -64,7 +75,8 @@ def test_servers_connect_copies_entities_and_records(server: ServerSide, client:
         contacts = b.entity("contacts")
         lookup = contacts.attribute("account_id")
         assert lookup is not None and lookup.type == "lookup" and lookup.targets == ["accounts"]
-        assert b.entity("contacts").attribute("priority").type == "picklist"  # type: ignore[union-attr]
+        if "priority" in server.specs["contacts"].fields:  # an EnumType: a picklist
+            assert contacts.attribute("priority").type == "picklist"  # type: ignore[union-attr]
         assert_same(server, b)
         assert transactions.counts(b)["pending"] == 0
 
@@ -74,7 +86,9 @@ def test_servers_changes_and_deletions_both_ways(server: ServerSide, client: Sid
     server.seed(accounts=6)
     connection_id = _connect(server, client, redis)
     accounts = sorted(server.snapshot("accounts"))
-    ticket = server.create("tickets", {"title": "On the server"})
+    tickets = server.server_keyed
+    if tickets:
+        ticket = server.create(tickets[0], {tickets[1]: "On the server"})
     # Server side: an update, a new record with a lookup, a deletion.
     server.update("accounts", accounts[0], {"name": "Renamed on server"})
     new = server.create("accounts", {"name": "New on server"})
@@ -87,8 +101,9 @@ def test_servers_changes_and_deletions_both_ways(server: ServerSide, client: Sid
         made = records.create_record(b, "accounts", {"name": "New on client", "employees": 3})
         records.create_record(b, "contacts", {"lastname": "Client child",
                                               "account_id": made["id"]})
-        records.create_record(b, "tickets", {"title": "From the client"})
-        records.create_record(b, "countries", {"code": "CZ", "name": "Czechia"})
+        if tickets:
+            records.create_record(b, tickets[0], {tickets[1]: "From the client"})
+        records.create_record(b, server.value_keyed[0], server.value_keyed[1])
         records.delete_record(b, "accounts", accounts[3])
 
     client.sync_now(redis, connection_id)
@@ -97,13 +112,14 @@ def test_servers_changes_and_deletions_both_ways(server: ServerSide, client: Sid
     assert {"Renamed on server", "New on server", "Renamed on client", "New on client"} <= names
     assert accounts[1] not in server.snapshot("accounts")
     assert accounts[3] not in server.snapshot("accounts")
-    assert {v["title"] for v in server.snapshot("tickets").values()} == {
-        "On the server", "From the client"}
-    assert "CZ" in server.snapshot("countries")
+    if tickets:
+        assert {v[tickets[1]] for v in server.snapshot(tickets[0]).values()} == {
+            "On the server", "From the client"}
+        assert ticket in server.snapshot(tickets[0])
+    assert server.value_keyed[2] in server.snapshot(server.value_keyed[0])
     with client.org("cli") as b:
         assert_same(server, b)
         assert transactions.counts(b)["pending"] == 0
-    assert ticket in server.snapshot("tickets")
 
     # Once more: nothing changes, nothing doubles.
     client.sync_now(redis, connection_id)
@@ -113,17 +129,17 @@ def test_servers_changes_and_deletions_both_ways(server: ServerSide, client: Sid
 
 def test_servers_many_records_sharing_one_modified_at_all_arrive(
         server: ServerSide, client: Side, redis: Redis) -> None:
-    assert isinstance(server, OdatapySide)
     connection_id = _connect(server, client, redis)
-    server.freeze_clock("2026-12-01T10:00:00.000+00:00")
-    for i in range(23):  # more than four pages of 5, all of one modifiedAt
-        server.create("countries", {"code": f"C{i:02}", "name": f"Country {i}"})
+    entity = server.value_keyed[0]
+    # More than four pages of 5, all of one modifiedAt.
+    server.create_at_one_time(entity, [{"code": f"C{i:02}", "name": f"Country {i}"}
+                                       for i in range(23)])
     client.sync_now(redis, connection_id)
-    server.update("countries", "C03", {"name": "Changed at the same time"})
+    server.update(entity, "C03", {"name": "Changed at the same time"})
     client.sync_now(redis, connection_id)
 
     with client.org("cli") as b:
-        assert len(client_rows := list(b.db.table("countries").rows)) == 23
+        assert len(client_rows := list(b.db.table(entity).rows)) == 23
         assert "Changed at the same time" in {r["name"] for r in client_rows}
         assert_same(server, b)
 
@@ -133,10 +149,13 @@ def test_servers_many_records_sharing_one_modified_at_all_arrive(
 
 @pytest.fixture(params=ANY_SERVERS)
 def any_server(request, tmp_path: Path) -> Iterator[ServerSide]:
-    """A server side with parent/child roles (odatapy's, Salesforce's)."""
+    """A server side with parent/child roles (odatapy's, CAP's, Salesforce's)."""
     if request.param == "salesforce":
         with salesforce_side(tmp_path / "tls") as side:
             yield side
+    elif request.param == "cap":
+        with running_cap_server(max_page_size=7) as cap:
+            yield CapSide(cap)
     else:
         with odatapy_side(tracked=request.param == "odatapy") as side:
             yield side
@@ -195,3 +214,193 @@ def test_any_server_parents_and_children_both_ways(any_server: ServerSide, any_c
     with client.org("cli") as b:
         assert_same(server, b, [roles.parent, roles.child])
         assert transactions.counts(b)["pending"] == 0
+
+
+def _name(org, record_id: str) -> str | None:
+    record = records.get_record(org, "accounts", record_id)
+    return None if record is None else record["name"]
+
+
+@pytest.mark.parametrize("policy", ["server-wins", "client-wins", "newest-wins"])
+def test_servers_conflict_matrix(server: ServerSide, client: Side, redis: Redis,
+                                 policy: str) -> None:
+    server.seed(accounts=6, contacts_per_account=0)
+    connection_id = _connect(server, client, redis, policy=policy)
+    uu, ud, du, dd = sorted(server.snapshot("accounts"))[:4]
+    server.update("accounts", uu, {"name": "server"})
+    server.delete("accounts", ud)
+    server.update("accounts", du, {"name": "server"})
+    server.delete("accounts", dd)
+    time.sleep(1.1)  # the client keeps seconds: its changes are the newer ones
+    with client.org("cli") as b:
+        records.update_record(b, "accounts", uu, {"name": "client"})
+        records.update_record(b, "accounts", ud, {"name": "client"})
+        records.delete_record(b, "accounts", du)
+        records.delete_record(b, "accounts", dd)
+
+    client.sync_now(redis, connection_id)
+
+    expected = {
+        "server-wins": {uu: "server", ud: None, du: "server", dd: None},
+        "client-wins": {uu: "client", ud: "client", du: None, dd: None},
+        "newest-wins": {uu: "client", ud: None, du: None, dd: None},
+    }[policy]
+    with client.org("cli") as b:
+        assert {i: _name(b, i) for i in expected} == expected
+        assert transactions.counts(b)["pending"] == 0
+        assert_same(server, b)
+    on_server = server.snapshot("accounts")
+    assert {i: (on_server.get(i) or {}).get("name") for i in expected} == expected
+
+
+def test_servers_filter_keeps_only_matching_records(server: ServerSide, client: Side,
+                                                    redis: Redis) -> None:
+    from portal.db import get_db
+    from portal.sync import connections
+
+    server.seed(accounts=10, contacts_per_account=0)
+    connection_id = _connect(server, client, redis)
+    with client.app.app_context():
+        connections.configure_entity(
+            get_db(), connection_id, "accounts",
+            filter_xml='<filter type="and"><condition attribute="employees" operator="ge" '
+                       'value="35"/></filter>')
+    client.sync_now(redis, connection_id)
+    expected = {k for k, v in server.snapshot("accounts").items() if v["employees"] >= 35}
+    with client.org("cli") as b:
+        assert {r["id"] for r in b.db.table("accounts").rows} == expected
+    leaving = sorted(expected)[0]
+    server.update("accounts", leaving, {"employees": 1})
+    client.sync_now(redis, connection_id)
+    with client.org("cli") as b:
+        assert records.get_record(b, "accounts", leaving) is None
+        assert transactions.counts(b)["pending"] == 0
+    assert leaving in server.snapshot("accounts")  # leaving the filter is not a deletion
+
+
+# --- faults: a proxy that loses answers or is down, workers killed -------------------
+
+FAST = {"SYNC_HTTP_RETRIES": 1, "SYNC_PAGE_SIZE": 5, "SYNC_UPLOAD_BATCH": 4}
+
+
+@pytest.fixture
+def proxied(server: ServerSide) -> Iterator[tuple[ServerSide, FaultProxy]]:
+    """The server behind a loopback proxy that can drop answers or be down."""
+    proxy = FaultProxy(server.url)
+    server.url, direct = proxy.url + urlsplit(server.url).path, server.url
+    yield server, proxy
+    server.url = direct
+    proxy.stop()
+
+
+def test_servers_lost_batch_answer_is_applied_once(proxied, client: Side, redis: Redis) -> None:
+    server, proxy = proxied
+    server.seed(accounts=4, contacts_per_account=0)
+    connection_id = _connect(server, client, redis)
+    ids = sorted(server.snapshot("accounts"))
+    with client.org("cli") as b:
+        records.create_record(b, "accounts", {"name": "created on the client"})
+        records.update_record(b, "accounts", ids[0], {"name": "updated on the client"})
+        records.delete_record(b, "accounts", ids[1])
+        if server.server_keyed:
+            records.create_record(b, server.server_keyed[0],
+                                  {server.server_keyed[1]: "a ticket from the client"})
+    proxy.drop_batch_answers = 1
+    client.sync_now(redis, connection_id)
+    assert proxy.dropped == 1 and proxy.batches >= 2
+    names = sorted(v["name"] for v in server.snapshot("accounts").values())
+    assert names.count("created on the client") == 1 and "updated on the client" in names
+    assert len(names) == 4
+    if server.server_keyed:
+        entity, field = server.server_keyed
+        assert [v[field] for v in server.snapshot(entity).values()] == [
+            "a ticket from the client"]
+    with client.org("cli") as b:
+        assert transactions.counts(b)["processed"] == (4 if server.server_keyed else 3)
+        assert_same(server, b)
+
+
+def test_servers_down_keeps_transactions_pending_then_goes_through(
+        proxied, client: Side, redis: Redis) -> None:
+    from portal.db import get_db
+    from portal.sync import runs
+
+    server, proxy = proxied
+    connection_id = _connect(server, client, redis)
+    with client.org("cli") as b:
+        records.create_record(b, "accounts", {"name": "made while the server was down"})
+    proxy.down = True
+    client.sync_now(redis, connection_id)
+    with client.app.app_context():
+        last = runs.list_runs(get_db(), client.connection(connection_id).org_id)[0]
+    assert last["status"] == "failed" and "cannot be reached" in last["error"]
+    with client.org("cli") as b:
+        assert transactions.counts(b)["pending"] == 1
+    proxy.down = False
+    client.sync_now(redis, connection_id)
+    with client.org("cli") as b:
+        assert transactions.counts(b)["pending"] == 0
+        assert_same(server, b)
+
+
+def test_servers_worker_killed_during_download_resumes_without_loss(
+        proxied, client: Side, redis: Redis) -> None:
+    server, proxy = proxied
+    server.seed(accounts=60, contacts_per_account=0)
+    connection_id = client.connect("cli", server.url, username=server.username,
+                                   password=server.password, options=server.options)
+    proxy.hold_page = ("Accounts", 4)  # the fourth page waits: three are being written
+    job = _job_in_process(client, "connect", connection_id, FAST)
+    _kill_when(job, proxy.holding.is_set)
+    proxy.release()
+    with client.org("cli") as b:
+        partial = b.db.table("accounts").count if b.db.table("accounts").exists() else 0
+    assert partial < 60
+    client.queue(redis, connection_id, "connect")
+    client.work(redis)
+    assert client.connection(connection_id).status == "connected"
+    with client.org("cli") as b:
+        assert_same(server, b)
+
+
+@pytest.mark.parametrize("kill_at", ["a batch applied, its answer not yet back",
+                                     "between batches"])
+def test_servers_worker_killed_during_upload_resumes_without_duplicates(
+        proxied, client: Side, redis: Redis, kill_at: str) -> None:
+    server, proxy = proxied
+    server.seed(accounts=10, contacts_per_account=0)
+    connection_id = _connect(server, client, redis)
+    existing = sorted(server.snapshot("accounts"))
+    with client.org("cli") as b:
+        for i in range(20):
+            records.create_record(b, "accounts", {"name": f"offline {i}"})
+            if server.server_keyed:
+                records.create_record(b, server.server_keyed[0],
+                                      {server.server_keyed[1]: f"ticket {i}"})
+            if i % 4 == 0:
+                records.update_record(b, "accounts", existing[i // 4], {"name": f"changed {i}"})
+            if i % 10 == 0:
+                records.delete_record(b, "accounts", existing[8 + i // 10])
+        writes = transactions.counts(b)["pending"]
+    job = _job_in_process(client, "sync_run", connection_id, FAST)
+    if kill_at == "between batches":
+        def some_uploaded() -> bool:
+            with store.open_org(client.orgs_dir, "cli") as b:
+                return transactions.counts(b)["processed"] >= 12
+
+        _kill_when(job, some_uploaded)
+    else:
+        proxy.hold_batch = proxy.batches + 3
+        _kill_when(job, proxy.holding.is_set)
+        proxy.release()
+    client.sync_now(redis, connection_id)
+    with client.org("cli") as b:
+        assert transactions.counts(b) == {"pending": 0, "processed": writes, "error": 0,
+                                          "archived": 0}
+        assert_same(server, b)
+    names = [v["name"] for v in server.snapshot("accounts").values()]
+    assert len(names) == 10 + 20 - 2 and len(set(names)) == len(names)
+    if server.server_keyed:
+        entity, field = server.server_keyed
+        titles = [v[field] for v in server.snapshot(entity).values()]
+        assert sorted(titles) == sorted(f"ticket {i}" for i in range(20))

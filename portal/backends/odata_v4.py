@@ -26,17 +26,28 @@ It is the OData client of `odata.py` (transport, retries, `read_record`,
 """
 
 from collections.abc import Generator, Iterator
-from typing import Any
+from typing import TYPE_CHECKING, Any
 from urllib.parse import quote, urljoin, urlsplit
 
 import orjson
 import requests
+from requests.adapters import HTTPAdapter
 
 from portal.backends import odata_mapping
 from portal.backends.auth import BearerAuth, StaticToken, TokenSource, TokenUrlCredentials
 from portal.backends.base import ChangesPage, Write, WriteResult
+
+if TYPE_CHECKING:
+    from portal.sync.filters import Filter  # the engine filters every page too
 from portal.backends.csdl_metadata import MAX_METADATA_BYTES, read_csdl
-from portal.backends.odata import RETRIES, ODataBackend, _message, write_headers
+from portal.backends.odata import (
+    RETRIES,
+    RETRY_METHODS,
+    ODataBackend,
+    _message,
+    server_retry,
+    write_headers,
+)
 from portal.backends.odata_mapping import EntityMap, literal
 from portal.backends.prefetch import prefetched
 from portal.errors import BackendError, InvalidInput
@@ -94,6 +105,14 @@ class ODataV4Backend(ODataBackend):
         with `bearer` the password is the token."""
         super().__init__(url, username, password, allow_private=allow_private,
                          session=session, retries=retries)
+        # A POST is never resent by the transport: a create of a key the service picks
+        # would be made twice. `apply_writes` retries a lost batch itself, after
+        # looking up the creates it may have made.
+        adapter = HTTPAdapter(pool_connections=2, pool_maxsize=4, max_retries=server_retry(
+            retries).new(allowed_methods=RETRY_METHODS - {"POST"}))
+        self.session.mount("http://", adapter)
+        self.session.mount("https://", adapter)
+        self.retries = retries
         self.username = username
         self.auth_kind = check_options({"auth": auth or "basic",
                                         **({"token_url": token_url} if token_url else {})})["auth"]
@@ -120,11 +139,11 @@ class ODataV4Backend(ODataBackend):
     # --- metadata ----------------------------------------------------------
 
     def check_credentials(self) -> str:
-        """The service document (it needs valid credentials), then a readable v4 `$metadata`."""
+        """A readable OData v4 `$metadata` (valid credentials), then the service document."""
+        self.maps()  # first: an OData v2 service is named as such, not as a bad document
         document = self.get_json("")
         if not isinstance(document, dict) or not isinstance(document.get("value"), list):
             raise BackendError(f"{self.root} is not an OData v4 service document")
-        self.maps()
         return self.username or self.auth_kind
 
     def read_metadata(self) -> list[Entity]:
@@ -188,8 +207,8 @@ class ODataV4Backend(ODataBackend):
 
     # --- changes -----------------------------------------------------------
 
-    def read_changes(self, entity: Entity, link: str | None, *,
-                     page_size: int = 1000) -> Generator[ChangesPage, None, None]:
+    def read_changes(self, entity: Entity, link: str | None, *, page_size: int = 1000,
+                     filter: "Filter | None" = None) -> Generator[ChangesPage, None, None]:
         """Delta pages where the set tracks changes, else windows after the watermark."""
         emap = self.entity_map(entity)
         size = min(self.page_size or page_size, MAX_PAGE_SIZE)
@@ -367,7 +386,7 @@ class ODataV4Backend(ODataBackend):
         text = response.text.strip() if response.status_code == 200 else ""
         return int(text) if text.isdigit() else None
 
-    def read_ids(self, entity: Entity) -> Iterator[list[str]]:
+    def read_ids(self, entity: Entity, filter: "Filter | None" = None) -> Iterator[list[str]]:
         """Every record's id (GUID keys) or server key, in windows by key."""
         emap = self.entity_map(entity)
         select = ",".join(k.name for k in emap.keys)
@@ -401,7 +420,23 @@ class ODataV4Backend(ODataBackend):
     # --- writes ------------------------------------------------------------
 
     def apply_writes(self, writes: list[Write]) -> list[WriteResult]:
-        """Creates found by their client id first; the rest in $batch calls, or one by one."""
+        """Writes in chunks; a chunk whose answer was lost is sent again (creates looked up)."""
+        results: list[WriteResult] = []
+        for start in range(0, len(writes), BATCH_LIMIT):
+            chunk = writes[start:start + BATCH_LIMIT]
+            for attempt in range(self.retries + 1):
+                try:
+                    results.extend(self._apply_chunk(list(chunk)))
+                    break
+                except BackendError as exc:
+                    lost = isinstance(exc.__context__, (requests.ConnectionError,
+                                                        requests.Timeout))
+                    if not lost or attempt == self.retries:
+                        raise
+        return results
+
+    def _apply_chunk(self, writes: list[Write]) -> list[WriteResult]:
+        """Creates found by their client id first; the rest in one $batch, or one by one."""
         results: dict[int, WriteResult] = {}
         plans: dict[int, tuple[str, str, dict[str, str], dict[str, Any] | None]] = {}
         found = self._find_creates(writes)
@@ -418,14 +453,31 @@ class ODataV4Backend(ODataBackend):
             else:
                 plans[n] = plan
         order = list(plans)
-        for start in range(0, len(order), BATCH_LIMIT):
-            chunk = order[start:start + BATCH_LIMIT]
-            answers = self._send([plans[n] for n in chunk])
-            for n, (status, headers, body) in zip(chunk, answers, strict=True):
-                results[n] = self._result(self.entity_map(writes[n].entity), writes[n],
-                                          status, headers, body)
+        answers = self._send([plans[n] for n in order]) if order else []
+        again: dict[int, Any] = {}
+        for n, (status, headers, body) in zip(order, answers, strict=True):
+            write = writes[n]
+            if status == 404 and plans[n][0] == "PATCH" and write.if_match is None:
+                # An unconditional upsert (the client's version won) of a record the
+                # service no longer has: it is created again, as an upsert does.
+                writes[n] = Write(write.entity, write.record_id, "upsert", write.values,
+                                  create_only=True)
+                again[n] = self._plan(self.entity_map(write.entity), writes[n])
+                continue
+            results[n] = self._result(self.entity_map(write.entity), write, status, headers,
+                                      body)
+        for n, plan in again.items():
+            if isinstance(plan, WriteResult):
+                results[n] = plan
+        resend = [n for n, plan in again.items() if not isinstance(plan, WriteResult)]
+        for n, (status, headers, body) in zip(resend, self._send([again[n] for n in resend])
+                                              if resend else [], strict=True):
+            results[n] = self._result(self.entity_map(writes[n].entity), writes[n], status,
+                                      headers, body)
         for n in found:
             results[n].server_key = found[n][0]
+            if self.entity_map(writes[n].entity).computes_values:
+                results[n].version = None  # as for any create: the download brings it whole
         return [results[n] for n in range(len(writes))]
 
     def _find_creates(self, writes: list[Write]) -> dict[int, tuple[str, str]]:
@@ -474,7 +526,8 @@ class ODataV4Backend(ODataBackend):
         if write.operation == "delete":
             if not emap.capabilities.deletable:
                 return WriteResult("error", message=f"{emap.entity_set} does not take deletions")
-            return "DELETE", emap.path(key), headers, None
+            # No body, nothing to return: CAP refuses `Prefer: return=...` on a DELETE.
+            return "DELETE", emap.path(key), {"If-Match": headers["If-Match"]}, None
         if not emap.capabilities.updatable:
             return WriteResult("error", message=f"{emap.entity_set} does not take updates")
         return "PATCH", emap.path(key), headers, emap.to_server(
@@ -484,7 +537,9 @@ class ODataV4Backend(ODataBackend):
               ) -> list[tuple[int, dict[str, str], Any]]:
         """The writes' answers (status, headers, body), by one $batch or one by one."""
         if self._batch_ok:
-            requests_ = [{"id": str(n), "method": method, "url": path, "headers": headers,
+            # Header names in lower case: CAP reads a batch request's `if-match` only so.
+            requests_ = [{"id": str(n), "method": method, "url": path,
+                          "headers": {k.lower(): v for k, v in headers.items()},
                           **({"body": body} if body is not None else {})}
                          for n, (method, path, headers, body) in enumerate(plans)]
             response = self.request("POST", "$batch", data=orjson.dumps({"requests": requests_}),
@@ -534,23 +589,33 @@ class ODataV4Backend(ODataBackend):
                     key = emap.key_from_url(location) if location else None
             if record is not None:
                 record[emap.entity.primaryidattribute] = write.record_id
-            if creating and emap.computes_values:
-                # The service set values of ours (its key): the version is not kept, so
-                # this run's download brings the record back whole.
+            if creating and (emap.computes_values or record is None or _differs(
+                    record, write.values, emap.entity.primaryidattribute)):
+                # The service set values of its own (its key, defaults): the version is
+                # not kept, so this run's download brings the record back whole.
                 version = None
             return WriteResult("ok", version=version, record=record, server_key=key)
-        text = (message or "").lower()
-        if creating and (status == 409 or (status == 400 and ("exist" in text
-                                                              or "unique" in text))):
-            # Our own create repeated (its answer was lost), or someone else's record of
-            # this key: the engine compares the service's record with ours.
-            key = None
-            if emap.key_kind == "value":
-                key = emap.key_of_values(emap.to_server(write.values, creating=True,
-                                                        record_id=write.record_id))
-            return WriteResult("conflict", message=message or "the record exists",
-                               server_key=key)
+        if creating and emap.key_kind != "server" and status not in (401, 403):
+            # A create of a key the client chose, refused: our own create repeated (its
+            # answer was lost) or someone else's record of this key? Services say it
+            # differently (409; CAP: 500 SQLITE_CONSTRAINT_PRIMARYKEY), so the record
+            # is looked up; the engine then compares it with ours.
+            key = write.record_id if emap.key_kind == "guid" else emap.key_of_values(
+                emap.to_server(write.values, creating=True, record_id=write.record_id))
+            if key is not None and self.read_record(write.entity, key, emap.path(key)):
+                if emap.key_kind == "guid":
+                    # The client's own random GUID: nobody else made this record. It is
+                    # ours; the download brings its values (with the service's defaults).
+                    return WriteResult("ok")
+                return WriteResult("conflict", message=message or "the record exists",
+                                   server_key=key)
         if status == 412:
+            key = write.server_key if emap.keyed else write.record_id
+            if write.operation == "delete" and key is not None and \
+                    self.read_record(write.entity, key, emap.path(key)) is None:
+                # CAP answers 412, not 404, to a stale If-Match of a record it no longer
+                # has: gone is gone (perhaps by our own lost answer).
+                return WriteResult("missing", message="the record does not exist")
             return WriteResult("conflict", message=message or "the record changed on the service")
         if status == 404:
             return WriteResult("missing", message=message or "the record does not exist")
@@ -594,6 +659,12 @@ def _instant(stamp: str) -> str:
     fraction = rest.rstrip("Z")
     return f"{head.rstrip('Z')}.{fraction.ljust(7, '0')}Z" if rest else f"{head.rstrip('Z')}." \
         "0000000Z"
+
+
+def _differs(record: dict[str, Any], values: dict[str, Any], pk: str) -> bool:
+    """The service's record of a create holds values other than the ones sent."""
+    stamps = ("createdon", "modifiedon", pk)
+    return any(record.get(k) != values.get(k) for k in record if k not in stamps)
 
 
 def _answer_of(answer: dict[str, Any] | None) -> tuple[int, dict[str, str], Any]:

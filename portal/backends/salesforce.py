@@ -43,7 +43,7 @@ through `salesforce_mapping`.
 import time
 from collections.abc import Callable, Generator, Iterator
 from datetime import UTC, datetime, timedelta
-from typing import Any, TypeVar
+from typing import TYPE_CHECKING, Any, TypeVar
 
 import jwt
 import orjson
@@ -59,6 +59,9 @@ from simple_salesforce.login import token_login
 
 from portal.backends import salesforce_mapping as sfm
 from portal.backends.base import Backend, ChangesPage, Write, WriteResult
+
+if TYPE_CHECKING:
+    from portal.sync.filters import Filter  # the engine filters every page too
 from portal.backends.odata import RETRIES, RETRY_METHODS, TIMEOUT_S, server_retry
 from portal.backends.server_urls import check_server_url, guard_session
 from portal.errors import BackendError, CredentialsRefused, InvalidInput, ServerLimited
@@ -359,8 +362,8 @@ class SalesforceBackend(Backend):
             record[attr.logicalname] = guid
             page.references[guid] = (target, key)
 
-    def read_changes(self, entity: Entity, link: str | None, *,
-                     page_size: int = 1000) -> Generator[ChangesPage, None, None]:
+    def read_changes(self, entity: Entity, link: str | None, *, page_size: int = 1000,
+                     filter: "Filter | None" = None) -> Generator[ChangesPage, None, None]:
         """Keyset pages of queryAll by SystemModstamp, Id; then getDeleted (module docstring)."""
         obj = self.salesforce_object(entity)
         state = orjson.loads(link) if link else {}
@@ -482,7 +485,7 @@ class SalesforceBackend(Backend):
                                              timeout=TIMEOUT_S))
         return int(body.get("totalSize") or 0)
 
-    def read_ids(self, entity: Entity) -> Iterator[list[str]]:
+    def read_ids(self, entity: Entity, filter: "Filter | None" = None) -> Iterator[list[str]]:
         """Pages of every record's Salesforce id (for deletion reconciliation)."""
         obj = self.salesforce_object(entity)
         for body in self.query(f"SELECT Id FROM {obj.api_name} WHERE IsDeleted = false "

@@ -217,11 +217,13 @@ def show_connection(connection: Connection) -> None:
 @click.option("--password-stdin", is_flag=True,
               help="Read the server password (or client secret) from the first line of stdin "
                    "(else it is prompted for).")
-@click.option("--auth", type=click.Choice(["password", "client_credentials", "jwt"]),
+@click.option("--auth", type=click.Choice(["password", "client_credentials", "jwt", "basic",
+                                           "bearer"]),
               default=None,
               help="Dynamics, Salesforce: sign in by user name and password (default) or as an "
                    "application user (client credentials); Salesforce also: jwt (JWT bearer, "
-                   "the private key PEM as the password).")
+                   "the private key PEM as the password). OData: basic (default), bearer (the "
+                   "password is the token) or client_credentials (with --token-url).")
 @click.option("--tenant", help="Dynamics: the tenant id or domain (default: the one the "
               "environment names).")
 @click.option("--client-id", help="Dynamics, user name and password: the public client id "
@@ -232,11 +234,20 @@ def show_connection(connection: Connection) -> None:
                    "(better from the environment variable).")
 @click.option("--security-token", envvar="SALESFORCE_SECURITY_TOKEN", show_envvar=True,
               help="Salesforce: the user's security token, if not appended to the password.")
+@click.option("--token-url", help="OData, client credentials: the OAuth 2.0 token URL.")
+@click.option("--scope", help="OData, client credentials: the scope to ask for.")
+@click.option("--timestamp-property", help="OData: the modified timestamp of every entity set "
+              "(default: found by name, e.g. modifiedAt, ModifiedOn, LastModifiedDateTime).")
+@click.option("--client-id-property", help="OData: the String property that keeps the "
+              "client's GUID on entity sets whose keys the server picks (exactly-once creates).")
+@click.option("--page-size", help="OData: records per page (1-5000).")
 @wait_option
 @timeout_option
 def connect(org: str, kind: str, url: str, user: str, password_stdin: bool, auth: str | None,
             tenant: str | None, client_id: str | None, consumer_key: str | None,
-            consumer_secret: str | None, security_token: str | None, wait: bool,
+            consumer_secret: str | None, security_token: str | None, token_url: str | None,
+            scope: str | None, timestamp_property: str | None,
+            client_id_property: str | None, page_size: str | None, wait: bool,
             timeout: float | None) -> None:
     """Connect an existing hosted org to a server org and enqueue the connect job."""
     db = get_db()
@@ -252,7 +263,11 @@ def connect(org: str, kind: str, url: str, user: str, password_stdin: bool, auth
     options = {k: v for k, v in (("auth", auth), ("tenant", tenant), ("client_id", client_id),
                                  ("consumer_key", consumer_key),
                                  ("consumer_secret", consumer_secret),
-                                 ("security_token", security_token)) if v}
+                                 ("security_token", security_token),
+                                 ("token_url", token_url), ("scope", scope),
+                                 ("timestamp_property", timestamp_property),
+                                 ("client_id_property", client_id_property),
+                                 ("page_size", page_size)) if v}
     existing = connections.connection_of_org(db, org)
     if existing is not None and existing.status in ("failed", "pending"):
         # A connection that never connected: point it at the new values.

@@ -41,6 +41,19 @@ class Refused(PortalError):
         self.headers = headers or {}
 
 
+# SyncSetup elements of an OData v4 server (ProviderID of `odata`): its connection options.
+ODATA_ELEMENTS = (("auth", "Auth"), ("token_url", "TokenUrl"), ("scope", "Scope"),
+                  ("timestamp_property", "TimestampProperty"),
+                  ("client_id_property", "ClientIdProperty"), ("page_size", "PageSize"))
+
+
+def _is_odata(provider: str) -> bool:
+    try:
+        return backend_type(provider).key == "odata"
+    except InvalidInput:
+        return False  # an unknown type is refused where the connection is made
+
+
 class ConnectRequest:
     """A ConnectRequest's values, read from XML or JSON; element names as Resco's."""
 
@@ -105,6 +118,11 @@ class ConnectRequest:
         """The server values of SyncSetup; each must be there."""
         provider, url = self.required("ProviderID"), self.required("Url")
         username, password, options = self.server_credentials()
+        if _is_odata(provider):
+            # OData v4's options (docs/odata.md); Dynamics' tenant and client id are not its.
+            given = {option: self.text(element) or "" for option, element in ODATA_ELEMENTS}
+            given["auth"] = given["auth"] or options.get("auth", "")  # ClientSecret: client creds
+            options = {k: v for k, v in given.items() if v}
         return ServerValues(provider, url, username, password, options)
 
     def registration_of(self, org: str) -> Registration:

@@ -21,7 +21,8 @@ FIELD_OF_ERROR = {"name": "organization", "email": "email", "password": "passwor
                   "authority": "server_tenant", "client_id": "server_client_id",
                   "consumer_key": "server_consumer_key",
                   "consumer_secret": "server_consumer_secret",
-                  "security_token": "server_security_token", "api_budget": "server_auth"}
+                  "security_token": "server_security_token", "api_budget": "server_auth",
+                  "token_url": "odata_token_url", "page_size": "odata_page_size"}
 # How a Dynamics or Salesforce connection signs in (the backends' AUTH_KINDS).
 SIGN_INS: list[tuple[str, str, dict[str, Any]]] = [
     ("password", "User name and password", {}),
@@ -31,6 +32,11 @@ SIGN_INS: list[tuple[str, str, dict[str, Any]]] = [
 SALESFORCE_FIELDS = {"consumer_key": "server_consumer_key",
                      "consumer_secret": "server_consumer_secret",
                      "security_token": "server_security_token"}
+# How an OData v4 connection signs in (portal.backends.odata_v4.AUTH_KINDS).
+ODATA_SIGN_INS: list[tuple[str, str, dict[str, Any]]] = [
+    ("basic", "User name and password (Basic)", {}),
+    ("bearer", "Bearer token (in the password field)", {}),
+    ("client_credentials", "OAuth 2.0 client credentials (client id and secret)", {})]
 
 
 def _checked(check: Any, value: Any) -> None:
@@ -85,10 +91,25 @@ class ServerFields(FlaskForm):
     server_security_token = PasswordField("Security token (Salesforce, optional)", validators=[
         Optional(), Length(max=256)], description="Or append it to the password.")
 
+    odata_auth = SelectField("Sign-in (OData v4)", default="basic")
+    odata_token_url = StringField("Token URL (OData v4, client credentials)", filters=[strip],
+                                  validators=[Optional(), Length(max=2048)])
+    odata_timestamp_property = StringField(
+        "Modified timestamp (OData v4, optional)", filters=[strip],
+        validators=[Optional(), Length(max=128)],
+        description="Empty: found by name (modifiedAt, ModifiedOn, LastModifiedDateTime…).")
+    odata_client_id_property = StringField(
+        "Client id property (OData v4, optional)", filters=[strip],
+        validators=[Optional(), Length(max=128)],
+        description="Where the service picks keys: the String property keeping our GUID.")
+    odata_page_size = StringField("Page size (OData v4, optional)", filters=[strip],
+                                  validators=[Optional(), Length(max=5)])
+
     def __init__(self, *args: Any, **kwargs: Any) -> None:
         super().__init__(*args, **kwargs)
         self.backend.choices = backend_choices()  # type: ignore[assignment]
         self.server_auth.choices = SIGN_INS  # type: ignore[assignment]
+        self.odata_auth.choices = ODATA_SIGN_INS  # type: ignore[assignment]
 
     def validate_backend(self, field: Field) -> None:
         """A known type whose backend this portal has."""
@@ -111,11 +132,24 @@ class ServerFields(FlaskForm):
             _checked(lambda _: check_options(self.backend.data, self.server_options()),
                      field.data)
 
+    def validate_odata_page_size(self, field: Field) -> None:
+        """OData's options, checked as the data layer checks them."""
+        if self.backend.data == "odata":
+            _checked(lambda _: check_options(self.backend.data, self.server_options()),
+                     field.data)
+
     def server_options(self) -> dict[str, str]:
-        """The sign-in options of the chosen type (Dynamics and Salesforce have some)."""
+        """The sign-in options of the chosen type (Dynamics', Salesforce's, OData's)."""
         if self.backend.data == "salesforce":
             options = {"auth": self.server_auth.data or "password",
                        **{k: getattr(self, f).data or "" for k, f in SALESFORCE_FIELDS.items()}}
+            return {k: v for k, v in options.items() if v}
+        if self.backend.data == "odata":
+            options = {"auth": self.odata_auth.data or "basic",
+                       "token_url": self.odata_token_url.data or "",
+                       "timestamp_property": self.odata_timestamp_property.data or "",
+                       "client_id_property": self.odata_client_id_property.data or "",
+                       "page_size": self.odata_page_size.data or ""}
             return {k: v for k, v in options.items() if v}
         if self.backend.data != "dynamics":
             return {}

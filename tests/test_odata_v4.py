@@ -1,0 +1,320 @@
+"""The `odata` backend's refusals and sign-ins, against a small scripted service on 127.0.0.1.
+
+Bad input gets a clear failure and changes nothing: a URL that serves no
+`$metadata`, an OData v2 service, a `$metadata` bomb (DTD entities, depth,
+size), a service whose keys change type after connecting. Sign-in by a
+bearer token and by OAuth 2.0 client credentials against a token URL. The
+sync itself is tested against real servers in tests/test_sync_servers.py.
+"""
+
+import base64
+import json
+import threading
+from collections.abc import Callable, Iterator
+from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
+from pathlib import Path
+from typing import Any
+
+import pytest
+from redis import Redis
+
+from portal.backends.csdl_metadata import read_csdl
+from portal.backends.odata_v4 import ODataV4Backend, check_options
+from portal.errors import BackendError, CredentialsRefused, InvalidInput
+from tests.sync_helpers import Side
+
+Answer = tuple[int, str, bytes]  # status, content type, body
+
+
+class Service:
+    """A plain HTTP server on 127.0.0.1 answering from `routes` (path without query -> answer)."""
+
+    def __init__(self) -> None:
+        self.routes: dict[str, Callable[[BaseHTTPRequestHandler], Answer]] = {}
+        service = self
+
+        class Handler(BaseHTTPRequestHandler):
+            def log_message(self, *args: object) -> None:
+                pass
+
+            def do_GET(self) -> None:  # noqa: N802 - http.server's name
+                self.answer()
+
+            def do_POST(self) -> None:  # noqa: N802 - http.server's name
+                self.answer()
+
+            def answer(self) -> None:
+                path = self.path.split("?")[0]
+                route = service.routes.get(path)
+                status, kind, body = route(self) if route else (404, "text/html",
+                                                                 b"<h1>Not Found</h1>")
+                self.send_response(status)
+                self.send_header("Content-Type", kind)
+                self.send_header("Content-Length", str(len(body)))
+                self.end_headers()
+                self.wfile.write(body)
+
+        self.server = ThreadingHTTPServer(("127.0.0.1", 0), Handler)
+        self.url = f"http://127.0.0.1:{self.server.server_address[1]}/svc/"
+        threading.Thread(target=self.server.serve_forever, daemon=True).start()
+
+    def stop(self) -> None:
+        """Stop serving."""
+        self.server.shutdown()
+        self.server.server_close()
+
+
+@pytest.fixture
+def service() -> Iterator[Service]:
+    """A scripted service, stopped after the test."""
+    running = Service()
+    yield running
+    running.stop()
+
+
+def _xml(text: str) -> Callable[[BaseHTTPRequestHandler], Answer]:
+    return lambda _: (200, "application/xml", text.encode())
+
+
+def _json(data: Any) -> Callable[[BaseHTTPRequestHandler], Answer]:
+    return lambda _: (200, "application/json", json.dumps(data).encode())
+
+
+def metadata(key_type: str = "Edm.Guid") -> str:
+    """A CSDL 4.0 document of one entity set, Things, keyed by one property of `key_type`."""
+    return f"""<?xml version="1.0"?>
+<edmx:Edmx xmlns:edmx="http://docs.oasis-open.org/odata/ns/edmx" Version="4.0">
+ <edmx:DataServices><Schema xmlns="http://docs.oasis-open.org/odata/ns/edm" Namespace="t">
+  <EntityType Name="Thing"><Key><PropertyRef Name="ID"/></Key>
+   <Property Name="ID" Type="{key_type}" Nullable="false"/>
+   <Property Name="name" Type="Edm.String" MaxLength="50"/></EntityType>
+  <EntityContainer Name="C"><EntitySet Name="Things" EntityType="t.Thing">
+   <Annotation Term="Org.OData.Capabilities.V1.ChangeTracking"><Record>
+    <PropertyValue Property="Supported" Bool="false"/></Record></Annotation>
+   <Annotation Term="Org.OData.Capabilities.V1.DeleteRestrictions"><Record>
+    <PropertyValue Property="Deletable" Bool="false"/></Record></Annotation>
+  </EntitySet></EntityContainer>
+ </Schema></edmx:DataServices>
+</edmx:Edmx>"""
+
+
+V2_METADATA = """<?xml version="1.0"?>
+<edmx:Edmx xmlns:edmx="http://schemas.microsoft.com/ado/2007/06/edmx" Version="1.0">
+ <edmx:DataServices xmlns:m="http://schemas.microsoft.com/ado/2007/08/dataservices/metadata"
+   m:DataServiceVersion="2.0">
+  <Schema xmlns="http://schemas.microsoft.com/ado/2008/09/edm" Namespace="t"/>
+ </edmx:DataServices>
+</edmx:Edmx>"""
+
+BILLION_LAUGHS = """<?xml version="1.0"?>
+<!DOCTYPE lolz [<!ENTITY lol "lol"><!ENTITY lol2 "&lol;&lol;&lol;&lol;&lol;&lol;&lol;">]>
+<edmx:Edmx xmlns:edmx="http://docs.oasis-open.org/odata/ns/edmx" Version="4.0">&lol2;</edmx:Edmx>"""
+
+DEEP = ('<edmx:Edmx xmlns:edmx="http://docs.oasis-open.org/odata/ns/edmx" Version="4.0">'
+        + "<a>" * 100 + "</a>" * 100 + "</edmx:Edmx>")
+
+THINGS = {"value": [{"ID": "11111111-1111-4111-8111-111111111111", "name": "one"},
+                    {"ID": "22222222-2222-4222-8222-222222222222", "name": "two"}]}
+
+
+def _serve_v4(service: Service, key_type: str = "Edm.Guid") -> None:
+    service.routes["/svc/$metadata"] = _xml(metadata(key_type))
+    service.routes["/svc/"] = _json({"value": [{"name": "Things", "url": "Things"}]})
+    service.routes["/svc/Things"] = _json(THINGS)
+
+
+@pytest.fixture
+def client(tmp_path: Path, redis_url: str) -> Side:
+    """Portal B with an empty org `cli`, connecting with the odata backend."""
+    side = Side(tmp_path / "b", redis_url, backend="odata")
+    side.create_org("cli", template=None)
+    return side
+
+
+def _connect_fails(client: Side, redis: Redis, url: str) -> str:
+    """Run the connect job; it must fail, leave the client org empty; returns its error."""
+    connection_id = client.connect("cli", url, username="u", password="p")
+    client.queue(redis, connection_id, "connect")
+    client.work(redis)
+    connection = client.connection(connection_id)
+    assert connection.status == "failed"
+    with client.org("cli") as b:
+        assert list(b.entities()) == []  # nothing half-made
+    return connection.error or ""
+
+
+@pytest.mark.parametrize(("route", "message"), [
+    (None, "$metadata answered 404: <h1>Not Found</h1> — is this an OData v4 service?"),
+    (_xml(V2_METADATA), "the service speaks OData v2: OData v2 is not supported"),
+    (_xml(BILLION_LAUGHS), "the $metadata document declares a DTD or XML entities: refused"),
+    (_xml(DEEP), "the $metadata document nests deeper than 32 elements: refused"),
+    (lambda _: (200, "application/xml", b"<" + b"x" * (17 * 1024 * 1024)),
+     "the $metadata document is larger than 16 MB: refused"),
+    (_xml("<html><body>a login page</body></html>"),
+     "the $metadata document is not OData CSDL (no edmx:Edmx root)"),
+], ids=["no metadata", "odata v2", "billion laughs", "too deep", "too large", "not csdl"])
+def test_odata_connect_refuses_a_service_that_is_not_odata_v4_clearly(
+        service: Service, client: Side, redis: Redis, route, message: str) -> None:
+    service.routes["/svc/"] = _json({"value": []})
+    if route is not None:
+        service.routes["/svc/$metadata"] = route
+    assert message in _connect_fails(client, redis, service.url)
+
+
+def test_odata_a_key_that_changes_type_fails_the_run_and_changes_nothing(
+        service: Service, client: Side, redis: Redis) -> None:
+    _serve_v4(service)
+    connection_id = client.connect_now(redis, "cli", service.url, username="u", password="p")
+    with client.org("cli") as b:
+        assert {r["name"] for r in b.db.table("things").rows} == {"one", "two"}
+    service.routes["/svc/$metadata"] = _xml(metadata("Edm.Int32"))
+    service.routes["/svc/Things"] = _json({"value": [{"ID": 7, "name": "seven"}]})
+
+    client.sync_now(redis, connection_id)
+
+    with client.app.app_context():
+        from portal.db import get_db
+        from portal.sync import runs
+
+        last = runs.list_runs(get_db(), client.connection(connection_id).org_id)[0]
+    assert last["status"] == "failed"
+    assert "the key of Things changed on the service" in last["error"]
+    with client.org("cli") as b:
+        assert {r["name"] for r in b.db.table("things").rows} == {"one", "two"}
+
+
+def test_odata_capabilities_are_read_and_honoured(service: Service) -> None:
+    _serve_v4(service)
+    backend = ODataV4Backend(service.url, "u", "p", allow_private=True)
+    (entity,) = backend.read_metadata()
+    capabilities = backend.entity_map(entity).capabilities
+    assert (capabilities.change_tracking, capabilities.deletable, capabilities.insertable) == (
+        False, False, True)
+    from portal.backends.base import Write
+
+    (result,) = backend.apply_writes([Write(entity, THINGS["value"][0]["ID"], "delete")])
+    assert (result.status, result.message) == ("error", "Things does not take deletions")
+    backend.close()
+
+
+def test_odata_capabilities_in_external_annotations() -> None:
+    inline = """   <Annotation Term="Org.OData.Capabilities.V1.ChangeTracking"><Record>
+    <PropertyValue Property="Supported" Bool="false"/></Record></Annotation>
+"""
+    document = metadata().replace(inline, "").replace("</EntityContainer>", """</EntityContainer>
+  <Annotations Target="t.C/Things"><Annotation Term="Org.OData.Capabilities.V1.ChangeTracking">
+   <Record><PropertyValue Property="Supported" Bool="true"/></Record></Annotation>
+  <Annotation Term="Org.OData.Capabilities.V1.UpdateRestrictions">
+   <Record><PropertyValue Property="Updatable" Bool="false"/></Record></Annotation>
+  </Annotations>""")
+    found = read_csdl(document.encode()).capabilities_of("Things")
+    assert (found.change_tracking, found.updatable, found.deletable) == (True, False, False)
+
+
+def _bearer_guard(token: str, answer: Callable[[BaseHTTPRequestHandler], Answer]):
+    def route(request: BaseHTTPRequestHandler) -> Answer:
+        if request.headers.get("Authorization") != f"Bearer {token}":
+            return 401, "application/json", b'{"error":{"message":"no valid token"}}'
+        return answer(request)
+    return route
+
+
+def test_odata_signs_in_with_client_credentials_at_a_token_url(service: Service) -> None:
+    _serve_v4(service)
+    asked: list[dict[str, str]] = []
+
+    def token(request: BaseHTTPRequestHandler) -> Answer:
+        form = request.rfile.read(int(request.headers["Content-Length"])).decode()
+        asked.append({"auth": request.headers.get("Authorization", ""), "form": form})
+        if request.headers.get("Authorization") != "Basic " + base64.b64encode(
+                b"app-id:app-secret").decode():
+            return 401, "application/json", json.dumps({
+                "error": "invalid_client", "error_description": "unknown client"}).encode()
+        return 200, "application/json", b'{"access_token":"t-123","expires_in":3600}'
+
+    service.routes["/token"] = token
+    for path in ("/svc/", "/svc/$metadata", "/svc/Things"):
+        service.routes[path] = _bearer_guard("t-123", service.routes[path])
+    token_url = service.url.replace("/svc/", "/token")
+    backend = ODataV4Backend(service.url, "app-id", "app-secret", auth="client_credentials",
+                             token_url=token_url, scope="api://crm/.default",
+                             allow_private=True)
+    assert backend.check_credentials() == "app-id"
+    (entity,) = backend.read_metadata()
+    pages = list(backend.read_changes(entity, None))
+    assert {r["name"] for p in pages for r in p.upserts} == {"one", "two"}
+    assert asked[0]["form"] == "grant_type=client_credentials&scope=api%3A%2F%2Fcrm%2F.default"
+    backend.close()
+
+    refused = ODataV4Backend(service.url, "app-id", "wrong", auth="client_credentials",
+                             token_url=token_url, allow_private=True)
+    with pytest.raises(CredentialsRefused, match="refused the client credentials: unknown "
+                                                 "client"):
+        refused.check_credentials()
+    refused.close()
+
+
+def test_odata_signs_in_with_a_bearer_token(service: Service) -> None:
+    _serve_v4(service)
+    for path in ("/svc/", "/svc/$metadata"):
+        service.routes[path] = _bearer_guard("given-token", service.routes[path])
+    backend = ODataV4Backend(service.url, "", "given-token", auth="bearer", allow_private=True)
+    assert backend.check_credentials() == "bearer"
+    backend.close()
+    stale = ODataV4Backend(service.url, "", "old-token", auth="bearer", allow_private=True)
+    with pytest.raises(CredentialsRefused):
+        stale.check_credentials()
+    stale.close()
+
+
+@pytest.mark.parametrize(("options", "field"), [
+    ({"auth": "kerberos"}, "auth"),
+    ({"auth": "client_credentials"}, "token_url"),
+    ({"page_size": "0"}, "page_size"),
+    ({"page_size": "many"}, "page_size"),
+    ({"colour": "blue"}, "auth"),
+])
+def test_odata_options_refused_by_field(options: dict[str, str], field: str) -> None:
+    with pytest.raises(InvalidInput) as refused:
+        check_options(options)
+    assert refused.value.field == field
+
+
+def test_odata_a_record_with_an_unreadable_answer_is_a_clear_error(service: Service) -> None:
+    _serve_v4(service)
+    service.routes["/svc/Things"] = lambda _: (200, "application/json", b"[1, 2")
+    backend = ODataV4Backend(service.url, "u", "p", allow_private=True)
+    (entity,) = backend.read_metadata()
+    with pytest.raises(BackendError, match="not JSON"):
+        list(backend.read_changes(entity, None))
+    backend.close()
+
+
+def test_odata_options_from_the_web_service_connect_request() -> None:
+    from portal.web.connect_request import ConnectRequest
+
+    request = ConnectRequest()
+    request.setup = {"ProviderID": "{9C1D6A53-2F7E-4B8A-8E1F-0A4B5C6D7E8F}",
+                     "Url": "https://cap.example.com/odata/v4/crm/", "ClientId": "app",
+                     "ClientSecret": "s3cret", "TokenUrl": "https://id.example.com/token",
+                     "TimestampProperty": "modifiedAt", "PageSize": "500", "TenantId": "x"}
+    server = request.server()
+    assert (server.username, server.password) == ("app", "s3cret")
+    assert server.options == {"auth": "client_credentials",
+                              "token_url": "https://id.example.com/token",
+                              "timestamp_property": "modifiedAt", "page_size": "500"}
+    assert check_options(server.options) == server.options
+
+
+def test_odata_options_from_the_connect_form(app) -> None:
+    from portal.web.forms import ServerFields
+
+    with app.test_request_context(method="POST", data={
+            "backend": "odata", "server_url": "https://cap.example.com/odata/v4/crm/",
+            "server_username": "u", "server_password": "p", "odata_auth": "bearer",
+            "odata_timestamp_property": "changedAt", "odata_page_size": "0"}):
+        form = ServerFields(meta={"csrf": False})
+        assert form.server_options() == {"auth": "bearer", "timestamp_property": "changedAt",
+                                         "page_size": "0"}
+        form.validate()
+        assert form.odata_page_size.errors == ["The page size must be a number from 1 to 5000"]
