@@ -36,9 +36,6 @@ from requests.adapters import HTTPAdapter
 from portal.backends import odata_mapping
 from portal.backends.auth import BearerAuth, StaticToken, TokenSource, TokenUrlCredentials
 from portal.backends.base import ChangesPage, Write, WriteResult
-
-if TYPE_CHECKING:
-    from portal.sync.filters import Filter  # the engine filters every page too
 from portal.backends.csdl_metadata import MAX_METADATA_BYTES, read_csdl
 from portal.backends.odata import (
     RETRIES,
@@ -52,6 +49,9 @@ from portal.backends.odata_mapping import EntityMap, literal
 from portal.backends.prefetch import prefetched
 from portal.errors import BackendError, InvalidInput
 from portal.orgs.metadata import Entity
+
+if TYPE_CHECKING:
+    from portal.sync.filters import Filter  # the engine filters every page too
 
 AUTH_KINDS = ("basic", "bearer", "client_credentials")
 OPTIONS = ("auth", "token_url", "scope", "timestamp_property", "client_id_property",

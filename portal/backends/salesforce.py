@@ -59,15 +59,15 @@ from simple_salesforce.login import token_login
 
 from portal.backends import salesforce_mapping as sfm
 from portal.backends.base import Backend, ChangesPage, Write, WriteResult
-
-if TYPE_CHECKING:
-    from portal.sync.filters import Filter  # the engine filters every page too
 from portal.backends.odata import RETRIES, RETRY_METHODS, TIMEOUT_S, server_retry
 from portal.backends.server_urls import check_server_url, guard_session
 from portal.errors import BackendError, CredentialsRefused, InvalidInput, ServerLimited
 from portal.orgs.metadata import Attribute, Entity
 from portal.orgs.sync_state import server_key_id
 from portal.orgs.types import datetime_text
+
+if TYPE_CHECKING:
+    from portal.sync.filters import Filter  # the engine filters every page too
 
 API_VERSION = "62.0"
 AUTH_KINDS = ("password", "jwt", "client_credentials")
