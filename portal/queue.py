@@ -14,7 +14,7 @@ from redis import Redis
 from redis.backoff import NoBackoff
 from redis.retry import Retry as RedisRetry
 from rq import Callback, Queue, Retry
-from rq.exceptions import DuplicateJobError, NoSuchJobError
+from rq.exceptions import DuplicateJobError, InvalidJobOperation, NoSuchJobError
 from rq.job import Job, JobStatus
 
 DEFAULT_QUEUE = "default"
@@ -70,9 +70,12 @@ def enqueue(redis: Redis, func: str | Callable[..., Any], *args: Any,
             )
         except DuplicateJobError:
             assert job_id is not None
-            existing = Job.fetch(job_id, connection=redis)
-            if existing.get_status() not in ENDED:
-                return existing
+            try:
+                existing = Job.fetch(job_id, connection=redis)
+                if existing.get_status() not in ENDED:
+                    return existing
+            except (NoSuchJobError, InvalidJobOperation):
+                continue  # it ended and RQ removed it (result_ttl=0) since: enqueue anew
             existing.delete()  # its result or reason is kept in the run record
     raise RuntimeError(f"job {job_id} could not be enqueued")
 
