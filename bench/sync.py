@@ -190,6 +190,7 @@ def instant_upload(tmp: Path, server_url: str, server_file: Path, writes: int) -
     app = create_app({"INSTANCE_PATH": instance, "REDIS_URL": redis_server.url,
                       "ALLOW_PRIVATE_SERVERS": True})
     portal = worker = None
+    worker_log = open(os.environ.get("BENCH_WORKER_LOG", os.devnull), "wb")  # noqa: SIM115
     try:
         with app.app_context():
             db = get_db()
@@ -213,7 +214,7 @@ def instant_upload(tmp: Path, server_url: str, server_file: Path, writes: int) -
         worker = subprocess.Popen(
             [sys.executable, "-m", "rq.cli", "worker", "-w", "jobs.worker.Worker", "--url",
              redis_server.url, "default"], cwd=ROOT, env={**os.environ, **env},
-            stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+            stdout=worker_log, stderr=subprocess.STDOUT)
         portal = PortalProcess(instance, redis_server.url, env=env)
         session = requests.Session()
         session.auth = (EMAIL, PASSWORD)
@@ -256,6 +257,7 @@ def instant_upload(tmp: Path, server_url: str, server_file: Path, writes: int) -
         if worker is not None:
             worker.terminate()
             worker.wait(10)
+        worker_log.close()
         redis_server.stop()
 
 

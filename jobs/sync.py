@@ -147,7 +147,8 @@ class Work:
         config = current_app.config
         return engine.Plan(connections.entity_settings(self.db, self.connection.id),
                            self.connection.conflict_policy, page_size=config["SYNC_PAGE_SIZE"],
-                           upload_batch=config["SYNC_UPLOAD_BATCH"])
+                           upload_batch=config["SYNC_UPLOAD_BATCH"],
+                           streams=config["SYNC_STREAMS"])
 
 
 @contextmanager
