@@ -556,7 +556,9 @@ def _page_writes(run: Run, entity: Entity, names: set[str], rule: filters.Filter
             # The client's change wins: not written here; its version is kept so the
             # upload may now overwrite the server's record.
             skip.add(record[pk])
-    rows = [_project(names, r) for r in upserts if r[pk] not in skip]
+    kept = [r for r in upserts if r[pk] not in skip] if skip else upserts
+    # One test for the whole page: most servers send no attribute the client lacks.
+    rows = kept if set().union(*kept) <= names else [_project(names, r) for r in kept]
     if upserts is page.upserts and len(page.versions) == len(upserts):
         versions = page.versions  # the common case: every record came with its version
     else:  # records leaving the filter are forgotten; one without a version is known by ""
