@@ -113,3 +113,22 @@ def test_interleaved_raises_a_readers_error_and_stops_every_reader() -> None:
             time.sleep(0.001)
     assert sorted(closed) == ["a", "b", "c"]  # every source closed: connections released
     assert threading.active_count() == before
+
+
+def test_a_prefetched_source_under_interleaved_is_not_read_ahead_twice() -> None:
+    read: list[int] = []
+
+    def pages() -> Iterator[int]:
+        for n in range(10):
+            read.append(n)
+            yield n
+
+    seen = []
+    for _, page in interleaved(iter([("a", prefetched(pages()))]), streams=1):
+        if page is not None:
+            time.sleep(0.02)  # the caller is slow: the reader waits for it
+            # One page handed over, one in the queue, one read and not yet queued:
+            # the backend's own read-ahead thread would hold one more.
+            assert len(read) - len(seen) <= 3
+            seen.append(page)
+    assert seen == list(range(10))

@@ -23,6 +23,9 @@ T = TypeVar("T")
 
 _DONE = object()
 _POLL_S = 0.2  # how often a blocked reader checks whether the caller has stopped
+# Set in reader threads: a source read by one already (a backend's own `prefetched`
+# pages under `interleaved`) is not read ahead again, so pages in memory stay few.
+_local = threading.local()
 
 
 class _Failed:
@@ -50,6 +53,7 @@ class _Reader(threading.Thread):
         return False
 
     def run(self) -> None:
+        _local.reading = True
         try:
             for page in self.pages:
                 if not self.put(page):
@@ -65,6 +69,9 @@ class _Reader(threading.Thread):
 
 def prefetched(pages: Iterator[T], depth: int = 1) -> Generator[T, None, None]:
     """Iterate `pages` in a thread, at most `depth` pages ahead of the caller."""
+    if getattr(_local, "reading", False):  # iterated by a reader thread already
+        yield from pages
+        return
     for _, page in _interleave(iter([(None, pages)]), 1, depth):
         if page is not _DONE:
             yield page  # type: ignore[misc]
@@ -75,8 +82,9 @@ def interleaved(sources: Iterator[tuple[K, Iterator[T]]], streams: int,
     """Pages of up to `streams` sources at once, as (key, page); (key, None) when one ends.
 
     Each source's pages come in their order; a new source is taken from
-    `sources` (in the caller's thread) when one ends. At most `depth` pages per
-    stream wait for the caller.
+    `sources` (in the caller's thread) when one ends. At most `depth` pages wait
+    for the caller, besides one read and one being read per stream: memory is
+    bounded by the streams, not by the sources' size.
     """
     for key, page in _interleave(sources, streams, depth):
         yield key, (None if page is _DONE else page)  # type: ignore[misc]
@@ -84,7 +92,7 @@ def interleaved(sources: Iterator[tuple[K, Iterator[T]]], streams: int,
 
 def _interleave(sources: Iterator[tuple[K, Iterator[T]]], streams: int,
                 depth: int) -> Generator[tuple[K, object], None, None]:
-    handoff: queue.Queue[tuple[object, object]] = queue.Queue(maxsize=max(1, streams * depth))
+    handoff: queue.Queue[tuple[object, object]] = queue.Queue(maxsize=max(1, depth))
     stop = threading.Event()
     readers: list[_Reader] = []
 
