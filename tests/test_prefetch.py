@@ -10,16 +10,18 @@ import pytest
 from portal.backends.prefetch import interleaved, prefetched
 
 
+def _pages(read: list[int]) -> Iterator[int]:
+    """Ten pages, each noted in `read` when the source gives it."""
+    for n in range(10):
+        read.append(n)
+        yield n
+
+
 def test_prefetched_keeps_order_and_reads_at_most_depth_pages_ahead() -> None:
     read: list[int] = []
-
-    def pages() -> Iterator[int]:
-        for n in range(10):
-            read.append(n)
-            yield n
-
+    pages = _pages(read)
     seen = []
-    for page in prefetched(pages(), depth=1):
+    for page in prefetched(pages, depth=1):
         time.sleep(0.02)  # the caller is slow: the reader waits for it
         # One page handed over, one waiting in the queue, one read and not yet queued.
         assert len(read) - len(seen) <= 3
@@ -117,14 +119,9 @@ def test_interleaved_raises_a_readers_error_and_stops_every_reader() -> None:
 
 def test_a_prefetched_source_under_interleaved_is_not_read_ahead_twice() -> None:
     read: list[int] = []
-
-    def pages() -> Iterator[int]:
-        for n in range(10):
-            read.append(n)
-            yield n
-
+    pages = _pages(read)
     seen = []
-    for _, page in interleaved(iter([("a", prefetched(pages()))]), streams=1):
+    for _, page in interleaved(iter([("a", prefetched(pages))]), streams=1):
         if page is not None:
             time.sleep(0.02)  # the caller is slow: the reader waits for it
             # One page handed over, one in the queue, one read and not yet queued:
