@@ -1,14 +1,23 @@
-"""Sync benchmark: initial sync of accounts and contacts (with lookups) from portal A to a
-client org, over real HTTP to gunicorn (2 workers), against a raw SQLite copy of the same
-rows in the same run (best of three each); then 1% changes in an org of 10k and of 100k
-records, whose incremental runs should cost the same per change (cost follows the
-changes, not the org's size). The same initial sync runs through the `dynamics` backend
-against the org's Dataverse Web API root over HTTPS (a trustme test CA, tokens from the
-portal's own authority by the password flow), printed beside the `resco` figure; and the
-initial sync of accounts from a real SAP CAP server (tests/cap) through the `odata` backend.
+"""Sync benchmarks P1, P7, P9, P5, P8, P3 (issue 16): each one line, a ratio to a baseline
+measured in the same run, its goal, and whether it is met.
 
-Each sync runs in a child process, so its peak RSS is measured alone.
-Run: make bench (or .venv/bin/python bench/sync.py [--records N]).
+* P1: initial sync of 100k records (account, contact, lead, appointment; each with a lookup)
+  from portal A (gunicorn) to a client org over loopback, vs a raw SQLite copy of the rows.
+* P7: the same through a proxy that delays every answer by 100 ms, vs P1's rate.
+* P9: a run with no changes on the 100k client: requests sent (counted by a proxy) and
+  time, vs one GET of the service document through the same proxy.
+* P5: peak RSS of the client syncing 1M records vs 100k.
+* P8: 8 client orgs syncing one 25k-record server org at once: aggregate rate vs one alone.
+* P3: instant upload, a write to a client org (its own portal, a real RQ worker, Redis)
+  until it is visible in the server org's file: p50 and p99 of 200 writes.
+
+Beside P1, two more lines: the same initial sync through the `dynamics` backend against
+the org's Dataverse Web API root over HTTPS (a trustme test CA, tokens from the portal's
+own authority by the password flow), and the initial sync of accounts from a real SAP CAP
+server (tests/cap) through the `odata` backend, each as a rate and a ratio to P1's.
+
+Each sync runs in a child process (spawned), so its peak RSS is its own.
+Run: make bench (or .venv/bin/python bench/sync.py [--records N] [--million N]).
 """
 
 import argparse
@@ -16,6 +25,8 @@ import multiprocessing
 import os
 import resource
 import sqlite3
+import statistics
+import subprocess
 import sys
 import tempfile
 import time
@@ -24,87 +35,145 @@ from pathlib import Path
 from queue import Empty
 from typing import Any
 
+import requests
+
 ROOT = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(ROOT))
 
 from bench.accounts import account_row  # noqa: E402
-from portal import create_app  # noqa: E402
+from bench.delay_proxy import DelayProxy  # noqa: E402
+from portal import create_app, crypto  # noqa: E402
 from portal.backends.dynamics import DynamicsBackend  # noqa: E402
 from portal.backends.odata_v4 import ODataV4Backend  # noqa: E402
 from portal.backends.resco import RescoBackend  # noqa: E402
 from portal.config import SETTING  # noqa: E402
 from portal.db import get_db  # noqa: E402
 from portal.orgs import records, registry, store, transactions  # noqa: E402
-from portal.sync import engine, metadata  # noqa: E402
+from portal.queue import enqueue_run  # noqa: E402
+from portal.sync import connections, engine, metadata, runs  # noqa: E402
 from portal.sync.connections import EntitySettings  # noqa: E402
 from tests.portal_process import PortalProcess, Tls  # noqa: E402
+from tests.redis_server import RedisServer  # noqa: E402
 
 EMAIL, PASSWORD = "bench@example.com", "bench-pass-1"
-REPEAT = 3  # initial syncs and raw copies timed; the best of each is compared
-ENTITIES = ["account", "contact"]
+REPEAT = 3  # loopback initial syncs and raw copies timed; the best of each is compared
+ENTITIES = ["account", "contact", "lead", "appointment"]
+DELAY_S = 0.100  # P7's added latency per answer
+CLIENTS, CLIENT_RECORDS = 8, 25_000  # P8
+WRITES = 200  # P3
+WAIT_S = 2.0  # P3: how long a write is waited for before the next one goes
+
+
+def verdict(met: bool) -> str:
+    """The end of a P-line."""
+    return "met" if met else "not met"
 
 
 def seed(org: store.OrgDb, count: int) -> None:
-    """count/2 accounts and count/2 contacts, each contact's parent an account."""
-    half = count // 2
-    accounts = [{**account_row(i), "industrycode": 1 + i % 8} for i in range(half)]
-    contacts = [{"contactid": str(uuid.UUID(int=10**9 + i, version=4)), "lastname": f"Last {i}",
-                 "firstname": "First", "emailaddress1": f"c{i}@example.com",
-                 "jobtitle": "Buyer", "parentcustomerid": accounts[i]["accountid"]}
-                for i in range(half)]
-    for start in range(0, half, 5000):
-        records.save_records(org, "account", accounts[start:start + 5000])
-        records.save_records(org, "contact", contacts[start:start + 5000])
+    """count/4 records of each entity; contacts, leads and appointments point at accounts."""
+    quarter = count // 4
+    chunk = 5000
+    for start in range(0, quarter, chunk):
+        ids = range(start, min(start + chunk, quarter))
+        accounts = [{**account_row(i), "industrycode": 1 + i % 8} for i in ids]
+        account_of = {i: a["accountid"] for i, a in zip(ids, accounts, strict=True)}
+        records.save_records(org, "account", accounts)
+        records.save_records(org, "contact", [
+            {"contactid": str(uuid.UUID(int=10**9 + i, version=4)), "lastname": f"Last {i}",
+             "firstname": "First", "emailaddress1": f"c{i}@example.com", "jobtitle": "Buyer",
+             "parentcustomerid": account_of[i]} for i in ids])
+        records.save_records(org, "lead", [
+            {"leadid": str(uuid.UUID(int=2 * 10**9 + i, version=4)), "lastname": f"Lead {i}",
+             "subject": "Interested", "companyname": f"Company {i}", "leadsourcecode": 1 + i % 4,
+             "estimatedvalue": i * 2.5, "parentaccountid": account_of[i]} for i in ids])
+        records.save_records(org, "appointment", [
+            {"activityid": str(uuid.UUID(int=3 * 10**9 + i, version=4)),
+             "subject": f"Meeting {i}", "location": "Office",
+             "scheduledstart": "2026-12-01T09:00:00Z", "scheduledend": "2026-12-01T10:00:00Z",
+             "scheduleddurationminutes": 60, "regardingobjectid": account_of[i]} for i in ids])
 
+
+# --- a client sync in a child process ----------------------------------------------
 
 BACKENDS = {"resco": RescoBackend, "dynamics": DynamicsBackend, "odata": ODataV4Backend}
+Credentials = tuple[str, str]
 
 
-def client_sync(client_dir: str, url: str, result: Any, kind: str = "resco",
-                credentials: tuple[str, str] = (EMAIL, PASSWORD)) -> None:
+def client_sync(client_dir: str, url: str, result: Any, go: Any = None, kind: str = "resco",
+                credentials: Credentials = (EMAIL, PASSWORD)) -> None:
     """In a child process: connect-like first sync (metadata + download), or a later run.
 
+    With `go` (an Event), the child says it is ready and waits for it before syncing,
+    so that several children start at once. Puts (start, end, downloaded, peak RSS MB).
     `kind` "odata": a SAP CAP server at `url`, its accounts read with `credentials`.
     """
-    started = time.perf_counter()
     path = Path(client_dir)
     path.mkdir(parents=True, exist_ok=True)
     org = store.open_org(path, "cli", create=True)
-    backend = BACKENDS[kind](url, *credentials, allow_private=True)
-    if not org.entities():
-        metadata.update_client_metadata(org, backend.read_metadata(), set())
-        transactions.set_client(org, True)
-    plan = engine.Plan([EntitySettings(e, True, True, None)
-                        for e in (["accounts"] if kind == "odata" else ENTITIES)],
-                       page_size=SETTING["SYNC_PAGE_SIZE"].default)
-    run = engine.Run(org, backend, plan)
-    engine.upload(run)
-    engine.download(run)
-    outcome = run.result
-    backend.close()
-    org.close()
-    result.put((time.perf_counter() - started, outcome.total("downloaded"),
+    if go is not None:
+        result.put("ready")
+        go.wait()
+    started = time.time()
+    try:
+        backend = BACKENDS[kind](url, *credentials, allow_private=True)
+        if not org.entities():
+            metadata.update_client_metadata(org, backend.read_metadata(), set())
+            transactions.set_client(org, True)
+        plan = engine.Plan([EntitySettings(e, True, True, None)
+                            for e in (["accounts"] if kind == "odata" else ENTITIES)],
+                           page_size=SETTING["SYNC_PAGE_SIZE"].default)
+        run = engine.Run(org, backend, plan)
+        engine.upload(run)
+        engine.download(run)
+        backend.close()
+        org.close()
+    except Exception as exc:  # noqa: BLE001 - counted as an error by the parent
+        result.put(f"error: {exc.__class__.__name__}: {exc}")
+        return
+    result.put((started, time.time(), run.result.total("downloaded"),
                 resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024))
 
 
+def _ctx() -> Any:
+    return multiprocessing.get_context("spawn")
+
+
 def sync_in_child(client_dir: Path, url: str, kind: str = "resco",
-                  credentials: tuple[str, str] = (EMAIL, PASSWORD)) -> tuple[float, int, float]:
+                  credentials: Credentials = (EMAIL, PASSWORD)) -> tuple[float, int, float]:
     """(seconds, records downloaded, peak RSS MB) of one sync run in a child process."""
-    ctx = multiprocessing.get_context("spawn")
-    queue = ctx.Queue()
-    child = ctx.Process(target=client_sync,
-                        args=(str(client_dir), url, queue, kind, credentials))
-    child.start()
+    outcome = syncs_at_once([client_dir], url, kind, credentials)[0]
+    if isinstance(outcome, str):
+        raise RuntimeError(outcome)
+    start, end, downloaded, rss = outcome
+    return end - start, downloaded, rss
+
+
+def syncs_at_once(client_dirs: list[Path], url: str, kind: str = "resco",
+                  credentials: Credentials = (EMAIL, PASSWORD)) -> list[Any]:
+    """Sync several clients from `url` at once, each in its own process; their outcomes."""
+    ctx = _ctx()
+    go = ctx.Event()
+    queues = [ctx.Queue() for _ in client_dirs]
+    children = [ctx.Process(target=client_sync, args=(str(d), url, q, go, kind, credentials))
+                for d, q in zip(client_dirs, queues, strict=True)]
+    for child in children:
+        child.start()
+    for child, q in zip(children, queues, strict=True):
+        assert _get(child, q) == "ready"
+    go.set()
+    outcomes = [_get(child, q) for child, q in zip(children, queues, strict=True)]
+    for child in children:
+        child.join()
+    return outcomes
+
+
+def _get(child: Any, q: Any) -> Any:
     while True:
         try:
-            outcome = queue.get(timeout=1)
-            break
+            return q.get(timeout=1)
         except Empty:
             if not child.is_alive():
-                raise RuntimeError(f"the sync child failed (exit code {child.exitcode})") \
-                    from None
-    child.join()
-    return outcome  # type: ignore[no-any-return]
+                return f"error: the sync child exited with code {child.exitcode}"
 
 
 def raw_copy(source: Path, target: Path) -> float:
@@ -126,10 +195,22 @@ def raw_copy(source: Path, target: Path) -> float:
     return time.perf_counter() - start
 
 
+def dynamics_initial_sync(tmp: Path, instance: Path) -> tuple[float, int]:
+    """(seconds, records) of P1's initial sync through the dynamics backend, over TLS."""
+    tls = Tls.make(tmp / "tls")
+    os.environ["REQUESTS_CA_BUNDLE"] = str(tls.ca_file)  # the children trust the test CA
+    dataverse = PortalProcess(instance, "unix://" + str(tmp / "none.sock"), tls=tls)
+    try:
+        seconds, downloaded, _ = sync_in_child(tmp / "d-big", f"{dataverse.url}/dataverse/big",
+                                               "dynamics")
+    finally:
+        dataverse.stop()
+        del os.environ["REQUESTS_CA_BUNDLE"]
+    return seconds, downloaded
+
+
 def cap_initial_sync(folder: Path, count: int) -> tuple[float, int]:
     """(seconds, records) of the initial sync of `count` accounts from a real CAP server."""
-    import requests
-
     from tests.cap_server import running_cap_server
 
     with running_cap_server(max_page_size=5000) as cap:
@@ -147,84 +228,209 @@ def cap_initial_sync(folder: Path, count: int) -> tuple[float, int]:
     return seconds, downloaded
 
 
-def change_one_percent(org: store.OrgDb, count: int) -> int:
-    """Update 1% of the accounts (spread over the org)."""
-    step = 100
-    ids = [str(uuid.UUID(int=i + 1, version=4)) for i in range(0, count // 2, step // 2)]
-    records.save_records(org, "account", [{"accountid": i, "name": "changed"} for i in ids])
-    return len(ids)
+# --- P3: instant upload through a client portal, Redis and a worker ---------------------
+
+def instant_upload(tmp: Path, server_url: str, server_file: Path, writes: int) -> list[float]:
+    """Seconds from each API write to the client org until the server org's file has it."""
+    redis_server = RedisServer()
+    instance = tmp / "instant"
+    env = {"PORTAL_INSTANCE_PATH": str(instance), "REDIS_URL": redis_server.url,
+           "PORTAL_ALLOW_PRIVATE_SERVERS": "true", "PYTHONWARNINGS": "ignore"}
+    app = create_app({"INSTANCE_PATH": instance, "REDIS_URL": redis_server.url,
+                      "ALLOW_PRIVATE_SERVERS": True})
+    portal = worker = None
+    worker_log = open(os.environ.get("BENCH_WORKER_LOG", os.devnull), "wb")  # noqa: SIM115
+    try:
+        with app.app_context():
+            db = get_db()
+            registry.create_org(db, store.orgs_path(app), "cli", email=EMAIL,
+                                password=PASSWORD, template=None)
+            connection = connections.create_connection(
+                db, crypto.load_key(instance), registry.get_org(db, "cli")["id"],
+                backend="resco", url=server_url, username=EMAIL, password=PASSWORD,
+                write_offline=False)
+            run_id, _ = runs.request_run(db, connection.id, connection.org_id, "connect", "cli")
+        from redis import Redis
+        from rq import SimpleWorker
+
+        redis = Redis.from_url(redis_server.url)
+        enqueue_run(redis, "connect", connection.id, run_id, "cli")
+        with app.app_context():
+            SimpleWorker(["default"], connection=redis).work(burst=True)
+            status = connections.get_connection(get_db(), connection.id)
+        assert status.status == "connected", status.error
+        redis.close()
+        worker = subprocess.Popen(
+            [sys.executable, "-m", "rq.cli", "worker", "-w", "jobs.worker.Worker", "--url",
+             redis_server.url, "default"], cwd=ROOT, env={**os.environ, **env},
+            stdout=worker_log, stderr=subprocess.STDOUT)
+        portal = PortalProcess(instance, redis_server.url, env=env)
+        session = requests.Session()
+        session.auth = (EMAIL, PASSWORD)
+        accounts = portal.odata_root("cli") + "accounts"
+        session.get(accounts + "?$top=1").raise_for_status()
+        server = sqlite3.connect(server_file)
+        latencies: list[float] = []
+        pending: dict[str, float] = {}  # writes not seen on the server yet -> sent at
+
+        def seen() -> None:
+            for name, sent in list(pending.items()):
+                if server.execute("SELECT 1 FROM account WHERE name = ?", [name]).fetchone():
+                    del pending[name]
+                    latencies.append(time.perf_counter() - sent)
+
+        for n in range(writes + 5):
+            name = f"instant {n} {uuid.uuid4()}"
+            start = time.perf_counter()
+            answer = session.post(accounts, json={"name": name})
+            if answer.status_code != 201:
+                raise RuntimeError(f"{answer.status_code} {answer.text}: "
+                                   f"{portal.log_path.read_text()[-3000:]}")
+            if n >= 5:  # the first writes warm the worker and the portal up
+                pending[name] = start
+            # The next write goes when this one is seen, or after WAIT_S: a write the
+            # upload missed must not stop the others.
+            while name in pending and time.perf_counter() - start < WAIT_S:
+                time.sleep(0.002)
+                seen()
+        deadline = time.perf_counter() + WAIT_S
+        while pending and time.perf_counter() < deadline:
+            time.sleep(0.01)
+            seen()
+        latencies.extend(float("inf") for _ in pending)  # never seen
+        server.close()
+        return latencies
+    finally:
+        if portal is not None:
+            portal.stop()
+        if worker is not None:
+            worker.terminate()
+            worker.wait(10)
+        worker_log.close()
+        redis_server.stop()
 
 
-def main() -> None:
-    """Run the benchmark and print records/s and ratios."""
+def main() -> None:  # noqa: PLR0915 - one benchmark after another, in order
+    """Run the benchmarks and print the P-lines."""
     parser = argparse.ArgumentParser()
     parser.add_argument("--records", type=int, default=100_000)
-    big = parser.parse_args().records
-    small = big // 10
-    with tempfile.TemporaryDirectory(prefix="bs", dir="/tmp") as tmp:
-        instance = Path(tmp) / "a"
+    parser.add_argument("--million", type=int, default=1_000_000, help="P5's large org")
+    parser.add_argument("--each", type=int, default=CLIENT_RECORDS, help="P8's server org")
+    parser.add_argument("--writes", type=int, default=WRITES, help="P3's writes")
+    args = parser.parse_args()
+    big, million, each = args.records, args.million, args.each
+    begun = time.perf_counter()
+    with tempfile.TemporaryDirectory(prefix="bs", dir="/tmp") as folder:
+        tmp = Path(folder)
+        instance = tmp / "a"
         app = create_app({"INSTANCE_PATH": instance})
         orgs = store.orgs_path(app)
+        seeded = {}
         with app.app_context():
-            for name, count in (("big", big), ("small", small)):
+            for name, count in (("big", big), ("million", million), ("many", each),
+                                ("instant", 100)):
+                start = time.perf_counter()
                 registry.create_org(get_db(), orgs, name, email=EMAIL,
                                     password=PASSWORD, template="sales")
                 with store.open_org(orgs, name) as org:
                     seed(org, count)
-        portal = PortalProcess(instance, "unix://" + str(Path(tmp) / "none.sock"))
+                seeded[name] = time.perf_counter() - start
+        portal = PortalProcess(instance, "unix://" + str(tmp / "none.sock"))
         try:
-            # Best of three for both: the machine is shared, and the best run is the
+            # P1. Best of three for both: the machine is shared, and the best run is the
             # one least disturbed by others.
-            raws = [raw_copy(orgs / "big.db", Path(tmp) / f"raw{n}.db")
-                    for n in range(REPEAT)]
-            firsts = [sync_in_child(Path(tmp) / f"b-big{n}", portal.odata_root("big"))
+            raws = [raw_copy(orgs / "big.db", tmp / f"raw{n}.db") for n in range(REPEAT)]
+            firsts = [sync_in_child(tmp / f"b-big{n}", portal.odata_root("big"))
                       for n in range(REPEAT)]
             raw, (first, downloaded, rss_big) = min(raws), min(firsts)
-            # The same org through its Dataverse root over TLS (a second gunicorn on the
-            # same instance); the children trust the test CA through the environment.
-            tls = Tls.make(Path(tmp) / "tls")
-            os.environ["REQUESTS_CA_BUNDLE"] = str(tls.ca_file)
-            dataverse = PortalProcess(instance, "unix://" + str(Path(tmp) / "none.sock"),
-                                      tls=tls)
+            assert downloaded == big, downloaded
+            p1 = raw / first
+            # Beside P1: the same org through the dynamics backend, and accounts from CAP.
+            dynamics_s, dynamics_downloaded = dynamics_initial_sync(tmp, instance)
+            cap_s, cap_records = cap_initial_sync(tmp / "b-cap", big // 10)
+
+            # P7: the same through 100 ms of latency per answer.
+            proxy = DelayProxy(portal.url, DELAY_S)
             try:
-                dynamics = [sync_in_child(Path(tmp) / f"d-big{n}", f"{dataverse.url}"
-                                          "/dataverse/big", "dynamics") for n in range(REPEAT)]
+                root = proxy.url + "/odata/v4/big/"
+                delayed = [sync_in_child(tmp / f"b-slow{n}", root) for n in range(2)]
+                # P9: a run without changes of a client synced through the proxy (its
+                # delta links lead there), counted by the proxy, now without delay.
+                proxy.delay_s = 0
+                before = proxy.requests
+                p9_s, p9_downloaded, _ = sync_in_child(tmp / "b-slow0", root)
+                p9_requests = proxy.requests - before
+                service_doc = []
+                for _ in range(5):
+                    start = time.perf_counter()
+                    requests.get(root, auth=(EMAIL, PASSWORD), timeout=30).raise_for_status()
+                    service_doc.append(time.perf_counter() - start)
             finally:
-                dataverse.stop()
-                del os.environ["REQUESTS_CA_BUNDLE"]
-            dynamics_first, dynamics_downloaded, _ = min(dynamics)
-            Path(tmp, "b-big0").rename(Path(tmp, "b-big"))
-            _, _, rss_small = sync_in_child(Path(tmp) / "b-small", portal.odata_root("small"))
-            cap_seconds, cap_records = cap_initial_sync(Path(tmp) / "b-cap", small)
-            timings = {}
-            for name, count in (("small", small), ("big", big)):
-                with store.open_org(orgs, name) as org:
-                    changed = change_one_percent(org, count)
-                seconds, got, _ = sync_in_child(Path(tmp) / f"b-{name}",
-                                                portal.odata_root(name))
-                assert got == changed, (got, changed)
-                timings[name] = (seconds, changed)
+                proxy.stop()
+            p7_s, p7_downloaded, _ = min(delayed)
+            assert p7_downloaded == big, p7_downloaded
+            p7 = first / p7_s
+            assert p9_downloaded == 0, p9_downloaded
+            doc_s = statistics.median(service_doc)
+
+            # P5: peak RSS of a 1M-record initial sync.
+            p5_s, p5_downloaded, rss_million = sync_in_child(tmp / "b-million",
+                                                             portal.odata_root("million"))
+            assert p5_downloaded == million, p5_downloaded
+
+            # P8: one client alone, then CLIENTS at once, from the same server org.
+            many = portal.odata_root("many")
+            alone_s, alone_downloaded, _ = sync_in_child(tmp / "p8-alone", many)
+            assert alone_downloaded == each, alone_downloaded
+            outcomes = syncs_at_once([tmp / f"p8-{n}" for n in range(CLIENTS)], many)
+            good = [o for o in outcomes if not isinstance(o, str) and o[2] == each]
+            errors = len(outcomes) - len(good)
+            for bad in (o for o in outcomes if o not in good):
+                print(f"  P8 client failed: {bad}")
+            together_s = max(o[1] for o in good) - min(o[0] for o in good) if good else 1e9
+            p8 = (len(good) * each / together_s) / (each / alone_s)
+
+            # P3: instant upload latency.
+            latencies = sorted(instant_upload(tmp, portal.odata_root("instant"),
+                                              orgs / "instant.db", args.writes))
         finally:
             portal.stop()
-    assert downloaded == big and dynamics_downloaded == big, (downloaded, dynamics_downloaded)
-    print(f"sync benchmark: initial sync of {big:,} records (accounts + contacts with lookups)")
-    print(f"  raw SQLite copy of the same rows : {big / raw:>10,.0f} records/s "
-          f"(best of {', '.join(f'{t:.2f}' for t in raws)} s)")
-    print(f"  initial sync over HTTP           : {big / first:>10,.0f} records/s "
-          f"(best of {', '.join(f'{t[0]:.2f}' for t in firsts)} s; {raw / first:.2f} of the "
-          "raw copy's speed; goal >= 50k/s, >= 1/3)")
-    print(f"  initial sync, dynamics (TLS)     : {big / dynamics_first:>10,.0f} records/s "
-          f"(best of {', '.join(f'{t[0]:.2f}' for t in dynamics)} s; "
-          f"{first / dynamics_first:.2f} of the resco backend's speed in this run)")
-    print(f"  initial sync from SAP CAP (odata): {cap_records / cap_seconds:>10,.0f} records/s "
-          f"({cap_records:,} accounts in {cap_seconds:.2f} s; resco above)")
-    print(f"  peak RSS of the client: {rss_small:.0f} MB for {small:,} records, "
-          f"{rss_big:.0f} MB for {big:,}")
-    (t_small, n_small), (t_big, n_big) = timings["small"], timings["big"]
-    print(f"  1% changes: {n_small:,} of {small:,} in {t_small:.2f} s; {n_big:,} of {big:,} "
-          f"in {t_big:.2f} s")
-    print(f"  incremental cost ratio per change (100k org / 10k org): "
-          f"{(t_big / n_big) / (t_small / n_small):.2f} (goal <= 1.5)")
+    p50 = statistics.median(latencies)
+    p99 = latencies[max(0, int(len(latencies) * 0.99) - 1)]
+    print(f"sync benchmark, {time.perf_counter() - begun:.0f} s in all (seeding the server orgs "
+          f"{sum(seeded.values()):.0f} s of it); page size {SETTING['SYNC_PAGE_SIZE'].default:,}")
+    print(f"P1 initial sync of {big:,} records ({', '.join(ENTITIES)}) over loopback: "
+          f"{big / first:,.0f} records/s (best of {', '.join(f'{t[0]:.2f}' for t in firsts)} s) "
+          f"vs raw SQLite copy {big / raw:,.0f} records/s (best of "
+          f"{', '.join(f'{t:.2f}' for t in raws)} s) = {p1:.2f}; goal >= 0.6: "
+          f"{verdict(p1 >= 0.6)}")
+    print(f"   the same through the dynamics backend (Dataverse root, TLS): "
+          f"{dynamics_downloaded / dynamics_s:,.0f} records/s ({dynamics_downloaded:,} records "
+          f"in {dynamics_s:.2f} s) = {first / dynamics_s * dynamics_downloaded / big:.2f} of "
+          "P1's resco rate")
+    print(f"   accounts from SAP CAP through the odata backend: {cap_records / cap_s:,.0f} "
+          f"records/s ({cap_records:,} in {cap_s:.2f} s) = "
+          f"{cap_records / cap_s / (big / first):.2f} of P1's resco rate")
+    print(f"P7 the same through a proxy delaying every answer {DELAY_S * 1000:.0f} ms: "
+          f"{big / p7_s:,.0f} records/s (best of {', '.join(f'{t[0]:.2f}' for t in delayed)} s) "
+          f"= {p7:.2f} of P1's rate; goal >= 0.7: {verdict(p7 >= 0.7)}")
+    print(f"P8 {CLIENTS} clients syncing {each:,} records each from one server org at "
+          f"once: {len(good) * each / together_s:,.0f} records/s in {together_s:.2f} s "
+          f"vs one alone {each / alone_s:,.0f} records/s ({alone_s:.2f} s) = "
+          f"{p8:.2f}, {errors} errors ({os.cpu_count()} cores); goal >= 1.5, 0 errors: "
+          f"{verdict(p8 >= 1.5 and errors == 0)}")
+    print(f"P3 instant upload, API write on the client until visible on the server, "
+          f"{len(latencies)} writes: p50 {p50 * 1000:.0f} ms, p99 {p99 * 1000:.0f} ms, "
+          f"{latencies.count(float('inf'))} never seen; "
+          f"goal p50 < 250 ms, p99 < 1 s: {verdict(p50 < 0.25 and p99 < 1)}")
+    print(f"P9 no-change run on {big:,} records: {p9_requests} requests for {len(ENTITIES)} "
+          f"entities ({p9_requests / len(ENTITIES):.2f} per entity) in {p9_s:.3f} s = "
+          f"{p9_s / doc_s:.1f}x one GET of the service document ({doc_s * 1000:.1f} ms); "
+          f"goal <= 1 request per entity: {verdict(p9_requests <= len(ENTITIES))}")
+    ratio = rss_million / rss_big
+    print(f"P5 peak RSS of the client: {rss_million:.0f} MB for {million:,} records "
+          f"(initial sync {p5_s:.1f} s, server org seeded in {seeded['million']:.0f} s) vs "
+          f"{rss_big:.0f} MB for {big:,} = {ratio:.2f}x; goal <= 1.2x: {verdict(ratio <= 1.2)}")
 
 
 if __name__ == "__main__":

@@ -135,7 +135,12 @@ class Work:
         job = get_current_job()
         if job is not None:
             job.meta["progress"] = state
-            job.save_meta()
+            try:
+                job.save_meta()
+            except RedisError:
+                # Redis unreachable for now (restarting?): the registry keeps the
+                # progress, and the lock's renewal decides whether the run goes on.
+                pass
         connections.set_progress(self.db, self.connection.id, state)
 
     def log(self, level: str, message: str, entity: str | None = None) -> None:
@@ -147,7 +152,8 @@ class Work:
         config = current_app.config
         return engine.Plan(connections.entity_settings(self.db, self.connection.id),
                            self.connection.conflict_policy, page_size=config["SYNC_PAGE_SIZE"],
-                           upload_batch=config["SYNC_UPLOAD_BATCH"])
+                           upload_batch=config["SYNC_UPLOAD_BATCH"],
+                           streams=config["SYNC_STREAMS"])
 
 
 @contextmanager

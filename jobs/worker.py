@@ -14,6 +14,18 @@ from rq import worker
 from rq.exceptions import AbandonedJobError
 from rq.job import Job
 
+# Imported here, in the worker, so each forked work horse has the portal loaded
+# already: otherwise every job (an instant upload too) imports it anew, the
+# views create_app registers included, which costs more than an upload.
+import jobs.sync  # noqa: E402, F401
+import portal.web.admin  # noqa: E402, F401
+import portal.web.api  # noqa: E402, F401
+import portal.web.connect  # noqa: E402, F401
+import portal.web.dataverse  # noqa: E402, F401
+import portal.web.operator  # noqa: E402, F401
+import portal.web.public  # noqa: E402, F401
+import portal.web.service  # noqa: E402, F401
+
 
 class Worker(worker.Worker):
     """RQ's fork worker, telling a job's failure callback when its work horse was killed."""

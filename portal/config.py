@@ -62,6 +62,9 @@ SETTINGS = (
     Setting("ALLOW_PRIVATE_SERVERS", bool, False,
             "allow server URLs on loopback, private and link-local addresses"),
     Setting("SYNC_PAGE_SIZE", int, 5000, "sync: records per downloaded page"),
+    Setting("SYNC_STREAMS", int, 4,
+            "sync: entities a connection's run downloads at once (at most what its server "
+            "type allows)"),
     Setting("SYNC_UPLOAD_BATCH", int, 1000, "sync: transactions per upload round"),
     Setting("SYNC_HTTP_RETRIES", int, 5,
             "sync: how often a request to a server is tried again before the run fails"),

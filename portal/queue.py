@@ -15,7 +15,7 @@ from redis import Redis
 from redis.backoff import NoBackoff
 from redis.retry import Retry as RedisRetry
 from rq import Callback, Queue, Retry
-from rq.exceptions import DuplicateJobError, NoSuchJobError
+from rq.exceptions import DuplicateJobError, InvalidJobOperation, NoSuchJobError
 from rq.job import Job, JobStatus
 
 DEFAULT_QUEUE = "default"
@@ -71,9 +71,12 @@ def enqueue(redis: Redis, func: str | Callable[..., Any], *args: Any,
             )
         except DuplicateJobError:
             assert job_id is not None
-            existing = Job.fetch(job_id, connection=redis)
-            if existing.get_status() not in ENDED:
-                return existing
+            try:
+                existing = Job.fetch(job_id, connection=redis)
+                if existing.get_status() not in ENDED:
+                    return existing
+            except (NoSuchJobError, InvalidJobOperation):
+                continue  # it ended and RQ removed it (result_ttl=0) since: enqueue anew
             existing.delete()  # its result or reason is kept in the run record
     raise RuntimeError(f"job {job_id} could not be enqueued")
 
@@ -118,9 +121,17 @@ def enqueue_run(redis: Redis, kind: str, connection_id: int, run_id: int,
 def enqueue_upload(redis: Redis, connection_id: int) -> Job:
     """Enqueue an upload of pending transactions (instant mode), coalesced per connection."""
     # One queued upload per connection, whatever the number of writes: the
-    # upload job records its own run when it starts.
-    return enqueue(redis, "jobs.sync.upload", connection_id, job_id=f"upload-{connection_id}",
-                   unique=True, result_ttl=0, failure_ttl=300, retries=3)
+    # upload job records its own run when it starts. A write coming while the
+    # upload runs may be past what it reads, so it queues the second id, which
+    # runs next (the connection's lock keeps them in turn): at most one waits.
+    job: Job | None = None
+    for job_id in (f"upload-{connection_id}", f"upload-{connection_id}-next"):
+        job = enqueue(redis, "jobs.sync.upload", connection_id, job_id=job_id,
+                      unique=True, result_ttl=0, failure_ttl=300, retries=3)
+        if job.get_status(refresh=False) != JobStatus.STARTED:
+            return job
+    assert job is not None
+    return job  # both running: the second has yet to take the lock, and reads after it
 
 
 # --- the admin's checks of a connection's server: short jobs with a result ------

@@ -81,6 +81,10 @@ class Backend(ABC):
     # composite keys, Salesforce ids): pages carry `keys`, `read_ids` yields
     # server keys and `get_record` takes one. See docs/architecture.md.
     keyed: ClassVar[bool] = False
+    # How many entities a run may read at once through this backend: its
+    # read_changes, read_ids and count are then called from that many threads
+    # (never apply_writes). 1, the default, is one thread, as before.
+    max_streams: ClassVar[int] = 1
 
     def is_keyed(self, entity: Entity) -> bool:
         """Whether this entity's records have server keys (a backend may key only some)."""

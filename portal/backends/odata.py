@@ -99,7 +99,8 @@ class ODataBackend(Backend):
         self.supports_delta = track_changes
         self.session = guard_session(session or requests.Session(), allow_private=allow_private)
         self.session.auth = (username, password)
-        adapter = HTTPAdapter(pool_connections=2, pool_maxsize=4,
+        # A connection for each stream's reader, and spare ones for the writer's reads.
+        adapter = HTTPAdapter(pool_connections=2, pool_maxsize=max(4, self.max_streams + 2),
                               max_retries=server_retry(retries, max_retry_after))
         self.session.mount("http://", adapter)
         self.session.mount("https://", adapter)

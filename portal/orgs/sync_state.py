@@ -107,7 +107,8 @@ def save_server_versions(db: Database, entity: str, versions: dict[str, str],
         "INSERT INTO _server_versions (entity, id, version, server_key) VALUES (?, ?, ?, ?) "
         "ON CONFLICT(entity, id) DO UPDATE SET version = excluded.version, "
         "server_key = coalesce(excluded.server_key, _server_versions.server_key)",
-        [(entity, i, v, keys.get(i)) for i, v in versions.items()])
+        [(entity, i, v, keys.get(i)) for i, v in versions.items()] if keys
+        else [(entity, i, v, None) for i, v in versions.items()])
 
 
 def forget_server_versions(db: Database, entity: str, ids: list[str]) -> None:

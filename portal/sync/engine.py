@@ -18,13 +18,14 @@ the queue. Exactness rests on three rules:
 
 import dataclasses
 import time
-from collections.abc import Callable
+from collections.abc import Callable, Generator
 from contextlib import closing
 from dataclasses import dataclass, field
 from enum import StrEnum
 from typing import Any
 
 from portal.backends.base import Backend, ChangesPage, Write, WriteResult
+from portal.backends.prefetch import interleaved
 from portal.db import immediate
 from portal.errors import BackendError
 from portal.orgs import records, sync_state, transactions
@@ -80,6 +81,7 @@ class Plan:
     entities: list[EntitySettings]
     conflict_policy: ConflictPolicy = ConflictPolicy.SERVER_WINS
     page_size: int = 1000  # records per downloaded page
+    streams: int = 4  # entities downloaded at once (capped by the backend's max_streams)
     upload_batch: int = 1000  # transactions per upload round
 
     def __post_init__(self) -> None:
@@ -427,62 +429,101 @@ def _project(names: set[str], record: dict[str, Any]) -> dict[str, Any]:
 # --- download ----------------------------------------------------------------
 
 def download(run: Run, totals: dict[str, int] | None = None) -> None:
-    """Bring each enabled entity's server changes since its checkpoint, page by page."""
-    for setting in run.plan.entities:
-        if setting.enabled and setting.entity in run.org.entities():
-            download_entity(run, setting, (totals or {}).get(setting.entity))
+    """Bring each enabled entity's server changes since its checkpoint, page by page.
+
+    Up to `streams` entities are read at once (the plan's, capped by what the
+    backend allows); this thread alone writes, one page with its checkpoint per
+    transaction, so a run killed anywhere resumes as from a sequential one.
+    """
+    settings = [s for s in run.plan.entities if s.enabled and s.entity in run.org.entities()]
+    streams = min(run.plan.streams, run.backend.max_streams, len(settings))
+    downloads = (_EntityDownload(run, s, (totals or {}).get(s.entity)) for s in settings)
+    # Closed on any exit: the readers stop and release the backend's connections.
+    with closing(interleaved(((d, d.pages()) for d in downloads), max(1, streams))) as pages:
+        for entity_download, page in pages:
+            if page is None:
+                entity_download.finish()
+            else:
+                entity_download.write(page)
 
 
 def download_entity(run: Run, setting: EntitySettings, total: int | None = None) -> None:
     """Download one entity's changes, committing each page with its checkpoint."""
-    org = run.org
-    name = setting.entity
-    entity = org.entity(name)
-    names = _names(entity)
-    rule = filters.parse_filter(setting.filter).check(entity) if setting.filter else None
-    point = sync_state.checkpoint(org, name)
-    link = point.link
-    if (point.filter or None) != (setting.filter or None):
-        link = None  # a new filter: read the entity again, so records now outside it leave
-        run.reporter.log("info", "sync filter changed: reading the entity again", name)
-    counts = run.result.of(name)
-    done = 0
-    started = time.monotonic()
-    delta_link = None
-    reconcile = False
+    entity_download = _EntityDownload(run, setting, total)
     # Closed on any exit: the backend may be reading the next page in a thread.
-    # The filter may go to the server (fewer records over the wire) only where the run
-    # ends by reconciling against the same filtered listing: with Sync Deletion on.
-    sent = rule if setting.sync_deletion else None
-    with closing(run.backend.read_changes(entity, link, page_size=run.plan.page_size,
-                                          filter=sent)) as pages:
+    with closing(entity_download.pages()) as pages:
         for page in pages:
-            delta_link = page.link
-            reconcile = reconcile or page.reconcile
-            if page.note:
-                run.reporter.log("info", page.note, name)
-            with immediate(org.db):
-                page = _client_ids(org, entity, page, run.backend.is_keyed(entity))
-                waiting = transactions.pending_records(org, name)
-                rows, leaving, versions = _page_writes(run, entity, names, rule, page, waiting)
-                deleted = [i for i in page.deleted if i not in waiting] \
-                    if setting.sync_deletion else []
-                records.save_records(org, name, rows, from_server=True)
-                gone = records.delete_records(org, name, deleted + leaving, from_server=True)
-                sync_state.save_server_versions(org.db, name, versions, page.keys)
-                sync_state.forget_server_versions(org.db, name, deleted + leaving)
-                sync_state.save_checkpoint(org.db, sync_state.Checkpoint(
-                    name, page.link, page.complete, setting.filter))
-            counts.downloaded += len(rows)
-            counts.deleted += gone
-            done += len(page.upserts) + len(page.deleted)
-            run.reporter.progress("download", name, done, total)
-    if (delta_link is None or reconcile) and setting.sync_deletion:
-        # The read ended without a delta link, or the backend says its deletions are
-        # unknown (no change tracking, a read started over): compare ids.
-        counts.deleted += reconcile_deletions(org, run.backend, entity, sent)
-    run.reporter.log("info", f"downloaded {counts.downloaded}, deleted {counts.deleted} "
-                     f"in {time.monotonic() - started:.2f} s", name)
+            entity_download.write(page)
+    entity_download.finish()
+
+
+class _EntityDownload:
+    """One entity's download in a run: where it starts, each page written, how it ends."""
+
+    def __init__(self, run: Run, setting: EntitySettings, total: int | None) -> None:
+        self.run, self.setting, self.total = run, setting, total
+        self.name = setting.entity
+        self.entity = run.org.entity(self.name)
+        self.names = _names(self.entity)
+        self.rule = filters.parse_filter(setting.filter).check(self.entity) \
+            if setting.filter else None
+        point = sync_state.checkpoint(run.org, self.name)
+        self.link = point.link
+        if (point.filter or None) != (setting.filter or None):
+            # A new filter: read the entity again, so records now outside it leave.
+            self.link = None
+            run.reporter.log("info", "sync filter changed: reading the entity again", self.name)
+        self.counts = run.result.of(self.name)
+        self.done = 0
+        self.started = time.monotonic()
+        self.delta_link: str | None = None
+        self.reconcile = False
+        # The filter may go to the server (fewer records over the wire) only where the
+        # run ends by reconciling against the same filtered listing: Sync Deletion on.
+        self.sent = self.rule if setting.sync_deletion else None
+
+    def pages(self) -> Generator[ChangesPage, None, None]:
+        """The backend's pages of this entity's changes since its checkpoint."""
+        return self.run.backend.read_changes(self.entity, self.link,
+                                             page_size=self.run.plan.page_size,
+                                             filter=self.sent)
+
+    def write(self, page: ChangesPage) -> None:
+        """Write one page with its server versions and the entity's checkpoint, atomically."""
+        run, org, name, setting = self.run, self.run.org, self.name, self.setting
+        self.delta_link = page.link
+        self.reconcile = self.reconcile or page.reconcile
+        if page.note:
+            run.reporter.log("info", page.note, name)
+        with immediate(org.db):
+            page = _client_ids(org, self.entity, page, run.backend.is_keyed(self.entity))
+            waiting = transactions.pending_records(org, name)
+            rows, leaving, versions = _page_writes(run, self.entity, self.names, self.rule,
+                                                   page, waiting)
+            deleted = [i for i in page.deleted if i not in waiting] \
+                if setting.sync_deletion else []
+            records.save_records(org, name, rows, from_server=True)
+            gone = records.delete_records(org, name, deleted + leaving, from_server=True)
+            sync_state.save_server_versions(org.db, name, versions, page.keys)
+            sync_state.forget_server_versions(org.db, name, deleted + leaving)
+            sync_state.save_checkpoint(org.db, sync_state.Checkpoint(
+                name, page.link, page.complete, setting.filter))
+        self.counts.downloaded += len(rows)
+        self.counts.deleted += gone
+        self.done += len(page.upserts) + len(page.deleted)
+        run.reporter.progress("download", name, self.done, self.total)
+
+    def finish(self) -> None:
+        """After the last page: compare ids where deletions are unknown, and log the counts."""
+        counts = self.counts
+        if (self.delta_link is None or self.reconcile) and self.setting.sync_deletion:
+            # The read ended without a delta link, or the backend says its deletions are
+            # unknown (no change tracking, a read started over): compare ids.
+            counts.deleted += reconcile_deletions(self.run.org, self.run.backend, self.entity,
+                                                  self.sent)
+        self.run.reporter.log("info", f"downloaded {counts.downloaded}, deleted "
+                              f"{counts.deleted} in {time.monotonic() - self.started:.2f} s",
+                              self.name)
 
 
 def reconcile_deletions(org: OrgDb, backend: Backend, entity: Entity,
@@ -569,7 +610,9 @@ def _page_writes(run: Run, entity: Entity, names: set[str], rule: filters.Filter
             # The client's change wins: not written here; its version is kept so the
             # upload may now overwrite the server's record.
             skip.add(record[pk])
-    rows = [_project(names, r) for r in upserts if r[pk] not in skip]
+    kept = [r for r in upserts if r[pk] not in skip] if skip else upserts
+    # One test for the whole page: most servers send no attribute the client lacks.
+    rows = kept if set().union(*kept) <= names else [_project(names, r) for r in kept]
     if upserts is page.upserts and len(page.versions) == len(upserts):
         versions = page.versions  # the common case: every record came with its version
     else:  # records leaving the filter are forgotten; one without a version is known by ""
