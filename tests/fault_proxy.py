@@ -194,6 +194,8 @@ class FaultProxy:
             if root in entity_set:  # the segment after the org (Org API) or the version
                 entity_set = entity_set.split(root, 1)[1].split("/", 1)[-1]
                 break
+        else:  # a service at the server's root (odatapy): the path's last segment
+            entity_set = entity_set.rsplit("/", 1)[-1]
         if not entity_set or "(" in entity_set or entity_set.startswith("$"):
             return None
         try:

@@ -93,8 +93,10 @@ def _kill_when(process: subprocess.Popen[bytes], condition, timeout: float = 120
     deadline = time.monotonic() + timeout
     while time.monotonic() < deadline:
         if process.poll() is not None:
-            raise AssertionError("the job ended before it could be killed: "
-                                 + (process.stderr.read().decode() if process.stderr else ""))
+            said = process.stderr.read().decode() if process.stderr else ""
+            if process.stderr:
+                process.stderr.close()  # not left for the garbage collector to warn about
+            raise AssertionError("the job ended before it could be killed: " + said)
         try:
             if condition():
                 break
