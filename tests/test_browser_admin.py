@@ -65,9 +65,11 @@ class World:
         operators = json.dumps({OPERATOR: generate_password_hash(OPERATOR_PASSWORD)})
         self.client_process = PortalProcess(folder / "client", redis_url,
                                             env={**LOCAL_SERVERS, "PORTAL_OPERATORS": operators})
-        # Pages of 1,000: a full read of the server reports progress page by page.
+        # Pages of 1,000, one entity at a time: a full read of the server reports progress
+        # page by page (parallel readers would have the rest written before the next look).
         env = {**os.environ, "PORTAL_INSTANCE_PATH": str(folder / "client"),
-               "REDIS_URL": redis_url, "PORTAL_SYNC_PAGE_SIZE": "1000", **LOCAL_SERVERS}
+               "REDIS_URL": redis_url, "PORTAL_SYNC_PAGE_SIZE": "1000",
+               "PORTAL_SYNC_STREAMS": "1", **LOCAL_SERVERS}
         self.worker_log = open(folder / "worker.log", "wb")  # noqa: SIM115 - closed in stop()
         self.worker = subprocess.Popen(
             [str(Path(sys.executable).parent / "rq"), "worker", "--url", redis_url,
@@ -371,7 +373,9 @@ def test_browser_admin_job_schedule_and_run_now_with_progress(world: World) -> N
     page.wait_for_selector("#run-progress:not([hidden])", timeout=10_000)
     # Hold the worker (SIGSTOP to the process this module started) once it reports a page,
     # so that the browser sees the run in progress however fast this machine is.
-    world.wait_for(lambda: (world.connection().progress or {}).get("done")
+    # This run's download, not the connect's last progress the connection still shows.
+    world.wait_for(lambda: (world.connection().progress or {}).get("step") == "download"
+                   and (world.connection().progress or {}).get("done")
                    and world._ended_run(before, "sync") is None, "the run's first page")
     world.worker.send_signal(signal.SIGSTOP)
     try:
