@@ -25,6 +25,7 @@ It is the OData client of `odata.py` (transport, retries, `read_record`,
   token URL (`auth.TokenUrlCredentials`).
 """
 
+import dataclasses
 from collections.abc import Generator, Iterator
 from typing import TYPE_CHECKING, Any
 from urllib.parse import quote, urljoin, urlsplit
@@ -192,6 +193,11 @@ class ODataV4Backend(ODataBackend):
                 f"the key of {found.entity_set} changed on the service ("
                 f"{', '.join(f'{k}: {ours.get(k)} -> {theirs.get(k)}' for k in changed) or 'id'}"
                 "): its records cannot be matched with the ones synced; reconnect to sync it")
+        plain = {p for p, t in found.keyed_lookups.items()
+                 if ours.get(found.to_logical[p], "lookup") != "lookup"}
+        if plain:  # connected when such foreign keys were plain values: they stay so
+            return dataclasses.replace(found, keyed_lookups={
+                p: t for p, t in found.keyed_lookups.items() if p not in plain})
         return found
 
     def is_keyed(self, entity: Entity) -> bool:
