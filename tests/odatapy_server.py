@@ -11,7 +11,7 @@ every change (the model declares it Core.Computed), as a service would.
 
 The model: Accounts (Guid key), Contacts (Guid key, a lookup to Accounts by
 `account_ID`, an enum), Tickets (an Int32 key the server picks, a `clientId`
-for the client's GUID), Countries (a String key).
+for the client's GUID, a lookup to Countries by `country_code`), Countries (a String key).
 """
 
 import base64
@@ -73,9 +73,12 @@ METADATA = f"""<?xml version="1.0" encoding="utf-8"?>
     <Property Name="title" Type="Edm.String" MaxLength="200"/>
     <Property Name="clientId" Type="Edm.String" MaxLength="36"/>
     <Property Name="account_ID" Type="Edm.Guid"/>
+    <Property Name="country_code" Type="Edm.String" MaxLength="3"/>
     {MODIFIED}
     <NavigationProperty Name="account" Type="crm.Account">
      <ReferentialConstraint Property="account_ID" ReferencedProperty="ID"/></NavigationProperty>
+    <NavigationProperty Name="country" Type="crm.Country">
+     <ReferentialConstraint Property="country_code" ReferencedProperty="code"/></NavigationProperty>
    </EntityType>
    <EntityType Name="Country"><Key><PropertyRef Name="code"/></Key>
     <Property Name="code" Type="Edm.String" MaxLength="3" Nullable="false"/>
@@ -88,7 +91,8 @@ METADATA = f"""<?xml version="1.0" encoding="utf-8"?>
     <EntitySet Name="Contacts" EntityType="crm.Contact">
      <NavigationPropertyBinding Path="account" Target="Accounts"/>{CHANGE_TRACKED}</EntitySet>
     <EntitySet Name="Tickets" EntityType="crm.Ticket">
-     <NavigationPropertyBinding Path="account" Target="Accounts"/>{CHANGE_TRACKED}</EntitySet>
+     <NavigationPropertyBinding Path="account" Target="Accounts"/>
+     <NavigationPropertyBinding Path="country" Target="Countries"/>{CHANGE_TRACKED}</EntitySet>
     <EntitySet Name="Countries" EntityType="crm.Country">{CHANGE_TRACKED}</EntitySet>
    </EntityContainer>
   </Schema>

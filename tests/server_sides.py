@@ -210,6 +210,10 @@ class ODataSide:
     # picks (entity, a text attribute), if the model has one.
     value_keyed: tuple[str, dict[str, Any], str] = ("", {}, "")
     server_keyed: tuple[str, str] | None = None
+    # A lookup to the value-keyed entity: (entity, its server lookup field, the server
+    # fields of a record made on the server, the client attributes of one made on the
+    # client).
+    keyed_lookup: tuple[str, str, dict[str, Any], dict[str, Any]] = ("", "", {}, {})
 
     def contact_fields(self, i: int, n: int, account: str) -> dict[str, Any]:
         """A seeded contact of account `account`."""
@@ -236,7 +240,8 @@ ODATAPY_SPECS = [
                {"lastName": "lastname", "account_ID": "account_id", "priority": "priority"},
                enums={"priority": {"low": 1, "normal": 2, "high": 3}}),
     EntitySpec("tickets", "Tickets", "number", "server",
-               {"number": "number", "title": "title", "account_ID": "account_id"}),
+               {"number": "number", "title": "title", "account_ID": "account_id",
+                "country_code": "country_code"}, lookups={"country_code": "countries"}),
     EntitySpec("countries", "Countries", "code", "value", {"code": "code", "name": "name"}),
 ]
 
@@ -247,6 +252,8 @@ class OdatapySide(ODataSide):
     roles = Roles("accounts", "name", "contacts", "lastName", "account_ID")
     value_keyed = ("countries", {"code": "CZ", "name": "Czechia"}, "CZ")
     server_keyed = ("tickets", "title")
+    keyed_lookup = ("tickets", "country_code", {"title": "Server ticket"},
+                    {"title": "Client ticket"})
 
     def __init__(self, url: str, process: subprocess.Popen[bytes], tracked: bool) -> None:
         from tests.odatapy_server import PASSWORD, USER
@@ -285,7 +292,8 @@ CAP_SPECS = [
                {"firstName": "firstname", "lastName": "lastname", "email": "email",
                 "account_ID": "account_id"}),
     EntitySpec("products", "Products", "ID", "value",
-               {"ID": "id", "name": "name", "price": "price", "currency_code": "currency_code"}),
+               {"ID": "id", "name": "name", "price": "price", "currency_code": "currency_code"},
+               lookups={"currency_code": "currencies"}),
     EntitySpec("currencies", "Currencies", "code", "value",
                {"code": "code", "name": "name", "symbol": "symbol"}),
 ]
@@ -297,6 +305,8 @@ class CapSide(ODataSide):
     roles = Roles("accounts", "name", "contacts", "lastName", "account_ID")
     value_keyed = ("currencies", {"code": "CZK", "name": "Koruna"}, "CZK")
     server_keyed = None  # CAP has no keys it picks itself (Integer keys are the client's)
+    keyed_lookup = ("products", "currency_code", {"ID": 900, "name": "Server product"},
+                    {"id": 901, "name": "Client product"})
 
     def __init__(self, cap: Any) -> None:
         super().__init__(cap.url, cap.user, cap.password, CAP_SPECS)

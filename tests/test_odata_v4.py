@@ -318,3 +318,39 @@ def test_odata_options_from_the_connect_form(app) -> None:
                                          "page_size": "0"}
         form.validate()
         assert form.odata_page_size.errors == ["The page size must be a number from 1 to 5000"]
+
+
+def test_odata_a_foreign_key_to_a_keyed_set_is_a_lookup_by_the_targets_key(
+        service: Service) -> None:
+    """CAP's `country_code` -> `Countries(code)` (tests/fixtures/odata/cap_metadata.xml)."""
+    import dataclasses
+
+    from portal.backends.base import Write
+    from portal.orgs.sync_state import server_key_id
+
+    fixture = Path(__file__).parent / "fixtures" / "odata" / "cap_metadata.xml"
+    service.routes["/svc/$metadata"] = _xml(fixture.read_text())
+    backend = ODataV4Backend(service.url, "u", "p", allow_private=True)
+    customers = next(e for e in backend.read_metadata() if e.logicalname == "customers")
+    lookup = customers.attribute("country_code")
+    assert lookup is not None and (lookup.type, lookup.targets) == ("lookup", ["countries"])
+    emap = backend.entity_map(customers)
+    references: dict[str, tuple[str, str]] = {}
+    record = emap.from_server({"ID": "11111111-1111-4111-8111-111111111111", "name": "A",
+                               "country_code": "CZ"}, references)
+    assert record["country_code"] == server_key_id("countries", "CZ")
+    assert references == {record["country_code"]: ("countries", "CZ")}
+    client_guid = "33333333-3333-4333-8333-333333333333"
+    assert emap.to_server({"country_code": client_guid}, creating=False, record_id="x",
+                          references={client_guid: "SK"}) == {"country_code": "SK"}
+    # A target whose key is not known: that write fails with the reason, nothing is sent.
+    (result,) = backend.apply_writes([Write(customers, record["id"], "upsert",
+                                            {"country_code": client_guid}, if_match="*")])
+    assert result.status == "error" and "is not on the service (yet)" in str(result.message)
+    # An org connected when the foreign key was a plain value keeps it plain.
+    plain = dataclasses.replace(customers, attributes=[
+        dataclasses.replace(a, type="string", targets=[]) if a.logicalname == "country_code"
+        else a for a in customers.attributes])
+    assert backend.record_from_server(plain, {"ID": "11111111-1111-4111-8111-111111111111",
+                                              "country_code": "CZ"})["country_code"] == "CZ"
+    backend.close()

@@ -11,6 +11,7 @@ jobs run on a real RQ worker against a real Redis.
 import time
 from collections.abc import Iterator
 from pathlib import Path
+from typing import Any
 from urllib.parse import urlsplit
 
 import pytest
@@ -142,6 +143,59 @@ def test_servers_many_records_sharing_one_modified_at_all_arrive(
         assert len(client_rows := list(b.db.table(entity).rows)) == 23
         assert "Changed at the same time" in {r["name"] for r in client_rows}
         assert_same(server, b)
+
+
+def test_servers_lookups_to_value_keyed_records_both_ways(
+        server: ServerSide, client: Side, redis: Redis) -> None:
+    """A lookup whose target has a non-GUID key (CAP's currency_code, odatapy's country_code)."""
+    source, field, server_fields, client_fields = server.keyed_lookup  # type: ignore[attr-defined]
+    target, target_fields, target_key = server.value_keyed
+    server.create(target, {"code": "SRV", "name": "Made there"})
+    server.create(source, {**server_fields, field: "SRV"})
+    connection_id = _connect(server, client, redis)
+
+    ours = field.lower()
+    with client.org("cli") as b:
+        target_pk = b.entity(target).primaryidattribute
+        lookup = b.entity(source).attribute(ours)
+        assert lookup is not None and lookup.type == "lookup" and lookup.targets == [target]
+        target_ids = {r["code"]: r[target_pk] for r in b.db.table(target).rows}
+        (row,) = b.db.table(source).rows
+        assert row[ours] == target_ids["SRV"]  # the target's client GUID, not "SRV"
+        assert_same(server, b, [source, target])
+        # Made here: a record of the value-keyed entity, and two records pointing at
+        # the server's record and at that one.
+        made = records.create_record(b, target, target_fields)
+        to_server_one = records.create_record(b, source, {**client_fields,
+                                                          ours: target_ids["SRV"]})
+        to_ours = records.create_record(b, source, {**_other(client_fields),
+                                                    ours: made[target_pk]})
+
+    client.sync_now(redis, connection_id)
+
+    pointed = sorted(v[field] for v in server.snapshot(source).values())
+    assert pointed == sorted(["SRV", "SRV", target_key])
+    assert set(server.snapshot(target)) == {"SRV", target_key}
+    with client.org("cli") as b:
+        pk = b.entity(source).primaryidattribute
+        rows = {r[pk]: r for r in b.db.table(source).rows}
+        assert rows[to_server_one[pk]][ours] == target_ids["SRV"]
+        assert rows[to_ours[pk]][ours] == made[target_pk]
+        assert_same(server, b, [source, target])
+        assert transactions.counts(b)["pending"] == 0
+
+    # Once more: nothing doubles on either side.
+    client.sync_now(redis, connection_id)
+    assert len(server.snapshot(source)) == 3 and len(server.snapshot(target)) == 2
+    with client.org("cli") as b:
+        assert len(list(b.db.table(source).rows)) == 3
+        assert len(list(b.db.table(target).rows)) == 2
+        assert_same(server, b, [source, target])
+
+
+def _other(fields: dict[str, Any]) -> dict[str, Any]:
+    """A second record's fields: integers one up, texts marked."""
+    return {k: v + 1 if isinstance(v, int) else f"{v} 2" for k, v in fields.items()}
 
 
 # --- generic scenarios: every side with `roles` ---------------------------------

@@ -17,6 +17,10 @@ One `EntityMap` per entity set, made from the CSDL (`csdl_metadata`):
   timestamp our `createdon`;
 * a single-valued navigation property whose ReferentialConstraint names one
   property of ours and the key of a guid-keyed set is a lookup (that property);
+  one to the single key of a keyed set (CAP's `currency_code` -> `Currencies(code)`)
+  is a lookup too: its values travel as the target's server keys and are the
+  targets' GUIDs here (derived, noted in the page's `references`; on upload the
+  engine's `Write.references` give the keys back);
 * enums are picklists (member names on the wire, values here).
 """
 
@@ -33,7 +37,7 @@ from portal.backends.csdl_metadata import (
     CsdlProperty,
     CsdlService,
 )
-from portal.errors import BackendError
+from portal.errors import BackendError, InvalidInput
 from portal.orgs.metadata import SYSTEM_ATTRIBUTES, Attribute, Entity, Option
 from portal.orgs.sync_state import key_text, server_key_id
 
@@ -74,6 +78,8 @@ class EntityMap:
     created: str | None = None
     client_id: str | None = None  # a server-keyed set's property holding our GUID
     lookups: dict[str, str] = field(default_factory=dict)  # server property -> target set
+    # Lookups to keyed sets: server property -> the target's logical name.
+    keyed_lookups: dict[str, str] = field(default_factory=dict)
 
     @property
     def name(self) -> str:
@@ -138,13 +144,24 @@ class EntityMap:
 
     # --- records -----------------------------------------------------------
 
-    def from_server(self, item: dict[str, Any]) -> dict[str, Any]:
-        """A server record in our form: every synced attribute, null where the server has none."""
+    def from_server(self, item: dict[str, Any],
+                    references: dict[str, tuple[str, str]] | None = None) -> dict[str, Any]:
+        """A server record in our form: every synced attribute, null where the server has none.
+
+        A lookup to a keyed set holds the GUID derived from the target's key, noted in
+        `references` (derived GUID -> (target, key)) where given.
+        """
         record: dict[str, Any] = {self.entity.primaryidattribute: self.id_of(item)}
         for server, ours in self.to_logical.items():
             value = item.get(server)
             if value is not None:
-                if server in self.enums and isinstance(value, str):
+                target = self.keyed_lookups.get(server)
+                if target is not None:
+                    key = str(value)
+                    value = server_key_id(target, key)
+                    if references is not None:
+                        references[value] = (target, key)
+                elif server in self.enums and isinstance(value, str):
                     value = self.enums[server].get(value, value)
                 elif self.properties[server].type in ("uniqueidentifier", "lookup"):
                     value = str(value).lower()
@@ -155,9 +172,13 @@ class EntityMap:
             record["createdon"] = item.get(self.created)
         return record
 
-    def to_server(self, values: dict[str, Any], *, creating: bool,
-                  record_id: str) -> dict[str, Any]:
-        """Our values as the server's body: what it lets a create (or an update) send."""
+    def to_server(self, values: dict[str, Any], *, creating: bool, record_id: str,
+                  references: dict[str, str] | None = None) -> dict[str, Any]:
+        """Our values as the server's body: what it lets a create (or an update) send.
+
+        `references` (client GUID -> server key) turn lookups to keyed sets into keys;
+        InvalidInput if one points at a record whose key is not known (yet).
+        """
         body: dict[str, Any] = {}
         for ours, value in values.items():
             server = self.server_names.get(ours)
@@ -166,7 +187,13 @@ class EntityMap:
             prop = self.properties[server]
             if not (prop.insertable if creating else prop.updatable):
                 continue  # computed or immutable on the server: synced down, never up
-            if server in self.enums and isinstance(value, int):
+            if server in self.keyed_lookups and isinstance(value, str):
+                target_key = (references or {}).get(value)
+                if target_key is None:
+                    raise InvalidInput(f"{ours}: the record {value} it points to is not on "
+                                       "the service (yet)", field=ours)
+                value = int(target_key) if prop.type in ("integer", "bigint") else target_key
+            elif server in self.enums and isinstance(value, int):
                 names = {v: k for k, v in self.enums[server].items()}
                 value = names.get(value, value)
             body[server] = value
@@ -216,8 +243,10 @@ def entity_maps(service: CsdlService, *, timestamp_property: str | None = None,
     from portal.backends.csdl_metadata import entity_types_of_sets
 
     sets = list(entity_types_of_sets(service))
-    guid_sets = {service.entity_sets[name]: name for name, t in sets
-                 if len(t.keys) == 1 and (t.property(t.keys[0]) or _NONE).edm == "Edm.Guid"}
+    # Entity types of one key property: their set, and whether the key is a GUID.
+    key_sets = {service.entity_sets[name]: (name, t.keys[0],
+                                            (t.property(t.keys[0]) or _NONE).edm == "Edm.Guid")
+                for name, t in sets if len(t.keys) == 1}
     maps: dict[str, EntityMap] = {}
     used: set[str] = set()
     for set_name, entity_type in sets:
@@ -225,13 +254,15 @@ def entity_maps(service: CsdlService, *, timestamp_property: str | None = None,
         while name in used:
             name = name[:60] + "_2"
         used.add(name)
-        maps[name] = _entity_map(service, name, set_name, entity_type, guid_sets,
+        maps[name] = _entity_map(service, name, set_name, entity_type, key_sets,
                                  timestamp_property, client_id_property)
     targets = {m.entity_set: m.name for m in maps.values()}
     for m in maps.values():
         for attr in m.entity.attributes:
             if attr.type == "lookup":
                 attr.targets = [targets[t] for t in attr.targets]
+        m.keyed_lookups = {p: targets[t] for p, t in m.lookups.items()
+                           if maps[targets[t]].keyed}
     return maps
 
 
@@ -239,7 +270,7 @@ _NONE = CsdlProperty("", "", None)
 
 
 def _entity_map(service: CsdlService, name: str, set_name: str, entity_type: CsdlEntityType,
-                guid_sets: dict[str, str], timestamp_property: str | None,
+                key_sets: dict[str, tuple[str, str, bool]], timestamp_property: str | None,
                 client_id_property: str | None) -> EntityMap:
     keys = [entity_type.property(k) for k in entity_type.keys]
     if any(k is None or k.type is None for k in keys):
@@ -254,8 +285,20 @@ def _entity_map(service: CsdlService, name: str, set_name: str, entity_type: Csd
         kind = "value"
     modified = _timestamp(entity_type, MODIFIED_NAMES, timestamp_property)
     created = _timestamp(entity_type, CREATED_NAMES, None)
-    lookups = {c.properties and next(iter(c.properties)): guid_sets.get(c.target)
-               for c in entity_type.lookups if len(c.properties) == 1}
+    # One own property naming a target's single key: a GUID key, or any other key
+    # (then the own property is no key of ours: a create sends key values as they are).
+    lookups: dict[str, str] = {}
+    for c in entity_type.lookups:
+        target = key_sets.get(c.target)
+        if len(c.properties) != 1 or target is None:
+            continue
+        own, referenced = next(iter(c.properties.items()))
+        prop = entity_type.property(own)
+        if prop is None:
+            continue
+        if target[2] and prop.type == "uniqueidentifier" or not target[2] and \
+                referenced == target[1] and own not in entity_type.keys and prop.type:
+            lookups[own] = target[0]
     pk = logical(key_props[0].name) if kind == "guid" else f"{name[:60]}_id"
     entity = Entity(logicalname=name, displayname=set_name, labels={"1033": set_name},
                     primaryidattribute=pk, entitysetname=name)  # the client's own set name
@@ -275,8 +318,8 @@ def _entity_map(service: CsdlService, name: str, set_name: str, entity_type: Csd
             ours = f"{ours[:62]}_x"
         kind_name = prop.type
         targets: list[str] = []
-        if lookups.get(prop.name) and kind_name == "uniqueidentifier":
-            kind_name, targets = "lookup", [str(lookups[prop.name])]
+        if prop.name in lookups:
+            kind_name, targets = "lookup", [lookups[prop.name]]
         options = []
         if prop.enum:
             members = service.enums[prop.enum].members
@@ -301,5 +344,4 @@ def _entity_map(service: CsdlService, name: str, set_name: str, entity_type: Csd
         (to_logical[p] for n in NAME_PROPERTIES for p in to_logical if _normal(p) == n), None)
     return EntityMap(entity, set_name, kind, key_props, properties, to_logical,
                      {v: k for k, v in to_logical.items()}, enums,
-                     service.capabilities_of(set_name), modified, created, client_id,
-                     {p: t for p, t in lookups.items() if p and t})
+                     service.capabilities_of(set_name), modified, created, client_id, lookups)

@@ -25,6 +25,7 @@ It is the OData client of `odata.py` (transport, retries, `read_record`,
   token URL (`auth.TokenUrlCredentials`).
 """
 
+import dataclasses
 from collections.abc import Generator, Iterator
 from typing import TYPE_CHECKING, Any
 from urllib.parse import quote, urljoin, urlsplit
@@ -192,6 +193,11 @@ class ODataV4Backend(ODataBackend):
                 f"the key of {found.entity_set} changed on the service ("
                 f"{', '.join(f'{k}: {ours.get(k)} -> {theirs.get(k)}' for k in changed) or 'id'}"
                 "): its records cannot be matched with the ones synced; reconnect to sync it")
+        plain = {p for p, t in found.keyed_lookups.items()
+                 if ours.get(found.to_logical[p], "lookup") != "lookup"}
+        if plain:  # connected when such foreign keys were plain values: they stay so
+            return dataclasses.replace(found, keyed_lookups={
+                p: t for p, t in found.keyed_lookups.items() if p not in plain})
         return found
 
     def is_keyed(self, entity: Entity) -> bool:
@@ -293,6 +299,7 @@ class ODataV4Backend(ODataBackend):
         versions: dict[str, str] = {}
         deleted: list[str] = []
         keys: dict[str, str] = {}
+        references: dict[str, tuple[str, str]] = {}
         for item in payload.get("value", []):
             if "@removed" in item or "$deletedEntity" in str(item.get("@odata.context", "")):
                 key = self._tombstone_key(emap, item)
@@ -303,13 +310,14 @@ class ODataV4Backend(ODataBackend):
                 if emap.keyed:
                     keys[record_id] = key
                 continue
-            record = emap.from_server(item)
+            record = emap.from_server(item, references)
             record_id = record[emap.entity.primaryidattribute]
             upserts.append(record)
             versions[record_id] = str(item.get("@odata.etag") or "")
             if emap.keyed:
                 keys[record_id] = emap.key_of(item)
-        return ChangesPage(upserts, versions, deleted, None, False, keys=keys)
+        return ChangesPage(upserts, versions, deleted, None, False, keys=keys,
+                           references=references)
 
     def _tombstone_key(self, emap: EntityMap, item: dict[str, Any]) -> str | None:
         """A tombstone's key: from its key properties, or its `id` (a URL or a bare key)."""
@@ -436,7 +444,36 @@ class ODataV4Backend(ODataBackend):
         return results
 
     def _apply_chunk(self, writes: list[Write]) -> list[WriteResult]:
-        """Creates found by their client id first; the rest in one $batch, or one by one."""
+        """The chunk's writes; those whose lookups name a keyed create of it go after it.
+
+        Requests of one $batch are independent (any order), and a key the service
+        picks is known only from the create's answer.
+        """
+        creates = {w.record_id for w in writes if w.create_only and w.server_key is None
+                   and self.entity_map(w.entity).keyed}
+        later = [n for n, w in enumerate(writes)
+                 if any(v in creates for k, v in w.values.items() if k in self._keyed(w))]
+        if not later:
+            return self._apply_writes(writes, {})
+        first = [n for n in range(len(writes)) if n not in later]
+        results = dict(zip(first, self._apply_writes([writes[n] for n in first], {}),
+                           strict=True))
+        created = {writes[n].record_id: r.server_key for n, r in results.items()
+                   if r.status == "ok" and r.server_key}
+        results.update(zip(later, self._apply_writes([writes[n] for n in later], created),
+                           strict=True))
+        return [results[n] for n in range(len(writes))]
+
+    def _keyed(self, write: Write) -> set[str]:
+        """Our names of the write's lookups to keyed sets."""
+        emap = self.entity_map(write.entity)
+        return {emap.to_logical[p] for p in emap.keyed_lookups}
+
+    def _apply_writes(self, writes: list[Write], created: dict[str, str]) -> list[WriteResult]:
+        """Creates found by their client id first; the rest in one $batch, or one by one.
+
+        `created`: keys of records created earlier in this batch (client GUID -> key).
+        """
         results: dict[int, WriteResult] = {}
         plans: dict[int, tuple[str, str, dict[str, str], dict[str, Any] | None]] = {}
         found = self._find_creates(writes)
@@ -445,9 +482,9 @@ class ODataV4Backend(ODataBackend):
             if n in found:  # a create whose answer was lost: now an update of that record
                 key, etag = found[n]
                 write = Write(write.entity, write.record_id, "upsert", write.values,
-                              if_match=etag, server_key=key)
+                              if_match=etag, server_key=key, references=write.references)
                 writes[n] = write
-            plan = self._plan(emap, write)
+            plan = self._plan(emap, write, created)
             if isinstance(plan, WriteResult):
                 results[n] = plan
             else:
@@ -461,8 +498,8 @@ class ODataV4Backend(ODataBackend):
                 # An unconditional upsert (the client's version won) of a record the
                 # service no longer has: it is created again, as an upsert does.
                 writes[n] = Write(write.entity, write.record_id, "upsert", write.values,
-                                  create_only=True)
-                again[n] = self._plan(self.entity_map(write.entity), writes[n])
+                                  create_only=True, references=write.references)
+                again[n] = self._plan(self.entity_map(write.entity), writes[n], created)
                 continue
             results[n] = self._result(self.entity_map(write.entity), write, status, headers,
                                       body)
@@ -502,8 +539,14 @@ class ODataV4Backend(ODataBackend):
                         found[at] = (emap.key_of(item), str(item.get("@odata.etag") or "*"))
         return found
 
-    def _plan(self, emap: EntityMap, write: Write) -> Any:
+    def _plan(self, emap: EntityMap, write: Write, created: dict[str, str]) -> Any:
         """The request of one write (method, path, headers, body), or its result at once."""
+        try:
+            return self._request_of(emap, write, {**created, **write.references})
+        except InvalidInput as exc:
+            return WriteResult("error", message=str(exc))
+
+    def _request_of(self, emap: EntityMap, write: Write, references: dict[str, str]) -> Any:
         creating = write.create_only and write.server_key is None
         if creating:
             if not emap.capabilities.insertable:
@@ -514,7 +557,8 @@ class ODataV4Backend(ODataBackend):
                     f"{emap.entity_set}: the service picks its keys and the connection names no "
                     "client-id property of it, so a create whose answer is lost could not be "
                     "recognised; set client_id_property to create records here"))
-            body = emap.to_server(write.values, creating=True, record_id=write.record_id)
+            body = emap.to_server(write.values, creating=True, record_id=write.record_id,
+                                  references=references)
             headers = write_headers(Write(write.entity, write.record_id, "upsert"))
             return "POST", emap.entity_set, headers, body
         key = write.record_id if not emap.keyed else write.server_key
@@ -531,7 +575,7 @@ class ODataV4Backend(ODataBackend):
         if not emap.capabilities.updatable:
             return WriteResult("error", message=f"{emap.entity_set} does not take updates")
         return "PATCH", emap.path(key), headers, emap.to_server(
-            write.values, creating=False, record_id=write.record_id)
+            write.values, creating=False, record_id=write.record_id, references=references)
 
     def _send(self, plans: list[tuple[str, str, dict[str, str], dict[str, Any] | None]]
               ) -> list[tuple[int, dict[str, str], Any]]:
@@ -589,6 +633,9 @@ class ODataV4Backend(ODataBackend):
                     key = emap.key_from_url(location) if location else None
             if record is not None:
                 record[emap.entity.primaryidattribute] = write.record_id
+                # The service took the keys we sent: its lookups are our targets' GUIDs.
+                record.update({emap.to_logical[p]: write.values[emap.to_logical[p]]
+                               for p in emap.keyed_lookups if emap.to_logical[p] in write.values})
             if creating and (emap.computes_values or record is None or _differs(
                     record, write.values, emap.entity.primaryidattribute)):
                 # The service set values of its own (its key, defaults): the version is
@@ -601,7 +648,9 @@ class ODataV4Backend(ODataBackend):
             # differently (409; CAP: 500 SQLITE_CONSTRAINT_PRIMARYKEY), so the record
             # is looked up; the engine then compares it with ours.
             key = write.record_id if emap.key_kind == "guid" else emap.key_of_values(
-                emap.to_server(write.values, creating=True, record_id=write.record_id))
+                emap.to_server({k: v for k, v in write.values.items()  # keys, no lookups
+                                if k not in self._keyed(write)},
+                               creating=True, record_id=write.record_id))
             if key is not None and self.read_record(write.entity, key, emap.path(key)):
                 if emap.key_kind == "guid":
                     # The client's own random GUID: nobody else made this record. It is
