@@ -28,7 +28,7 @@ It is the OData client of `odata.py` with the Dataverse dialect:
 import re
 import time
 from collections.abc import Generator, Iterator
-from typing import Any
+from typing import TYPE_CHECKING, Any
 from urllib.parse import quote, urlsplit, urlunsplit
 
 import orjson
@@ -53,7 +53,7 @@ from portal.backends.odata import (
     RETRIES,
     ODataBackend,
     ServerRetry,
-    _message,
+    error_message,
     server_retry,
     write_headers,
 )
@@ -66,7 +66,9 @@ from portal.errors import (
     ServerLimited,
 )
 from portal.orgs.metadata import SYSTEM_ATTRIBUTES, Attribute, Entity
-from portal.sync import filters
+
+if TYPE_CHECKING:
+    from portal.sync.filters import Filter  # given by the engine, never imported at run time
 
 API_PATH = "api/data/v9.2/"
 API_RE = re.compile(r"/api/data/v\d+\.\d+/?")
@@ -255,12 +257,12 @@ class DynamicsBackend(ODataBackend):
         response = self.request("GET", "WhoAmI()")
         if response.status_code == 403:
             raise CredentialsRefused(
-                f"{self.environment} knows the sign-in but refused it ({_message(response)}): "
+                f"{self.environment} knows the sign-in but refused it ({error_message(response)}): "
                 "give the user or application user a security role that can read and write "
                 "the tables to sync")
         if response.status_code != 200:
             raise BackendError(f"{self.root}WhoAmI() answered {response.status_code}: "
-                               f"{_message(response)} — is this a Dataverse environment?")
+                               f"{error_message(response)} — is this a Dataverse environment?")
         who = orjson.loads(response.content)
         if not isinstance(who, dict) or "UserId" not in who:
             raise BackendError(f"{self.root} is not a Dataverse Web API (WhoAmI gave no UserId)")
@@ -303,7 +305,7 @@ class DynamicsBackend(ODataBackend):
                     f"{_key(name)}/Attributes/Microsoft.Dynamics.CRM.{cast}?{query}"))
 
     def read_changes(self, entity: Entity, link: str | None, *, page_size: int = 1000,
-                     filter: filters.Filter | None = None) -> Generator[ChangesPage, None, None]:
+                     filter: "Filter | None" = None) -> Generator[ChangesPage, None, None]:
         """Delta pages on tracked tables, a modifiedon watermark on the others.
 
         On a table without change tracking the sync filter goes to the server as
@@ -337,13 +339,13 @@ class DynamicsBackend(ODataBackend):
                     # error (5xx after the retries) fails the run instead: the token
                     # may be good, and the next run tries it again.
                     note = (f"the server refused the saved change link ({response.status_code}:"
-                            f" {_message(response)}); reading {entity.logicalname} again in "
+                            f" {error_message(response)}); reading {entity.logicalname} again in "
                             "full, deletions found by comparing ids")
                     url, reconcile = full, True
                     continue
                 if response.status_code != 200:
                     raise BackendError(f"reading {entity.logicalname} answered "
-                                       f"{response.status_code}: {_message(response)}")
+                                       f"{response.status_code}: {error_message(response)}")
                 page = self.changes_page(entity, orjson.loads(response.content))
                 if entity.isintersect:
                     # N:N rows we associated have the server's ids: the engine maps each
@@ -369,7 +371,7 @@ class DynamicsBackend(ODataBackend):
 
         return prefetched(pages())
 
-    def server_filter(self, entity: Entity, filter: filters.Filter | None) -> str | None:
+    def server_filter(self, entity: Entity, filter: "Filter | None") -> str | None:
         """The sync filter as a URL-quoted `$filter`, or None where it cannot be expressed.
 
         Not expressed: a like pattern OData has no function for, or an attribute
@@ -381,7 +383,7 @@ class DynamicsBackend(ODataBackend):
         if not filter.attributes() <= server.keys():
             return None
         try:
-            text = filters.to_odata(filter)
+            text = filter.to_odata()
         except InvalidInput:
             return None
         # Parenthesized, so a watermark condition can be and-ed to it.
@@ -459,7 +461,7 @@ class DynamicsBackend(ODataBackend):
         response = self.request("POST", "$batch", data=body, headers={
             "Content-Type": content_type, "Prefer": "odata.continue-on-error"})
         if response.status_code != 200:
-            raise BackendError(f"$batch answered {response.status_code}: {_message(response)}")
+            raise BackendError(f"$batch answered {response.status_code}: {error_message(response)}")
         try:
             answers = multipart.parse_batch_response(response.content,
                                                      response.headers.get("Content-Type"))
@@ -574,7 +576,7 @@ class DynamicsBackend(ODataBackend):
                 "POST", f"{base}/$ref", headers={"Content-Type": "application/json"},
                 data=orjson.dumps({"@odata.id": f"{self.root}"
                                    f"{self.entity_set(relationship.entity2)}({two})"}))
-            if response.status_code < 300 or "duplicate" in _message(response).lower():
+            if response.status_code < 300 or "duplicate" in error_message(response).lower():
                 # Associated (now, or already: our lost answer, or theirs). Dataverse gave
                 # the intersect row an id of its own: the client's row maps to it (its
                 # server key), so the row read back is the same row, not a second one.

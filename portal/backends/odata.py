@@ -122,19 +122,20 @@ class ODataBackend(Backend):
                                f"{exc.__class__.__name__}") from None
         if response.status_code == 429:  # the retries spent the server's budget
             raise ServerLimited(f"stopped by the server's limit: {method} {url} answered "
-                                f"429 {_message(response)}"
+                                f"429 {error_message(response)}"
                                 + (f" (Retry-After {response.headers['Retry-After']} s)"
                                    if response.headers.get("Retry-After") else ""))
         if response.status_code == 401:
             raise CredentialsRefused(
-                f"the server refused the user name or password ({_message(response)})")
+                f"the server refused the user name or password ({error_message(response)})")
         return response
 
     def get_json(self, url: str, headers: dict[str, str] | None = None) -> Any:
         """GET a JSON document; BackendError with the server's message on any error."""
         response = self.request("GET", url, headers=headers)
         if response.status_code != 200:
-            raise BackendError(f"GET {url} answered {response.status_code}: {_message(response)}")
+            raise BackendError(f"GET {url} answered {response.status_code}: "
+                               f"{error_message(response)}")
         return orjson.loads(response.content)
 
     # --- the interface -----------------------------------------------------
@@ -220,7 +221,7 @@ class ODataBackend(Backend):
             return None
         if response.status_code != 200:
             raise BackendError(f"reading {entity.logicalname} {record_id} answered "
-                               f"{response.status_code}: {_message(response)}")
+                               f"{response.status_code}: {error_message(response)}")
         item = orjson.loads(response.content)
         etag = str(item.pop("@odata.etag", "") or "")
         return self.record_from_server(entity, item), etag
@@ -249,7 +250,7 @@ class ODataBackend(Backend):
                                 headers={"Content-Type": "application/json",
                                          "Prefer": "odata.continue-on-error"})
         if response.status_code != 200:
-            raise BackendError(f"$batch answered {response.status_code}: {_message(response)}")
+            raise BackendError(f"$batch answered {response.status_code}: {error_message(response)}")
         answers = {str(a.get("id")): a for a in orjson.loads(response.content)["responses"]}
         return [_write_result(answers.get(str(n))) for n in range(len(writes))]
 
@@ -278,7 +279,7 @@ class ODataBackend(Backend):
         return None  # the Org API's reads: the engine filters (change tracking refuses $filter)
 
 
-def _message(response: requests.Response) -> str:
+def error_message(response: requests.Response) -> str:
     """The server's error message (OData error body), else the start of its answer."""
     try:
         error = orjson.loads(response.content).get("error", {})

@@ -42,7 +42,7 @@ from portal.backends.odata import (
     RETRIES,
     RETRY_METHODS,
     ODataBackend,
-    _message,
+    error_message,
     server_retry,
     write_headers,
 )
@@ -167,7 +167,7 @@ class ODataV4Backend(ODataBackend):
         try:
             if response.status_code != 200:
                 raise BackendError(f"{self.root}$metadata answered {response.status_code}: "
-                                   f"{_message(response)} — is this an OData v4 service?")
+                                   f"{error_message(response)} — is this an OData v4 service?")
             content = bytearray()
             for chunk in response.iter_content(65536):
                 content += chunk
@@ -244,7 +244,7 @@ class ODataV4Backend(ODataBackend):
             if response.status_code in REFUSED_DELTA:
                 yield ChangesPage([], {}, [], None, False, reconcile=True, note=(
                     f"the service refused the delta link ({response.status_code}: "
-                    f"{_message(response)}): reading {emap.entity_set} again"))
+                    f"{error_message(response)}): reading {emap.entity_set} again"))
                 yield from self._delta(emap, None, size)
                 return
             payload = self._json(response, url)
@@ -280,7 +280,7 @@ class ODataV4Backend(ODataBackend):
         """A collection answer's JSON; BackendError with the service's message otherwise."""
         if response.status_code != 200:
             raise BackendError(f"GET {url} answered {response.status_code}: "
-                               f"{_message(response)}")
+                               f"{error_message(response)}")
         try:
             payload = orjson.loads(response.content)
         except orjson.JSONDecodeError:
@@ -595,7 +595,7 @@ class ODataV4Backend(ODataBackend):
                 return [_answer_of(answers.get(str(n))) for n in range(len(plans))]
             if response.status_code not in (400, 404, 405, 415, 501):
                 raise BackendError(f"$batch answered {response.status_code}: "
-                                   f"{_message(response)}")
+                                   f"{error_message(response)}")
             self._batch_ok = False  # the service has no JSON $batch: one request a write
         out = []
         for method, path, headers, body in plans:

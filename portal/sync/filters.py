@@ -68,6 +68,11 @@ class Filter:
         """The canonical FetchXML text, as stored in the database."""
         return tostring(_element(self), encoding="unicode")
 
+    def to_odata(self) -> str:
+        """The filter as an OData `$filter` expression (module `to_odata`); a backend
+        holding a filter asks it, so that it imports nothing of the sync engine."""
+        return to_odata(self)
+
     def attributes(self) -> set[str]:
         """Names of the attributes the filter uses."""
         return {c.attribute for c in self.conditions()}
