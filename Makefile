@@ -32,7 +32,7 @@ lint: $(VENV)/.installed  ## ruff + mypy
 	$(BIN)/ruff check .
 	$(BIN)/mypy
 
-bench: $(VENV)/.installed  ## benchmarks, printed as ratios to a baseline of the same run
+bench: $(VENV)/.installed $(CAP)/node_modules/.installed  ## benchmarks, printed as ratios to a baseline of the same run (bench/sync.py also syncs from SAP CAP)
 	$(BIN)/python bench/orgstore.py
 	$(BIN)/python bench/odata.py
 	$(BIN)/python bench/sync.py
