@@ -10,6 +10,7 @@ from redis import Redis
 from portal import crypto
 from portal.orgs import records, sync_state, transactions
 from portal.orgs.templates import sales
+from portal.queue import connect_redis
 from tests.conftest import ADMIN_EMAIL, ADMIN_PASSWORD
 from tests.sync_helpers import Side, assert_identical, checksums, seed_sales, snapshot
 
@@ -301,25 +302,40 @@ def test_sync_chain_a_to_b_to_c_and_back(
     server, middle = pair
     a_to_b = _connect(server, middle, redis, accounts=10)
     b_process = portal_process(middle.instance)
-    last = Side(tmp_path / "c", middle.redis_url)
+    # Portal C numbers its connections and runs from 1, as B does: its own Redis
+    # database keeps its job ids and locks apart from B's (README, Production).
+    c_redis_url = _other_database(middle.redis_url)
+    c_redis = connect_redis(c_redis_url)
+    c_redis.flushdb()
+    last = Side(tmp_path / "c", c_redis_url)
     last.create_org("end", template=None)
-    b_to_c = last.connect_now(redis, "end", b_process.odata_root("cli"))
+    b_to_c = last.connect_now(c_redis, "end", b_process.odata_root("cli"))
     hops = [(server, "srv", middle, "cli"), (middle, "cli", last, "end")]
     _chain_identical(hops)  # both connects ended identical, hop by hop
     with last.org("end") as c:
         made = records.create_record(c, "account", {"name": "made on C"})
-    _synced(last, redis, b_to_c)  # C -> B (B records it as its own offline transaction)
+    _synced(last, c_redis, b_to_c)  # C -> B (B records it as its own offline transaction)
     _synced(middle, redis, a_to_b)  # B -> A
     with server.org("srv") as a:
         assert records.get_record(a, "account", made["accountid"])["name"] == "made on C"  # type: ignore[index]
         records.update_record(a, "account", made["accountid"], {"name": "changed on A"})
     _synced(middle, redis, a_to_b)  # A -> B
-    _synced(last, redis, b_to_c)  # B -> C
+    _synced(last, c_redis, b_to_c)  # B -> C
     with last.org("end") as c:
         assert records.get_record(c, "account", made["accountid"])["name"] == "changed on A"  # type: ignore[index]
     _chain_identical(hops)
     with server.org("srv") as a, last.org("end") as c:
         assert snapshot(a, SALES) == snapshot(c, SALES)
+
+
+def _other_database(redis_url: str) -> str:
+    """The same Redis server's database 1 (the tests' portals use database 0)."""
+    from urllib.parse import urlsplit
+
+    parts = urlsplit(redis_url)
+    if parts.scheme == "unix":  # a socket's URL names its database in the query
+        return f"unix://{parts.path}?db=1"
+    return f"{parts.scheme}://{parts.netloc}/1"
 
 
 def _synced(side: Side, redis: Redis, connection_id: int) -> None:
