@@ -322,11 +322,18 @@ class SalesforceBackend(Backend):
         have = {f.lower() for f in fields}
         return fields + [f for f in STAMP_FIELDS if f.lower() not in have]
 
-    def _rows(self, obj: sfm.SalesforceObject, body: dict[str, Any],
-              page: ChangesPage) -> tuple[str, str] | None:
-        """Add a query answer's rows to a page; returns the last row's (stamp, key)."""
+    def _rows(self, obj: sfm.SalesforceObject, body: dict[str, Any], page: ChangesPage,
+              client: Entity, held: set[str] | None = None) -> tuple[str, str] | None:
+        """Add a query answer's rows to a page; returns the last row's (stamp, key).
+
+        `client` is the client's definition of the entity: its options decide
+        which picklist values it can hold; the keys of records holding others
+        are added to `held`.
+        """
         parsed = sfm.query_page(obj, body)
         name = obj.entity.logicalname
+        unknown: dict[str, None] = {}  # "Industry 'Robotics'", in order
+        held_here = 0
         for record in parsed.records:
             key = record["id"]
             guid = server_key_id(name, key)
@@ -334,6 +341,12 @@ class SalesforceBackend(Backend):
             record["createdon"] = record.get("createddate")
             record["modifiedon"] = record.get("lastmodifieddate")
             self._references(obj.entity, record, page)
+            missing = self._options_unknown(obj, client, record)
+            if missing:
+                unknown.update(dict.fromkeys(missing))
+                held_here += 1
+            if held is not None:
+                (held.add if missing else held.discard)(key)
             page.upserts.append(record)
             page.keys[guid] = key
             page.versions[guid] = parsed.versions.get(key, "")
@@ -341,12 +354,38 @@ class SalesforceBackend(Backend):
             guid = server_key_id(name, key)
             page.deleted.append(guid)
             page.keys[guid] = key
+        if unknown:
+            page.note = (f"{obj.api_name}: {held_here} record(s) hold picklist values the "
+                         f"client's metadata has no option for yet ({', '.join(unknown)}): left "
+                         "empty; after Update Client Metadata the next run reads them again")
         last = None
         for row in body.get("records") or []:
             stamp = row.get("SystemModstamp")
             if isinstance(stamp, str):
                 last = (datetime_text(stamp), sfm.salesforce_id(row.get("Id")))
         return last
+
+    def _options_unknown(self, obj: sfm.SalesforceObject, client: Entity,
+                         record: dict[str, Any]) -> list[str]:
+        """Fit a record's picklist values to the client's definition; returns those it lacks.
+
+        A client still holding a picklist as text (metadata not updated since) gets
+        the value as text. A value the client has no option for (added in
+        Salesforce since the last Update Client Metadata) is left empty, and the
+        caller holds the record, to be read again once the option is there.
+        """
+        unknown = []
+        for name in obj.picklists:
+            attr = client.attribute(name)
+            number = record.get(name)
+            if attr is None or number is None:
+                continue
+            if attr.type != "picklist":
+                record[name] = obj.picklist_value(name, number)
+            elif number not in {o.value for o in attr.options}:
+                unknown.append(f"{obj.fields[name]} {obj.picklist_value(name, number)!r}")
+                record[name] = None
+        return unknown
 
     def _references(self, entity: Entity, record: dict[str, Any], page: ChangesPage) -> None:
         """Lookup values (Salesforce ids) as their targets' derived GUIDs, noted in the page."""
@@ -373,11 +412,13 @@ class SalesforceBackend(Backend):
             stamp = state.get("stamp")
             state = {"done_once": True, "deleted_since": state.get("deleted_since"),
                      "stamp": (_parse(stamp) - OVERLAP).strftime("%Y-%m-%dT%H:%M:%SZ")
-                     if stamp else None, "id": None}
+                     if stamp else None, "id": None, "held": state.get("held") or []}
         state.setdefault("deleted_since", (now - OVERLAP).strftime("%Y-%m-%dT%H:%M:%SZ"))
+        # Keys of records holding picklist values the client had no option for (_rows).
+        held: set[str] = set(state.get("held") or [])
         if state.get("bulk") or (first and not state.get("stamp")
                                  and (self.count(entity) or 0) > self.bulk_threshold):
-            yield from self._bulk_read(obj, state, now, page_size)
+            yield from self._bulk_read(obj, entity, state, held, now, page_size)
             return
         fields = ", ".join(self._select(obj))
         while True:
@@ -395,15 +436,19 @@ class SalesforceBackend(Backend):
             last = None
             for body in self.query(soql, page_size):
                 count += len(body.get("records") or [])
-                last = self._rows(obj, body, page) or last
+                last = self._rows(obj, body, page, entity, held) or last
             if last is not None:
                 state["stamp"], state["id"] = last
+            state["held"] = sorted(held)
             if count >= page_size:
                 page.link = orjson.dumps(state).decode()
                 yield page
                 continue
-            # The last page: deletions the query cannot show, then the link of the next read.
+            # The last page: held records again, deletions the query cannot show, then
+            # the link of the next read.
             if not first:
+                self._read_held(obj, entity, held, page)
+                state["held"] = sorted(held)
                 self._hard_deletions(obj, state, page, now)
             state["done_once"] = True
             state["complete"] = True
@@ -412,7 +457,18 @@ class SalesforceBackend(Backend):
             yield page
             return
 
-    def _bulk_read(self, obj: sfm.SalesforceObject, state: dict[str, Any], now: datetime,
+    def _read_held(self, obj: sfm.SalesforceObject, client: Entity, held: set[str],
+                   page: ChangesPage) -> None:
+        """Read again the held records this page does not have (their options may be there now)."""
+        again = sorted(held - set(page.keys.values()))
+        if not again:
+            return
+        rows = self._read(obj, again, full=True)
+        held.difference_update(k for k in again if k not in rows)  # deleted meanwhile
+        self._rows(obj, {"done": True, "records": list(rows.values())}, page, client, held)
+
+    def _bulk_read(self, obj: sfm.SalesforceObject, entity: Entity, state: dict[str, Any],
+                   held: set[str], now: datetime,
                    page_size: int) -> Generator[ChangesPage, None, None]:
         """A first read by one Bulk API 2.0 queryAll job, a page per result chunk.
 
@@ -436,7 +492,8 @@ class SalesforceBackend(Backend):
                 state["bulk"], state["locator"], max(page_size, 1)))
             page = ChangesPage([], {}, [], None, False)
             body = {"done": True, "records": sfm.csv_rows(obj, result["records"])}
-            self._rows(obj, body, page)
+            self._rows(obj, body, page, entity, held)
+            state["held"] = sorted(held)
             state["locator"] = result["locator"]
             if state["locator"]:
                 page.link = orjson.dumps(state).decode()
@@ -444,7 +501,7 @@ class SalesforceBackend(Backend):
                 continue
             started = state["started"]
             done = {"done_once": True, "complete": True, "stamp": started, "id": None,
-                    "deleted_since": state["deleted_since"]}
+                    "deleted_since": state["deleted_since"], "held": state["held"]}
             page.link = orjson.dumps(done).decode()
             page.complete = True
             page.note = f"{obj.api_name}: read by a Bulk API 2.0 job ({state['bulk']})"
@@ -499,7 +556,7 @@ class SalesforceBackend(Backend):
         if record_id not in found:
             return None
         page = ChangesPage([], {}, [], None, True)
-        self._rows(obj, {"done": True, "records": [found[record_id]]}, page)
+        self._rows(obj, {"done": True, "records": [found[record_id]]}, page, entity)
         if not page.upserts:
             return None
         return page.upserts[0], page.versions[page.upserts[0]["id"]]
