@@ -349,7 +349,9 @@ class SalesforceBackend(Backend):
                 (held.add if missing else held.discard)(key)
             page.upserts.append(record)
             page.keys[guid] = key
-            page.versions[guid] = parsed.versions.get(key, "")
+            # A held record is known by no version (""), so the engine takes its re-read
+            # (an unchanged version would be skipped as already held).
+            page.versions[guid] = "" if missing else parsed.versions.get(key, "")
         for key in parsed.deleted:
             guid = server_key_id(name, key)
             page.deleted.append(guid)
