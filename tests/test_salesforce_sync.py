@@ -20,7 +20,8 @@ from redis import Redis
 
 from portal.backends.salesforce_mapping import option_value
 from portal.db import get_db
-from portal.orgs import records, sync_state, transactions
+from portal.orgs import records, schema, sync_state, transactions
+from portal.orgs.metadata import Attribute
 from portal.sync import connections, runs
 from tests.conftest import ADMIN_EMAIL
 from tests.odata_helpers import basic
@@ -561,6 +562,26 @@ def test_an_option_salesforce_has_no_value_for_fails_that_write_only(
     assert failed.record_id == acme
     assert (f"field Industry of Account: option {option_value('Retail')} is not a value of "
             "this picklist in Salesforce (its values: Banking)") in (failed.error or "")
+
+
+def test_a_client_that_holds_a_picklist_as_text_keeps_text_both_ways(
+        client: Side, redis: Redis, server: SalesforceServer) -> None:
+    # A connection made before picklists were option sets: Update Client Metadata does
+    # not turn its text into numbers, so the backend keeps to the client's definition.
+    keys = seed(server)
+    connection_id = connect(client, redis, server)
+    with client.org("cli") as org:
+        schema.remove_attribute(org, "account", "industry")
+        schema.add_attribute(org, "account", Attribute("industry", "string", maxlength=255))
+    server.update("Account", keys["acme"], {"Industry": "Retail"})
+    client.sync_now(redis, connection_id)
+    acme = client_id(client, "account", keys["acme"])
+    assert client_rows(client, "account")[acme]["industry"] == "Retail"
+    with client.org("cli") as org:
+        records.update_record(org, "account", acme, {"industry": "Banking"})
+    client.sync_now(redis, connection_id)
+    assert last_run(client, connection_id)["status"] == "succeeded"
+    assert server.records["Account"][keys["acme"]]["Industry"] == "Banking"
 
 
 # --- killed runs --------------------------------------------------------------------

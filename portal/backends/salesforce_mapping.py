@@ -126,7 +126,7 @@ def option_values(values: Collection[str], taken: dict[str, int] | None = None
                   ) -> dict[str, int]:
     """Each picklist value's option number (value -> number), distinct within the field.
 
-    Two values of one field with the same hash (about one field in four million
+    Two values of one field with the same number (about one field in 1.75 million
     for 50 values) are told apart by trying the next `attempt`: the values are
     numbered in sorted order, so the outcome depends only on the set of values.
     `taken` are numbers already given (values found outside the describe are
