@@ -584,6 +584,30 @@ def test_a_client_that_holds_a_picklist_as_text_keeps_text_both_ways(
     assert server.records["Account"][keys["acme"]]["Industry"] == "Banking"
 
 
+# --- lookups to objects that do not sync --------------------------------------------
+
+
+def test_a_lookup_to_an_object_that_does_not_sync_is_empty_logged_and_kept_in_salesforce(
+        client: Side, redis: Redis, server: SalesforceServer) -> None:
+    keys = seed(server)
+    connection_id = connect(client, redis, server, objects="Account,Contact,Task")
+    with client.org("cli") as org:
+        assert "lead" not in org.entities()
+        assert org.entity("task").attribute("whoid").targets == ["contact"]
+    tasks = client_rows(client, "task")
+    visit = client_id(client, "task", keys["visit"])
+    assert tasks[visit]["whoid"] is None  # a Lead: nothing on the client to point to
+    assert tasks[client_id(client, "task", keys["call"])]["whoid"] == client_id(
+        client, "contact", keys["smith"])
+    assert any("Task: 1 record(s) point to objects that do not sync (WhoId -> Lead): those "
+               "lookups are empty on the client" in m for m in logged(client))
+    with client.org("cli") as org:  # a change of another field leaves the lookup alone
+        records.update_record(org, "task", visit, {"subject": "Visit again"})
+    client.sync_now(redis, connection_id)
+    assert server.records["Task"][keys["visit"]]["Subject"] == "Visit again"
+    assert server.records["Task"][keys["visit"]]["WhoId"] == keys["lead"]
+
+
 # --- killed runs --------------------------------------------------------------------
 
 

@@ -164,6 +164,7 @@ class SalesforceBackend(Backend):
         self._global: dict[str, Any] | None = None
         self._objects: dict[str, sfm.SalesforceObject] = {}  # our entity name -> its describe
         self._prefixes: dict[str, str] = {}  # id prefix -> our entity name
+        self._api_names: dict[str, str] = {}  # id prefix -> the object's API name
 
     # --- sign-in and calls -------------------------------------------------
 
@@ -276,6 +277,7 @@ class SalesforceBackend(Backend):
             self._global = self.call(lambda sf: sf.restful("sobjects", timeout=TIMEOUT_S))
             prefixes = sfm.key_prefixes(self._global or {})
             self._prefixes = {p: name.lower() for p, name in prefixes.items()}
+            self._api_names = prefixes
         return self._global or {}
 
     def _synced(self) -> list[str]:
@@ -334,13 +336,17 @@ class SalesforceBackend(Backend):
         name = obj.entity.logicalname
         unknown: dict[str, None] = {}  # "Industry 'Robotics'", in order
         held_here = 0
+        pointing: dict[str, None] = {}  # "WhoId -> Lead", in order
+        pointing_here = 0
         for record in parsed.records:
             key = record["id"]
             guid = server_key_id(name, key)
             record["id"] = guid
             record["createdon"] = record.get("createddate")
             record["modifiedon"] = record.get("lastmodifieddate")
-            self._references(obj.entity, record, page)
+            if elsewhere := self._references(obj, record, page):
+                pointing.update(dict.fromkeys(elsewhere))
+                pointing_here += 1
             missing = self._options_unknown(obj, client, record)
             if missing:
                 unknown.update(dict.fromkeys(missing))
@@ -356,10 +362,13 @@ class SalesforceBackend(Backend):
             guid = server_key_id(name, key)
             page.deleted.append(guid)
             page.keys[guid] = key
+        if pointing:
+            _note(page, f"{obj.api_name}: {pointing_here} record(s) point to objects that do not "
+                  f"sync ({', '.join(pointing)}): those lookups are empty on the client")
         if unknown:
-            page.note = (f"{obj.api_name}: {held_here} record(s) hold picklist values the "
-                         f"client's metadata has no option for yet ({', '.join(unknown)}): left "
-                         "empty; after Update Client Metadata the next run reads them again")
+            _note(page, f"{obj.api_name}: {held_here} record(s) hold picklist values the client's "
+                  f"metadata has no option for yet ({', '.join(unknown)}): left empty; after "
+                  "Update Client Metadata the next run reads them again")
         last = None
         for row in body.get("records") or []:
             stamp = row.get("SystemModstamp")
@@ -389,19 +398,28 @@ class SalesforceBackend(Backend):
                 record[name] = None
         return unknown
 
-    def _references(self, entity: Entity, record: dict[str, Any], page: ChangesPage) -> None:
-        """Lookup values (Salesforce ids) as their targets' derived GUIDs, noted in the page."""
-        for attr in entity.attributes:
+    def _references(self, obj: sfm.SalesforceObject, record: dict[str, Any],
+                    page: ChangesPage) -> list[str]:
+        """Lookup values (Salesforce ids) as their targets' derived GUIDs, noted in the page.
+
+        Returns the lookups left empty because they point to an object that does not
+        sync ("WhoId -> Lead"): the client has no record to point to.
+        """
+        outside = []
+        for attr in obj.entity.attributes:
             key = record.get(attr.logicalname)
             if attr.type != "lookup" or key is None:
                 continue
             target = self._prefixes.get(key[:3])
             if target not in attr.targets:
                 record[attr.logicalname] = None  # points outside what syncs
+                outside.append(f"{obj.fields[attr.logicalname]} -> "
+                               f"{self._api_names.get(key[:3], key[:3])}")
                 continue
             guid = server_key_id(target, key)
             record[attr.logicalname] = guid
             page.references[guid] = (target, key)
+        return outside
 
     def read_changes(self, entity: Entity, link: str | None, *, page_size: int = 1000,
                      filter: "Filter | None" = None) -> Generator[ChangesPage, None, None]:
@@ -506,7 +524,7 @@ class SalesforceBackend(Backend):
                     "deleted_since": state["deleted_since"], "held": state["held"]}
             page.link = orjson.dumps(done).decode()
             page.complete = True
-            page.note = f"{obj.api_name}: read by a Bulk API 2.0 job ({state['bulk']})"
+            _note(page, f"{obj.api_name}: read by a Bulk API 2.0 job ({state['bulk']})")
             yield page
             return
 
@@ -516,8 +534,8 @@ class SalesforceBackend(Backend):
         since = _parse(state["deleted_since"])
         if now - since >= DELETED_WINDOW:
             page.reconcile = True
-            page.note = (f"{obj.api_name}: the last read was {(now - since).days} days ago, "
-                         "beyond getDeleted's window: deletions are found by comparing all ids")
+            _note(page, f"{obj.api_name}: the last read was {(now - since).days} days ago, "
+                  "beyond getDeleted's window: deletions are found by comparing all ids")
             state["deleted_since"] = (now - OVERLAP).strftime("%Y-%m-%dT%H:%M:%SZ")
             return
         body = self.call(lambda sf: sf.restful(
@@ -527,8 +545,8 @@ class SalesforceBackend(Backend):
         answer = sfm.deleted_ids(body or {})
         if answer.earliest_date_available and since < _parse(answer.earliest_date_available):
             page.reconcile = True
-            page.note = (f"{obj.api_name}: deletions before {answer.earliest_date_available} "
-                         "are gone from getDeleted: they are found by comparing all ids")
+            _note(page, f"{obj.api_name}: deletions before {answer.earliest_date_available} "
+                  "are gone from getDeleted: they are found by comparing all ids")
         for key in answer.ids:
             guid = server_key_id(obj.entity.logicalname, key)
             if guid not in page.deleted:
@@ -720,6 +738,11 @@ class SalesforceBackend(Backend):
     def close(self) -> None:
         """Close the HTTP session."""
         self.session.close()
+
+
+def _note(page: ChangesPage, text: str) -> None:
+    """Add a line to what the page's log line says (a page may have several things to say)."""
+    page.note = f"{page.note}; {text}" if page.note else text
 
 
 def _parse(stamp: str) -> datetime:
