@@ -608,6 +608,36 @@ def test_a_lookup_to_an_object_that_does_not_sync_is_empty_logged_and_kept_in_sa
     assert server.records["Task"][keys["visit"]]["WhoId"] == keys["lead"]
 
 
+def test_a_client_wins_resend_keeps_values_the_client_could_not_show(
+        client: Side, redis: Redis, server: SalesforceServer) -> None:
+    # The resend after a conflict carries the whole client record: its empty lookup to a
+    # Lead stands for a value it never had. (The held account, known by no version, is
+    # sent without a condition, only its changed field: its Industry stays too.)
+    keys = seed(server)
+    connection_id = connect(client, redis, server, policy="client-wins",
+                            objects="Account,Contact,Task")
+    industry_field(server)["picklistValues"].append(
+        {"value": "Energy", "label": "Energy", "active": True})
+    server.update("Account", keys["acme"], {"Industry": "Energy"})
+    client.sync_now(redis, connection_id)  # acme held: its Industry waits for its option
+    acme = client_id(client, "account", keys["acme"])
+    visit = client_id(client, "task", keys["visit"])
+    assert client_rows(client, "account")[acme]["industry"] is None
+    server.update("Account", keys["acme"], {"Name": "Acme (server)"})
+    server.update("Task", keys["visit"], {"Subject": "Server's visit"})
+    with client.org("cli") as org:
+        records.update_record(org, "account", acme, {"name": "Acme (client)"})
+        records.update_record(org, "task", visit, {"subject": "Client's visit"})
+    client.sync_now(redis, connection_id)
+    assert last_run(client, connection_id)["status"] == "succeeded"
+    on_server = server.records
+    assert (on_server["Account"][keys["acme"]]["Name"],
+            on_server["Account"][keys["acme"]]["Industry"]) == ("Acme (client)", "Energy")
+    assert (on_server["Task"][keys["visit"]]["Subject"],
+            on_server["Task"][keys["visit"]]["WhoId"]) == ("Client's visit", keys["lead"])
+    assert any("conflict on task" in m and "client wins" in m for m in logged(client))
+
+
 # --- killed runs --------------------------------------------------------------------
 
 

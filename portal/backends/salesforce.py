@@ -41,7 +41,7 @@ through `salesforce_mapping`.
 """
 
 import time
-from collections.abc import Callable, Generator, Iterator
+from collections.abc import Callable, Collection, Generator, Iterator
 from datetime import UTC, datetime, timedelta
 from typing import TYPE_CHECKING, Any, TypeVar
 
@@ -646,11 +646,12 @@ class SalesforceBackend(Backend):
         elif operation == "create":
             results.update(self._found_creates(obj, writes, keys))
         bodies: dict[int, dict[str, Any]] = {}
+        unseen = self._unseen(obj, writes, keys, results) if operation == "update" else {}
         for n, write in enumerate(writes):
             if n in results or operation == "delete":
                 continue
             try:
-                bodies[n] = self._body(obj, write, keys.get(n), created)
+                bodies[n] = self._body(obj, write, keys.get(n), created, unseen.get(n, set()))
             except InvalidInput as exc:
                 results[n] = WriteResult("error", message=exc.message)
         send = [n for n in range(len(writes)) if n not in results]
@@ -680,13 +681,48 @@ class SalesforceBackend(Backend):
                 found[n] = WriteResult("ok")
         return found
 
+    def _unseen(self, obj: sfm.SalesforceObject, writes: list[Write], keys: dict[int, str],
+                results: dict[int, WriteResult]) -> dict[int, set[str]]:
+        """Empty lookups and picklists of updates that stand for a value the client cannot show.
+
+        A lookup to an object that does not sync, or a picklist value the client has
+        no option for yet, reaches the client empty; an update that sends the whole
+        record (a client-wins resend) must not empty it in Salesforce. By position:
+        the attribute names to leave out.
+        """
+        empty = {n: [name for name, value in w.values.items() if value is None
+                     and (name in obj.picklists or _is_lookup(obj.entity, name))]
+                 for n, w in enumerate(writes) if n not in results}
+        empty = {n: names for n, names in empty.items() if names}
+        if not empty:
+            return {}
+        rows = self._read(obj, [keys[n] for n in empty], full=True)
+        unseen: dict[int, set[str]] = {}
+        for n, names in empty.items():
+            row = rows.get(keys[n]) or {}
+            for name in names:
+                value = row.get(obj.fields[name])
+                if value is None:
+                    continue
+                if name in obj.picklists:
+                    client = writes[n].entity.attribute(name)
+                    shown = client is None or client.type != "picklist" or (
+                        obj.option_number(name, value) in {o.value for o in client.options})
+                else:
+                    attr = obj.entity.attribute(name)
+                    shown = attr is not None and self._prefixes.get(value[:3]) in attr.targets
+                if not shown:
+                    unseen.setdefault(n, set()).add(name)
+        return unseen
+
     def _body(self, obj: sfm.SalesforceObject, write: Write, key: str | None,
-              created: dict[str, str]) -> dict[str, Any]:
+              created: dict[str, str], unseen: Collection[str] = ()) -> dict[str, Any]:
         # Salesforce's own fields (neither createable nor updateable: Id, IsDeleted, the
         # stamps) come back in a client-wins resend of the whole record: not ours to write.
         system = {a.logicalname for a in obj.entity.attributes if a.issystem}
         values = {k: v for k, v in write.values.items()
-                  if k not in system and k not in ("createdon", "modifiedon", "versionnumber")}
+                  if k not in system and k not in unseen
+                  and k not in ("createdon", "modifiedon", "versionnumber")}
         for attr in obj.entity.attributes:
             if attr.type == "lookup" and values.get(attr.logicalname) is not None:
                 values[attr.logicalname] = _reference_key(attr, values[attr.logicalname],
@@ -751,6 +787,11 @@ def _parse(stamp: str) -> datetime:
 
 def _time(value: Any) -> str | None:
     return datetime_text(value) if isinstance(value, str) else None
+
+
+def _is_lookup(entity: Entity, name: str) -> bool:
+    attr = entity.attribute(name)
+    return attr is not None and attr.type == "lookup"
 
 
 def _refers_to(write: Write, earlier: list[Write]) -> bool:
