@@ -514,6 +514,11 @@ def test_a_picklist_value_added_in_salesforce_arrives_after_update_client_metada
     assert rows[initrode]["name"] == "Initrode" and rows[initrode]["industry"] is None
     assert any("2 record(s) hold picklist values the client's metadata has no option for yet "
                "(Industry 'Energy')" in m for m in logged(client))
+    with client.org("cli") as org:  # a client change of a held record: only that field goes
+        records.update_record(org, "account", acme, {"numberofemployees": 41})
+    client.sync_now(redis, connection_id)
+    assert server.records["Account"][keys["acme"]]["Industry"] == "Energy"
+    assert server.records["Account"][keys["acme"]]["NumberOfEmployees"] == 41
 
     client.queue(redis, connection_id, "metadata")
     client.work(redis)

@@ -25,6 +25,11 @@ through `salesforce_mapping`.
   are deletions. At the end of each later read `getDeleted` covers hard
   deletions since the last one; a gap older than its window (about 15 days)
   asks the engine for a full id reconciliation, logged.
+* Picklists: client option sets, numbered by `salesforce_mapping.option_values`. A
+  value the client has no option for yet is left empty and its record held (its key
+  in the link, known by no version) and read again by every later read until the
+  option is there; an update leaves out empties that stand for such values, and for
+  lookups to objects that do not sync (docs/salesforce.md, "Picklists").
 * Writes: sObject Collections, up to 200 records a request, `allOrNone=false`.
   Updates and deletes that expect a version first read the records'
   `SystemModstamp` (Salesforce has no ETags): changed is "conflict", gone is
@@ -582,10 +587,13 @@ class SalesforceBackend(Backend):
         return page.upserts[0], page.versions[page.upserts[0]["id"]]
 
     def _read(self, obj: sfm.SalesforceObject, keys: list[str], *, full: bool = False,
-              by: str = "Id") -> dict[str, dict[str, Any]]:
-        """Rows of these records (not deleted), by Id (or another field's values)."""
+              by: str = "Id", also: Collection[str] = ()) -> dict[str, dict[str, Any]]:
+        """Rows of these records (not deleted), by Id (or another field's values).
+
+        Without `full`, a row has the Id, the stamps, `by` and the fields `also` names.
+        """
         fields = ", ".join(self._select(obj)) if full else ", ".join(
-            dict.fromkeys(["Id", *STAMP_FIELDS[:3], *([by] if by != "Id" else [])]))
+            dict.fromkeys(["Id", *STAMP_FIELDS[:3], *([by] if by != "Id" else []), *also]))
         found: dict[str, dict[str, Any]] = {}
         for start in range(0, len(keys), IN_LIST_SIZE):
             chunk = ", ".join(_quoted(k) for k in keys[start:start + IN_LIST_SIZE])
@@ -756,15 +764,24 @@ class SalesforceBackend(Backend):
     def _versions(self, obj: sfm.SalesforceObject, writes: list[Write],
                   results: dict[int, WriteResult], keys: dict[int, str],
                   created: dict[str, str]) -> None:
-        """The new SystemModstamp (and times) of written records: their versions."""
+        """The new SystemModstamp (and times) of written records: their versions.
+
+        A record holding a picklist value the client has no option for stays known
+        by no version (""), as its download left it: its re-read, once the option
+        is there, must not be skipped as a version already held.
+        """
         done = {n: keys[n] for n, r in results.items()
                 if r.status == "ok" and writes[n].operation != "delete" and keys.get(n)}
-        rows = self._read(obj, list(done.values())) if done else {}
+        picklists = [obj.fields[name] for name in obj.picklists]
+        rows = self._read(obj, list(done.values()), also=picklists) if done else {}
         for n, key in done.items():
             row = rows.get(key) or {}
             stamp = row.get("SystemModstamp")
             result = results[n]
-            result.version = datetime_text(stamp) if stamp else ""
+            values = {name: obj.option_number(name, row[obj.fields[name]])
+                      for name in obj.picklists if row.get(obj.fields[name]) is not None}
+            held = bool(self._options_unknown(obj, writes[n].entity, values))
+            result.version = datetime_text(stamp) if stamp and not held else ""
             result.record = {"createdon": _time(row.get("CreatedDate")),
                              "modifiedon": _time(row.get("LastModifiedDate"))}
             if writes[n].server_key is None:
