@@ -18,10 +18,13 @@ import orjson
 import pytest
 from redis import Redis
 
+from portal.backends.salesforce_mapping import option_value
 from portal.db import get_db
-from portal.orgs import records, sync_state, transactions
+from portal.orgs import records, schema, sync_state, transactions
+from portal.orgs.metadata import Attribute
 from portal.sync import connections, runs
 from tests.conftest import ADMIN_EMAIL
+from tests.odata_helpers import basic
 from tests.portal_process import Tls
 from tests.salesforce_server import SalesforceServer
 from tests.sync_helpers import Side
@@ -126,7 +129,7 @@ def test_connect_copies_the_synced_objects_and_their_records(client: Side, redis
     accounts = client_rows(client, "account")
     acme = accounts[client_id(client, "account", keys["acme"])]
     assert (acme["name"], acme["industry"], acme["numberofemployees"], acme["annualrevenue"]) \
-        == ("Acme", "Banking", 12, 1234.5)
+        == ("Acme", option_value("Banking"), 12, 1234.5)
     contacts = client_rows(client, "contact")
     smith = contacts[client_id(client, "contact", keys["smith"])]
     assert smith["accountid"] == acme["id"]  # the lookup is the account's client GUID
@@ -160,7 +163,8 @@ def test_changes_travel_both_ways_with_lookups_to_records_made_on_the_client(
     connection_id = connect(client, redis, server)
     server.update("Account", keys["globex"], {"NumberOfEmployees": 99})
     made_there = server.insert("Contact", {"LastName": "New there", "AccountId": keys["acme"]})
-    account = add_local(client, "account", {"name": "Made here", "industry": "Retail"})
+    account = add_local(client, "account", {"name": "Made here",
+                                            "industry": option_value("Retail")})
     contact = add_local(client, "contact", {"lastname": "Here too", "accountid": account})
     task = add_local(client, "task", {"subject": "Call", "whoid": contact})
     smith = client_id(client, "contact", keys["smith"])
@@ -444,6 +448,199 @@ def test_a_field_that_became_non_updateable_refuses_that_write_only(
         [failed] = [t for t in transactions.list_transactions(org) if t.status == "error"]
         assert failed.record_id == smith
         assert "field Email of Contact cannot be updated in Salesforce" in (failed.error or "")
+
+
+# --- picklists ----------------------------------------------------------------------
+
+
+PICKLIST = ("EntityDefinitions(LogicalName='account')/Attributes(LogicalName='industry')/"
+            "Microsoft.Dynamics.CRM.PicklistAttributeMetadata"
+            "?$select=LogicalName&$expand=OptionSet($select=Options)")
+
+
+def client_options(client: Side) -> dict[int, str]:
+    """Account.Industry's options as the client's Org API shows them: value -> label."""
+    answer = client.app.test_client().get("/odata/v4/cli/" + PICKLIST, headers=basic())
+    assert answer.status_code == 200, answer.data
+    return {o["Value"]: o["Label"]["UserLocalizedLabel"]["Label"]
+            for o in answer.json["OptionSet"]["Options"]}
+
+
+def industry_field(server: SalesforceServer) -> dict[str, Any]:
+    return next(f for f in server.objects["Account"]["fields"] if f["name"] == "Industry")
+
+
+def logged(client: Side) -> list[str]:
+    with client.app.app_context():
+        return [r["message"] for r in get_db().query("SELECT message FROM sync_logs")]
+
+
+def test_a_picklist_syncs_as_options_with_salesforces_labels_both_ways(
+        client: Side, redis: Redis, server: SalesforceServer) -> None:
+    keys = seed(server)
+    connection_id = connect(client, redis, server)
+    banking, retail = option_value("Banking"), option_value("Retail")
+    assert client_options(client) == {banking: "Banking", retail: "Retail trade"}
+    acme = client_id(client, "account", keys["acme"])
+    assert client_rows(client, "account")[acme]["industry"] == banking
+    with client.org("cli") as org:
+        records.update_record(org, "account", acme, {"industry": retail})
+    client.sync_now(redis, connection_id)
+    assert last_run(client, connection_id)["status"] == "succeeded"
+    assert server.records["Account"][keys["acme"]]["Industry"] == "Retail"  # the value, as text
+    with client.org("cli") as org:
+        assert transactions.counts(org)["pending"] == 0
+    assert client_rows(client, "account")[acme]["industry"] == retail
+
+
+def test_a_picklist_value_added_in_salesforce_arrives_after_update_client_metadata(
+        client: Side, redis: Redis, server: SalesforceServer) -> None:
+    keys = seed(server)
+    connection_id = connect(client, redis, server)
+    before = client_options(client)
+    industry_field(server)["picklistValues"].insert(
+        0, {"value": "Energy", "label": "Energy and utilities", "active": True})
+    industry_field(server)["picklistValues"][1]["active"] = False  # Banking retired
+    server.update("Account", keys["acme"], {"Industry": "Energy", "NumberOfEmployees": 40})
+    fresh = server.insert("Account", {"Name": "Initrode", "Industry": "Energy"})
+
+    client.sync_now(redis, connection_id)  # the client has no option for Energy yet
+    assert last_run(client, connection_id)["status"] == "succeeded"
+    acme = client_id(client, "account", keys["acme"])
+    initrode = client_id(client, "account", fresh)
+    rows = client_rows(client, "account")
+    # Not lost: the records are there, the value waits for its option.
+    assert (rows[acme]["numberofemployees"], rows[acme]["industry"]) == (40, None)
+    assert rows[initrode]["name"] == "Initrode" and rows[initrode]["industry"] is None
+    assert any("2 record(s) hold picklist values the client's metadata has no option for yet "
+               "(Industry 'Energy')" in m for m in logged(client))
+    with client.org("cli") as org:  # a client change of a held record: only that field goes
+        records.update_record(org, "account", acme, {"numberofemployees": 41})
+    client.sync_now(redis, connection_id)
+    assert server.records["Account"][keys["acme"]]["Industry"] == "Energy"
+    assert server.records["Account"][keys["acme"]]["NumberOfEmployees"] == 41
+
+    client.queue(redis, connection_id, "metadata")
+    client.work(redis)
+    energy = option_value("Energy")
+    # The others keep their numbers; the retired value stays an option (old records read).
+    assert client_options(client) == {**before, energy: "Energy and utilities"}
+    with client.org("cli") as org:  # the next read starts after the held records' changes
+        point = sync_state.checkpoint(org, "account")
+        state = orjson.loads(point.link or "{}")
+        assert len(state["held"]) == 2
+        state["stamp"] = "2099-01-01T00:00:00Z"
+        with org.db.conn:
+            sync_state.save_checkpoint(org.db, sync_state.Checkpoint(
+                "account", orjson.dumps(state).decode(), True, None))
+    client.sync_now(redis, connection_id)  # nothing changed in Salesforce: the held are re-read
+    rows = client_rows(client, "account")
+    assert rows[acme]["industry"] == rows[initrode]["industry"] == energy
+    with client.org("cli") as org:
+        held = orjson.loads(sync_state.checkpoint(org, "account").link or "{}")["held"]
+    assert held == []
+    client.sync_now(redis, connection_id)
+    assert client_rows(client, "account")[acme]["industry"] == energy
+
+
+def test_an_option_salesforce_has_no_value_for_fails_that_write_only(
+        client: Side, redis: Redis, server: SalesforceServer) -> None:
+    keys = seed(server)
+    connection_id = connect(client, redis, server)
+    # Retail deleted from the picklist in Salesforce; the client's metadata still offers it.
+    industry_field(server)["picklistValues"] = [
+        p for p in industry_field(server)["picklistValues"] if p["value"] != "Retail"]
+    acme = client_id(client, "account", keys["acme"])
+    globex = client_id(client, "account", keys["globex"])
+    with client.org("cli") as org:
+        records.update_record(org, "account", acme, {"industry": option_value("Retail"),
+                                                     "numberofemployees": 13})
+        records.update_record(org, "account", globex, {"numberofemployees": 7})
+    client.sync_now(redis, connection_id)
+    on_server = server.records["Account"]
+    # Nothing of the refused write was sent; the other went.
+    assert (on_server[keys["acme"]]["Industry"], on_server[keys["acme"]]["NumberOfEmployees"]) \
+        == ("Banking", 12)
+    assert on_server[keys["globex"]]["NumberOfEmployees"] == 7
+    with client.org("cli") as org:
+        [failed] = [t for t in transactions.list_transactions(org) if t.status == "error"]
+    assert failed.record_id == acme
+    assert (f"field Industry of Account: option {option_value('Retail')} is not a value of "
+            "this picklist in Salesforce (its values: Banking)") in (failed.error or "")
+
+
+def test_a_client_that_holds_a_picklist_as_text_keeps_text_both_ways(
+        client: Side, redis: Redis, server: SalesforceServer) -> None:
+    # A connection made before picklists were option sets: Update Client Metadata does
+    # not turn its text into numbers, so the backend keeps to the client's definition.
+    keys = seed(server)
+    connection_id = connect(client, redis, server)
+    with client.org("cli") as org:
+        schema.remove_attribute(org, "account", "industry")
+        schema.add_attribute(org, "account", Attribute("industry", "string", maxlength=255))
+    server.update("Account", keys["acme"], {"Industry": "Retail"})
+    client.sync_now(redis, connection_id)
+    acme = client_id(client, "account", keys["acme"])
+    assert client_rows(client, "account")[acme]["industry"] == "Retail"
+    with client.org("cli") as org:
+        records.update_record(org, "account", acme, {"industry": "Banking"})
+    client.sync_now(redis, connection_id)
+    assert last_run(client, connection_id)["status"] == "succeeded"
+    assert server.records["Account"][keys["acme"]]["Industry"] == "Banking"
+
+
+# --- lookups to objects that do not sync --------------------------------------------
+
+
+def test_a_lookup_to_an_object_that_does_not_sync_is_empty_logged_and_kept_in_salesforce(
+        client: Side, redis: Redis, server: SalesforceServer) -> None:
+    keys = seed(server)
+    connection_id = connect(client, redis, server, objects="Account,Contact,Task")
+    with client.org("cli") as org:
+        assert "lead" not in org.entities()
+        assert org.entity("task").attribute("whoid").targets == ["contact"]
+    tasks = client_rows(client, "task")
+    visit = client_id(client, "task", keys["visit"])
+    assert tasks[visit]["whoid"] is None  # a Lead: nothing on the client to point to
+    assert tasks[client_id(client, "task", keys["call"])]["whoid"] == client_id(
+        client, "contact", keys["smith"])
+    assert any("Task: 1 record(s) point to objects that do not sync (WhoId -> Lead): those "
+               "lookups are empty on the client" in m for m in logged(client))
+    with client.org("cli") as org:  # a change of another field leaves the lookup alone
+        records.update_record(org, "task", visit, {"subject": "Visit again"})
+    client.sync_now(redis, connection_id)
+    assert server.records["Task"][keys["visit"]]["Subject"] == "Visit again"
+    assert server.records["Task"][keys["visit"]]["WhoId"] == keys["lead"]
+
+
+def test_a_client_wins_resend_keeps_values_the_client_could_not_show(
+        client: Side, redis: Redis, server: SalesforceServer) -> None:
+    # The resend after a conflict carries the whole client record: its empty lookup to a
+    # Lead stands for a value it never had. (The held account, known by no version, is
+    # sent without a condition, only its changed field: its Industry stays too.)
+    keys = seed(server)
+    connection_id = connect(client, redis, server, policy="client-wins",
+                            objects="Account,Contact,Task")
+    industry_field(server)["picklistValues"].append(
+        {"value": "Energy", "label": "Energy", "active": True})
+    server.update("Account", keys["acme"], {"Industry": "Energy"})
+    client.sync_now(redis, connection_id)  # acme held: its Industry waits for its option
+    acme = client_id(client, "account", keys["acme"])
+    visit = client_id(client, "task", keys["visit"])
+    assert client_rows(client, "account")[acme]["industry"] is None
+    server.update("Account", keys["acme"], {"Name": "Acme (server)"})
+    server.update("Task", keys["visit"], {"Subject": "Server's visit"})
+    with client.org("cli") as org:
+        records.update_record(org, "account", acme, {"name": "Acme (client)"})
+        records.update_record(org, "task", visit, {"subject": "Client's visit"})
+    client.sync_now(redis, connection_id)
+    assert last_run(client, connection_id)["status"] == "succeeded"
+    on_server = server.records
+    assert (on_server["Account"][keys["acme"]]["Name"],
+            on_server["Account"][keys["acme"]]["Industry"]) == ("Acme (client)", "Energy")
+    assert (on_server["Task"][keys["visit"]]["Subject"],
+            on_server["Task"][keys["visit"]]["WhoId"]) == ("Client's visit", keys["lead"])
+    assert any("conflict on task" in m and "client wins" in m for m in logged(client))
 
 
 # --- killed runs --------------------------------------------------------------------

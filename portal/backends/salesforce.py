@@ -25,6 +25,11 @@ through `salesforce_mapping`.
   are deletions. At the end of each later read `getDeleted` covers hard
   deletions since the last one; a gap older than its window (about 15 days)
   asks the engine for a full id reconciliation, logged.
+* Picklists: client option sets, numbered by `salesforce_mapping.option_values`. A
+  value the client has no option for yet is left empty and its record held (its key
+  in the link, known by no version) and read again by every later read until the
+  option is there; an update leaves out empties that stand for such values, and for
+  lookups to objects that do not sync (docs/salesforce.md, "Picklists").
 * Writes: sObject Collections, up to 200 records a request, `allOrNone=false`.
   Updates and deletes that expect a version first read the records'
   `SystemModstamp` (Salesforce has no ETags): changed is "conflict", gone is
@@ -41,7 +46,7 @@ through `salesforce_mapping`.
 """
 
 import time
-from collections.abc import Callable, Generator, Iterator
+from collections.abc import Callable, Collection, Generator, Iterator
 from datetime import UTC, datetime, timedelta
 from typing import TYPE_CHECKING, Any, TypeVar
 
@@ -164,6 +169,7 @@ class SalesforceBackend(Backend):
         self._global: dict[str, Any] | None = None
         self._objects: dict[str, sfm.SalesforceObject] = {}  # our entity name -> its describe
         self._prefixes: dict[str, str] = {}  # id prefix -> our entity name
+        self._api_names: dict[str, str] = {}  # id prefix -> the object's API name
 
     # --- sign-in and calls -------------------------------------------------
 
@@ -276,6 +282,7 @@ class SalesforceBackend(Backend):
             self._global = self.call(lambda sf: sf.restful("sobjects", timeout=TIMEOUT_S))
             prefixes = sfm.key_prefixes(self._global or {})
             self._prefixes = {p: name.lower() for p, name in prefixes.items()}
+            self._api_names = prefixes
         return self._global or {}
 
     def _synced(self) -> list[str]:
@@ -322,25 +329,51 @@ class SalesforceBackend(Backend):
         have = {f.lower() for f in fields}
         return fields + [f for f in STAMP_FIELDS if f.lower() not in have]
 
-    def _rows(self, obj: sfm.SalesforceObject, body: dict[str, Any],
-              page: ChangesPage) -> tuple[str, str] | None:
-        """Add a query answer's rows to a page; returns the last row's (stamp, key)."""
+    def _rows(self, obj: sfm.SalesforceObject, body: dict[str, Any], page: ChangesPage,
+              client: Entity, held: set[str] | None = None) -> tuple[str, str] | None:
+        """Add a query answer's rows to a page; returns the last row's (stamp, key).
+
+        `client` is the client's definition of the entity: its options decide
+        which picklist values it can hold; the keys of records holding others
+        are added to `held`.
+        """
         parsed = sfm.query_page(obj, body)
         name = obj.entity.logicalname
+        unknown: dict[str, None] = {}  # "Industry 'Robotics'", in order
+        held_here = 0
+        pointing: dict[str, None] = {}  # "WhoId -> Lead", in order
+        pointing_here = 0
         for record in parsed.records:
             key = record["id"]
             guid = server_key_id(name, key)
             record["id"] = guid
             record["createdon"] = record.get("createddate")
             record["modifiedon"] = record.get("lastmodifieddate")
-            self._references(obj.entity, record, page)
+            if elsewhere := self._references(obj, record, page):
+                pointing.update(dict.fromkeys(elsewhere))
+                pointing_here += 1
+            missing = self._options_unknown(obj, client, record)
+            if missing:
+                unknown.update(dict.fromkeys(missing))
+                held_here += 1
+            if held is not None:
+                (held.add if missing else held.discard)(key)
             page.upserts.append(record)
             page.keys[guid] = key
-            page.versions[guid] = parsed.versions.get(key, "")
+            # A held record is known by no version (""), so the engine takes its re-read
+            # (an unchanged version would be skipped as already held).
+            page.versions[guid] = "" if missing else parsed.versions.get(key, "")
         for key in parsed.deleted:
             guid = server_key_id(name, key)
             page.deleted.append(guid)
             page.keys[guid] = key
+        if pointing:
+            _note(page, f"{obj.api_name}: {pointing_here} record(s) point to objects that do not "
+                  f"sync ({', '.join(pointing)}): those lookups are empty on the client")
+        if unknown:
+            _note(page, f"{obj.api_name}: {held_here} record(s) hold picklist values the client's "
+                  f"metadata has no option for yet ({', '.join(unknown)}): left empty; after "
+                  "Update Client Metadata the next run reads them again")
         last = None
         for row in body.get("records") or []:
             stamp = row.get("SystemModstamp")
@@ -348,19 +381,50 @@ class SalesforceBackend(Backend):
                 last = (datetime_text(stamp), sfm.salesforce_id(row.get("Id")))
         return last
 
-    def _references(self, entity: Entity, record: dict[str, Any], page: ChangesPage) -> None:
-        """Lookup values (Salesforce ids) as their targets' derived GUIDs, noted in the page."""
-        for attr in entity.attributes:
+    def _options_unknown(self, obj: sfm.SalesforceObject, client: Entity,
+                         record: dict[str, Any]) -> list[str]:
+        """Fit a record's picklist values to the client's definition; returns those it lacks.
+
+        A client still holding a picklist as text (metadata not updated since) gets
+        the value as text. A value the client has no option for (added in
+        Salesforce since the last Update Client Metadata) is left empty, and the
+        caller holds the record, to be read again once the option is there.
+        """
+        unknown = []
+        for name in obj.picklists:
+            attr = client.attribute(name)
+            number = record.get(name)
+            if attr is None or number is None:
+                continue
+            if attr.type != "picklist":
+                record[name] = obj.picklist_value(name, number)
+            elif number not in {o.value for o in attr.options}:
+                unknown.append(f"{obj.fields[name]} {obj.picklist_value(name, number)!r}")
+                record[name] = None
+        return unknown
+
+    def _references(self, obj: sfm.SalesforceObject, record: dict[str, Any],
+                    page: ChangesPage) -> list[str]:
+        """Lookup values (Salesforce ids) as their targets' derived GUIDs, noted in the page.
+
+        Returns the lookups left empty because they point to an object that does not
+        sync ("WhoId -> Lead"): the client has no record to point to.
+        """
+        outside = []
+        for attr in obj.entity.attributes:
             key = record.get(attr.logicalname)
             if attr.type != "lookup" or key is None:
                 continue
             target = self._prefixes.get(key[:3])
             if target not in attr.targets:
                 record[attr.logicalname] = None  # points outside what syncs
+                outside.append(f"{obj.fields[attr.logicalname]} -> "
+                               f"{self._api_names.get(key[:3], key[:3])}")
                 continue
             guid = server_key_id(target, key)
             record[attr.logicalname] = guid
             page.references[guid] = (target, key)
+        return outside
 
     def read_changes(self, entity: Entity, link: str | None, *, page_size: int = 1000,
                      filter: "Filter | None" = None) -> Generator[ChangesPage, None, None]:
@@ -373,11 +437,13 @@ class SalesforceBackend(Backend):
             stamp = state.get("stamp")
             state = {"done_once": True, "deleted_since": state.get("deleted_since"),
                      "stamp": (_parse(stamp) - OVERLAP).strftime("%Y-%m-%dT%H:%M:%SZ")
-                     if stamp else None, "id": None}
+                     if stamp else None, "id": None, "held": state.get("held") or []}
         state.setdefault("deleted_since", (now - OVERLAP).strftime("%Y-%m-%dT%H:%M:%SZ"))
+        # Keys of records holding picklist values the client had no option for (_rows).
+        held: set[str] = set(state.get("held") or [])
         if state.get("bulk") or (first and not state.get("stamp")
                                  and (self.count(entity) or 0) > self.bulk_threshold):
-            yield from self._bulk_read(obj, state, now, page_size)
+            yield from self._bulk_read(obj, entity, state, held, now, page_size)
             return
         fields = ", ".join(self._select(obj))
         while True:
@@ -395,15 +461,19 @@ class SalesforceBackend(Backend):
             last = None
             for body in self.query(soql, page_size):
                 count += len(body.get("records") or [])
-                last = self._rows(obj, body, page) or last
+                last = self._rows(obj, body, page, entity, held) or last
             if last is not None:
                 state["stamp"], state["id"] = last
+            state["held"] = sorted(held)
             if count >= page_size:
                 page.link = orjson.dumps(state).decode()
                 yield page
                 continue
-            # The last page: deletions the query cannot show, then the link of the next read.
+            # The last page: held records again, deletions the query cannot show, then
+            # the link of the next read.
             if not first:
+                self._read_held(obj, entity, held, page)
+                state["held"] = sorted(held)
                 self._hard_deletions(obj, state, page, now)
             state["done_once"] = True
             state["complete"] = True
@@ -412,7 +482,18 @@ class SalesforceBackend(Backend):
             yield page
             return
 
-    def _bulk_read(self, obj: sfm.SalesforceObject, state: dict[str, Any], now: datetime,
+    def _read_held(self, obj: sfm.SalesforceObject, client: Entity, held: set[str],
+                   page: ChangesPage) -> None:
+        """Read again the held records this page does not have (their options may be there now)."""
+        again = sorted(held - set(page.keys.values()))
+        if not again:
+            return
+        rows = self._read(obj, again, full=True)
+        held.difference_update(k for k in again if k not in rows)  # deleted meanwhile
+        self._rows(obj, {"done": True, "records": list(rows.values())}, page, client, held)
+
+    def _bulk_read(self, obj: sfm.SalesforceObject, entity: Entity, state: dict[str, Any],
+                   held: set[str], now: datetime,
                    page_size: int) -> Generator[ChangesPage, None, None]:
         """A first read by one Bulk API 2.0 queryAll job, a page per result chunk.
 
@@ -436,7 +517,8 @@ class SalesforceBackend(Backend):
                 state["bulk"], state["locator"], max(page_size, 1)))
             page = ChangesPage([], {}, [], None, False)
             body = {"done": True, "records": sfm.csv_rows(obj, result["records"])}
-            self._rows(obj, body, page)
+            self._rows(obj, body, page, entity, held)
+            state["held"] = sorted(held)
             state["locator"] = result["locator"]
             if state["locator"]:
                 page.link = orjson.dumps(state).decode()
@@ -444,10 +526,10 @@ class SalesforceBackend(Backend):
                 continue
             started = state["started"]
             done = {"done_once": True, "complete": True, "stamp": started, "id": None,
-                    "deleted_since": state["deleted_since"]}
+                    "deleted_since": state["deleted_since"], "held": state["held"]}
             page.link = orjson.dumps(done).decode()
             page.complete = True
-            page.note = f"{obj.api_name}: read by a Bulk API 2.0 job ({state['bulk']})"
+            _note(page, f"{obj.api_name}: read by a Bulk API 2.0 job ({state['bulk']})")
             yield page
             return
 
@@ -457,8 +539,8 @@ class SalesforceBackend(Backend):
         since = _parse(state["deleted_since"])
         if now - since >= DELETED_WINDOW:
             page.reconcile = True
-            page.note = (f"{obj.api_name}: the last read was {(now - since).days} days ago, "
-                         "beyond getDeleted's window: deletions are found by comparing all ids")
+            _note(page, f"{obj.api_name}: the last read was {(now - since).days} days ago, "
+                  "beyond getDeleted's window: deletions are found by comparing all ids")
             state["deleted_since"] = (now - OVERLAP).strftime("%Y-%m-%dT%H:%M:%SZ")
             return
         body = self.call(lambda sf: sf.restful(
@@ -468,8 +550,8 @@ class SalesforceBackend(Backend):
         answer = sfm.deleted_ids(body or {})
         if answer.earliest_date_available and since < _parse(answer.earliest_date_available):
             page.reconcile = True
-            page.note = (f"{obj.api_name}: deletions before {answer.earliest_date_available} "
-                         "are gone from getDeleted: they are found by comparing all ids")
+            _note(page, f"{obj.api_name}: deletions before {answer.earliest_date_available} "
+                  "are gone from getDeleted: they are found by comparing all ids")
         for key in answer.ids:
             guid = server_key_id(obj.entity.logicalname, key)
             if guid not in page.deleted:
@@ -499,16 +581,19 @@ class SalesforceBackend(Backend):
         if record_id not in found:
             return None
         page = ChangesPage([], {}, [], None, True)
-        self._rows(obj, {"done": True, "records": [found[record_id]]}, page)
+        self._rows(obj, {"done": True, "records": [found[record_id]]}, page, entity)
         if not page.upserts:
             return None
         return page.upserts[0], page.versions[page.upserts[0]["id"]]
 
     def _read(self, obj: sfm.SalesforceObject, keys: list[str], *, full: bool = False,
-              by: str = "Id") -> dict[str, dict[str, Any]]:
-        """Rows of these records (not deleted), by Id (or another field's values)."""
+              by: str = "Id", also: Collection[str] = ()) -> dict[str, dict[str, Any]]:
+        """Rows of these records (not deleted), by Id (or another field's values).
+
+        Without `full`, a row has the Id, the stamps, `by` and the fields `also` names.
+        """
         fields = ", ".join(self._select(obj)) if full else ", ".join(
-            dict.fromkeys(["Id", *STAMP_FIELDS[:3], *([by] if by != "Id" else [])]))
+            dict.fromkeys(["Id", *STAMP_FIELDS[:3], *([by] if by != "Id" else []), *also]))
         found: dict[str, dict[str, Any]] = {}
         for start in range(0, len(keys), IN_LIST_SIZE):
             chunk = ", ".join(_quoted(k) for k in keys[start:start + IN_LIST_SIZE])
@@ -569,11 +654,12 @@ class SalesforceBackend(Backend):
         elif operation == "create":
             results.update(self._found_creates(obj, writes, keys))
         bodies: dict[int, dict[str, Any]] = {}
+        unseen = self._unseen(obj, writes, keys, results) if operation == "update" else {}
         for n, write in enumerate(writes):
             if n in results or operation == "delete":
                 continue
             try:
-                bodies[n] = self._body(obj, write, keys.get(n), created)
+                bodies[n] = self._body(obj, write, keys.get(n), created, unseen.get(n, set()))
             except InvalidInput as exc:
                 results[n] = WriteResult("error", message=exc.message)
         send = [n for n in range(len(writes)) if n not in results]
@@ -603,13 +689,48 @@ class SalesforceBackend(Backend):
                 found[n] = WriteResult("ok")
         return found
 
+    def _unseen(self, obj: sfm.SalesforceObject, writes: list[Write], keys: dict[int, str],
+                results: dict[int, WriteResult]) -> dict[int, set[str]]:
+        """Empty lookups and picklists of updates that stand for a value the client cannot show.
+
+        A lookup to an object that does not sync, or a picklist value the client has
+        no option for yet, reaches the client empty; an update that sends the whole
+        record (a client-wins resend) must not empty it in Salesforce. By position:
+        the attribute names to leave out.
+        """
+        empty = {n: [name for name, value in w.values.items() if value is None
+                     and (name in obj.picklists or _is_lookup(obj.entity, name))]
+                 for n, w in enumerate(writes) if n not in results}
+        empty = {n: names for n, names in empty.items() if names}
+        if not empty:
+            return {}
+        rows = self._read(obj, [keys[n] for n in empty], full=True)
+        unseen: dict[int, set[str]] = {}
+        for n, names in empty.items():
+            row = rows.get(keys[n]) or {}
+            for name in names:
+                value = row.get(obj.fields[name])
+                if value is None:
+                    continue
+                if name in obj.picklists:
+                    client = writes[n].entity.attribute(name)
+                    shown = client is None or client.type != "picklist" or (
+                        obj.option_number(name, value) in {o.value for o in client.options})
+                else:
+                    attr = obj.entity.attribute(name)
+                    shown = attr is not None and self._prefixes.get(value[:3]) in attr.targets
+                if not shown:
+                    unseen.setdefault(n, set()).add(name)
+        return unseen
+
     def _body(self, obj: sfm.SalesforceObject, write: Write, key: str | None,
-              created: dict[str, str]) -> dict[str, Any]:
+              created: dict[str, str], unseen: Collection[str] = ()) -> dict[str, Any]:
         # Salesforce's own fields (neither createable nor updateable: Id, IsDeleted, the
         # stamps) come back in a client-wins resend of the whole record: not ours to write.
         system = {a.logicalname for a in obj.entity.attributes if a.issystem}
         values = {k: v for k, v in write.values.items()
-                  if k not in system and k not in ("createdon", "modifiedon", "versionnumber")}
+                  if k not in system and k not in unseen
+                  and k not in ("createdon", "modifiedon", "versionnumber")}
         for attr in obj.entity.attributes:
             if attr.type == "lookup" and values.get(attr.logicalname) is not None:
                 values[attr.logicalname] = _reference_key(attr, values[attr.logicalname],
@@ -643,15 +764,24 @@ class SalesforceBackend(Backend):
     def _versions(self, obj: sfm.SalesforceObject, writes: list[Write],
                   results: dict[int, WriteResult], keys: dict[int, str],
                   created: dict[str, str]) -> None:
-        """The new SystemModstamp (and times) of written records: their versions."""
+        """The new SystemModstamp (and times) of written records: their versions.
+
+        A record holding a picklist value the client has no option for stays known
+        by no version (""), as its download left it: its re-read, once the option
+        is there, must not be skipped as a version already held.
+        """
         done = {n: keys[n] for n, r in results.items()
                 if r.status == "ok" and writes[n].operation != "delete" and keys.get(n)}
-        rows = self._read(obj, list(done.values())) if done else {}
+        picklists = [obj.fields[name] for name in obj.picklists]
+        rows = self._read(obj, list(done.values()), also=picklists) if done else {}
         for n, key in done.items():
             row = rows.get(key) or {}
             stamp = row.get("SystemModstamp")
             result = results[n]
-            result.version = datetime_text(stamp) if stamp else ""
+            values = {name: obj.option_number(name, row[obj.fields[name]])
+                      for name in obj.picklists if row.get(obj.fields[name]) is not None}
+            held = bool(self._options_unknown(obj, writes[n].entity, values))
+            result.version = datetime_text(stamp) if stamp and not held else ""
             result.record = {"createdon": _time(row.get("CreatedDate")),
                              "modifiedon": _time(row.get("LastModifiedDate"))}
             if writes[n].server_key is None:
@@ -663,12 +793,22 @@ class SalesforceBackend(Backend):
         self.session.close()
 
 
+def _note(page: ChangesPage, text: str) -> None:
+    """Add a line to what the page's log line says (a page may have several things to say)."""
+    page.note = f"{page.note}; {text}" if page.note else text
+
+
 def _parse(stamp: str) -> datetime:
     return datetime.fromisoformat(datetime_text(stamp).replace("Z", "+00:00"))
 
 
 def _time(value: Any) -> str | None:
     return datetime_text(value) if isinstance(value, str) else None
+
+
+def _is_lookup(entity: Entity, name: str) -> bool:
+    attr = entity.attribute(name)
+    return attr is not None and attr.type == "lookup"
 
 
 def _refers_to(write: Write, earlier: list[Write]) -> bool:

@@ -13,9 +13,14 @@ Salesforce `Id` field is our primary id attribute `id`.
 Ids: Salesforce record ids (15 or 18 characters, not GUIDs) are returned as
 server keys in their 18-character form. Turning a server key into the client's
 GUID is the shared key mapping's job, not this module's.
+
+Picklists: a Salesforce picklist value is text (its API name), a client option
+is a whole number; option_values numbers a field's values (docs/salesforce.md,
+"Picklists").
 """
 
 import csv
+import hashlib
 import io
 import re
 from collections.abc import Collection
@@ -24,8 +29,8 @@ from typing import Any
 
 from portal.backends.base import WriteResult
 from portal.errors import BackendError, CredentialsRefused, InvalidInput
-from portal.orgs.metadata import Attribute, Entity, check_entity, entity_set_name
-from portal.orgs.types import datetime_text, from_salesforce
+from portal.orgs.metadata import Attribute, Entity, Option, check_entity, entity_set_name
+from portal.orgs.types import INT32, datetime_text, from_salesforce
 
 # The suffix of an 18-character id: one character per 5 of the 15, saying which are upper case.
 _SUFFIX_CHARS = "ABCDEFGHIJKLMNOPQRSTUVWXYZ012345"
@@ -101,6 +106,55 @@ def key_prefixes(describe_global: dict[str, Any]) -> dict[str, str]:
             if isinstance(o, dict) and o.get("keyPrefix") and o.get("name")}
 
 
+# --------------------------------------------------------------- picklists
+
+# Option values are 1 .. 2**31 - 1 (a picklist is Edm.Int32; 0 and negatives left out).
+_OPTION_SPAN = INT32[1]
+
+
+def option_value(value: str, attempt: int = 0) -> int:
+    """The option number derived from a picklist value: 31 bits of its SHA-256 (and `attempt`).
+
+    Derived, not stored: the same value has the same number on every run, every
+    connection and after any re-describe, with no state to lose or reset.
+    """
+    digest = hashlib.sha256(f"{attempt}\x1f{value}".encode()).digest()
+    return 1 + int.from_bytes(digest[:8], "big") % _OPTION_SPAN
+
+
+def option_values(values: Collection[str], taken: dict[str, int] | None = None
+                  ) -> dict[str, int]:
+    """Each picklist value's option number (value -> number), distinct within the field.
+
+    Two values of one field with the same number (about one field in 1.75 million
+    for 50 values) are told apart by trying the next `attempt`: the values are
+    numbered in sorted order, so the outcome depends only on the set of values.
+    `taken` are numbers already given (values found outside the describe are
+    numbered after the describe's).
+    """
+    numbers = dict(taken or {})
+    used = set(numbers.values())
+    for value in sorted(v for v in values if v not in numbers):
+        attempt = 0
+        while option_value(value, attempt) in used:
+            attempt += 1
+        numbers[value] = option_value(value, attempt)
+        used.add(numbers[value])
+    return numbers
+
+
+def _picklist(item: dict[str, Any]) -> tuple[dict[str, int], list[Option]]:
+    """A picklist field's values numbered, and its options with Salesforce's labels.
+
+    Inactive values stay options: records that hold one still read and write.
+    """
+    entries = [p for p in item.get("picklistValues") or []
+               if isinstance(p, dict) and isinstance(p.get("value"), str)]
+    numbers = option_values([p["value"] for p in entries])
+    options = [Option(numbers[p["value"]], str(p.get("label") or p["value"])) for p in entries]
+    return numbers, options
+
+
 # ---------------------------------------------------------------- metadata
 
 
@@ -121,10 +175,37 @@ class SalesforceObject:
     field_types: dict[str, str]  # our attribute name -> Salesforce field type
     createable: frozenset[str]  # our attribute names a create may set
     updateable: frozenset[str]  # our attribute names an update may set
-    # Our attribute name -> the active picklist values: (value, label).
-    picklists: dict[str, list[tuple[str, str]]] = field(default_factory=dict)
+    # Our attribute name of a picklist -> its values' option numbers (value -> number).
+    picklists: dict[str, dict[str, int]] = field(default_factory=dict)
     external_ids: list[str] = field(default_factory=list)  # our names of External ID fields
     key_prefix: str | None = None
+
+    def option_number(self, name: str, value: Any) -> int:
+        """The option number of a picklist value read from Salesforce (ValueError if not text).
+
+        A value the describe does not list (an unrestricted picklist's, or one
+        added since) is numbered all the same, after the listed ones.
+        """
+        if not isinstance(value, str):
+            raise ValueError(f"{value!r} is not a picklist value")
+        numbers = self.picklists[name]
+        if value not in numbers:  # kept for the run: an upload of it writes the value back
+            numbers[value] = option_values([value], numbers)[value]
+        return numbers[value]
+
+    def picklist_value(self, name: str, number: Any) -> str:
+        """The Salesforce value of a client's option number; ValueError if it has none.
+
+        Text that is one of the values passes (a client whose metadata still holds
+        the picklist as text).
+        """
+        if isinstance(number, str) and number in self.picklists[name]:
+            return number
+        for value, known in self.picklists[name].items():
+            if known == number and type(number) is int:
+                return value
+        raise ValueError(f"option {number!r} is not a value of this picklist in Salesforce "
+                         f"(its values: {', '.join(sorted(self.picklists[name]))})")
 
     def attribute_name(self, api_name: str) -> str | None:
         """Our attribute name of a field's API name (case-insensitive, as Salesforce), or None."""
@@ -147,7 +228,7 @@ def object_from_describe(describe: dict[str, Any], synced: Collection[str]) -> S
     types: dict[str, str] = {}
     createable: set[str] = set()
     updateable: set[str] = set()
-    picklists: dict[str, list[tuple[str, str]]] = {}
+    picklists: dict[str, dict[str, int]] = {}
     external_ids: list[str] = []
     attributes: list[Attribute] = []
     name_field = None
@@ -166,10 +247,8 @@ def object_from_describe(describe: dict[str, Any], synced: Collection[str]) -> S
             createable.add(name)
         if item.get("updateable"):
             updateable.add(name)
-        if item.get("type") in ("picklist", "multipicklist", "combobox"):
-            picklists[name] = [(str(p["value"]), str(p.get("label") or p["value"]))
-                               for p in item.get("picklistValues") or []
-                               if isinstance(p, dict) and p.get("active", True)]
+        if attr.type == "picklist":
+            picklists[name], attr.options = _picklist(item)
         if item.get("externalId"):
             external_ids.append(name)
         if item.get("nameField"):
@@ -189,6 +268,9 @@ def _attribute(item: dict[str, Any]) -> Attribute | None:
     kind = from_salesforce(item.get("type"))
     if kind is None:
         return None
+    if kind.options and not item.get("picklistValues"):
+        kind = from_salesforce("string")  # a picklist without values has no option to offer
+        assert kind is not None
     name = str(item["name"]).lower()
     precision = None
     if kind.precision is not None and isinstance(item.get("scale"), int):
@@ -266,7 +348,10 @@ def record_from_row(obj: SalesforceObject, row: dict[str, Any]) -> dict[str, Any
         if name is None:
             continue  # `attributes`, relationship objects, fields we do not model
         try:
-            record[name] = _read_value(obj.field_types[name], value)
+            if name in obj.picklists and value is not None:
+                record[name] = obj.option_number(name, value)
+            else:
+                record[name] = _read_value(obj.field_types[name], value)
         except ValueError as exc:
             raise BackendError(f"Salesforce answered a bad {obj.api_name}.{api_name}: {exc}"
                                ) from None
@@ -346,7 +431,9 @@ def record_body(obj: SalesforceObject, values: dict[str, Any], *,
             raise InvalidInput(f"field {obj.fields[name]} of {obj.api_name} cannot be {operation}"
                                " in Salesforce", field=name)
         try:
-            body[obj.fields[name]] = _write_value(obj.field_types[name], value)
+            body[obj.fields[name]] = obj.picklist_value(name, value) if (
+                name in obj.picklists and value is not None) else _write_value(
+                obj.field_types[name], value)
         except ValueError as exc:
             raise InvalidInput(f"field {obj.fields[name]} of {obj.api_name}: {exc}",
                                field=name) from None

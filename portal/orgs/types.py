@@ -526,9 +526,9 @@ TYPES = _table(
                   salesforce=("id",)),
     AttributeType("string", "TEXT", TEXT, "Edm.String",
                   "String", "StringAttributeMetadata", maxlength=100,
-                  # Salesforce picklist values are text (the API name), not numbers:
-                  # they stay text, and their values and labels are kept beside the entity.
-                  salesforce=("string", "email", "phone", "url", "picklist", "multipicklist",
+                  # A multi-select picklist stays text ("a;b", as Salesforce writes it): the
+                  # table has no multi-select type. A combobox is free text with suggestions.
+                  salesforce=("string", "email", "phone", "url", "multipicklist",
                               "combobox", "encryptedstring")),
     AttributeType("memo", "TEXT", TEXT, "Edm.String",
                   "Memo", "MemoAttributeMetadata", maxlength=2000,
@@ -558,7 +558,9 @@ TYPES = _table(
     AttributeType("picklist", "INTEGER", INTEGER, "Edm.Int32",
                   "Picklist", "PicklistAttributeMetadata", bounds=INT32, options=True,
                   dataverse_reads=("State", "Status", "StateAttributeMetadata",
-                                   "StatusAttributeMetadata")),
+                                   "StatusAttributeMetadata"),
+                  # Salesforce's values are text: salesforce_mapping.option_values numbers them.
+                  salesforce=("picklist",)),
     AttributeType("lookup", "TEXT", GUID, "Edm.Guid",
                   "Lookup", "LookupAttributeMetadata", targets=True,
                   dataverse_reads=("Customer", "Owner"), salesforce=("reference",)),
