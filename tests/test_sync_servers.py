@@ -374,6 +374,39 @@ def test_servers_lost_batch_answer_is_applied_once(proxied, client: Side, redis:
         assert_same(server, b)
 
 
+@pytest.mark.parametrize("target_uploaded_before", [True, False])
+def test_servers_lost_create_answer_with_lookup_to_keyed_record_is_no_conflict(
+        proxied, client: Side, redis: Redis, target_uploaded_before: bool) -> None:
+    """A create's answer lost: its re-read record points at the target the client made.
+
+    The target's key is known before the run, or learnt in the same lost chunk.
+    """
+    server, proxy = proxied
+    source, field, _, client_fields = server.keyed_lookup
+    target, target_fields, target_key = server.value_keyed
+    connection_id = _connect(server, client, redis)
+    with client.org("cli") as b:
+        target_pk = b.entity(target).primaryidattribute
+        made = records.create_record(b, target, target_fields)  # a random GUID, not derived
+    if target_uploaded_before:
+        client.sync_now(redis, connection_id)
+    ours = field.lower()
+    with client.org("cli") as b:
+        pk = b.entity(source).primaryidattribute
+        pointing = records.create_record(b, source, {**client_fields, ours: made[target_pk]})
+
+    proxy.drop_batch_answers = 1
+    client.sync_now(redis, connection_id)
+
+    assert proxy.dropped == 1
+    assert list(server.snapshot(target)) == [target_key]
+    with client.org("cli") as b:
+        (row,) = b.db.table(source).rows
+        assert row[pk] == pointing[pk] and row[ours] == made[target_pk]
+        assert transactions.counts(b)["pending"] == 0
+        assert_same(server, b, [source, target])
+
+
 def test_servers_down_keeps_transactions_pending_then_goes_through(
         proxied, client: Side, redis: Redis) -> None:
     from portal.db import get_db

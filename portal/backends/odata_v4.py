@@ -458,8 +458,9 @@ class ODataV4Backend(ODataBackend):
         first = [n for n in range(len(writes)) if n not in later]
         results = dict(zip(first, self._apply_writes([writes[n] for n in first], {}),
                            strict=True))
+        # A create refused as a repeat (its first answer lost) names the key it found.
         created = {writes[n].record_id: r.server_key for n, r in results.items()
-                   if r.status == "ok" and r.server_key}
+                   if r.status in ("ok", "conflict") and r.server_key}
         results.update(zip(later, self._apply_writes([writes[n] for n in later], created),
                            strict=True))
         return [results[n] for n in range(len(writes))]

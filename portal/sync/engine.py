@@ -238,7 +238,9 @@ def upload(run: Run) -> None:
         answers = backend.apply_writes(writes)
         # The server's records of refused writes are read before the write lock is
         # taken: API writers of the client org must not wait on the network.
-        servers = {n: _server_record(backend, w, a)
+        created = {(w.entity.logicalname, w.record_id): a.server_key
+                   for w, a in zip(writes, answers, strict=True) if a.server_key}
+        servers = {n: _server_record(backend, w, a, created)
                    for n, (w, a) in enumerate(zip(writes, answers, strict=True))
                    if _needs_server_record(w, a)}
         retry: list[tuple[_Group, Write]] = []
@@ -293,11 +295,12 @@ def _reference_keys(org: OrgDb, backend: Backend, entities: dict[str, Entity],
                             if isinstance(v, str) and v in found}
 
 
-def _server_record(backend: Backend, write: Write,
-                   answer: WriteResult) -> tuple[dict[str, Any], str] | None:
-    """The server's record of a write, under the client's id (a keyed server's by its key).
+def _server_record(backend: Backend, write: Write, answer: WriteResult,
+                   created: dict[tuple[str, str], str]) -> tuple[dict[str, Any], str] | None:
+    """The server's record of a write, under the client's ids (a keyed server's by its key).
 
     A refused create of a keyed record names the key it collided with in its answer.
+    `created`: the keys this chunk's creates got, (entity, client GUID) -> key.
     """
     if not backend.is_keyed(write.entity):
         return backend.get_record(write.entity, write.record_id)
@@ -307,7 +310,19 @@ def _server_record(backend: Backend, write: Write,
     found = backend.get_record(write.entity, key)
     if found is None:
         return None
-    return {**found[0], write.entity.primaryidattribute: write.record_id}, found[1]
+    record = {**found[0], write.entity.primaryidattribute: write.record_id}
+    # Its lookups come under their targets' derived GUIDs: where one is the key the
+    # write pointed at, it is the write's own (client) GUID, as a download maps it.
+    for attr in write.entity.attributes:
+        value = write.values.get(attr.logicalname)
+        if attr.type != "lookup" or not isinstance(value, str):
+            continue
+        for target in attr.targets:
+            target_key = write.references.get(value) or created.get((target, value))
+            if target_key and record.get(attr.logicalname) == sync_state.server_key_id(
+                    target, target_key):
+                record[attr.logicalname] = value
+    return record, found[1]
 
 
 def _needs_server_record(write: Write, answer: WriteResult) -> bool:
