@@ -1,5 +1,7 @@
 """Read an OData v4 service's CSDL `$metadata` (XML): what the `odata` backend syncs.
 
+The model (`CsdlService`) is shared with `csdl_json`, the reader of the JSON form.
+
 Entity types with their keys, properties (Edm type read as our attribute type
 through `portal.orgs.types`, facets MaxLength, Precision, Scale, Nullable),
 enum types, navigation properties with a ReferentialConstraint (lookups) and
@@ -231,7 +233,7 @@ class _Reader:
                 if set_name in capabilities and "." in holder:
                     self.read_capabilities(annotations, capabilities[set_name])
         for entity_type in entity_types.values():
-            _inherit(entity_type, entity_types)
+            inherit(entity_type, entity_types)
         for name, type_name in entity_sets.items():
             if type_name not in entity_types:
                 raise BackendError(f"entity set {name} is of type {type_name}, "
@@ -334,7 +336,7 @@ class _Reader:
             self.annotate(prop, annotation)
 
 
-def _inherit(entity_type: CsdlEntityType, entity_types: dict[str, CsdlEntityType]) -> None:
+def inherit(entity_type: CsdlEntityType, entity_types: dict[str, CsdlEntityType]) -> None:
     """Give an entity type the keys and properties of its base types."""
     seen = {entity_type.name}
     base_name = entity_type.base

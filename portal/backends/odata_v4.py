@@ -37,7 +37,8 @@ from requests.adapters import HTTPAdapter
 from portal.backends import odata_mapping
 from portal.backends.auth import BearerAuth, StaticToken, TokenSource, TokenUrlCredentials
 from portal.backends.base import ChangesPage, Write, WriteResult
-from portal.backends.csdl_metadata import MAX_METADATA_BYTES, read_csdl
+from portal.backends.csdl_json import read_csdl_json
+from portal.backends.csdl_metadata import MAX_METADATA_BYTES, CsdlService, read_csdl
 from portal.backends.odata import (
     RETRIES,
     RETRY_METHODS,
@@ -154,16 +155,24 @@ class ODataV4Backend(ODataBackend):
     def maps(self) -> dict[str, EntityMap]:
         """The entity sets' maps, read from `$metadata` once per backend (per run)."""
         if self._maps is None:
-            service = read_csdl(self._metadata_document())
+            service = self._read_service()
             self._maps = odata_mapping.entity_maps(
                 service, timestamp_property=self.timestamp_property,
                 client_id_property=self.client_id_property)
         return self._maps
 
-    def _metadata_document(self) -> bytes:
-        """`$metadata` as XML, read no further than the size limit."""
-        response = self.request("GET", "$metadata", headers={"Accept": "application/xml"},
-                                stream=True)
+    def _read_service(self) -> CsdlService:
+        """`$metadata` read: CSDL XML, or CSDL JSON from a service that serves only JSON."""
+        content, content_type = self._metadata_document()
+        return read_csdl_json(content) if content_type.startswith("application/json") \
+            else read_csdl(content)
+
+    def _metadata_document(self) -> tuple[bytes, str]:
+        """`$metadata` and its content type, read no further than the size limit."""
+        # XML first: every OData v4 service has it, and a v2/v3 one answers it too
+        # (to be refused by name); JSON CSDL is the form some services add.
+        response = self.request("GET", "$metadata", headers={
+            "Accept": "application/xml, application/json;q=0.9"}, stream=True)
         try:
             if response.status_code != 200:
                 raise BackendError(f"{self.root}$metadata answered {response.status_code}: "
@@ -174,7 +183,7 @@ class ODataV4Backend(ODataBackend):
                 if len(content) > MAX_METADATA_BYTES:
                     raise BackendError(f"the $metadata document is larger than "
                                        f"{MAX_METADATA_BYTES // (1024 * 1024)} MB: refused")
-            return bytes(content)
+            return bytes(content), response.headers.get("Content-Type", "").lower()
         finally:
             response.close()
 
