@@ -1,9 +1,10 @@
 """A loopback HTTP proxy for fault tests: forwards to a portal, and can be told to fail.
 
 * `down = True`: every connection is closed at once (the server is unreachable).
-* `drop_batch_answers = N`: the next N `$batch` requests reach the server and are
-  applied, but their answers are dropped (the connection is cut), as when a
-  network fails after the server did the work.
+* `drop_batch_answers = N`: the next N `$batch` requests the server accepts (2xx)
+  are applied, but their answers are dropped (the connection is cut), as when a
+  network fails after the server did the work. `batch_forms`: each `$batch`'s
+  Content-Type and status.
 * `served`: records answered per entity set (GET pages' `value`), to prove
   what a resumed download read again; `pages`: non-empty pages answered.
 * `flaky = p` (with `rng`, a random.Random): each request, with probability p,
@@ -55,6 +56,7 @@ class FaultProxy:
         self.drop_batch_answers = 0
         self.dropped = 0
         self.batches = 0
+        self.batch_forms: list[tuple[str, int]] = []  # each $batch's Content-Type and status
         self.hold_batch = 0
         self.served: Counter[str] = Counter()
         self.pages: Counter[str] = Counter()
@@ -113,10 +115,12 @@ class FaultProxy:
                         proxy._released.wait(120)
                 if "$batch" in self.path:
                     proxy.batches += 1
+                    proxy.batch_forms.append((self.headers.get("Content-Type", "").split(";")[0],
+                                              response.status))
                     if proxy.batches == proxy.hold_batch:
                         proxy.holding.set()
                         proxy._released.wait(120)
-                    if proxy.drop_batch_answers > 0:
+                    if proxy.drop_batch_answers > 0 and response.status < 300:
                         proxy.drop_batch_answers -= 1
                         proxy.dropped += 1
                         self.close_connection = True

@@ -124,8 +124,12 @@ class ETags(CustomETagSupport):
         return True
 
 
-def application(page_size: int | None, tracked: bool = True) -> Any:
-    """The WSGI app: odatapy's handler behind Basic auth (untracked: no ChangeTracking said)."""
+def application(page_size: int | None, tracked: bool = True, json_batch: bool = True) -> Any:
+    """The WSGI app: odatapy's handler behind Basic auth (untracked: no ChangeTracking said).
+
+    Without `json_batch`, a JSON `$batch` is refused (415), as by services that
+    take only multipart: odatapy's own multipart `$batch` answers the rest.
+    """
     odata = OData.new_instance()
     metadata = METADATA if tracked else METADATA.replace(CHANGE_TRACKED, "")
     # 4.01 unless the client asks for 4.0 (OData-MaxVersion), as FIELD-NOTES saw.
@@ -150,6 +154,10 @@ def application(page_size: int | None, tracked: bool = True) -> Any:
             store.frozen = datetime.fromisoformat(text) if text else None
             start_response("204 No Content", [])
             return [b""]
+        if not json_batch and environ.get("PATH_INFO", "").endswith("$batch") and \
+                environ.get("CONTENT_TYPE", "").startswith("application/json"):
+            start_response("415 Unsupported Media Type", [("Content-Type", "application/json")])
+            return [b'{"error":{"code":"415","message":"$batch takes multipart/mixed only"}}']
         return app(environ, start_response)
 
     return guarded
@@ -176,8 +184,10 @@ def main() -> None:
     port = int(sys.argv[1])
     page_size = int(sys.argv[2]) if len(sys.argv) > 2 and sys.argv[2] != "0" else None
     tracked = "--untracked" not in sys.argv
+    json_batch = "--multipart-batch-only" not in sys.argv
     threading.Thread(target=_die_with_parent, args=(os.getppid(),), daemon=True).start()
-    server = make_server("127.0.0.1", port, application(page_size, tracked), server_class=_Server,
+    server = make_server("127.0.0.1", port, application(page_size, tracked, json_batch),
+                         server_class=_Server,
                          handler_class=_Quiet)
     print("ready", flush=True)
     server.serve_forever()

@@ -262,6 +262,7 @@ class OdatapySide(ODataSide):
                          options={"client_id_property": "clientId"})
         self.process = process
         self.tracked = tracked
+        self.json_batch = True  # False: the server refuses JSON $batch (multipart only)
 
     def contact_fields(self, i: int, n: int, account: str) -> dict[str, Any]:
         """A contact with a priority (an enum)."""
@@ -328,15 +329,20 @@ class CapSide(ODataSide):
 
 
 @contextmanager
-def odatapy_side(page_size: int = 7, tracked: bool = True) -> Iterator[OdatapySide]:
+def odatapy_side(page_size: int = 7, tracked: bool = True,
+                 json_batch: bool = True) -> Iterator[OdatapySide]:
     """odatapy's server on a free port of 127.0.0.1, stopped (by its PID) afterwards."""
     port = free_port()
     args = [sys.executable, "-m", "tests.odatapy_server", str(port), str(page_size)]
-    process = subprocess.Popen(args + ([] if tracked else ["--untracked"]), cwd=ROOT,
+    args += ([] if tracked else ["--untracked"]) + ([] if json_batch else
+                                                     ["--multipart-batch-only"])
+    process = subprocess.Popen(args, cwd=ROOT,
                                stdout=subprocess.PIPE, preexec_fn=_die_with_parent)
     try:
         assert process.stdout is not None and process.stdout.readline().strip() == b"ready"
-        yield OdatapySide(f"http://127.0.0.1:{port}/", process, tracked)
+        side = OdatapySide(f"http://127.0.0.1:{port}/", process, tracked)
+        side.json_batch = json_batch
+        yield side
     finally:
         process.terminate()
         process.wait(10)

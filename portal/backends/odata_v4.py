@@ -20,7 +20,8 @@ It is the OData client of `odata.py` (transport, retries, `read_record`,
   first, so a create whose answer was lost is found, not repeated), PATCH
   and DELETE with `If-Match` (the ETag known, else `*`: CAP answers 428
   without one), in JSON `$batch` requests of independent writes where the
-  service takes `$batch`, one request at a time where it does not;
+  service takes them, else multipart `$batch` with a change set per write,
+  else one request at a time;
 * auth: Basic, a bearer token, or OAuth 2.0 client credentials against a
   token URL (`auth.TokenUrlCredentials`).
 """
@@ -34,6 +35,7 @@ import orjson
 import requests
 from requests.adapters import HTTPAdapter
 
+from portal import multipart
 from portal.backends import odata_mapping
 from portal.backends.auth import BearerAuth, StaticToken, TokenSource, TokenUrlCredentials
 from portal.backends.base import ChangesPage, Write, WriteResult
@@ -49,7 +51,7 @@ from portal.backends.odata import (
 )
 from portal.backends.odata_mapping import EntityMap, literal
 from portal.backends.prefetch import prefetched
-from portal.errors import BackendError, InvalidInput
+from portal.errors import BackendError, InvalidInput, MalformedMultipart
 from portal.orgs.metadata import Entity
 
 if TYPE_CHECKING:
@@ -59,6 +61,12 @@ AUTH_KINDS = ("basic", "bearer", "client_credentials")
 OPTIONS = ("auth", "token_url", "scope", "timestamp_property", "client_id_property",
            "page_size")
 MAX_PAGE_SIZE = 5000
+# A $batch refused as a whole by these: the service does not take that form (nothing ran).
+BATCH_REFUSED = (400, 404, 405, 406, 415, 501)
+# One write as a request: method, path under the root, headers, JSON body (None: none).
+_Plan = tuple[str, str, dict[str, str], dict[str, Any] | None]
+# A write's answer: status, headers (lower-case names), decoded body.
+_Answer = tuple[int, dict[str, str], Any]
 BATCH_LIMIT = 100  # writes per $batch: CAP and odatapy take more, small answers keep it safe
 CHUNK_LOOKUPS = 40  # client ids per look-up request (URL length)
 # Our own read state, kept in the checkpoint's link (the engine stores it as is).
@@ -128,7 +136,8 @@ class ODataV4Backend(ODataBackend):
         self.client_id_property = client_id_property or None
         self.page_size = int(page_size) if page_size else None
         self._maps: dict[str, EntityMap] | None = None
-        self._batch_ok = True  # until the service refuses $batch
+        # How writes are sent: JSON $batch until refused, then multipart, then one by one.
+        self._batch_kind: str | None = "json"
 
     # --- transport ---------------------------------------------------------
 
@@ -587,38 +596,87 @@ class ODataV4Backend(ODataBackend):
         return "PATCH", emap.path(key), headers, emap.to_server(
             write.values, creating=False, record_id=write.record_id, references=references)
 
-    def _send(self, plans: list[tuple[str, str, dict[str, str], dict[str, Any] | None]]
-              ) -> list[tuple[int, dict[str, str], Any]]:
-        """The writes' answers (status, headers, body), by one $batch or one by one."""
-        if self._batch_ok:
-            # Header names in lower case: CAP reads a batch request's `if-match` only so.
-            requests_ = [{"id": str(n), "method": method, "url": path,
-                          "headers": {k.lower(): v for k, v in headers.items()},
-                          **({"body": body} if body is not None else {})}
-                         for n, (method, path, headers, body) in enumerate(plans)]
-            response = self.request("POST", "$batch", data=orjson.dumps({"requests": requests_}),
-                                    headers={"Content-Type": "application/json",
-                                             "Prefer": "odata.continue-on-error"})
-            if response.status_code == 200:
-                answers = {str(a.get("id")): a for a in
-                           orjson.loads(response.content).get("responses", [])}
-                return [_answer_of(answers.get(str(n))) for n in range(len(plans))]
-            if response.status_code not in (400, 404, 405, 415, 501):
+    def _send(self, plans: list[_Plan]) -> list[_Answer]:
+        """The writes' answers (status, headers, body), by one $batch or one by one.
+
+        A service that refuses a JSON $batch as a whole (its status says it does not
+        know the form, so nothing of it ran) is sent multipart; one that refuses that
+        too gets one request a write, for the rest of the run.
+        """
+        while self._batch_kind is not None:
+            if self._batch_kind == "json":
+                response, answers = self._json_batch(plans)
+            else:
+                response, answers = self._multipart_batch(plans)
+            if answers is not None:
+                return answers
+            if response.status_code not in BATCH_REFUSED:
                 raise BackendError(f"$batch answered {response.status_code}: "
                                    f"{error_message(response)}")
-            self._batch_ok = False  # the service has no JSON $batch: one request a write
+            self._batch_kind = "multipart" if self._batch_kind == "json" else None
+        return self._one_by_one(plans)
+
+    def _json_batch(self, plans: list[_Plan]
+                    ) -> tuple[requests.Response, list[_Answer] | None]:
+        """A JSON $batch of independent requests; its answers, or None if it was refused."""
+        # Header names in lower case: CAP reads a batch request's `if-match` only so.
+        requests_ = [{"id": str(n), "method": method, "url": path,
+                      "headers": {k.lower(): v for k, v in headers.items()},
+                      **({"body": body} if body is not None else {})}
+                     for n, (method, path, headers, body) in enumerate(plans)]
+        response = self.request("POST", "$batch", data=orjson.dumps({"requests": requests_}),
+                                headers={"Content-Type": "application/json",
+                                         "Prefer": "odata.continue-on-error"})
+        if response.status_code != 200:
+            return response, None
+        answers = {str(a.get("id")): a for a in
+                   orjson.loads(response.content).get("responses", [])}
+        return response, [_answer_of(answers.get(str(n))) for n in range(len(plans))]
+
+    def _multipart_batch(self, plans: list[_Plan]
+                         ) -> tuple[requests.Response, list[_Answer] | None]:
+        """A multipart $batch, each write its own change set; its answers, or None if refused.
+
+        One change set a write: the writes are independent (one failing must not
+        undo the others), and services of OData 3's rules take data modifications
+        only inside change sets.
+        """
+        parts = [multipart.RequestPart(
+            method, self.root + path,
+            {**headers, **({"Content-Type": "application/json"} if body is not None else {})},
+            orjson.dumps(body) if body is not None else b"", str(n + 1), changeset=f"w{n + 1}")
+            for n, (method, path, headers, body) in enumerate(plans)]
+        content, content_type = multipart.write_batch_request(parts)
+        response = self.request("POST", "$batch", data=content, headers={
+            "Content-Type": content_type, "Prefer": "odata.continue-on-error"})
+        if response.status_code != 200:
+            return response, None
+        try:
+            answers = multipart.parse_batch_response(response.content,
+                                                     response.headers.get("Content-Type"))
+        except MalformedMultipart as exc:
+            raise BackendError(f"the service's $batch answer cannot be read: {exc.message}") \
+                from None
+        by_id = {a.content_id: a for a in answers if a.content_id}
+        out = []
+        for n in range(len(plans)):
+            # A change set answers as a whole: without Content-IDs, answers come in order.
+            answer = by_id.get(str(n + 1)) or (answers[n] if not by_id and n < len(answers)
+                                               else None)
+            out.append(_answer_of(None) if answer is None else (
+                answer.status, {k.lower(): v for k, v in answer.headers.items()},
+                _decoded(answer.body)))
+        return response, out
+
+    def _one_by_one(self, plans: list[_Plan]) -> list[_Answer]:
+        """Each write its own request."""
         out = []
         for method, path, headers, body in plans:
             response = self.request(method, path, headers=headers,
                                     data=orjson.dumps(body) if body is not None else None)
-            content: Any = None
-            if response.content:
-                try:
-                    content = orjson.loads(response.content)
-                except orjson.JSONDecodeError:
-                    content = response.text
             out.append((response.status_code, {k.lower(): v for k, v in
-                                               response.headers.items()}, content))
+                                               response.headers.items()},
+                        _decoded(response.content)))
         return out
 
     def _result(self, emap: EntityMap, write: Write, status: int, headers: dict[str, str],
@@ -726,7 +784,17 @@ def _differs(record: dict[str, Any], values: dict[str, Any], pk: str) -> bool:
     return any(record.get(k) != values.get(k) for k in record if k not in stamps)
 
 
-def _answer_of(answer: dict[str, Any] | None) -> tuple[int, dict[str, str], Any]:
+def _decoded(content: bytes) -> Any:
+    """An answer's body: JSON decoded, other text as text, nothing as None."""
+    if not content:
+        return None
+    try:
+        return orjson.loads(content)
+    except orjson.JSONDecodeError:
+        return content.decode("utf-8", "replace")
+
+
+def _answer_of(answer: dict[str, Any] | None) -> _Answer:
     """A JSON $batch response as (status, headers, body); no answer is a 500 of ours."""
     if answer is None:
         return 500, {}, {"error": {"message": "the service gave no answer to this write"}}
