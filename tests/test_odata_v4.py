@@ -354,3 +354,52 @@ def test_odata_a_foreign_key_to_a_keyed_set_is_a_lookup_by_the_targets_key(
     assert backend.record_from_server(plain, {"ID": "11111111-1111-4111-8111-111111111111",
                                               "country_code": "CZ"})["country_code"] == "CZ"
     backend.close()
+
+
+def _cap_maps(timestamp_property: str | None) -> dict[str, Any]:
+    from portal.backends import odata_mapping
+
+    fixture = Path(__file__).parent / "fixtures" / "odata" / "cap_metadata.xml"
+    return odata_mapping.entity_maps(read_csdl(fixture.read_bytes()),
+                                     timestamp_property=timestamp_property)
+
+
+def test_odata_timestamp_property_for_every_set_and_per_set() -> None:
+    """Customers' `modifiedAt` found by name; `createdAt` named for Customers alone."""
+    found = {m.entity_set: m.modified for m in _cap_maps(None).values()}
+    assert (found["Customers"], found["Orders"]) == ("modifiedAt", None)
+    chosen = {m.entity_set: m.modified for m in _cap_maps("Customers=createdAt").values()}
+    assert (chosen["Customers"], chosen["Orders"]) == ("createdAt", None)
+    mixed = {m.entity_set: m.modified
+             for m in _cap_maps("modifiedAt, Customers=createdAt").values()}
+    assert (mixed["Customers"], mixed["Orders"]) == ("createdAt", None)
+    assert _cap_maps("modifiedAt")["customers"].modified == "modifiedAt"
+
+
+@pytest.mark.parametrize(("option", "message"), [
+    ("Shipments=modifiedAt", "entity set Shipments, which the service does not have"),
+    ("Orders=placed", "Orders has no DateTimeOffset property placed"),  # an Int64
+])
+def test_odata_timestamp_property_naming_what_the_service_lacks_fails_by_name(
+        option: str, message: str) -> None:
+    with pytest.raises(BackendError, match=message):
+        _cap_maps(option)
+
+
+@pytest.mark.parametrize("option", ["modified at", "Orders=", "=x", "a, b", "Orders=a=b"])
+def test_odata_timestamp_property_that_is_no_name_is_refused_beside_its_field(
+        app, option: str) -> None:
+    from portal.web.forms import ServerFields
+
+    with pytest.raises(InvalidInput) as refused:
+        check_options({"timestamp_property": option})
+    assert refused.value.field == "timestamp_property"
+    with app.test_request_context(method="POST", data={
+            "backend": "odata", "server_url": "https://cap.example.com/odata/v4/crm/",
+            "server_username": "u", "server_password": "p",
+            "odata_timestamp_property": option}):
+        form = ServerFields(meta={"csrf": False})
+        assert not form.validate()
+        from portal.web.forms import sentence
+
+        assert form.odata_timestamp_property.errors == [sentence(refused.value.message)]

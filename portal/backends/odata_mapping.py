@@ -237,6 +237,36 @@ def _timestamp(entity_type: CsdlEntityType, names: tuple[str, ...],
     return None
 
 
+_NAME = re.compile(r"^[A-Za-z_][A-Za-z0-9_]{0,127}$")  # an OData simple identifier
+
+
+def timestamp_properties(option: str | None) -> tuple[str | None, dict[str, str]]:
+    """The `timestamp_property` option read: one name for every set, and names per set.
+
+    `modifiedAt` names it for every set that has it; `Orders=changedAt, Items=stamp`
+    names it per entity set, and both forms mix (`modifiedAt, Orders=changedAt`).
+    InvalidInput (on the field) when an item is not a name or `Set=name`.
+    """
+    every: str | None = None
+    per_set: dict[str, str] = {}
+    for item in (option or "").split(","):
+        item = item.strip()
+        if not item:
+            continue
+        entity_set, equals, prop = item.rpartition("=")
+        if not _NAME.match(prop.strip()) or (equals and not _NAME.match(entity_set.strip())):
+            raise InvalidInput(f"{item!r} is not a property name or EntitySet=property",
+                               field="timestamp_property")
+        if entity_set:
+            per_set[entity_set.strip()] = prop.strip()
+        elif every is not None:
+            raise InvalidInput("name one timestamp property for every set, and others as "
+                               "EntitySet=property", field="timestamp_property")
+        else:
+            every = prop.strip()
+    return every, per_set
+
+
 def entity_maps(service: CsdlService, *, timestamp_property: str | None = None,
                 client_id_property: str | None = None) -> dict[str, EntityMap]:
     """Each entity set's map, by our logical name, in the service's order."""
@@ -247,6 +277,15 @@ def entity_maps(service: CsdlService, *, timestamp_property: str | None = None,
     key_sets = {service.entity_sets[name]: (name, t.keys[0],
                                             (t.property(t.keys[0]) or _NONE).edm == "Edm.Guid")
                 for name, t in sets if len(t.keys) == 1}
+    every, per_set = timestamp_properties(timestamp_property)
+    for set_name, prop in per_set.items():
+        type_name = service.entity_sets.get(set_name)
+        if type_name is None:
+            raise BackendError(f"the timestamp property is named for entity set {set_name}, "
+                               "which the service does not have")
+        if _timestamp(service.entity_types[type_name], (), prop) is None:
+            raise BackendError(f"entity set {set_name} has no DateTimeOffset property {prop} "
+                               "(the timestamp property named for it)")
     maps: dict[str, EntityMap] = {}
     used: set[str] = set()
     for set_name, entity_type in sets:
@@ -255,7 +294,7 @@ def entity_maps(service: CsdlService, *, timestamp_property: str | None = None,
             name = name[:60] + "_2"
         used.add(name)
         maps[name] = _entity_map(service, name, set_name, entity_type, key_sets,
-                                 timestamp_property, client_id_property)
+                                 per_set.get(set_name, every), client_id_property)
     targets = {m.entity_set: m.name for m in maps.values()}
     for m in maps.values():
         for attr in m.entity.attributes:

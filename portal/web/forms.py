@@ -7,6 +7,7 @@ from flask_wtf import FlaskForm
 from wtforms import BooleanField, Field, PasswordField, SelectField, StringField, SubmitField
 from wtforms.validators import EqualTo, InputRequired, Length, Optional, ValidationError
 
+from portal.backends.odata_mapping import timestamp_properties
 from portal.backends.registry import BACKEND_TYPES, available_backend, check_options
 from portal.backends.server_urls import check_server_url
 from portal.db import get_db
@@ -22,7 +23,8 @@ FIELD_OF_ERROR = {"name": "organization", "email": "email", "password": "passwor
                   "consumer_key": "server_consumer_key",
                   "consumer_secret": "server_consumer_secret",
                   "security_token": "server_security_token", "api_budget": "server_auth",
-                  "token_url": "odata_token_url", "page_size": "odata_page_size"}
+                  "token_url": "odata_token_url", "page_size": "odata_page_size",
+                  "timestamp_property": "odata_timestamp_property"}
 # How a Dynamics or Salesforce connection signs in (the backends' AUTH_KINDS).
 SIGN_INS: list[tuple[str, str, dict[str, Any]]] = [
     ("password", "User name and password", {}),
@@ -96,8 +98,9 @@ class ServerFields(FlaskForm):
                                   validators=[Optional(), Length(max=2048)])
     odata_timestamp_property = StringField(
         "Modified timestamp (OData v4, optional)", filters=[strip],
-        validators=[Optional(), Length(max=128)],
-        description="Empty: found by name (modifiedAt, ModifiedOn, LastModifiedDateTime…).")
+        validators=[Optional(), Length(max=1024)],
+        description="Empty: found by name (modifiedAt, ModifiedOn, LastModifiedDateTime…). "
+                    "One name for every set, or per set: Orders=changedAt, Items=stamp.")
     odata_client_id_property = StringField(
         "Client id property (OData v4, optional)", filters=[strip],
         validators=[Optional(), Length(max=128)],
@@ -137,6 +140,11 @@ class ServerFields(FlaskForm):
         if self.backend.data == "odata":
             _checked(lambda _: check_options(self.backend.data, self.server_options()),
                      field.data)
+
+    def validate_odata_timestamp_property(self, field: Field) -> None:
+        """One name, or EntitySet=name items, as the odata backend reads them."""
+        if self.backend.data == "odata":
+            _checked(timestamp_properties, field.data)
 
     def server_options(self) -> dict[str, str]:
         """The sign-in options of the chosen type (Dynamics', Salesforce's, OData's)."""
