@@ -236,8 +236,9 @@ def show_connection(connection: Connection) -> None:
               help="Salesforce: the user's security token, if not appended to the password.")
 @click.option("--token-url", help="OData, client credentials: the OAuth 2.0 token URL.")
 @click.option("--scope", help="OData, client credentials: the scope to ask for.")
-@click.option("--timestamp-property", help="OData: the modified timestamp of every entity set "
-              "(default: found by name, e.g. modifiedAt, ModifiedOn, LastModifiedDateTime).")
+@click.option("--timestamp-property", help="OData: the modified timestamp of every entity set, "
+              "or per set ('Orders=changedAt, Items=stamp') (default: found by name, e.g. "
+              "modifiedAt, ModifiedOn, LastModifiedDateTime).")
 @click.option("--client-id-property", help="OData: the String property that keeps the "
               "client's GUID on entity sets whose keys the server picks (exactly-once creates).")
 @click.option("--page-size", help="OData: records per page (1-5000).")
