@@ -17,17 +17,16 @@ import orjson
 from portal.backends.csdl_metadata import (
     CAPABILITIES,
     CORE,
-    MAX_DEPTH,
-    MAX_ELEMENTS,
-    MAX_METADATA_BYTES,
-    VERSIONS,
     CsdlCapabilities,
     CsdlEntityType,
     CsdlEnum,
     CsdlLookup,
     CsdlProperty,
     CsdlService,
-    inherit,
+    check_shape,
+    check_size,
+    check_version,
+    completed,
 )
 from portal.errors import BackendError
 from portal.orgs.types import from_edm
@@ -42,9 +41,7 @@ _CAPABILITY_TERMS = {"ChangeTracking": ("Supported", "change_tracking"),
 
 def read_csdl_json(content: bytes) -> CsdlService:
     """Parse a CSDL JSON document; BackendError naming what is wrong with it."""
-    if len(content) > MAX_METADATA_BYTES:
-        raise BackendError(f"the $metadata document is larger than "
-                           f"{MAX_METADATA_BYTES // (1024 * 1024)} MB: refused")
+    check_size(len(content))
     try:
         document = orjson.loads(content)
     except orjson.JSONDecodeError as exc:
@@ -53,25 +50,18 @@ def read_csdl_json(content: bytes) -> CsdlService:
     if not isinstance(document, dict) or "$Version" not in document:
         raise BackendError("the $metadata document is not OData CSDL JSON (no $Version)")
     version = str(document["$Version"])
-    if version not in VERSIONS:
-        raise BackendError(f"the $metadata document has CSDL version {version!r}; "
-                           f"supported: {', '.join(VERSIONS)}")
+    check_version(version)
     return _Reader(document).service(version)
 
 
 def _check_size(document: Any) -> None:
-    """Refuse a document nested deeper than MAX_DEPTH or holding more than MAX_ELEMENTS values."""
+    """Refuse a document nested too deep or holding too many values (`check_shape`)."""
     count = 0
     stack: list[tuple[Any, int]] = [(document, 1)]
     while stack:
         value, depth = stack.pop()
         count += 1
-        if depth > MAX_DEPTH:
-            raise BackendError(f"the $metadata document nests deeper than {MAX_DEPTH} "
-                               "levels: refused")
-        if count > MAX_ELEMENTS:
-            raise BackendError(f"the $metadata document has more than {MAX_ELEMENTS} "
-                               "values: refused")
+        check_shape(depth, count, "values")
         children = value.values() if isinstance(value, dict) else (
             value if isinstance(value, list) else ())
         stack.extend((child, depth + 1) for child in children)
@@ -138,13 +128,7 @@ class _Reader:
         for schema in self.schemas.values():
             for target, annotations in (schema.get("$Annotations") or {}).items():
                 self.external_annotations(target, annotations, entity_types, capabilities)
-        for entity_type in entity_types.values():
-            inherit(entity_type, entity_types)
-        for name, type_name in entity_sets.items():
-            if type_name not in entity_types:
-                raise BackendError(f"entity set {name} is of type {type_name}, "
-                                   "which the $metadata document does not declare")
-        return CsdlService(version, entity_types, enums, entity_sets, capabilities)
+        return completed(CsdlService(version, entity_types, enums, entity_sets, capabilities))
 
     def enum(self, name: str, element: dict[str, Any]) -> CsdlEnum:
         members: dict[str, int] = {}

@@ -130,16 +130,39 @@ def read_csdl(content: bytes) -> CsdlService:
     if root.tag != f"{{{EDMX_V4}}}Edmx":
         raise BackendError("the $metadata document is not OData CSDL (no edmx:Edmx root)")
     version = root.get("Version", "")
-    if version not in VERSIONS:
-        raise BackendError(f"the $metadata document has CSDL version {version!r}; "
-                           f"supported: {', '.join(VERSIONS)}")
+    check_version(version)
     return _Reader(root).service(version)
 
 
-def _parse(content: bytes) -> Element:
-    if len(content) > MAX_METADATA_BYTES:
+def check_size(size: int) -> None:
+    """Refuse a `$metadata` document (or the part of it read so far) over the size limit."""
+    if size > MAX_METADATA_BYTES:
         raise BackendError(f"the $metadata document is larger than "
                            f"{MAX_METADATA_BYTES // (1024 * 1024)} MB: refused")
+
+
+def check_shape(depth: int, count: int, unit: str) -> None:
+    """Refuse a document nested deeper than MAX_DEPTH or with more than MAX_ELEMENTS `unit`.
+
+    `unit`: what the document is made of (XML "elements", JSON "values").
+    """
+    if depth > MAX_DEPTH:
+        raise BackendError(f"the $metadata document nests deeper than {MAX_DEPTH} "
+                           f"{unit}: refused")
+    if count > MAX_ELEMENTS:
+        raise BackendError(f"the $metadata document has more than {MAX_ELEMENTS} "
+                           f"{unit}: refused")
+
+
+def check_version(version: str) -> None:
+    """Refuse a CSDL version we do not read."""
+    if version not in VERSIONS:
+        raise BackendError(f"the $metadata document has CSDL version {version!r}; "
+                           f"supported: {', '.join(VERSIONS)}")
+
+
+def _parse(content: bytes) -> Element:
+    check_size(len(content))
     depth = elements = 0
     root: Element | None = None
     try:
@@ -151,12 +174,7 @@ def _parse(content: bytes) -> Element:
             root = element if root is None else root
             depth += 1
             elements += 1
-            if depth > MAX_DEPTH:
-                raise BackendError(f"the $metadata document nests deeper than {MAX_DEPTH} "
-                                   "elements: refused")
-            if elements > MAX_ELEMENTS:
-                raise BackendError(f"the $metadata document has more than {MAX_ELEMENTS} "
-                                   "elements: refused")
+            check_shape(depth, elements, "elements")
     except DefusedXmlException as exc:
         raise BackendError(f"the $metadata document declares a DTD or XML entities: refused "
                            f"({exc.__class__.__name__})") from None
@@ -232,13 +250,7 @@ class _Reader:
                 holder, _, set_name = annotations.get("Target", "").partition("/")
                 if set_name in capabilities and "." in holder:
                     self.read_capabilities(annotations, capabilities[set_name])
-        for entity_type in entity_types.values():
-            inherit(entity_type, entity_types)
-        for name, type_name in entity_sets.items():
-            if type_name not in entity_types:
-                raise BackendError(f"entity set {name} is of type {type_name}, "
-                                   "which the $metadata document does not declare")
-        return CsdlService(version, entity_types, enums, entity_sets, capabilities)
+        return completed(CsdlService(version, entity_types, enums, entity_sets, capabilities))
 
     def enum(self, namespace: str, element: Element) -> CsdlEnum:
         members: dict[str, int] = {}
@@ -336,7 +348,21 @@ class _Reader:
             self.annotate(prop, annotation)
 
 
-def inherit(entity_type: CsdlEntityType, entity_types: dict[str, CsdlEntityType]) -> None:
+def completed(service: CsdlService) -> CsdlService:
+    """The service read, its entity types given their base types' keys and properties.
+
+    BackendError when a set's type, or a base type, is not declared.
+    """
+    for entity_type in service.entity_types.values():
+        _inherit(entity_type, service.entity_types)
+    for name, type_name in service.entity_sets.items():
+        if type_name not in service.entity_types:
+            raise BackendError(f"entity set {name} is of type {type_name}, "
+                               "which the $metadata document does not declare")
+    return service
+
+
+def _inherit(entity_type: CsdlEntityType, entity_types: dict[str, CsdlEntityType]) -> None:
     """Give an entity type the keys and properties of its base types."""
     seen = {entity_type.name}
     base_name = entity_type.base

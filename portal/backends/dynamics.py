@@ -53,6 +53,7 @@ from portal.backends.odata import (
     RETRIES,
     ODataBackend,
     ServerRetry,
+    batch_answers,
     error_message,
     server_retry,
     write_headers,
@@ -62,7 +63,6 @@ from portal.errors import (
     BackendError,
     CredentialsRefused,
     InvalidInput,
-    MalformedMultipart,
     ServerLimited,
 )
 from portal.orgs.metadata import SYSTEM_ATTRIBUTES, Attribute, Entity
@@ -462,19 +462,9 @@ class DynamicsBackend(ODataBackend):
             "Content-Type": content_type, "Prefer": "odata.continue-on-error"})
         if response.status_code != 200:
             raise BackendError(f"$batch answered {response.status_code}: {error_message(response)}")
-        try:
-            answers = multipart.parse_batch_response(response.content,
-                                                     response.headers.get("Content-Type"))
-        except MalformedMultipart as exc:
-            raise BackendError(f"the server's $batch answer cannot be read: {exc.message}") \
-                from None
-        by_id = {a.content_id: a for a in answers if a.content_id}
-        results = []
-        for n, write in enumerate(writes):
-            answer = by_id.get(str(n + 1)) or (answers[n] if n < len(answers) and
-                                               not answers[n].content_id else None)
-            results.append(self._part_result(write.entity, answer))
-        return results
+        return [self._part_result(write.entity, answer)
+                for write, answer in zip(writes, batch_answers(response, len(writes)),
+                                         strict=True)]
 
     def _write_part(self, write: Write, created: dict[str, str],
                     content_id: str) -> multipart.RequestPart:

@@ -20,11 +20,12 @@ from requests.adapters import HTTPAdapter
 from urllib3.exceptions import InvalidHeader
 from urllib3.util.retry import Retry
 
+from portal import multipart
 from portal.backends.base import Backend, ChangesPage, Write, WriteResult
 from portal.backends.dataverse_metadata import entities_from_entity_definitions
 from portal.backends.prefetch import prefetched
 from portal.backends.server_urls import check_server_url, guard_session
-from portal.errors import BackendError, CredentialsRefused, ServerLimited
+from portal.errors import BackendError, CredentialsRefused, MalformedMultipart, ServerLimited
 from portal.orgs.metadata import Entity
 
 if TYPE_CHECKING:
@@ -288,6 +289,24 @@ def error_message(response: requests.Response) -> str:
     except (orjson.JSONDecodeError, AttributeError):
         pass
     return response.text[:200] or response.reason or str(response.status_code)
+
+
+def batch_answers(response: requests.Response,
+                  count: int) -> list[multipart.ResponsePart | None]:
+    """A multipart `$batch` answer's part for each request (Content-ID "1".."count"), or None.
+
+    An answer without a Content-ID stands for the request in its place.
+    """
+    try:
+        answers = multipart.parse_batch_response(response.content,
+                                                 response.headers.get("Content-Type"))
+    except MalformedMultipart as exc:
+        raise BackendError(f"the server's $batch answer cannot be read: {exc.message}") \
+            from None
+    by_id = {a.content_id: a for a in answers if a.content_id}
+    return [by_id.get(str(n + 1)) or (answers[n] if n < len(answers) and
+                                      not answers[n].content_id else None)
+            for n in range(count)]
 
 
 def _tombstone_id(item: dict[str, Any], pk: str) -> str:

@@ -40,18 +40,19 @@ from portal.backends import odata_mapping
 from portal.backends.auth import BearerAuth, StaticToken, TokenSource, TokenUrlCredentials
 from portal.backends.base import ChangesPage, Write, WriteResult
 from portal.backends.csdl_json import read_csdl_json
-from portal.backends.csdl_metadata import MAX_METADATA_BYTES, CsdlService, read_csdl
+from portal.backends.csdl_metadata import CsdlService, check_size, read_csdl
 from portal.backends.odata import (
     RETRIES,
     RETRY_METHODS,
     ODataBackend,
+    batch_answers,
     error_message,
     server_retry,
     write_headers,
 )
 from portal.backends.odata_mapping import EntityMap, literal
 from portal.backends.prefetch import prefetched
-from portal.errors import BackendError, InvalidInput, MalformedMultipart
+from portal.errors import BackendError, InvalidInput
 from portal.orgs.metadata import Entity
 
 if TYPE_CHECKING:
@@ -190,9 +191,7 @@ class ODataV4Backend(ODataBackend):
             content = bytearray()
             for chunk in response.iter_content(65536):
                 content += chunk
-                if len(content) > MAX_METADATA_BYTES:
-                    raise BackendError(f"the $metadata document is larger than "
-                                       f"{MAX_METADATA_BYTES // (1024 * 1024)} MB: refused")
+                check_size(len(content))
             return bytes(content), response.headers.get("Content-Type", "").lower()
         finally:
             response.close()
@@ -652,22 +651,9 @@ class ODataV4Backend(ODataBackend):
             "Content-Type": content_type, "Prefer": "odata.continue-on-error"})
         if response.status_code != 200:
             return response, None
-        try:
-            answers = multipart.parse_batch_response(response.content,
-                                                     response.headers.get("Content-Type"))
-        except MalformedMultipart as exc:
-            raise BackendError(f"the service's $batch answer cannot be read: {exc.message}") \
-                from None
-        by_id = {a.content_id: a for a in answers if a.content_id}
-        out = []
-        for n in range(len(plans)):
-            # A change set answers as a whole: without Content-IDs, answers come in order.
-            answer = by_id.get(str(n + 1)) or (answers[n] if not by_id and n < len(answers)
-                                               else None)
-            out.append(_answer_of(None) if answer is None else (
-                answer.status, {k.lower(): v for k, v in answer.headers.items()},
-                _decoded(answer.body)))
-        return response, out
+        return response, [_answer_of(None) if answer is None else (
+            answer.status, {k.lower(): v for k, v in answer.headers.items()},
+            _decoded(answer.body)) for answer in batch_answers(response, len(plans))]
 
     def _one_by_one(self, plans: list[_Plan]) -> list[_Answer]:
         """Each write its own request."""
