@@ -79,7 +79,10 @@ class PortalProcess:
             if tls else []
         self.process = subprocess.Popen(
             [sys.executable, "-m", "gunicorn", "--bind", f"127.0.0.1:{self.port}",
-             "--workers", str(workers), "--graceful-timeout", "2", *certificate, "wsgi:app"],
+             "--workers", str(workers), "--graceful-timeout", "2",
+             # gunicorn 27 opens a control socket at one path per user: tests run
+             # many portals at once, and none needs it.
+             "--no-control-socket", *certificate, "wsgi:app"],
             cwd=ROOT, env=environment, stdout=self._log, stderr=subprocess.STDOUT,
             preexec_fn=_die_with_parent)  # noqa: PLW1509 - start from the main thread
         self._wait_until_up()

@@ -16,6 +16,8 @@ from pathlib import Path
 from typing import Any
 
 import pytest
+import requests
+from playwright.sync_api import TimeoutError as PlaywrightTimeout
 from redis import Redis
 
 from tests.conftest import ADMIN_EMAIL, ADMIN_PASSWORD
@@ -82,13 +84,30 @@ def run_worker(instance: Path, redis_url: str) -> subprocess.CompletedProcess[by
 
 
 def start_worker(instance: Path, redis_url: str) -> subprocess.Popen[bytes]:
-    """The same worker, started in the background while the browser watches."""
+    """The same worker, started in the background while the browser watches.
+
+    Its output goes to worker.log in the instance folder, for `diagnosis`.
+    """
     env = {**os.environ, "PORTAL_INSTANCE_PATH": str(instance), "REDIS_URL": redis_url,
            **LOCAL_SERVERS}
-    return subprocess.Popen(
-        [str(Path(sys.executable).parent / "rq"), "worker", "--burst", "--url", redis_url,
-         "--worker-class", "rq.worker.SimpleWorker", "default"],
-        cwd=ROOT, env=env, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+    with open(instance / "worker.log", "wb") as log:
+        return subprocess.Popen(
+            [str(Path(sys.executable).parent / "rq"), "worker", "--burst", "--url", redis_url,
+             "--worker-class", "rq.worker.SimpleWorker", "default"],
+            cwd=ROOT, env=env, stdout=log, stderr=subprocess.STDOUT)
+
+
+def diagnosis(page: Any, client: Any) -> str:
+    """What a status page that never ended was showing, and what the worker and portal logged."""
+    status_url = page.eval_on_selector("#connection-status", "box => box.dataset.statusUrl")
+    try:
+        status = requests.get(client.url + status_url, timeout=10).text
+    except requests.RequestException as exc:
+        status = f"status.json unreadable: {exc}"
+    worker_log = (client.instance_path / "worker.log").read_text(errors="replace")
+    return (f"the page showed: {page.text_content('#status-text')!r}\n"
+            f"status.json: {status}\nworker.log (end): {worker_log[-3000:]}\n"
+            f"gunicorn.log (end): {client.log_path.read_text(errors='replace')[-3000:]}")
 
 
 def fill_connect_page(page: Any, server_url: str, password: str) -> None:
@@ -136,7 +155,10 @@ def test_browser_connect_reaches_connected_against_a_real_server_portal(
         page.wait_for_selector("#progress-box:not([hidden]), #result", timeout=60_000)
         seen_progress = page.query_selector("#result") is None
         page.screenshot(path=str(shots / "connect-progress.png"), full_page=True)
-        page.wait_for_selector("#result h2", timeout=120_000)
+        try:
+            page.wait_for_selector("#result h2", timeout=180_000)
+        except PlaywrightTimeout:
+            pytest.fail("the connect never ended:\n" + diagnosis(page, client))
         page.screenshot(path=str(shots / "connect-connected.png"), full_page=True)
         assert worker.wait(120) == 0
     finally:
