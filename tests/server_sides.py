@@ -258,8 +258,10 @@ class OdatapySide(ODataSide):
     def __init__(self, url: str, process: subprocess.Popen[bytes], tracked: bool) -> None:
         from tests.odatapy_server import PASSWORD, USER
 
-        super().__init__(url, USER, PASSWORD, ODATAPY_SPECS,
-                         options={"client_id_property": "clientId"})
+        # The client-id property named both ways the option takes: for every set
+        # (tracked) and for Tickets alone (watermark).
+        super().__init__(url, USER, PASSWORD, ODATAPY_SPECS, options={
+            "client_id_property": "clientId" if tracked else "Tickets=clientId"})
         self.process = process
         self.tracked = tracked
         self.json_batch = True  # False: the server refuses JSON $batch (multipart only)

@@ -386,20 +386,50 @@ def test_odata_timestamp_property_naming_what_the_service_lacks_fails_by_name(
         _cap_maps(option)
 
 
-@pytest.mark.parametrize("option", ["modified at", "Orders=", "=x", "a, b", "Orders=a=b"])
-def test_odata_timestamp_property_that_is_no_name_is_refused_beside_its_field(
-        app, option: str) -> None:
-    from portal.web.forms import ServerFields
+@pytest.mark.parametrize("option", ["timestamp_property", "client_id_property"])
+@pytest.mark.parametrize("value", ["modified at", "Orders=", "=x", "a, b", "Orders=a=b"])
+def test_odata_property_option_that_is_no_name_is_refused_beside_its_field(
+        app, option: str, value: str) -> None:
+    from portal.web.forms import ServerFields, sentence
 
     with pytest.raises(InvalidInput) as refused:
-        check_options({"timestamp_property": option})
-    assert refused.value.field == "timestamp_property"
+        check_options({option: value})
+    assert refused.value.field == option
     with app.test_request_context(method="POST", data={
             "backend": "odata", "server_url": "https://cap.example.com/odata/v4/crm/",
-            "server_username": "u", "server_password": "p",
-            "odata_timestamp_property": option}):
+            "server_username": "u", "server_password": "p", f"odata_{option}": value}):
         form = ServerFields(meta={"csrf": False})
         assert not form.validate()
-        from portal.web.forms import sentence
+        assert form[f"odata_{option}"].errors == [sentence(refused.value.message)]
 
-        assert form.odata_timestamp_property.errors == [sentence(refused.value.message)]
+
+def _odatapy_maps(client_id_property: str | None) -> dict[str, Any]:
+    """Maps of our odatapy model: Companies' Int32 key is Core.Computed (the service picks it)."""
+    from portal.backends import odata_mapping
+
+    fixture = Path(__file__).parent / "fixtures" / "odata" / "odatapy_model.xml"
+    return odata_mapping.entity_maps(read_csdl(fixture.read_bytes()),
+                                     client_id_property=client_id_property)
+
+
+def test_odata_client_id_property_for_every_set_and_per_set() -> None:
+    """Companies keeps our GUID in Code (a String) or Name, named for all or for it alone."""
+    assert _odatapy_maps(None)["companies"].client_id is None
+    assert _odatapy_maps("Code")["companies"].client_id == "Code"
+    assert _odatapy_maps("Companies=Name")["companies"].client_id == "Name"
+    assert _odatapy_maps("Code, Companies=Name")["companies"].client_id == "Name"
+    # One name for every set: used where a set picks its keys and has it as a String.
+    assert _odatapy_maps("Rating")["companies"].client_id is None  # an enum
+    assert _odatapy_maps("Code")["contacts"].client_id is None  # Contacts' keys are ours
+
+
+@pytest.mark.parametrize(("option", "message"), [
+    ("Shipments=Code", "entity set Shipments, which the service does not have"),
+    ("Companies=Revenue", "Companies has no String property Revenue"),  # a Decimal
+    ("Companies=Missing", "Companies has no String property Missing"),
+    ("Contacts=FullName", "Contacts, whose keys the service does not pick"),
+])
+def test_odata_client_id_property_naming_what_the_service_lacks_fails_by_name(
+        option: str, message: str) -> None:
+    with pytest.raises(BackendError, match=message):
+        _odatapy_maps(option)

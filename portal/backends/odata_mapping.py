@@ -240,12 +240,13 @@ def _timestamp(entity_type: CsdlEntityType, names: tuple[str, ...],
 _NAME = re.compile(r"^[A-Za-z_][A-Za-z0-9_]{0,127}$")  # an OData simple identifier
 
 
-def timestamp_properties(option: str | None) -> tuple[str | None, dict[str, str]]:
-    """The `timestamp_property` option read: one name for every set, and names per set.
+def names_per_set(option: str | None, field: str) -> tuple[str | None, dict[str, str]]:
+    """A property-naming option read: one name for every set, and names per set.
 
     `modifiedAt` names it for every set that has it; `Orders=changedAt, Items=stamp`
     names it per entity set, and both forms mix (`modifiedAt, Orders=changedAt`).
-    InvalidInput (on the field) when an item is not a name or `Set=name`.
+    The `timestamp_property` and `client_id_property` options are read so.
+    InvalidInput (on `field`) when an item is not a name or `Set=name`.
     """
     every: str | None = None
     per_set: dict[str, str] = {}
@@ -256,12 +257,12 @@ def timestamp_properties(option: str | None) -> tuple[str | None, dict[str, str]
         entity_set, equals, prop = item.rpartition("=")
         if not _NAME.match(prop.strip()) or (equals and not _NAME.match(entity_set.strip())):
             raise InvalidInput(f"{item!r} is not a property name or EntitySet=property",
-                               field="timestamp_property")
+                               field=field)
         if entity_set:
             per_set[entity_set.strip()] = prop.strip()
         elif every is not None:
-            raise InvalidInput("name one timestamp property for every set, and others as "
-                               "EntitySet=property", field="timestamp_property")
+            raise InvalidInput("name one property for every set, and others as "
+                               "EntitySet=property", field=field)
         else:
             every = prop.strip()
     return every, per_set
@@ -277,15 +278,17 @@ def entity_maps(service: CsdlService, *, timestamp_property: str | None = None,
     key_sets = {service.entity_sets[name]: (name, t.keys[0],
                                             (t.property(t.keys[0]) or _NONE).edm == "Edm.Guid")
                 for name, t in sets if len(t.keys) == 1}
-    every, per_set = timestamp_properties(timestamp_property)
+    every, per_set = names_per_set(timestamp_property, "timestamp_property")
     for set_name, prop in per_set.items():
-        type_name = service.entity_sets.get(set_name)
-        if type_name is None:
-            raise BackendError(f"the timestamp property is named for entity set {set_name}, "
-                               "which the service does not have")
-        if _timestamp(service.entity_types[type_name], (), prop) is None:
+        if _timestamp(_named_set(service, set_name, "timestamp"), (), prop) is None:
             raise BackendError(f"entity set {set_name} has no DateTimeOffset property {prop} "
                                "(the timestamp property named for it)")
+    every_client_id, client_ids = names_per_set(client_id_property, "client_id_property")
+    for set_name, prop in client_ids.items():
+        found = _named_set(service, set_name, "client-id").property(prop)
+        if found is None or found.edm != "Edm.String":
+            raise BackendError(f"entity set {set_name} has no String property {prop} "
+                               "(the client-id property named for it)")
     maps: dict[str, EntityMap] = {}
     used: set[str] = set()
     for set_name, entity_type in sets:
@@ -294,7 +297,13 @@ def entity_maps(service: CsdlService, *, timestamp_property: str | None = None,
             name = name[:60] + "_2"
         used.add(name)
         maps[name] = _entity_map(service, name, set_name, entity_type, key_sets,
-                                 per_set.get(set_name, every), client_id_property)
+                                 per_set.get(set_name, every),
+                                 client_ids.get(set_name, every_client_id))
+    for m in maps.values():
+        if m.entity_set in client_ids and m.key_kind != "server":
+            raise BackendError(f"the client-id property is named for entity set "
+                               f"{m.entity_set}, whose keys the service does not pick "
+                               "(only such sets need one)")
     targets = {m.entity_set: m.name for m in maps.values()}
     for m in maps.values():
         for attr in m.entity.attributes:
@@ -306,6 +315,15 @@ def entity_maps(service: CsdlService, *, timestamp_property: str | None = None,
 
 
 _NONE = CsdlProperty("", "", None)
+
+
+def _named_set(service: CsdlService, set_name: str, option: str) -> CsdlEntityType:
+    """The entity type of a set an option names; BackendError naming it if there is none."""
+    type_name = service.entity_sets.get(set_name)
+    if type_name is None:
+        raise BackendError(f"the {option} property is named for entity set {set_name}, "
+                           "which the service does not have")
+    return service.entity_types[type_name]
 
 
 def _entity_map(service: CsdlService, name: str, set_name: str, entity_type: CsdlEntityType,
@@ -347,7 +365,7 @@ def _entity_map(service: CsdlService, name: str, set_name: str, entity_type: Csd
     to_logical: dict[str, str] = {}
     enums: dict[str, dict[str, int]] = {}
     client_id = client_id_property if kind == "server" and client_id_property and \
-        entity_type.property(client_id_property) is not None else None
+        (entity_type.property(client_id_property) or _NONE).edm == "Edm.String" else None
     for prop in entity_type.properties:
         if prop.type is None or prop.name in (modified, created):
             continue

@@ -91,7 +91,8 @@ def check_options(options: dict[str, str]) -> dict[str, str]:
         if parts.scheme not in ("http", "https") or not parts.hostname:
             raise InvalidInput("client credentials need the token URL (https://...)",
                                field="token_url")
-    odata_mapping.timestamp_properties(options.get("timestamp_property"))  # InvalidInput
+    for option in ("timestamp_property", "client_id_property"):
+        odata_mapping.names_per_set(options.get(option), option)  # InvalidInput
     size = options.get("page_size")
     if size is not None and not (size.isdigit() and 1 <= int(size) <= MAX_PAGE_SIZE):
         raise InvalidInput(f"the page size must be a number from 1 to {MAX_PAGE_SIZE}",

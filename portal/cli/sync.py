@@ -240,7 +240,8 @@ def show_connection(connection: Connection) -> None:
               "or per set ('Orders=changedAt, Items=stamp') (default: found by name, e.g. "
               "modifiedAt, ModifiedOn, LastModifiedDateTime).")
 @click.option("--client-id-property", help="OData: the String property that keeps the "
-              "client's GUID on entity sets whose keys the server picks (exactly-once creates).")
+              "client's GUID on entity sets whose keys the server picks (exactly-once creates), "
+              "for every such set or per set ('Tickets=clientRef, Orders=ourId').")
 @click.option("--page-size", help="OData: records per page (1-5000).")
 @wait_option
 @timeout_option

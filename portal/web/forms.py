@@ -7,7 +7,7 @@ from flask_wtf import FlaskForm
 from wtforms import BooleanField, Field, PasswordField, SelectField, StringField, SubmitField
 from wtforms.validators import EqualTo, InputRequired, Length, Optional, ValidationError
 
-from portal.backends.odata_mapping import timestamp_properties
+from portal.backends.odata_mapping import names_per_set
 from portal.backends.registry import BACKEND_TYPES, available_backend, check_options
 from portal.backends.server_urls import check_server_url
 from portal.db import get_db
@@ -103,8 +103,9 @@ class ServerFields(FlaskForm):
                     "One name for every set, or per set: Orders=changedAt, Items=stamp.")
     odata_client_id_property = StringField(
         "Client id property (OData v4, optional)", filters=[strip],
-        validators=[Optional(), Length(max=128)],
-        description="Where the service picks keys: the String property keeping our GUID.")
+        validators=[Optional(), Length(max=1024)],
+        description="Where the service picks keys: the String property keeping our GUID. "
+                    "One name for every such set, or per set: Tickets=clientRef.")
     odata_page_size = StringField("Page size (OData v4, optional)", filters=[strip],
                                   validators=[Optional(), Length(max=5)])
 
@@ -144,7 +145,12 @@ class ServerFields(FlaskForm):
     def validate_odata_timestamp_property(self, field: Field) -> None:
         """One name, or EntitySet=name items, as the odata backend reads them."""
         if self.backend.data == "odata":
-            _checked(timestamp_properties, field.data)
+            _checked(lambda value: names_per_set(value, "timestamp_property"), field.data)
+
+    def validate_odata_client_id_property(self, field: Field) -> None:
+        """One name, or EntitySet=name items, as the odata backend reads them."""
+        if self.backend.data == "odata":
+            _checked(lambda value: names_per_set(value, "client_id_property"), field.data)
 
     def server_options(self) -> dict[str, str]:
         """The sign-in options of the chosen type (Dynamics', Salesforce's, OData's)."""
