@@ -17,6 +17,7 @@ from werkzeug.test import TestResponse as FlaskTestResponse
 from portal import create_app
 from portal.db import get_db
 from portal.orgs import registry, tokens
+from portal.web import auth_throttle
 from tests.conftest import ADMIN_EMAIL, ADMIN_PASSWORD
 
 OTHER_EMAIL = "other-admin@example.com"
@@ -171,3 +172,43 @@ def test_admin_sign_in_form_answers_429_page_after_n_wrong_passwords(limited: Fl
     assert "text/html" in refused.content_type and "Traceback" not in refused.get_data(True)
     # Another org's admin signs in meanwhile.
     assert attempt("other", OTHER_EMAIL, OTHER_PASSWORD).status_code == 302
+
+
+def test_a_sign_in_asks_redis_once_for_all_its_limits(limited: Flask, redis: Redis) -> None:
+    # Two limits of the account and two of the address: four counters, one MGET.
+    limited.config["AUTH_RATE_LIMIT"] = "3 per minute; 10 per hour"
+    limited.extensions["portal_auth_throttle"] = auth_throttle.AuthThrottle(
+        limited, limited.extensions["portal_rate_limits"])
+    client = limited.test_client()
+    assert odata(client, "sales", basic(ADMIN_EMAIL, ADMIN_PASSWORD)).status_code == 200
+    before = redis.info("commandstats")
+    assert odata(client, "sales", basic(ADMIN_EMAIL, ADMIN_PASSWORD)).status_code == 200
+    after = redis.info("commandstats")
+
+    def calls(command: str) -> int:
+        return int(after.get(f"cmdstat_{command}", {}).get("calls", 0)) - int(
+            before.get(f"cmdstat_{command}", {}).get("calls", 0))
+
+    assert (calls("mget"), calls("get")) == (1, 0)
+    # The hourly limit of the account is read too: it throttles once reached.
+    for i in range(3):
+        odata(client, "sales", basic(ADMIN_EMAIL, f"wrong-{i}"))
+    assert odata(client, "sales", basic(ADMIN_EMAIL, ADMIN_PASSWORD)).status_code == 429
+
+
+def test_unreachable_redis_is_not_asked_again_for_a_while(
+        tmp_path: Path, caplog: pytest.LogCaptureFixture) -> None:
+    app = create_app({"TESTING": True, "INSTANCE_PATH": tmp_path / "down",
+                      "REDIS_URL": "redis://127.0.0.1:1", "SECRET_KEY": "test-secret",
+                      "RATELIMIT_ENABLED": True})
+    with app.app_context():
+        registry.create_org(get_db(), tmp_path / "down" / "orgs", "sales", email=ADMIN_EMAIL,
+                            password=ADMIN_PASSWORD, template="sales")
+    client = app.test_client()
+    answers = [odata(client, "sales", basic(ADMIN_EMAIL, ADMIN_PASSWORD)).status_code,
+               odata(client, "sales", basic(ADMIN_EMAIL, "wrong")).status_code,
+               odata(client, "sales", basic(ADMIN_EMAIL, ADMIN_PASSWORD)).status_code]
+    assert answers == [200, 401, 200]  # not throttled while the queue is down
+    warnings = [r for r in caplog.records if "Redis unreachable" in r.getMessage()]
+    assert len(warnings) == 1  # one refused connection, not one per request
+    app.extensions["portal_rate_limits"].close()

@@ -83,9 +83,9 @@ def after_condition(order: Order, values: list[Any]) -> tuple[str, list[Any]]:
 def read_page(org: OrgDb, entity: Entity, names: list[str], *, where: str = "",
               params: list[Any] | None = None, order: Order | None = None,
               after: list[Any] | None = None, offset: int = 0, limit: int = 1000,
-              keys: dict[str, str] | None = None) -> tuple[str, int, list[Any] | None]:
-    """Up to `limit` records as one JSON array body (without brackets), how many there are,
-    and the sort key of the last one when more records follow (else None).
+              keys: dict[str, str] | None = None) -> tuple[bytes, int, list[Any] | None]:
+    """Up to `limit` records as one JSON array body (without brackets, UTF-8), how many
+    there are, and the sort key of the last one when more records follow (else None).
 
     Call inside portal.db.snapshot(): the page and the look-ahead are two queries.
     """
@@ -105,13 +105,14 @@ def read_page(org: OrgDb, entity: Entity, names: list[str], *, where: str = "",
     ahead = org.db.conn.execute(f"SELECT {sort_columns}{source} LIMIT 2 OFFSET ?",
                                 [*values, offset + limit - 1]).fetchall()
     # One string for the whole page: no Python object per record. SQLite feeds
-    # the ordered subquery to group_concat row by row, in its order.
+    # the ordered subquery to group_concat row by row, in its order. As a BLOB it
+    # comes back as the UTF-8 bytes the answer sends, neither decoded nor re-encoded.
     row_json = row_json_sql(entity, names, keys)
     text, count = org.db.conn.execute(
-        f"SELECT group_concat(j, ','), count(*) FROM (SELECT {row_json} AS j"
+        f"SELECT CAST(group_concat(j, ',') AS BLOB), count(*) FROM (SELECT {row_json} AS j"
         f"{source} LIMIT ? OFFSET ?)", [*values, limit, offset]).fetchone()
     last = list(ahead[0]) if len(ahead) == 2 else None
-    return text or "", count, last
+    return text or b"", count, last
 
 
 def count(org: OrgDb, entity: Entity, *, where: str = "", params: list[Any] | None = None

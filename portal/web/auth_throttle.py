@@ -18,21 +18,29 @@ address reaches its (higher) limit.
 Counted in the job queue's Redis with the `limits` library, like the other
 rate limits (portal.web.rate_limits, whose on/off switch RATELIMIT_ENABLED it
 shares). If Redis cannot be reached, sign-ins are not throttled (and a warning
-is logged): the portal stays usable while the queue is down.
+is logged): the portal stays usable while the queue is down. Redis is then not
+asked again for DOWN_RETRY_S, so a portal without its queue does not pay a
+refused connection (and a log line) on every request.
+
+`check` runs before every authenticated request, so it asks Redis once: one
+MGET of every window counter of the address and the account.
 """
 
 import math
 import time
+from typing import cast
 
 from flask import Flask, current_app, request
 from limits import RateLimitItem, parse_many
+from limits.storage import RedisStorage
 from limits.strategies import FixedWindowRateLimiter
-from redis import RedisError
+from redis import Redis, RedisError
 from werkzeug.exceptions import TooManyRequests
 
 from portal.web.rate_limits import RateLimits
 
 SCOPE = "auth-failures"
+DOWN_RETRY_S = 5.0  # after Redis was unreachable, skip it this long
 
 
 class AuthThrottle:
@@ -43,6 +51,7 @@ class AuthThrottle:
         self.per_account: list[RateLimitItem] = parse_many(app.config["AUTH_RATE_LIMIT"])
         self.per_address: list[RateLimitItem] = parse_many(
             app.config["AUTH_ADDRESS_RATE_LIMIT"])
+        self._down_until = 0.0  # time.monotonic() until which Redis is not asked
 
     def _keys(self, account: str | None) -> list[tuple[list[RateLimitItem], str]]:
         keys = [(self.per_address, "address:" + (request.remote_addr or "unknown"))]
@@ -52,23 +61,25 @@ class AuthThrottle:
 
     def check(self, account: str | None) -> None:
         """TooManyRequests (429, Retry-After) when the account or the address failed too often."""
-        if not self.limits.enabled:
+        if not self.limits.enabled or self._redis_down():
             return
         try:
             limiter = self.limits.limiter()
-            for items, key in self._keys(account):
-                for item in items:
-                    if not limiter.test(item, SCOPE, key):
-                        raise TooManyRequests(
-                            "Too many failed sign-ins: try again in "
-                            f"{_wait(limiter, item, key)} seconds.",
-                            retry_after=_wait(limiter, item, key))
+            limits = [(item, key) for items, key in self._keys(account) for item in items]
+            counts = _counts(limiter, limits)
+            for (item, key), count in zip(limits, counts, strict=True):
+                if count >= item.amount:  # as FixedWindowRateLimiter.test, in one round trip
+                    wait = _wait(limiter, item, key)
+                    raise TooManyRequests(
+                        f"Too many failed sign-ins: try again in {wait} seconds.",
+                        retry_after=wait)
         except RedisError as exc:
+            self._went_down()
             current_app.logger.warning("sign-ins not throttled, Redis unreachable: %s", exc)
 
     def failed(self, account: str | None) -> None:
         """Count one failed sign-in of the account and of the caller's address."""
-        if not self.limits.enabled:
+        if not self.limits.enabled or self._redis_down():
             return
         try:
             limiter = self.limits.limiter()
@@ -76,7 +87,26 @@ class AuthThrottle:
                 for item in items:
                     limiter.hit(item, SCOPE, key)
         except RedisError as exc:
+            self._went_down()
             current_app.logger.warning("failed sign-in not counted, Redis unreachable: %s", exc)
+
+    def _redis_down(self) -> bool:
+        return time.monotonic() < self._down_until
+
+    def _went_down(self) -> None:
+        self._down_until = time.monotonic() + DOWN_RETRY_S
+
+
+def _counts(limiter: FixedWindowRateLimiter, limits: list[tuple[RateLimitItem, str]]
+            ) -> list[int]:
+    """The failures counted in each limit's current window, read with one MGET from Redis."""
+    storage = limiter.storage
+    if not isinstance(storage, RedisStorage):  # another storage: one read per limit
+        return [storage.get(item.key_for(SCOPE, key)) for item, key in limits]
+    connection = cast(Redis, storage.get_connection(readonly=True))  # limits types a protocol
+    values = connection.mget(
+        [storage.prefixed_key(item.key_for(SCOPE, key)) for item, key in limits])
+    return [int(value or 0) for value in values]
 
 
 def _wait(limiter: FixedWindowRateLimiter, item: RateLimitItem, key: str) -> int:

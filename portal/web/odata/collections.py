@@ -99,16 +99,16 @@ def read_collection(req: ApiRequest, entity: Entity) -> ApiResponse:
     with snapshot(db):
         if tracked and version is None:
             version = current_version(db)
-        text, sent, last = queries.read_page(
+        body, sent, last = queries.read_page(
             req.org, entity, shape.columns(opts.select, keys), where=opts.where, params=opts.params,
             order=opts.orderby, after=after, offset=offset, limit=limit, keys=keys
-        ) if limit else ("", 0, None)
+        ) if limit else (b"", 0, None)
         total = queries.count(req.org, entity, where=opts.where, params=opts.params) \
             if opts.count else None
-        if shape.needed and text:
-            records = shapes.shape_records(req.org, entity, orjson.loads("[" + text + "]"),
+        if shape.needed and body:
+            records = shapes.shape_records(req.org, entity, orjson.loads(b"[" + body + b"]"),
                                            shape, req.dialect)
-            text = orjson.dumps(records)[1:-1].decode()
+            body = orjson.dumps(records)[1:-1]
     more = last is not None
     if remaining is not None:
         remaining -= sent
@@ -118,7 +118,7 @@ def read_collection(req: ApiRequest, entity: Entity) -> ApiResponse:
         parts.append(b',"@odata.count":%d' % total)
     for name, value in collection_annotations(req, shape, total).items():
         parts += [b",", orjson.dumps(name), b":", orjson.dumps(value)]
-    parts += [b',"value":[', text.encode(), b"]"]
+    parts += [b',"value":[', body, b"]"]
     if more:
         assert last is not None
         token = make_skiptoken(req.secret, digest, PageState(last, remaining, page_size, version))

@@ -110,11 +110,11 @@ def read_fetchxml(req: ApiRequest, entity: Entity) -> ApiResponse:
                 value.update(linked_columns(alias, join, columns, shape))
     else:
         with snapshot(req.org.db):
-            text, sent, last = queries.read_page(req.org, entity, names, where=where,
+            body, sent, last = queries.read_page(req.org, entity, names, where=where,
                                                  params=params, order=order, offset=offset,
                                                  limit=limit, keys=keys)
         more = last is not None and top is None
-        values = shapes.shape_records(req.org, entity, orjson.loads("[" + text + "]"), shape,
+        values = shapes.shape_records(req.org, entity, orjson.loads(b"[" + body + b"]"), shape,
                                       req.dialect)
     payload: dict[str, Any] = {
         "@odata.context": f"{req.service_root}$metadata#{entity.entitysetname}"}
