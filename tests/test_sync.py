@@ -740,3 +740,40 @@ def test_sync_job_refuses_a_private_server_unless_the_operator_allows_it(
     assert "loopback" in last["error"] and "PORTAL_ALLOW_PRIVATE_SERVERS" in last["error"]
     with client.org("cli") as b:
         assert transactions.counts(b)["pending"] == 1
+
+
+@pytest.mark.parametrize("asked", [1, 4])
+def test_sync_connections_streams_reach_the_run_and_one_or_four_sync_exactly(
+        pair, redis: Redis, asked: int) -> None:
+    # The connection's own setting (not SYNC_STREAMS, 2 here) decides how many entities the
+    # runs read at once, capped by the backend; pages of 40 interleave the entities' pages.
+    from portal.db import get_db
+    from portal.sync import connections
+
+    server, client = pair
+    client = Side(client.instance, client.redis_url, backend=client.backend,
+                  config={"SYNC_PAGE_SIZE": 40, "SYNC_STREAMS": 2})
+    with server.org("srv") as org:
+        seed_sales(org, accounts=150)
+    client.create_org("cli", template=None)
+    connection_id = client.connect("cli", server.url)  # type: ignore[arg-type]
+    with client.app.app_context():
+        connections.update_settings(get_db(), connection_id, streams=asked)
+    client.queue(redis, connection_id, "connect")
+    client.work(redis)
+    assert client.connection(connection_id).status == "connected"
+    _same(server, client)
+    with server.org("srv") as a:
+        ids = [r["accountid"] for r in a.db.table("account").rows]
+        for record_id in ids[:60]:
+            records.update_record(a, "account", record_id, {"name": f"Renamed {record_id}"})
+        for record_id in ids[60:70]:
+            records.delete_record(a, "account", record_id)
+        for n in range(50):
+            records.create_record(a, "contact", {"lastname": f"New {n}"})
+    client.sync_now(redis, connection_id)
+    _same(server, client)
+    used, cap = (asked, "") if client.backend == "resco" or asked == 1 else \
+        (1, ", capped: the dynamics backend allows 1")
+    line = f"{used} {'entity' if used == 1 else 'entities'} at once ({asked} asked{cap})"
+    assert _logs(client, connection_id).count(line) == 2, _logs(client, connection_id)
