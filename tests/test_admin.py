@@ -576,9 +576,9 @@ def test_admin_connection_streams_saved_and_shown_with_what_caps_them(
     page = html.unescape(admin.get("/admin/acme/sync/connection").get_data(as_text=True))
     assert 'value="2"' in page and "2 asked, 2 used." in page
     with orgs.app_context(), immediate(get_db()) as db:  # a server type that allows one
-        db.execute("UPDATE connections SET backend = 'dynamics'")
+        db.execute("UPDATE connections SET backend = 'odata'")
     page = html.unescape(admin.get("/admin/acme/sync/connection").get_data(as_text=True))
-    assert "2 asked, 1 used: the dynamics backend allows 1." in page
+    assert "2 asked, 1 used: the odata backend allows 1." in page
     assert post(admin, "/admin/acme/sync/connection/settings", {
         "write_mode": "offline", "conflict_policy": "server-wins", "streams": ""},
         page="/admin/acme/sync/connection").status_code == 302
