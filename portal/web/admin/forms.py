@@ -148,7 +148,7 @@ class SettingsForm(FlaskForm):
     submit = SubmitField("Save settings")
 
     def validate_streams(self, field: Field) -> None:
-        """1 to 16, or empty for the portal's default."""
+        """1 to MAX_STREAMS, or empty for the portal's default."""
         _checked(connections.check_streams, field.data)
 
 

@@ -33,6 +33,7 @@ from portal.queue import check_result, enqueue_check, get_redis, is_check_of, jo
 from portal.sync import connections, filters, overview, registration, runs
 from portal.sync.connections import Connection
 from portal.sync.runs import RunStatus
+from portal.sync.streams import MAX_STREAMS
 from portal.web.admin import bp, filter_editor
 from portal.web.admin.charts import run_chart
 from portal.web.admin.forms import (
@@ -456,7 +457,7 @@ def _connection_page(current: Connection, settings: SettingsForm | None = None,
                  disconnect_form=disconnect_form or DisconnectForm(formdata=None),
                  streams=connections.planned_streams(get_db(), current,
                                                      current_app.config["SYNC_STREAMS"]),
-                 default_streams=current_app.config["SYNC_STREAMS"],
+                 default_streams=current_app.config["SYNC_STREAMS"], max_streams=MAX_STREAMS,
                  unsent=sum(open_counts[s] for s in transactions.OPEN))
 
 
