@@ -65,6 +65,11 @@ def test_service_settings_streams_set_shown_with_their_cap_and_cleared(
     assert send(client, "PATCH", "/Settings", {"Streams": 5}).json["Streams"]["Setting"] == 5
     answer = send(client, "PATCH", "/Settings", xml="<SyncSettings><Streams/></SyncSettings>")
     assert "<Setting>" not in answer.get_data(as_text=True)
+    refused = send(client, "PATCH", "/Settings", xml="<SyncSettings><WriteMode>instant"
+                   "</WriteMode><Streams>17</Streams></SyncSettings>")
+    assert refused.status_code == 400 and refused.mimetype == "application/xml"
+    assert "<Element>Streams</Element>" in refused.get_data(as_text=True)
+    assert send(client, "GET", "/Settings").json["WriteMode"] == "offline"  # nothing changed
 
 
 def test_service_settings_in_xml(orgs: Flask) -> None:  # noqa: F811

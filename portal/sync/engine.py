@@ -451,12 +451,13 @@ def download(run: Run, totals: dict[str, int] | None = None) -> None:
     transaction, so a run killed anywhere resumes as from a sequential one.
     """
     settings = [s for s in run.plan.entities if s.enabled and s.entity in run.org.entities()]
+    if not settings:
+        return  # nothing to read: the backend is not asked what it allows
     decided = streams.decide(run.plan.streams, [
         run.backend.allowed_streams(),
         (len(settings), f"{len(settings)} {'entity' if len(settings) == 1 else 'entities'} "
                         "to download")])
-    if settings:
-        run.reporter.log("info", decided.log_line(), None)
+    run.reporter.log("info", decided.log_line(), None)
     downloads = (_EntityDownload(run, s, (totals or {}).get(s.entity)) for s in settings)
     # Closed on any exit: the readers stop and release the backend's connections.
     with closing(interleaved(((d, d.pages()) for d in downloads), decided.used)) as pages:
