@@ -36,6 +36,7 @@ bench: $(VENV)/.installed $(CAP)/node_modules/.installed  ## benchmarks, printed
 	$(BIN)/python bench/orgstore.py
 	$(BIN)/python bench/odata.py
 	$(BIN)/python bench/sync.py
+	$(BIN)/python bench/streams.py
 
 faults: $(VENV)/.installed  ## sync under faults (kills, server down, Redis restart…): one table
 	$(BIN)/python -m tests.fault_suite --out docs/RELIABILITY.md

@@ -148,12 +148,12 @@ class Work:
         runs.log(self.db, self.connection.org_id, self.run_id, level, message, entity)
 
     def plan(self) -> engine.Plan:
-        """The enabled entities and policy, as the registry has them now."""
+        """The enabled entities, policy and streams (the connection's, else SYNC_STREAMS)."""
         config = current_app.config
         return engine.Plan(connections.entity_settings(self.db, self.connection.id),
                            self.connection.conflict_policy, page_size=config["SYNC_PAGE_SIZE"],
                            upload_batch=config["SYNC_UPLOAD_BATCH"],
-                           streams=config["SYNC_STREAMS"])
+                           streams=self.connection.streams or config["SYNC_STREAMS"])
 
 
 @contextmanager

@@ -90,6 +90,10 @@ SETTINGS = (
     Setting("DATAVERSE_LIMIT_CONCURRENT", int, 52,
             "service protection: concurrent requests per user"),
     Setting("DATAVERSE_LIMIT_WINDOW_S", int, 300, "service protection: sliding window, seconds"),
+    Setting("DATAVERSE_DOP_HINT", int, 2,
+            "Dataverse root: the degree of parallelism every Web API answer recommends "
+            "(x-ms-dop-hint), how many requests a client should send at once: what the web "
+            "processes serve at once (the Procfile's 2 gunicorn workers)"),
     Setting("DATAVERSE_UNTRACKED_TABLES", str, "",
             "Dataverse root: tables (comma-separated logical names) whose EntityDefinitions "
             "say ChangeTrackingEnabled false, as in an environment where change tracking is "

@@ -250,6 +250,13 @@ def m006_connection_server_options(db: Database) -> None:
     db.execute("ALTER TABLE connections ADD COLUMN server_options TEXT")
 
 
+@migrations()
+def m007_connection_streams(db: Database) -> None:
+    # How many entities the connection's runs download at once (1..16); NULL is
+    # the portal's SYNC_STREAMS. The backend may allow fewer (portal.sync.streams).
+    db.execute("ALTER TABLE connections ADD COLUMN streams INTEGER")
+
+
 def registry_path(app: Flask) -> Path:
     """Where this app's registry database lives."""
     return Path(app.instance_path) / app.config["DATABASE"]

@@ -62,7 +62,7 @@ def state(app: Flask, redis: Redis) -> dict[str, Any]:
     with app.app_context():
         db = get_db()
         conns = [(c.org_name, c.url, c.username, c.status, c.write_offline, c.conflict_policy,
-                  c.schedule_every_minutes, c.schedule_daily_at, c.schedule_active)
+                  c.schedule_every_minutes, c.schedule_daily_at, c.schedule_active, c.streams)
                  for c in connections.list_connections(db)]
         settings = [(s.entity, s.enabled, s.sync_deletion, s.filter)
                     for c in connections.list_connections(db)
@@ -565,9 +565,31 @@ def test_admin_connection_settings_and_credentials(admin: FlaskClient, orgs: Fla
                                            saved.id) == "new-pass-2"
 
 
+def test_admin_connection_streams_saved_and_shown_with_what_caps_them(
+        admin: FlaskClient, orgs: Flask) -> None:
+    page = html.unescape(admin.get("/admin/acme/sync/connection").get_data(as_text=True))
+    assert "4 asked, 3 used: 3 entities are enabled (empty: the portal's default, 4)" in page
+    assert post(admin, "/admin/acme/sync/connection/settings", {
+        "write_mode": "offline", "conflict_policy": "server-wins", "streams": "2"},
+        page="/admin/acme/sync/connection").status_code == 302
+    assert connection_now(orgs).streams == 2
+    page = html.unescape(admin.get("/admin/acme/sync/connection").get_data(as_text=True))
+    assert 'value="2"' in page and "2 asked, 2 used." in page
+    with orgs.app_context(), immediate(get_db()) as db:  # a server type that allows one
+        db.execute("UPDATE connections SET backend = 'odata'")
+    page = html.unescape(admin.get("/admin/acme/sync/connection").get_data(as_text=True))
+    assert "2 asked, 1 used: the odata backend allows 1." in page
+    assert post(admin, "/admin/acme/sync/connection/settings", {
+        "write_mode": "offline", "conflict_policy": "server-wins", "streams": ""},
+        page="/admin/acme/sync/connection").status_code == 302
+    assert connection_now(orgs).streams is None
+
+
 @pytest.mark.parametrize("url, data, field, message", [
     ("settings", {"write_mode": "sometimes", "conflict_policy": "server-wins"}, "write_mode",
      "Not a valid choice"),
+    *[("settings", {"write_mode": "instant", "conflict_policy": "server-wins", "streams": bad},
+       "streams", "Streams must be a whole number from 1 to 16") for bad in ("0", "17", "abc")],
     ("settings", {"conflict_policy": "server-wins"}, "write_mode", "Choose a write mode"),
     ("settings", {"write_mode": "instant", "conflict_policy": "loudest-wins"},
      "conflict_policy", "Not a valid choice"),

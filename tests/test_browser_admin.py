@@ -412,9 +412,15 @@ def test_browser_admin_instant_mode_sends_a_change_without_a_run(world: World) -
     world.goto("/admin/acme/sync/connection")
     page.check("input[name=write_mode][value=instant]")
     page.select_option("#conflict_policy", "newest-wins")
+    page.fill("#streams", "17")  # refused beside the field, nothing saved
+    page.click("#save-settings")
+    assert "from 1 to 16" in page.text_content("#streams-error")
+    assert world.connection().write_offline is True
+    page.fill("#streams", "")  # empty: the portal's default
     page.click("#save-settings")
     assert "Settings saved" in page.text_content(".flash")
-    assert world.connection().write_offline is False
+    assert world.connection().write_offline is False and world.connection().streams is None
+    assert "(empty: the portal's default" in page.text_content("#streams-used")
     # Test credentials: a worker asks the server; the page reloads itself until it answered.
     # The worker is held (SIGSTOP) meanwhile, so that "Checking…" is seen on any machine.
     world.worker.send_signal(signal.SIGSTOP)

@@ -130,3 +130,17 @@ def test_service_protection_is_off_by_default(app: Flask, client: FlaskClient,
     headers = bearer(client_token(client, *new_application_user(app)))
     answer = client.get(DV_ROOT + "accounts", headers=headers)
     assert answer.status_code == 200 and REMAINING not in answer.headers
+
+
+def test_every_web_api_answer_recommends_the_configured_parallelism(make_app: Any) -> None:
+    # x-ms-dop-hint on answers and refusals of the Web API (as Dataverse's), from the setting;
+    # the token endpoint is Entra's and has none.
+    app, client = make_app(DATAVERSE_LIMIT_REQUESTS=1, DATAVERSE_DOP_HINT=3)
+    token = client.post("/dataverse/sales/oauth2/v2.0/token", data={})
+    assert token.status_code == 400 and "x-ms-dop-hint" not in token.headers
+    headers = bearer(client_token(client, *new_application_user(app)))
+    answers = [client.get(DV_ROOT + "accounts", headers=headers),
+               client.get(DV_ROOT + "accounts", headers=headers),  # over the budget: 429
+               client.get(DV_ROOT + "nosuchset", headers=bearer("not-a-token"))]
+    assert [a.status_code for a in answers] == [200, 429, 401]
+    assert [a.headers.get("x-ms-dop-hint") for a in answers] == ["3", "3", "3"]

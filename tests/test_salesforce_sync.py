@@ -365,6 +365,40 @@ def test_the_connections_budget_stops_the_run_before_the_org_limit(
     assert "budget is 50%" in (run["error"] or "")
 
 
+def _logs(side: Side, connection_id: int) -> list[str]:
+    with side.app.app_context():
+        return [line["message"] for line in runs.list_logs(
+            get_db(), side.connection(connection_id).org_id)]
+
+
+def test_four_objects_at_once_one_when_little_of_the_budget_is_left_all_exact(
+        tmp_path: Path, redis_url: str, tls: Tls, monkeypatch, redis: Redis,
+        server: SalesforceServer) -> None:
+    # Pages of 3 from four readers: every record once; near the connection's budget (50%
+    # of the day's 100,000 here) the next run reads one object at a time, and still all.
+    side = client_side(tmp_path / "streams", redis_url, tls, monkeypatch, page_size=3)
+    keys = seed(server)
+    for n in range(10):
+        server.insert("Lead", {"LastName": f"Lead {n}", "Company": "C"})
+        server.insert("Contact", {"LastName": f"Contact {n}", "AccountId": keys["acme"]})
+    connection_id = connect(side, redis, server, api_budget="50")
+    assert "4 entities at once (4 asked)" in _logs(side, connection_id)
+    server.used = 40_000  # 10,000 of the budget's 50,000 left: a fifth
+    for n in range(5):
+        server.insert("Lead", {"LastName": f"Later {n}", "Company": "C"})
+    side.sync_now(redis, connection_id)
+    assert last_run(side, connection_id)["status"] == "succeeded"
+    assert [line for line in _logs(side, connection_id)
+            if line.startswith("1 entity at once (4 asked, capped: 99") and line.endswith(
+                " of the API budget's 50000 requests are left today (under 25%))")], \
+        _logs(side, connection_id)
+    with side.org("cli") as org:
+        assert sorted(r["lastname"] for r in org.db.table("lead").rows) == sorted(
+            ["Lee", *(f"Lead {n}" for n in range(10)), *(f"Later {n}" for n in range(5))])
+        assert org.db.table("contact").count == 12
+        assert org.db.table("task").count == 2
+
+
 # --- bad input --------------------------------------------------------------------
 
 

@@ -7,6 +7,8 @@ import pytest
 from flask import Flask
 from redis import Redis
 
+from portal.db import get_db
+from portal.sync import connections
 from tests.test_admin import orgs, state  # noqa: F401 (fixture)
 
 
@@ -31,6 +33,24 @@ def test_cli_changes_entities_filter_and_settings(orgs: Flask, tmp_path: Path) -
                                    "--conflict-policy", "newest-wins"])
     assert settings.exit_code == 0, settings.output
     assert "write mode: instant" in settings.output and "newest-wins" in settings.output
+    assert "streams: 4 asked, 1 used: 1 entity is enabled (the portal default)" \
+        in settings.output
+
+
+def test_cli_sets_a_connections_streams_and_shows_what_a_run_may_use(
+        orgs: Flask) -> None:  # noqa: F811
+    runner = orgs.test_cli_runner()
+    changed = runner.invoke(args=["sync", "settings", "acme", "--streams", "2"])
+    assert changed.exit_code == 0, changed.output
+    assert "streams: 2 asked, 2 used\n" in changed.output
+    assert "streams: 16 asked, 3 used: 3 entities are enabled\n" in runner.invoke(
+        args=["sync", "settings", "acme", "--streams", "16"]).output
+    with orgs.app_context():
+        assert connections.connection_of_org(get_db(), "acme").streams == 16
+    cleared = runner.invoke(args=["sync", "settings", "acme", "--streams", "default"])
+    assert "(the portal default)" in cleared.output
+    with orgs.app_context():
+        assert connections.connection_of_org(get_db(), "acme").streams is None
 
 
 @pytest.mark.parametrize("args, message", [
@@ -43,6 +63,11 @@ def test_cli_changes_entities_filter_and_settings(orgs: Flask, tmp_path: Path) -
     (["sync", "filter", "acme", "account", "--fetchxml", "-", "--clear"], "not both"),
     (["sync", "settings", "acme", "--write-mode", "sometimes"], "Invalid value"),
     (["sync", "settings", "ghost", "--write-mode", "instant"], "does not exist"),
+    (["sync", "settings", "acme", "--streams", "0"], "streams must be a whole number from 1 to 16"),
+    (["sync", "settings", "acme", "--streams", "17"], "streams must be a whole number from 1"),
+    (["sync", "settings", "acme", "--streams", "abc"], "streams must be a whole number from 1"),
+    (["sync", "settings", "acme", "--write-mode", "instant", "--streams", "abc"],
+     "streams must be a whole number"),
 ])
 def test_cli_bad_settings_are_refused_and_change_nothing(orgs: Flask, redis: Redis,  # noqa: F811
                                                         args: list[str], message: str) -> None:

@@ -740,3 +740,69 @@ def test_sync_job_refuses_a_private_server_unless_the_operator_allows_it(
     assert "loopback" in last["error"] and "PORTAL_ALLOW_PRIVATE_SERVERS" in last["error"]
     with client.org("cli") as b:
         assert transactions.counts(b)["pending"] == 1
+
+
+@pytest.mark.parametrize("asked", [1, 4])
+def test_sync_connections_streams_reach_the_run_and_one_or_four_sync_exactly(
+        pair, redis: Redis, asked: int) -> None:
+    # The connection's own setting (not SYNC_STREAMS, 2 here) decides how many entities the
+    # runs read at once, capped by the backend; pages of 40 interleave the entities' pages.
+    from portal.db import get_db
+    from portal.sync import connections
+
+    server, client = pair
+    client = Side(client.instance, client.redis_url, backend=client.backend,
+                  config={"SYNC_PAGE_SIZE": 40, "SYNC_STREAMS": 2})
+    with server.org("srv") as org:
+        seed_sales(org, accounts=150)
+    client.create_org("cli", template=None)
+    connection_id = client.connect("cli", server.url)  # type: ignore[arg-type]
+    with client.app.app_context():
+        connections.update_settings(get_db(), connection_id, streams=asked)
+    client.queue(redis, connection_id, "connect")
+    client.work(redis)
+    assert client.connection(connection_id).status == "connected"
+    _same(server, client)
+    with server.org("srv") as a:
+        ids = [r["accountid"] for r in a.db.table("account").rows]
+        for record_id in ids[:60]:
+            records.update_record(a, "account", record_id, {"name": f"Renamed {record_id}"})
+        for record_id in ids[60:70]:
+            records.delete_record(a, "account", record_id)
+        for n in range(50):
+            records.create_record(a, "contact", {"lastname": f"New {n}"})
+    client.sync_now(redis, connection_id)
+    _same(server, client)
+    # The hosted Dataverse root recommends 2 (DATAVERSE_DOP_HINT's default).
+    used, cap = (asked, "") if client.backend == "resco" or asked == 1 else \
+        (2, ", capped: the server's x-ms-dop-hint is 2")
+    line = f"{used} {'entity' if used == 1 else 'entities'} at once ({asked} asked{cap})"
+    assert _logs(client, connection_id).count(line) == 2, _logs(client, connection_id)
+
+
+def test_sync_dynamics_reads_four_entities_at_once_where_the_server_recommends_more(
+        tmp_path: Path, redis_url: str, redis: Redis, portal_process, monkeypatch) -> None:
+    # x-ms-dop-hint 8: the backend's own limit (4) decides; four readers share the token,
+    # the definitions and one session, and the client ends identical, twice.
+    from portal.db import get_db
+    from portal.sync import connections
+
+    server, process, _ = _dataverse_server(tmp_path, redis_url, portal_process, monkeypatch,
+                                           150, {"PORTAL_DATAVERSE_DOP_HINT": "8"})
+    server.url = f"{process.url}/dataverse/srv"
+    client = Side(tmp_path / "b", redis_url, backend="dynamics", config={"SYNC_PAGE_SIZE": 30})
+    client.create_org("cli", template=None)
+    connection_id = client.connect("cli", server.url)
+    with client.app.app_context():
+        connections.update_settings(get_db(), connection_id, streams=16)
+    client.queue(redis, connection_id, "connect")
+    client.work(redis)
+    assert client.connection(connection_id).status == "connected"
+    _same(server, client)
+    with server.org("srv") as a:
+        for row in list(a.db.table("contact").rows)[:40]:
+            records.update_record(a, "contact", row["contactid"], {"lastname": "Changed"})
+    client.sync_now(redis, connection_id)
+    _same(server, client)
+    line = "4 entities at once (16 asked, capped: the dynamics backend allows 4)"
+    assert _logs(client, connection_id).count(line) == 2, _logs(client, connection_id)

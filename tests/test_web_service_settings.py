@@ -48,6 +48,30 @@ def test_service_settings_read_and_change_in_json(orgs: Flask) -> None:  # noqa:
     assert schedule["Schedule"]["NextRun"].endswith("06:30:00Z")
 
 
+def test_service_settings_streams_set_shown_with_their_cap_and_cleared(
+        orgs: Flask) -> None:  # noqa: F811
+    client = orgs.test_client()
+    assert send(client, "GET", "/Settings").json["Streams"] == {
+        "Setting": None, "Asked": 4, "Used": 3, "Cap": "3 entities are enabled"}
+    assert send(client, "PATCH", "/Settings", {"Streams": 2}).json["Streams"] == {
+        "Setting": 2, "Asked": 2, "Used": 2, "Cap": None}
+    answer = send(client, "PATCH", "/Settings", xml="<SyncSettings><Streams>16</Streams>"
+                                                    "</SyncSettings>")
+    assert "<Streams><Setting>16</Setting><Asked>16</Asked><Used>3</Used>" in \
+        answer.get_data(as_text=True)
+    assert send(client, "PATCH", "/Settings", {"Streams": "1"}).json["Streams"]["Used"] == 1
+    assert send(client, "PATCH", "/Settings", {"Streams": None}).json["Streams"]["Setting"] \
+        is None
+    assert send(client, "PATCH", "/Settings", {"Streams": 5}).json["Streams"]["Setting"] == 5
+    answer = send(client, "PATCH", "/Settings", xml="<SyncSettings><Streams/></SyncSettings>")
+    assert "<Setting>" not in answer.get_data(as_text=True)
+    refused = send(client, "PATCH", "/Settings", xml="<SyncSettings><WriteMode>instant"
+                   "</WriteMode><Streams>17</Streams></SyncSettings>")
+    assert refused.status_code == 400 and refused.mimetype == "application/xml"
+    assert "<Element>Streams</Element>" in refused.get_data(as_text=True)
+    assert send(client, "GET", "/Settings").json["WriteMode"] == "offline"  # nothing changed
+
+
 def test_service_settings_in_xml(orgs: Flask) -> None:  # noqa: F811
     client = orgs.test_client()
     answer = send(client, "PATCH", "/Entities", xml=(
@@ -71,6 +95,14 @@ def test_service_settings_in_xml(orgs: Flask) -> None:  # noqa: F811
     ("PATCH", "/Settings", {"ConflictPolicy": "loudest-wins"}, 400, "ConflictPolicy"),
     ("PATCH", "/Settings", {"Mode": "instant"}, 400, "Mode"),
     ("PATCH", "/Settings", {"WriteMode": 1}, 400, "WriteMode"),
+    ("PATCH", "/Settings", {"Streams": 0}, 400, "Streams"),
+    ("PATCH", "/Settings", {"Streams": 17}, 400, "Streams"),
+    ("PATCH", "/Settings", {"Streams": "abc"}, 400, "Streams"),
+    ("PATCH", "/Settings", {"Streams": -1}, 400, "Streams"),
+    ("PATCH", "/Settings", {"Streams": 2.5}, 400, "Streams"),
+    ("PATCH", "/Settings", {"Streams": True}, 400, "Streams"),
+    ("PATCH", "/Settings", {"Streams": [4]}, 400, "Streams"),
+    ("PATCH", "/Settings", {"WriteMode": "instant", "Streams": 17}, 400, "Streams"),
     ("PATCH", "/Entities", {"Entities": ["account"], "Enabled": "yes"}, 400, "Enabled"),
     ("PATCH", "/Entities", {"Entities": ["ghost"], "Enabled": False}, 400, "Entities"),
     ("PATCH", "/Entities", {"Entities": [], "Enabled": False}, 400, "Entities"),

@@ -86,6 +86,15 @@ class Backend(ABC):
     # (never apply_writes). 1, the default, is one thread, as before.
     max_streams: ClassVar[int] = 1
 
+    @classmethod
+    def most_streams(cls) -> tuple[int, str]:
+        """The most entities this backend type reads at once, and why (before a server says)."""
+        return cls.max_streams, f"the {cls.kind} backend allows {cls.max_streams}"
+
+    def allowed_streams(self) -> tuple[int, str]:
+        """The entities this server may be read at once now, and why (the run's limit)."""
+        return self.most_streams()
+
     def is_keyed(self, entity: Entity) -> bool:
         """Whether this entity's records have server keys (a backend may key only some)."""
         return self.keyed

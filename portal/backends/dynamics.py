@@ -26,6 +26,7 @@ It is the OData client of `odata.py` with the Dataverse dialect:
 """
 
 import re
+import threading
 import time
 from collections.abc import Generator, Iterator
 from typing import TYPE_CHECKING, Any
@@ -177,6 +178,12 @@ class DynamicsBackend(ODataBackend):
     """A Dataverse environment through its Web API, signed in by MSAL."""
 
     kind = "dynamics"
+    # Entities read at once: at most four, and no more than the environment's
+    # x-ms-dop-hint (allowed_streams). Safe: the token source renews under its own
+    # lock, the run's caches of the server's definitions fill under `_learning`,
+    # and the rest it learns while reading (lookup tables, navigations) are single
+    # dict writes of values every reader would write alike.
+    max_streams = 4
 
     def __init__(self, url: str, username: str, password: str, *, auth: str | None = None,
                  tenant: str | None = None, authority: str | None = None,
@@ -190,7 +197,8 @@ class DynamicsBackend(ODataBackend):
                          session=session, retries=retries, max_retry_after=MAX_WAIT_S)
         # The transport's retries, except that a Retry-After longer than a run
         # waits stops the run (ServiceProtectionRetry).
-        adapter = HTTPAdapter(pool_connections=2, pool_maxsize=4, max_retries=(
+        # A connection for each stream's reader, and spare ones for the writer's reads.
+        adapter = HTTPAdapter(pool_connections=2, pool_maxsize=self.max_streams + 2, max_retries=(
             ServiceProtectionRetry.from_retry(server_retry(retries, MAX_WAIT_S))))
         self.session.mount("http://", adapter)
         self.session.mount("https://", adapter)
@@ -211,6 +219,9 @@ class DynamicsBackend(ODataBackend):
         self._budget: dict[str, int] = {}  # the most of each budget the server said was left
         self._relationships: list[dvm.ManyToMany] | None = None
         self._targets: dict[str, str] = {}  # record id -> its table, as lookups named it
+        self._dop_hint: int | None = None  # the server's recommended parallelism, last said
+        self._signing_in = threading.Lock()  # one token source, found once
+        self._learning = threading.RLock()  # each definition read once, by one reader
 
     # --- transport ---------------------------------------------------------
 
@@ -218,7 +229,9 @@ class DynamicsBackend(ODataBackend):
         """One request with a bearer token (found, then cached, on first use)."""
         # Per request, not on the session: MSAL's own requests share the session.
         if self.bearer is None:
-            self.bearer = BearerAuth(self._token_source())
+            with self._signing_in:
+                if self.bearer is None:
+                    self.bearer = BearerAuth(self._token_source())
         return super().request(method, url, auth=self.bearer, **kwargs)
 
     def _token_source(self) -> TokenSource:
@@ -239,7 +252,11 @@ class DynamicsBackend(ODataBackend):
 
     def _service_protection(self, response: requests.Response, *args: Any,
                             **kwargs: Any) -> None:
-        """Near the end of the budget the server reports, wait before the next request."""
+        """Near the end of the budget the server reports, wait before the next request; keep
+        the parallelism it recommends (x-ms-dop-hint)."""
+        hint = _int(response.headers.get("x-ms-dop-hint"))
+        if hint is not None:
+            self._dop_hint = hint
         low = False
         for header in ("x-ms-ratelimit-burst-remaining-xrm-requests",
                        "x-ms-ratelimit-time-remaining-xrm-requests"):
@@ -251,6 +268,16 @@ class DynamicsBackend(ODataBackend):
             time.sleep(SLOW_DOWN_S)
 
     # --- the interface -----------------------------------------------------
+
+    def allowed_streams(self) -> tuple[int, str]:
+        """At most max_streams, and no more than the server's x-ms-dop-hint (Microsoft Learn,
+        "Send parallel requests": the environment's recommended degree of parallelism)."""
+        if self._dop_hint is None:
+            self.definitions()  # read by every run anyway; its answer carries the hint
+        hint = self._dop_hint
+        if hint is not None and hint < self.max_streams:
+            return max(1, hint), f"the server's x-ms-dop-hint is {hint}"
+        return self.most_streams()
 
     def check_credentials(self) -> str:
         """WhoAmI(): a token, and a user the environment knows (with a security role)."""
@@ -626,11 +653,12 @@ class DynamicsBackend(ODataBackend):
 
     def definitions(self) -> dict[str, dict[str, Any]]:
         """Every table's EntityMetadata (without attributes), read once per run."""
-        if self._definitions is None:
-            payload = self.get_json("EntityDefinitions")
-            self._definitions = {str(d["LogicalName"]): d for d in payload.get("value", [])
-                                 if isinstance(d, dict) and d.get("LogicalName")}
-        return self._definitions
+        with self._learning:
+            if self._definitions is None:
+                payload = self.get_json("EntityDefinitions")
+                self._definitions = {str(d["LogicalName"]): d for d in payload.get("value", [])
+                                     if isinstance(d, dict) and d.get("LogicalName")}
+            return self._definitions
 
     def entity_set(self, name: str) -> str:
         """A table's entity set name (accounts for account)."""
@@ -646,11 +674,12 @@ class DynamicsBackend(ODataBackend):
     def server_attributes(self, entity: Entity) -> dict[str, dict[str, Any]]:
         """The table's AttributeMetadata by name (what can be selected, created, updated)."""
         name = entity.logicalname
-        if name not in self._attributes:
-            payload = self.get_json(f"{_key(name)}?$expand=Attributes")
-            self._attributes[name] = {str(a["LogicalName"]): a for a in
-                                      payload.get("Attributes") or [] if a.get("LogicalName")}
-        return self._attributes[name]
+        with self._learning:
+            if name not in self._attributes:
+                payload = self.get_json(f"{_key(name)}?$expand=Attributes")
+                self._attributes[name] = {str(a["LogicalName"]): a for a in
+                                          payload.get("Attributes") or [] if a.get("LogicalName")}
+            return self._attributes[name]
 
     def select(self, entity: Entity) -> list[str]:
         """`$select` of the entity's synced attributes the server has; lookups as `_x_value`."""
@@ -661,14 +690,15 @@ class DynamicsBackend(ODataBackend):
 
     def relationships(self) -> list[dvm.ManyToMany]:
         """Every N:N relationship of the environment, read once per run."""
-        if self._relationships is None:
-            response = self.request("GET", "RelationshipDefinitions/"
-                                    "Microsoft.Dynamics.CRM.ManyToManyRelationshipMetadata")
-            # A server without RelationshipDefinitions: its intersect tables are read as
-            # they describe themselves (lookups to both sides), and not written.
-            self._relationships = dvm.many_to_many(orjson.loads(response.content)) \
-                if response.status_code == 200 else []
-        return self._relationships
+        with self._learning:
+            if self._relationships is None:
+                response = self.request("GET", "RelationshipDefinitions/"
+                                        "Microsoft.Dynamics.CRM.ManyToManyRelationshipMetadata")
+                # A server without RelationshipDefinitions: its intersect tables are read as
+                # they describe themselves (lookups to both sides), and not written.
+                self._relationships = dvm.many_to_many(orjson.loads(response.content)) \
+                    if response.status_code == 200 else []
+            return self._relationships
 
     def relationship(self, entity: Entity) -> dvm.ManyToMany:
         """The N:N relationship whose intersect table this is."""

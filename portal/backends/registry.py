@@ -7,7 +7,7 @@ yet is listed (so its ProviderID is recognised) but refused with that reason.
 
 from collections.abc import Callable
 from dataclasses import dataclass
-from typing import Any
+from typing import Any, cast
 
 from portal.backends.base import Backend
 from portal.backends.dynamics import DynamicsBackend
@@ -97,3 +97,8 @@ def make_backend(kind: str, url: str, username: str, password: str,
     make = available_backend(kind).make
     assert make is not None
     return make(url, username, password, **options)
+
+
+def stream_limit(kind: str) -> tuple[int, str]:
+    """The most entities a backend type reads at once, and why (its class's max_streams)."""
+    return cast(type[Backend], available_backend(kind).make).most_streams()

@@ -45,6 +45,7 @@ through `salesforce_mapping`.
   ServerLimited (run status "limited"), and the next run resumes.
 """
 
+import threading
 import time
 from collections.abc import Callable, Collection, Generator, Iterator
 from datetime import UTC, datetime, timedelta
@@ -81,6 +82,9 @@ OPTIONS = ("auth", "consumer_key", "consumer_secret", "security_token", "id_fiel
 SECRET_OPTIONS = frozenset({"consumer_secret", "security_token"})  # stored encrypted
 DEFAULT_ID_FIELD = "CrmSyncId__c"
 DEFAULT_API_BUDGET = 50  # percent of the org's daily API requests a connection may reach
+# Under this share of the budget left, a run reads one object at a time: it nears its
+# stop at a reader's pace, and reaches it with one request in flight, not one a reader.
+LOW_BUDGET_SHARE = 0.25
 COLLECTION_SIZE = 200  # records per sObject Collections request (Salesforce's limit)
 IN_LIST_SIZE = 200  # ids per `Id IN (...)` of a version read
 QUERY_BATCH = (200, 2000)  # Sforce-Query-Options batchSize bounds
@@ -136,6 +140,10 @@ class SalesforceBackend(Backend):
     supports_delta = True
     supports_batch = True
     keyed = True
+    # Objects read at once: four, one when little of the connection's API budget is left
+    # (allowed_streams). Safe: the sign-in and the run's describes happen under locks,
+    # once each; simple-salesforce's calls share the session, whose pool is thread-safe.
+    max_streams = 4
 
     def __init__(self, url: str, username: str, password: str, *, auth: str | None = None,
                  consumer_key: str | None = None, consumer_secret: str | None = None,
@@ -162,7 +170,9 @@ class SalesforceBackend(Backend):
         # repeated by the transport, so a lost answer ends the run and the next run's
         # look-up (or none) decides; every other call may be repeated.
         retry = server_retry(retries).new(allowed_methods=RETRY_METHODS - {"POST"})
-        adapter = HTTPAdapter(pool_connections=2, pool_maxsize=4, max_retries=retry)
+        # A connection for each stream's reader, and spare ones for the writer's calls.
+        adapter = HTTPAdapter(pool_connections=2, pool_maxsize=self.max_streams + 2,
+                              max_retries=retry)
         self.session.mount("http://", adapter)
         self.session.mount("https://", adapter)
         self._sf: Salesforce | None = None
@@ -170,6 +180,8 @@ class SalesforceBackend(Backend):
         self._objects: dict[str, sfm.SalesforceObject] = {}  # our entity name -> its describe
         self._prefixes: dict[str, str] = {}  # id prefix -> our entity name
         self._api_names: dict[str, str] = {}  # id prefix -> the object's API name
+        self._signing_in = threading.Lock()  # one sign-in for every reader
+        self._learning = threading.RLock()  # each describe read once, by one reader
 
     # --- sign-in and calls -------------------------------------------------
 
@@ -212,9 +224,10 @@ class SalesforceBackend(Backend):
     @property
     def sf(self) -> Salesforce:
         """The signed-in client (signed in on first use)."""
-        if self._sf is None:
-            self._sf = self._sign_in()
-        return self._sf
+        with self._signing_in:
+            if self._sf is None:
+                self._sf = self._sign_in()
+            return self._sf
 
     def call(self, do: Callable[[Salesforce], T]) -> T:
         """One call through simple-salesforce, signed in again once if the session expired.
@@ -230,7 +243,9 @@ class SalesforceBackend(Backend):
                 if attempt == 2:
                     raise CredentialsRefused("Salesforce refused a new session "
                                              "(INVALID_SESSION_ID twice)") from None
-                self._sf = None  # INVALID_SESSION_ID: sign in again, then repeat
+                with self._signing_in:  # INVALID_SESSION_ID: sign in again, then repeat
+                    if self._sf is sf:  # (unless another reader did already)
+                        self._sf = None
                 continue
             except SalesforceError as exc:
                 raise self._error(exc) from None
@@ -278,12 +293,14 @@ class SalesforceBackend(Backend):
     # --- metadata ----------------------------------------------------------
 
     def _describe_global(self) -> dict[str, Any]:
-        if self._global is None:
-            self._global = self.call(lambda sf: sf.restful("sobjects", timeout=TIMEOUT_S))
-            prefixes = sfm.key_prefixes(self._global or {})
-            self._prefixes = {p: name.lower() for p, name in prefixes.items()}
-            self._api_names = prefixes
-        return self._global or {}
+        with self._learning:
+            if self._global is None:
+                described = self.call(lambda sf: sf.restful("sobjects", timeout=TIMEOUT_S))
+                prefixes = sfm.key_prefixes(described or {})
+                self._prefixes = {p: name.lower() for p, name in prefixes.items()}
+                self._api_names = prefixes
+                self._global = described
+            return self._global or {}
 
     def _synced(self) -> list[str]:
         return [n for n in sfm.synced_objects(self._describe_global())
@@ -292,6 +309,10 @@ class SalesforceBackend(Backend):
     def salesforce_object(self, entity: Entity | str) -> sfm.SalesforceObject:
         """The describe of an entity's object (once a run); BackendError if it cannot sync now."""
         name = entity if isinstance(entity, str) else entity.logicalname
+        with self._learning:
+            return self._describe(name)
+
+    def _describe(self, name: str) -> sfm.SalesforceObject:
         if name not in self._objects:
             synced = self._synced()
             api = next((n for n in synced if n.lower() == name), None)
@@ -309,6 +330,19 @@ class SalesforceBackend(Backend):
                                      if a.logicalname != self.id_field]
             self._objects[name] = obj
         return self._objects[name]
+
+    def allowed_streams(self) -> tuple[int, str]:
+        """Four objects at once, one when under a quarter of the connection's API budget (its
+        share of the org's daily requests, as Sforce-Limit-Info says) is left today."""
+        self._describe_global()  # read by every run anyway; its answer says the usage
+        usage = self.sf.api_usage.get("api-usage")
+        if usage is not None and usage.total:
+            allowed = usage.total * min(self.api_budget, 100) // 100
+            left = max(0, allowed - usage.used)
+            if left < allowed * LOW_BUDGET_SHARE:
+                return 1, (f"{left} of the API budget's {allowed} requests are left today "
+                           f"(under {LOW_BUDGET_SHARE:.0%})")
+        return self.most_streams()
 
     def check_credentials(self) -> str:
         """Sign in and read the org's limits: who we are and what is left today."""

@@ -16,6 +16,7 @@ from portal.errors import InvalidInput
 from portal.orgs.store import open_org, orgs_path
 from portal.sync import connections
 from portal.sync.connections import Connection
+from portal.sync.streams import MAX_STREAMS
 
 
 def _show_entities(connection: Connection) -> None:
@@ -76,13 +77,23 @@ def sync_filter(org: str, entity: str, fetchxml: IO[str] | None, clear: bool) ->
               help="Send client changes to the server instantly, or at the next run.")
 @click.option("--conflict-policy", type=click.Choice([str(p) for p in connections.ConflictPolicy]),
               default=None, help="Who wins when both sides changed a record.")
-def settings(org: str, write_mode: str | None, conflict_policy: str | None) -> None:
-    """Show or change a connection's write mode and conflict policy."""
+@click.option("--streams", default=None, metavar="N|default",
+              help=f"Entities a run downloads at once, 1 to {MAX_STREAMS} (the backend may "
+                   "allow fewer), or 'default' for the portal's SYNC_STREAMS.")
+def settings(org: str, write_mode: str | None, conflict_policy: str | None,
+             streams: str | None) -> None:
+    """Show or change a connection's write mode, conflict policy and streams."""
     connection = connection_of(get_db(), org, connected=False)
-    if write_mode is not None or conflict_policy is not None:
+    if write_mode is not None or conflict_policy is not None or streams is not None:
         connection = connections.update_settings(
             get_db(), connection.id,
             write_offline=None if write_mode is None else write_mode == "offline",
-            conflict_policy=conflict_policy)
+            conflict_policy=conflict_policy,
+            streams=connections.Keep.KEEP if streams is None else
+            None if streams.strip() == "default" else streams)
     click.echo(f"write mode: {'offline' if connection.write_offline else 'instant'}")
     click.echo(f"conflict policy: {connection.conflict_policy}")
+    planned = connections.planned_streams(get_db(), connection,
+                                          current_app.config["SYNC_STREAMS"])
+    click.echo(f"streams: {planned.describe()}"
+               f"{'' if connection.streams else ' (the portal default)'}")

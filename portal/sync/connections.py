@@ -12,18 +12,30 @@ import json
 import re
 from dataclasses import dataclass, field
 from datetime import UTC, datetime, timedelta
-from enum import StrEnum
+from enum import Enum, StrEnum
 from typing import Any
 from urllib.parse import urlsplit, urlunsplit
 
 from sqlite_utils import Database
 
 from portal import crypto
-from portal.backends.registry import available_backend, check_options, secret_options
+from portal.backends.registry import (
+    available_backend,
+    check_options,
+    secret_options,
+    stream_limit,
+)
 from portal.db import TIMESTAMP_FORMAT, immediate, utcnow
 from portal.errors import InvalidInput, NotFound
 from portal.orgs.metadata import Entity
 from portal.sync import filters
+from portal.sync.streams import MAX_STREAMS, Streams, decide
+
+
+class Keep(Enum):
+    """An update's "leave this setting as it is" (None means clear it, for some)."""
+
+    KEEP = 0
 
 
 class ConnectionStatus(StrEnum):
@@ -70,6 +82,7 @@ class Connection:
     created: str
     updated: str
     server_options: dict[str, str] = field(default_factory=dict)  # the backend's sign-in
+    streams: int | None = None  # entities a run downloads at once; None: SYNC_STREAMS
 
 
 @dataclass
@@ -98,6 +111,19 @@ def check_policy(policy: str) -> ConflictPolicy:
         raise InvalidInput(f"unknown conflict policy {policy!r} "
                            f"(one of {', '.join(ConflictPolicy)})",
                            field="conflict_policy") from None
+
+
+def check_streams(value: Any) -> int | None:
+    """Streams asked for (1..MAX_STREAMS; a whole number or its text); None or '' is the
+    portal's default. InvalidInput otherwise."""
+    if value is None or (isinstance(value, str) and not value.strip()):
+        return None
+    if isinstance(value, str) and value.strip().isdigit():
+        value = int(value.strip())
+    if not isinstance(value, int) or isinstance(value, bool) or not 1 <= value <= MAX_STREAMS:
+        raise InvalidInput(f"streams must be a whole number from 1 to {MAX_STREAMS}, or empty "
+                           f"for the portal's default (not {value!r})", field="streams")
+    return value
 
 
 _SELECT = ("SELECT connections.*, orgs.name AS org_name FROM connections "
@@ -267,9 +293,16 @@ def set_progress(db: Database, connection_id: int, progress: dict[str, Any]) -> 
 
 
 def update_settings(db: Database, connection_id: int, *, write_offline: bool | None = None,
-                    conflict_policy: str | None = None) -> Connection:
-    """Change how client changes reach the server and how conflicts are resolved."""
+                    conflict_policy: str | None = None,
+                    streams: int | str | None | Keep = Keep.KEEP) -> Connection:
+    """Change how client changes reach the server, how conflicts are resolved, and how many
+    entities a run downloads at once (streams=None: the portal's default)."""
+    if conflict_policy is not None:
+        check_policy(conflict_policy)
+    asked = None if isinstance(streams, Keep) else check_streams(streams)
     with immediate(db):
+        if not isinstance(streams, Keep):
+            db.execute("UPDATE connections SET streams = ? WHERE id = ?", [asked, connection_id])
         if write_offline is not None:
             db.execute("UPDATE connections SET write_offline = ? WHERE id = ?",
                        [int(write_offline), connection_id])
@@ -277,6 +310,17 @@ def update_settings(db: Database, connection_id: int, *, write_offline: bool | N
             db.execute("UPDATE connections SET conflict_policy = ? WHERE id = ?",
                        [check_policy(conflict_policy), connection_id])
     return get_connection(db, connection_id)
+
+
+def planned_streams(db: Database, connection: Connection, default: int) -> Streams:
+    """The streams the connection's next run asks for and may use, as known before it starts
+    (its setting or `default`, capped by the backend type and the enabled entities)."""
+    enabled = sum(s.enabled for s in entity_settings(db, connection.id))
+    limits = [stream_limit(connection.backend)]
+    if enabled:
+        limits.append((enabled, f"{enabled} {'entity is' if enabled == 1 else 'entities are'} "
+                                "enabled"))
+    return decide(connection.streams or default, limits)
 
 
 # --- entities ----------------------------------------------------------------

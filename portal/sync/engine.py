@@ -32,7 +32,7 @@ from portal.orgs import records, sync_state, transactions
 from portal.orgs.metadata import Entity
 from portal.orgs.store import OrgDb
 from portal.orgs.transactions import Transaction, TransactionStatus
-from portal.sync import filters
+from portal.sync import filters, streams
 from portal.sync.connections import ConflictPolicy, EntitySettings
 
 
@@ -451,10 +451,16 @@ def download(run: Run, totals: dict[str, int] | None = None) -> None:
     transaction, so a run killed anywhere resumes as from a sequential one.
     """
     settings = [s for s in run.plan.entities if s.enabled and s.entity in run.org.entities()]
-    streams = min(run.plan.streams, run.backend.max_streams, len(settings))
+    if not settings:
+        return  # nothing to read: the backend is not asked what it allows
+    decided = streams.decide(run.plan.streams, [
+        run.backend.allowed_streams(),
+        (len(settings), f"{len(settings)} {'entity' if len(settings) == 1 else 'entities'} "
+                        "to download")])
+    run.reporter.log("info", decided.log_line(), None)
     downloads = (_EntityDownload(run, s, (totals or {}).get(s.entity)) for s in settings)
     # Closed on any exit: the readers stop and release the backend's connections.
-    with closing(interleaved(((d, d.pages()) for d in downloads), max(1, streams))) as pages:
+    with closing(interleaved(((d, d.pages()) for d in downloads), decided.used)) as pages:
         for entity_download, page in pages:
             if page is None:
                 entity_download.finish()

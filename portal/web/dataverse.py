@@ -45,6 +45,15 @@ def web_api(org: str, resource: str) -> ResponseReturnValue:
     return serve(DATAVERSE, org, resource)
 
 
+@bp.after_request
+def parallelism_hint(response: Response) -> Response:
+    """Every Web API answer recommends how many requests to send at once, as Dataverse's do
+    (x-ms-dop-hint, Microsoft Learn "Send parallel requests"); the token endpoint is Entra's."""
+    if request.endpoint == "dataverse.web_api":
+        response.headers["x-ms-dop-hint"] = str(current_app.config["DATAVERSE_DOP_HINT"])
+    return response
+
+
 @bp.get("/<org>/v2.0/.well-known/openid-configuration")
 @bp.get("/<org>/.well-known/openid-configuration")
 def openid_configuration(org: str) -> ResponseReturnValue:

@@ -5,6 +5,7 @@ from typing import Any
 from portal.backends.registry import BACKEND_TYPES
 from portal.sync.connections import ConnectionStatus
 from portal.sync.runs import RunStatus
+from portal.sync.streams import MAX_STREAMS
 
 TEXT = {"type": "string", "maxLength": 2048}
 
@@ -161,6 +162,11 @@ SETTINGS = {
         "Schedule": {"type": "object", "properties": {
             "EveryMinutes": _nullable("integer"), "DailyAt": _nullable("string"),
             "Active": {"type": "boolean"}, "NextRun": _nullable("string")}},
+        "Streams": {"type": "object", "description": "entities a run downloads at once: the "
+                    "setting (null: the portal's default), asked, what a run may use and why "
+                    "fewer (the server may allow fewer still: the run's log says)",
+                    "properties": {"Setting": _nullable("integer"), "Asked": {"type": "integer"},
+                                   "Used": {"type": "integer"}, "Cap": _nullable("string")}},
         "Entities": {"type": "array", "items": {"type": "object", "properties": {
             "Name": {"type": "string"}, "Enabled": {"type": "boolean"},
             "SyncDeletion": {"type": "boolean"}, "Filter": _nullable("string")}}},
@@ -168,7 +174,9 @@ SETTINGS = {
 }
 SETTINGS_CHANGE = {"type": "object", "additionalProperties": False, "properties": {
     "WriteMode": {"type": "string", "enum": ["instant", "offline"]},
-    "ConflictPolicy": {"type": "string", "enum": ["server-wins", "client-wins", "newest-wins"]}}}
+    "ConflictPolicy": {"type": "string", "enum": ["server-wins", "client-wins", "newest-wins"]},
+    "Streams": {"type": "integer", "minimum": 1, "maximum": MAX_STREAMS, "nullable": True,
+                "description": "entities a run downloads at once; null: the portal's default"}}}
 ENTITIES_CHANGE = {"type": "object", "additionalProperties": False, "required": ["Entities"],
                    "properties": {"Entities": {"type": "array", "items": {"type": "string"}},
                                   "Enabled": {"type": "boolean"},

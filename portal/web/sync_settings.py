@@ -1,7 +1,7 @@
 """The sync web service's settings calls: every setting the admin changes, for programs.
 
     GET   /rest/v1/sync/{org}/Settings                  write mode, policy, schedule, entities
-    PATCH /rest/v1/sync/{org}/Settings                  WriteMode, ConflictPolicy
+    PATCH /rest/v1/sync/{org}/Settings                  WriteMode, ConflictPolicy, Streams
     PATCH /rest/v1/sync/{org}/Entities                  Entities, Enabled and/or SyncDeletion
     PUT   /rest/v1/sync/{org}/Entities/{entity}/Filter  FetchXml: set the entity's sync filter
     DELETE /rest/v1/sync/{org}/Entities/{entity}/Filter clear it
@@ -80,6 +80,11 @@ def _read(allowed: dict[str, type]) -> tuple[dict[str, Any], str]:
 
 
 def _typed(name: str, value: Any, kind: type, fmt: str) -> Any:
+    if kind is int:  # checked by the data layer: a number, its text, or null/empty (default)
+        if value is None or (isinstance(value, (int, str)) and not isinstance(value, bool)
+                             and len(str(value)) <= MAX_TEXT):
+            return value
+        raise Refused(400, "InvalidElement", f"{name} must be a whole number", name)
     if kind is bool:
         if fmt == "xml" and value in ("true", "false"):
             return value == "true"
@@ -102,7 +107,7 @@ def _typed(name: str, value: Any, kind: type, fmt: str) -> Any:
 # Which element a data-layer refusal (InvalidInput.field) is about, in these calls.
 ELEMENT_OF_FIELD = {"conflict_policy": "ConflictPolicy", "every": "Every", "daily_at": "DailyAt",
                     "schedule": "Every", "filter": "FetchXml", "entities": "Entities",
-                    "entity": "Entities"}
+                    "entity": "Entities", "streams": "Streams"}
 
 
 @contextmanager
@@ -125,6 +130,7 @@ def _connection(org: str) -> Connection:
 
 def _settings(connection: Connection) -> dict[str, Any]:
     current = connections.get_connection(get_db(), connection.id)
+    streams = connections.planned_streams(get_db(), current, current_app.config["SYNC_STREAMS"])
     return {
         "Organization": current.org_name,
         "WriteMode": "offline" if current.write_offline else "instant",
@@ -132,6 +138,10 @@ def _settings(connection: Connection) -> dict[str, Any]:
         "Schedule": {"EveryMinutes": current.schedule_every_minutes,
                      "DailyAt": current.schedule_daily_at, "Active": current.schedule_active,
                      "NextRun": current.next_run_at},
+        # Setting null: the portal's default. Used/Cap: as known before a run (the
+        # server may allow fewer; the run's log says what it used).
+        "Streams": {"Setting": current.streams, "Asked": streams.asked, "Used": streams.used,
+                    "Cap": streams.cap},
         "Entities": [{"Name": s.entity, "Enabled": s.enabled, "SyncDeletion": s.sync_deletion,
                       "Filter": s.filter}
                      for s in connections.entity_settings(get_db(), current.id)],
@@ -147,9 +157,9 @@ def get_settings(org: str) -> ResponseReturnValue:
 
 @bp.patch("/sync/<org>/Settings")
 def patch_settings(org: str) -> ResponseReturnValue:
-    """Change the write mode (instant / offline) and the conflict policy."""
+    """Change the write mode (instant / offline), the conflict policy and the streams."""
     connection = _connection(org)
-    values, fmt = _read({"WriteMode": str, "ConflictPolicy": str})
+    values, fmt = _read({"WriteMode": str, "ConflictPolicy": str, "Streams": int})
     mode = values.get("WriteMode")
     if mode is not None and mode not in WRITE_MODES:
         raise Refused(400, "InvalidElement", f"WriteMode must be one of {', '.join(WRITE_MODES)}",
@@ -160,7 +170,8 @@ def patch_settings(org: str) -> ResponseReturnValue:
             connections.check_policy(policy)
         connections.update_settings(get_db(), connection.id,
                                     write_offline=None if mode is None else mode == "offline",
-                                    conflict_policy=policy)
+                                    conflict_policy=policy,
+                                    streams=values.get("Streams", connections.Keep.KEEP))
     return answer("SyncSettings", _settings(connection), 200, answer_format(fmt))
 
 

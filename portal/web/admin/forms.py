@@ -142,7 +142,14 @@ class SettingsForm(FlaskForm):
         (connections.ConflictPolicy.CLIENT_WINS, "The client wins"),
         (connections.ConflictPolicy.NEWEST_WINS, "The newest change wins")),
         validators=[InputRequired("Choose a conflict policy.")])
+    streams = StringField("Entities downloaded at once", filters=[strip],
+                          validators=[Length(max=8)],
+                          render_kw={"inputmode": "numeric", "placeholder": "default"})
     submit = SubmitField("Save settings")
+
+    def validate_streams(self, field: Field) -> None:
+        """1 to MAX_STREAMS, or empty for the portal's default."""
+        _checked(connections.check_streams, field.data)
 
 
 class CredentialsForm(FlaskForm):

@@ -33,6 +33,7 @@ from portal.queue import check_result, enqueue_check, get_redis, is_check_of, jo
 from portal.sync import connections, filters, overview, registration, runs
 from portal.sync.connections import Connection
 from portal.sync.runs import RunStatus
+from portal.sync.streams import MAX_STREAMS
 from portal.web.admin import bp, filter_editor
 from portal.web.admin.charts import run_chart
 from portal.web.admin.forms import (
@@ -435,7 +436,7 @@ def job(org: str) -> ResponseReturnValue:
 
 @bp.get("/<org>/sync/connection")
 def connection(org: str) -> ResponseReturnValue:
-    """Connection: write mode, conflict policy, server credentials, disconnect."""
+    """Connection: write mode, conflict policy, streams, server credentials, disconnect."""
     current = _connection()
     return _connection_page(current)
 
@@ -445,7 +446,8 @@ def _connection_page(current: Connection, settings: SettingsForm | None = None,
                      disconnect_form: DisconnectForm | None = None) -> str:
     settings = settings or SettingsForm(formdata=None, data={
         "write_mode": "offline" if current.write_offline else "instant",
-        "conflict_policy": current.conflict_policy})
+        "conflict_policy": current.conflict_policy,
+        "streams": str(current.streams or "")})
     credentials = credentials or CredentialsForm(formdata=None, data={
         "server_username": current.username})
     check = _check("credentials", current) if request.method == "GET" else None
@@ -453,18 +455,22 @@ def _connection_page(current: Connection, settings: SettingsForm | None = None,
     return _page("admin/connection.html", settings=settings, credentials=credentials,
                  check=check, checking=bool(check and check["checking"]),
                  disconnect_form=disconnect_form or DisconnectForm(formdata=None),
+                 streams=connections.planned_streams(get_db(), current,
+                                                     current_app.config["SYNC_STREAMS"]),
+                 default_streams=current_app.config["SYNC_STREAMS"], max_streams=MAX_STREAMS,
                  unsent=sum(open_counts[s] for s in transactions.OPEN))
 
 
 @bp.post("/<org>/sync/connection/settings")
 def connection_settings(org: str) -> ResponseReturnValue:
-    """Save the write mode and the conflict policy."""
+    """Save the write mode, the conflict policy and the streams."""
     current = _connection()
     form = SettingsForm()
     if form.validate_on_submit():
         connections.update_settings(get_db(), current.id,
                                     write_offline=form.write_mode.data == "offline",
-                                    conflict_policy=form.conflict_policy.data)
+                                    conflict_policy=form.conflict_policy.data,
+                                    streams=form.streams.data)
         flash("Settings saved.", "info")
         return _back("admin.connection")
     return _connection_page(current, settings=form), 400
