@@ -17,7 +17,8 @@ own authority by the password flow), and the initial sync of accounts from a rea
 server (tests/cap) through the `odata` backend, each as a rate and a ratio to P1's.
 
 Each sync runs in a child process (spawned), so its peak RSS is its own.
-Run: make bench (or .venv/bin/python bench/sync.py [--records N] [--million N]).
+Run: make bench (or .venv/bin/python bench/sync.py [--records N] [--million N]
+[--only P1,P8]).
 """
 
 import argparse
@@ -310,14 +311,28 @@ def instant_upload(tmp: Path, server_url: str, server_file: Path, writes: int) -
         redis_server.stop()
 
 
+MEASURES = ("P1", "P7", "P9", "P5", "P8", "P3")
+NEEDS_P1 = {"P7", "P9"}  # P7 is a ratio to P1's rate, P9 syncs P7's client again
+
+
 def main() -> None:  # noqa: PLR0915 - one benchmark after another, in order
-    """Run the benchmarks and print the P-lines."""
+    """Run the benchmarks (all, or those --only names) and print their P-lines."""
     parser = argparse.ArgumentParser()
     parser.add_argument("--records", type=int, default=100_000)
     parser.add_argument("--million", type=int, default=1_000_000, help="P5's large org")
     parser.add_argument("--each", type=int, default=CLIENT_RECORDS, help="P8's server org")
     parser.add_argument("--writes", type=int, default=WRITES, help="P3's writes")
+    parser.add_argument("--only", default=",".join(MEASURES),
+                        help="comma-separated measures to run, e.g. P1,P8 (P7 and P9 run P1)")
     args = parser.parse_args()
+    only = {m.strip().upper() for m in args.only.split(",") if m.strip()}
+    unknown = only - set(MEASURES)
+    if unknown:
+        parser.error(f"--only: unknown measure {sorted(unknown)[0]} (measures: "
+                     f"{', '.join(MEASURES)})")
+    if "P5" in only and "P1" not in only:
+        parser.error("--only: P5 compares with P1's client, name P1 too")
+    runs_p1 = bool(only & ({"P1"} | NEEDS_P1))
     big, million, each = args.records, args.million, args.each
     begun = time.perf_counter()
     with tempfile.TemporaryDirectory(prefix="bs", dir="/tmp") as folder:
@@ -326,9 +341,10 @@ def main() -> None:  # noqa: PLR0915 - one benchmark after another, in order
         app = create_app({"INSTANCE_PATH": instance})
         orgs = store.orgs_path(app)
         seeded = {}
+        wanted = [("big", big, runs_p1), ("million", million, "P5" in only),
+                  ("many", each, "P8" in only), ("instant", 100, "P3" in only)]
         with app.app_context():
-            for name, count in (("big", big), ("million", million), ("many", each),
-                                ("instant", 100)):
+            for name, count, _ in (w for w in wanted if w[2]):
                 start = time.perf_counter()
                 registry.create_org(get_db(), orgs, name, email=EMAIL,
                                     password=PASSWORD, template="sales")
@@ -336,101 +352,145 @@ def main() -> None:  # noqa: PLR0915 - one benchmark after another, in order
                     seed(org, count)
                 seeded[name] = time.perf_counter() - start
         portal = PortalProcess(instance, "unix://" + str(tmp / "none.sock"))
+        lines = []
         try:
-            # P1. Best of three for both: the machine is shared, and the best run is the
-            # one least disturbed by others.
-            raws = [raw_copy(orgs / "big.db", tmp / f"raw{n}.db") for n in range(REPEAT)]
-            firsts = [sync_in_child(tmp / f"b-big{n}", portal.odata_root("big"))
-                      for n in range(REPEAT)]
-            raw, (first, downloaded, rss_big) = min(raws), min(firsts)
-            assert downloaded == big, downloaded
-            p1 = raw / first
-            # Beside P1: the same org through the dynamics backend, and accounts from CAP.
-            dynamics_s, dynamics_downloaded = dynamics_initial_sync(tmp, instance)
-            cap_s, cap_records = cap_initial_sync(tmp / "b-cap", big // 10)
-
-            # P7: the same through 100 ms of latency per answer.
-            proxy = DelayProxy(portal.url, DELAY_S)
-            try:
-                root = proxy.url + "/odata/v4/big/"
-                delayed = [sync_in_child(tmp / f"b-slow{n}", root) for n in range(2)]
-                # P9: a run without changes of a client synced through the proxy (its
-                # delta links lead there), counted by the proxy, now without delay.
-                proxy.delay_s = 0
-                before = proxy.requests
-                p9_s, p9_downloaded, _ = sync_in_child(tmp / "b-slow0", root)
-                p9_requests = proxy.requests - before
-                service_doc = []
-                for _ in range(5):
-                    start = time.perf_counter()
-                    requests.get(root, auth=(EMAIL, PASSWORD), timeout=30).raise_for_status()
-                    service_doc.append(time.perf_counter() - start)
-            finally:
-                proxy.stop()
-            p7_s, p7_downloaded, _ = min(delayed)
-            assert p7_downloaded == big, p7_downloaded
-            p7 = first / p7_s
-            assert p9_downloaded == 0, p9_downloaded
-            doc_s = statistics.median(service_doc)
-
-            # P5: peak RSS of a 1M-record initial sync.
-            p5_s, p5_downloaded, rss_million = sync_in_child(tmp / "b-million",
-                                                             portal.odata_root("million"))
-            assert p5_downloaded == million, p5_downloaded
-
-            # P8: one client alone, then CLIENTS at once, from the same server org.
-            many = portal.odata_root("many")
-            alone_s, alone_downloaded, _ = sync_in_child(tmp / "p8-alone", many)
-            assert alone_downloaded == each, alone_downloaded
-            outcomes = syncs_at_once([tmp / f"p8-{n}" for n in range(CLIENTS)], many)
-            good = [o for o in outcomes if not isinstance(o, str) and o[2] == each]
-            errors = len(outcomes) - len(good)
-            for bad in (o for o in outcomes if o not in good):
-                print(f"  P8 client failed: {bad}")
-            together_s = max(o[1] for o in good) - min(o[0] for o in good) if good else 1e9
-            p8 = (len(good) * each / together_s) / (each / alone_s)
-
-            # P3: instant upload latency.
-            latencies = sorted(instant_upload(tmp, portal.odata_root("instant"),
-                                              orgs / "instant.db", args.writes))
+            rss_big = 0.0
+            if runs_p1:
+                p1_lines, rss_big = p1_p7_p9(tmp, instance, orgs, portal, big, only)
+                lines += p1_lines
+            if "P5" in only:
+                lines += p5(tmp, portal, million, seeded, rss_big, big)
+            if "P8" in only:
+                lines += p8(tmp, portal, each)
+            if "P3" in only:
+                lines += p3(tmp, portal, orgs, args.writes)
         finally:
             portal.stop()
+    print(f"sync benchmark ({', '.join(m for m in MEASURES if m in only)}), "
+          f"{time.perf_counter() - begun:.0f} s in all (seeding the server orgs "
+          f"{sum(seeded.values()):.0f} s of it); page size {SETTING['SYNC_PAGE_SIZE'].default:,}; "
+          f"server page cache {page_cache_state()}")
+    for line in lines:
+        print(line)
+
+
+def page_cache_state() -> str:
+    """"on" or "off", as the portal processes of this run read PORTAL_PAGE_CACHE."""
+    return "off" if os.environ.get("PORTAL_PAGE_CACHE", "true").lower() == "false" else "on"
+
+
+def p1_p7_p9(tmp: Path, instance: Path, orgs: Path, portal: PortalProcess, big: int,
+             only: set[str]) -> tuple[list[str], float]:
+    """P1 (with the dynamics and CAP lines), and P7 and P9 when asked for: their lines,
+    and the peak RSS of P1's client (P5's baseline)."""
+    # P1. Best of three for both: the machine is shared, and the best run is the
+    # one least disturbed by others.
+    raws = [raw_copy(orgs / "big.db", tmp / f"raw{n}.db") for n in range(REPEAT)]
+    firsts = [sync_in_child(tmp / f"b-big{n}", portal.odata_root("big"))
+              for n in range(REPEAT)]
+    raw, (first, downloaded, rss_big) = min(raws), min(firsts)
+    assert downloaded == big, downloaded
+    p1 = raw / first
+    lines = [
+        f"P1 initial sync of {big:,} records ({', '.join(ENTITIES)}) over loopback: "
+        f"{big / first:,.0f} records/s (best of {', '.join(f'{t[0]:.2f}' for t in firsts)} s) "
+        f"vs raw SQLite copy {big / raw:,.0f} records/s (best of "
+        f"{', '.join(f'{t:.2f}' for t in raws)} s) = {p1:.2f}; goal >= 0.6: "
+        f"{verdict(p1 >= 0.6)}"]
+    if "P1" in only:
+        # Beside P1: the same org through the dynamics backend, and accounts from CAP.
+        dynamics_s, dynamics_downloaded = dynamics_initial_sync(tmp, instance)
+        cap_s, cap_records = cap_initial_sync(tmp / "b-cap", big // 10)
+        lines += [
+            f"   the same through the dynamics backend (Dataverse root, TLS): "
+            f"{dynamics_downloaded / dynamics_s:,.0f} records/s ({dynamics_downloaded:,} "
+            f"records in {dynamics_s:.2f} s) = "
+            f"{first / dynamics_s * dynamics_downloaded / big:.2f} of P1's resco rate",
+            f"   accounts from SAP CAP through the odata backend: {cap_records / cap_s:,.0f} "
+            f"records/s ({cap_records:,} in {cap_s:.2f} s) = "
+            f"{cap_records / cap_s / (big / first):.2f} of P1's resco rate"]
+    if not only & NEEDS_P1:
+        return lines, rss_big
+    # P7: the same through 100 ms of latency per answer.
+    proxy = DelayProxy(portal.url, DELAY_S)
+    try:
+        root = proxy.url + "/odata/v4/big/"
+        delayed = [sync_in_child(tmp / f"b-slow{n}", root) for n in range(2)]
+        # P9: a run without changes of a client synced through the proxy (its
+        # delta links lead there), counted by the proxy, now without delay.
+        proxy.delay_s = 0
+        before = proxy.requests
+        p9_s, p9_downloaded, _ = sync_in_child(tmp / "b-slow0", root)
+        p9_requests = proxy.requests - before
+        service_doc = []
+        for _ in range(5):
+            start = time.perf_counter()
+            requests.get(root, auth=(EMAIL, PASSWORD), timeout=30).raise_for_status()
+            service_doc.append(time.perf_counter() - start)
+    finally:
+        proxy.stop()
+    p7_s, p7_downloaded, _ = min(delayed)
+    assert p7_downloaded == big, p7_downloaded
+    p7 = first / p7_s
+    assert p9_downloaded == 0, p9_downloaded
+    doc_s = statistics.median(service_doc)
+    if "P7" in only:
+        lines.append(
+            f"P7 the same through a proxy delaying every answer {DELAY_S * 1000:.0f} ms: "
+            f"{big / p7_s:,.0f} records/s (best of {', '.join(f'{t[0]:.2f}' for t in delayed)} "
+            f"s) = {p7:.2f} of P1's rate; goal >= 0.7: {verdict(p7 >= 0.7)}")
+    if "P9" in only:
+        lines.append(
+            f"P9 no-change run on {big:,} records: {p9_requests} requests for {len(ENTITIES)} "
+            f"entities ({p9_requests / len(ENTITIES):.2f} per entity) in {p9_s:.3f} s = "
+            f"{p9_s / doc_s:.1f}x one GET of the service document ({doc_s * 1000:.1f} ms); "
+            f"goal <= 1 request per entity: {verdict(p9_requests <= len(ENTITIES))}")
+    return lines, rss_big
+
+
+def p5(tmp: Path, portal: PortalProcess, million: int, seeded: dict[str, float],
+       rss_big: float, big: int) -> list[str]:
+    """P5: peak RSS of a 1M-record initial sync vs P1's client."""
+    p5_s, p5_downloaded, rss_million = sync_in_child(tmp / "b-million",
+                                                     portal.odata_root("million"))
+    assert p5_downloaded == million, p5_downloaded
+    ratio = rss_million / rss_big
+    return [f"P5 peak RSS of the client: {rss_million:.0f} MB for {million:,} records "
+            f"(initial sync {p5_s:.1f} s, server org seeded in {seeded['million']:.0f} s) vs "
+            f"{rss_big:.0f} MB for {big:,} = {ratio:.2f}x; goal <= 1.2x: "
+            f"{verdict(ratio <= 1.2)}"]
+
+
+def p8(tmp: Path, portal: PortalProcess, each: int) -> list[str]:
+    """P8: one client alone, then CLIENTS at once, from the same server org."""
+    many = portal.odata_root("many")
+    alone_s, alone_downloaded, _ = sync_in_child(tmp / "p8-alone", many)
+    assert alone_downloaded == each, alone_downloaded
+    outcomes = syncs_at_once([tmp / f"p8-{n}" for n in range(CLIENTS)], many)
+    good = [o for o in outcomes if not isinstance(o, str) and o[2] == each]
+    errors = len(outcomes) - len(good)
+    lines = [f"  P8 client failed: {bad}" for bad in outcomes if bad not in good]
+    together_s = max(o[1] for o in good) - min(o[0] for o in good) if good else 1e9
+    p8 = (len(good) * each / together_s) / (each / alone_s)
+    lines.append(
+        f"P8 {CLIENTS} clients syncing {each:,} records each from one server org at "
+        f"once: {len(good) * each / together_s:,.0f} records/s in {together_s:.2f} s "
+        f"vs one alone {each / alone_s:,.0f} records/s ({alone_s:.2f} s) = "
+        f"{p8:.2f}, {errors} errors ({os.cpu_count()} cores); goal >= 1.5, 0 errors: "
+        f"{verdict(p8 >= 1.5 and errors == 0)}")
+    return lines
+
+
+def p3(tmp: Path, portal: PortalProcess, orgs: Path, writes: int) -> list[str]:
+    """P3: instant upload latency, p50 and p99."""
+    latencies = sorted(instant_upload(tmp, portal.odata_root("instant"),
+                                      orgs / "instant.db", writes))
     p50 = statistics.median(latencies)
     p99 = latencies[max(0, int(len(latencies) * 0.99) - 1)]
-    print(f"sync benchmark, {time.perf_counter() - begun:.0f} s in all (seeding the server orgs "
-          f"{sum(seeded.values()):.0f} s of it); page size {SETTING['SYNC_PAGE_SIZE'].default:,}")
-    print(f"P1 initial sync of {big:,} records ({', '.join(ENTITIES)}) over loopback: "
-          f"{big / first:,.0f} records/s (best of {', '.join(f'{t[0]:.2f}' for t in firsts)} s) "
-          f"vs raw SQLite copy {big / raw:,.0f} records/s (best of "
-          f"{', '.join(f'{t:.2f}' for t in raws)} s) = {p1:.2f}; goal >= 0.6: "
-          f"{verdict(p1 >= 0.6)}")
-    print(f"   the same through the dynamics backend (Dataverse root, TLS): "
-          f"{dynamics_downloaded / dynamics_s:,.0f} records/s ({dynamics_downloaded:,} records "
-          f"in {dynamics_s:.2f} s) = {first / dynamics_s * dynamics_downloaded / big:.2f} of "
-          "P1's resco rate")
-    print(f"   accounts from SAP CAP through the odata backend: {cap_records / cap_s:,.0f} "
-          f"records/s ({cap_records:,} in {cap_s:.2f} s) = "
-          f"{cap_records / cap_s / (big / first):.2f} of P1's resco rate")
-    print(f"P7 the same through a proxy delaying every answer {DELAY_S * 1000:.0f} ms: "
-          f"{big / p7_s:,.0f} records/s (best of {', '.join(f'{t[0]:.2f}' for t in delayed)} s) "
-          f"= {p7:.2f} of P1's rate; goal >= 0.7: {verdict(p7 >= 0.7)}")
-    print(f"P8 {CLIENTS} clients syncing {each:,} records each from one server org at "
-          f"once: {len(good) * each / together_s:,.0f} records/s in {together_s:.2f} s "
-          f"vs one alone {each / alone_s:,.0f} records/s ({alone_s:.2f} s) = "
-          f"{p8:.2f}, {errors} errors ({os.cpu_count()} cores); goal >= 1.5, 0 errors: "
-          f"{verdict(p8 >= 1.5 and errors == 0)}")
-    print(f"P3 instant upload, API write on the client until visible on the server, "
-          f"{len(latencies)} writes: p50 {p50 * 1000:.0f} ms, p99 {p99 * 1000:.0f} ms, "
-          f"{latencies.count(float('inf'))} never seen; "
-          f"goal p50 < 250 ms, p99 < 1 s: {verdict(p50 < 0.25 and p99 < 1)}")
-    print(f"P9 no-change run on {big:,} records: {p9_requests} requests for {len(ENTITIES)} "
-          f"entities ({p9_requests / len(ENTITIES):.2f} per entity) in {p9_s:.3f} s = "
-          f"{p9_s / doc_s:.1f}x one GET of the service document ({doc_s * 1000:.1f} ms); "
-          f"goal <= 1 request per entity: {verdict(p9_requests <= len(ENTITIES))}")
-    ratio = rss_million / rss_big
-    print(f"P5 peak RSS of the client: {rss_million:.0f} MB for {million:,} records "
-          f"(initial sync {p5_s:.1f} s, server org seeded in {seeded['million']:.0f} s) vs "
-          f"{rss_big:.0f} MB for {big:,} = {ratio:.2f}x; goal <= 1.2x: {verdict(ratio <= 1.2)}")
+    return [f"P3 instant upload, API write on the client until visible on the server, "
+            f"{len(latencies)} writes: p50 {p50 * 1000:.0f} ms, p99 {p99 * 1000:.0f} ms, "
+            f"{latencies.count(float('inf'))} never seen; "
+            f"goal p50 < 250 ms, p99 < 1 s: {verdict(p50 < 0.25 and p99 < 1)}"]
 
 
 if __name__ == "__main__":
