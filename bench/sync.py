@@ -7,7 +7,8 @@ measured in the same run, its goal, and whether it is met.
 * P9: a run with no changes on the 100k client: requests sent (counted by a proxy) and
   time, vs one GET of the service document through the same proxy.
 * P5: peak RSS of the client syncing 1M records vs 100k.
-* P8: 8 client orgs syncing one 25k-record server org at once: aggregate rate vs one alone.
+* P8: 8 client orgs syncing one 25k-record server org at once: aggregate rate vs one alone;
+  a write to the server org before each run, so that no run reads pages the server kept.
 * P3: instant upload, a write to a client org (its own portal, a real RQ worker, Redis)
   until it is visible in the server org's file: p50 and p99 of 200 writes.
 
@@ -462,20 +463,39 @@ def p5(tmp: Path, portal: PortalProcess, million: int, seeded: dict[str, float],
 
 
 def p8(tmp: Path, portal: PortalProcess, each: int) -> list[str]:
-    """P8: one client alone, then CLIENTS at once, from the same server org."""
+    """P8: one client alone (best of 3), then CLIENTS at once (best of 2), from the same
+    server org. Before each run a write to the server org (an account saved unchanged)
+    makes every page the server kept unusable: no run reads pages an earlier one built."""
     many = portal.odata_root("many")
-    alone_s, alone_downloaded, _ = sync_in_child(tmp / "p8-alone", many)
-    assert alone_downloaded == each, alone_downloaded
-    outcomes = syncs_at_once([tmp / f"p8-{n}" for n in range(CLIENTS)], many)
-    good = [o for o in outcomes if not isinstance(o, str) and o[2] == each]
-    errors = len(outcomes) - len(good)
-    lines = [f"  P8 client failed: {bad}" for bad in outcomes if bad not in good]
-    together_s = max(o[1] for o in good) - min(o[0] for o in good) if good else 1e9
-    p8 = (len(good) * each / together_s) / (each / alone_s)
+    account = many + f"accounts({account_row(0)['accountid']})"
+
+    def touch() -> None:
+        requests.patch(account, json={"name": account_row(0)["name"]}, auth=(EMAIL, PASSWORD),
+                       timeout=30).raise_for_status()
+
+    alones = []
+    for n in range(REPEAT):
+        touch()
+        alone_s, alone_downloaded, _ = sync_in_child(tmp / f"p8-alone{n}", many)
+        assert alone_downloaded == each, alone_downloaded
+        alones.append(alone_s)
+    alone_s = min(alones)
+    runs, lines, errors = [], [], 0
+    for run in range(2):
+        touch()
+        outcomes = syncs_at_once([tmp / f"p8-{run}-{n}" for n in range(CLIENTS)], many)
+        good = [o for o in outcomes if not isinstance(o, str) and o[2] == each]
+        errors += len(outcomes) - len(good)
+        lines += [f"  P8 client failed: {bad}" for bad in outcomes if bad not in good]
+        if good:
+            runs.append((max(o[1] for o in good) - min(o[0] for o in good), len(good)))
+    together_s, done = min(runs) if runs else (1e9, 0)
+    p8 = (done * each / together_s) / (each / alone_s)
     lines.append(
         f"P8 {CLIENTS} clients syncing {each:,} records each from one server org at "
-        f"once: {len(good) * each / together_s:,.0f} records/s in {together_s:.2f} s "
-        f"vs one alone {each / alone_s:,.0f} records/s ({alone_s:.2f} s) = "
+        f"once: {done * each / together_s:,.0f} records/s (best of "
+        f"{', '.join(f'{t:.2f}' for t, _ in runs)} s) vs one alone {each / alone_s:,.0f} "
+        f"records/s (best of {', '.join(f'{t:.2f}' for t in alones)} s) = "
         f"{p8:.2f}, {errors} errors ({os.cpu_count()} cores); goal >= 1.5, 0 errors: "
         f"{verdict(p8 >= 1.5 and errors == 0)}")
     return lines
