@@ -106,7 +106,8 @@ def client_sync(client_dir: str, url: str, result: Any, go: Any = None, kind: st
     """In a child process: connect-like first sync (metadata + download), or a later run.
 
     With `go` (an Event), the child says it is ready and waits for it before syncing,
-    so that several children start at once. Puts (start, end, downloaded, peak RSS MB).
+    so that several children start at once. Puts (start, end, downloaded, peak RSS MB,
+    CPU seconds of the sync itself, every thread).
     `kind` "odata": a SAP CAP server at `url`, its accounts read with `credentials`.
     """
     path = Path(client_dir)
@@ -115,7 +116,7 @@ def client_sync(client_dir: str, url: str, result: Any, go: Any = None, kind: st
     if go is not None:
         result.put("ready")
         go.wait()
-    started = time.time()
+    started, cpu = time.time(), _cpu_s()
     try:
         backend = BACKENDS[kind](url, *credentials, allow_private=True)
         if not org.entities():
@@ -133,7 +134,27 @@ def client_sync(client_dir: str, url: str, result: Any, go: Any = None, kind: st
         result.put(f"error: {exc.__class__.__name__}: {exc}")
         return
     result.put((started, time.time(), run.result.total("downloaded"),
-                resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024))
+                resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024, _cpu_s() - cpu))
+
+
+def _cpu_s() -> float:
+    usage = resource.getrusage(resource.RUSAGE_SELF)
+    return usage.ru_utime + usage.ru_stime
+
+
+def server_cpu_s(portal: PortalProcess) -> float:
+    """CPU seconds used so far by a portal's gunicorn master and workers (Linux /proc)."""
+    master, total = portal.process.pid, 0
+    for entry in Path("/proc").iterdir():
+        if not entry.name.isdigit():
+            continue
+        try:
+            fields = (entry / "stat").read_text().rsplit(")", 1)[1].split()
+        except OSError:  # gone meanwhile
+            continue
+        if int(entry.name) == master or int(fields[1]) == master:
+            total += int(fields[11]) + int(fields[12])  # utime, stime in clock ticks
+    return total / os.sysconf("SC_CLK_TCK")
 
 
 def _ctx() -> Any:
@@ -146,7 +167,7 @@ def sync_in_child(client_dir: Path, url: str, kind: str = "resco",
     outcome = syncs_at_once([client_dir], url, kind, credentials)[0]
     if isinstance(outcome, str):
         raise RuntimeError(outcome)
-    start, end, downloaded, rss = outcome
+    start, end, downloaded, rss, _ = outcome
     return end - start, downloaded, rss
 
 
@@ -476,26 +497,34 @@ def p8(tmp: Path, portal: PortalProcess, each: int) -> list[str]:
     alones = []
     for n in range(REPEAT):
         touch()
-        alone_s, alone_downloaded, _ = sync_in_child(tmp / f"p8-alone{n}", many)
-        assert alone_downloaded == each, alone_downloaded
-        alones.append(alone_s)
-    alone_s = min(alones)
+        server_before = server_cpu_s(portal)
+        outcome = syncs_at_once([tmp / f"p8-alone{n}"], many)[0]
+        if isinstance(outcome, str):
+            raise RuntimeError(outcome)
+        assert outcome[2] == each, outcome
+        alones.append((outcome[1] - outcome[0], outcome[4], server_cpu_s(portal) - server_before))
+    alone_s, alone_cpu, alone_server = min(alones)
     runs, lines, errors = [], [], 0
     for run in range(2):
         touch()
+        server_before = server_cpu_s(portal)
         outcomes = syncs_at_once([tmp / f"p8-{run}-{n}" for n in range(CLIENTS)], many)
+        server = server_cpu_s(portal) - server_before
         good = [o for o in outcomes if not isinstance(o, str) and o[2] == each]
         errors += len(outcomes) - len(good)
         lines += [f"  P8 client failed: {bad}" for bad in outcomes if bad not in good]
         if good:
-            runs.append((max(o[1] for o in good) - min(o[0] for o in good), len(good)))
-    together_s, done = min(runs) if runs else (1e9, 0)
+            runs.append((max(o[1] for o in good) - min(o[0] for o in good), len(good),
+                         sum(o[4] for o in good), server))
+    together_s, done, clients_cpu, server_cpu = min(runs) if runs else (1e9, 0, 0.0, 0.0)
     p8 = (done * each / together_s) / (each / alone_s)
     lines.append(
         f"P8 {CLIENTS} clients syncing {each:,} records each from one server org at "
         f"once: {done * each / together_s:,.0f} records/s (best of "
-        f"{', '.join(f'{t:.2f}' for t, _ in runs)} s) vs one alone {each / alone_s:,.0f} "
-        f"records/s (best of {', '.join(f'{t:.2f}' for t in alones)} s) = "
+        f"{', '.join(f'{r[0]:.2f}' for r in runs)} s; CPU in it: clients' syncs "
+        f"{clients_cpu:.2f} s, server {server_cpu:.2f} s) vs one alone {each / alone_s:,.0f} "
+        f"records/s (best of {', '.join(f'{a[0]:.2f}' for a in alones)} s; CPU: client "
+        f"{alone_cpu:.2f} s, server {alone_server:.2f} s) = "
         f"{p8:.2f}, {errors} errors ({os.cpu_count()} cores); goal >= 1.5, 0 errors: "
         f"{verdict(p8 >= 1.5 and errors == 0)}")
     return lines

@@ -8,8 +8,8 @@ everything the answer depends on:
 
 * the portal (its orgs folder), the org and its file's identity (a re-created org
   never meets the old one's entries);
-* the caller (user kind and id: two users never share an entry, whatever rights
-  they may gain later);
+* the caller (user kind, id and admin flag: two users never share an entry, whatever
+  rights they may be given later);
 * the request: service root (scheme, host, dialect), path, query string, and the
   headers that change the answer (Prefer: maxpagesize, track-changes, annotations);
 * the org's data version: every value of its `_org` table, where the store keeps the
@@ -124,7 +124,7 @@ def page_key(req: ApiRequest, version: Hashable) -> Hashable:
     orgs_dir = orgs_path(current_app)
     stat = os.stat(org_file(orgs_dir, req.org.name))
     return (str(orgs_dir), req.org.name, stat.st_dev, stat.st_ino,
-            req.user.get("kind", "user"), req.user.get("id"),
+            req.user.get("kind", "user"), req.user.get("id"), bool(req.user.get("is_admin")),
             req.service_root, req.path, tuple(req.args.items(multi=True)),
             tuple(tuple(req.headers.getlist(name)) for name in ANSWER_HEADERS), version)
 
