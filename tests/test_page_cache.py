@@ -174,6 +174,19 @@ def test_users_never_share_a_kept_page_and_refusals_stay_refusals(server: Server
         assert reader_http.post(customize, json=body, timeout=30).status_code == 403
 
 
+def test_an_org_made_again_under_the_same_name_never_gets_the_old_pages(server: Server
+                                                                       ) -> None:
+    http = server.session()
+    old = names(server.pages(http))
+    with server.side.app.app_context():
+        registry.delete_org(get_db(), server.side.orgs_dir, "srv")
+    server.side.create_org("srv")  # the same admin, template and counters' history...
+    with server.side.org("srv") as org:
+        seed_sales(org, accounts=30, seed=8)  # ...other records
+    new = names(server.pages(http))
+    assert len(new) == 30 and not set(new) & set(old)
+
+
 def test_a_delta_request_after_a_change_sees_the_change(server: Server) -> None:
     http = server.session()
     delta = server.pages(http)[-1]["@odata.deltaLink"]

@@ -6,8 +6,8 @@ set, query, Prefer and skiptoken: the tokens are deterministic), and without
 this each of them makes the server build each page again. An entry is keyed by
 everything the answer depends on:
 
-* the portal (its orgs folder), the org and its file's identity (a re-created org
-  never meets the old one's entries);
+* the portal (its orgs folder), the org and its file's identity (device, inode, change
+  time: a re-created org never meets the old one's entries);
 * the caller (user kind, id and admin flag: two users never share an entry, whatever
   rights they may be given later);
 * the request: service root (scheme, host, dialect), path, query string, and the
@@ -123,7 +123,9 @@ def page_key(req: ApiRequest, version: Hashable) -> Hashable:
     """Everything the answer to `req` depends on."""
     orgs_dir = orgs_path(current_app)
     stat = os.stat(org_file(orgs_dir, req.org.name))
-    return (str(orgs_dir), req.org.name, stat.st_dev, stat.st_ino,
+    # The file's inode and change time: an org deleted and made again (same name, maybe
+    # the same inode number and counters) is another file.
+    return (str(orgs_dir), req.org.name, stat.st_dev, stat.st_ino, stat.st_ctime_ns,
             req.user.get("kind", "user"), req.user.get("id"), bool(req.user.get("is_admin")),
             req.service_root, req.path, tuple(req.args.items(multi=True)),
             tuple(tuple(req.headers.getlist(name)) for name in ANSWER_HEADERS), version)
