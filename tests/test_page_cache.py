@@ -243,6 +243,9 @@ def request(sales_org: store.OrgDb, path: str, args: dict[str, str], method: str
     ("GET", "accounts(00000000-0000-4000-8000-000000000001)", {}, False),
     ("GET", "accounts/$count", {}, False),
     ("GET", "$metadata", {}, False),
+    ("GET", "EntityDefinitions", {}, False),
+    ("GET", "WhoAmI", {}, False),
+    ("GET", "nosuchset", {}, False),
     ("GET", "", {}, False),
     ("POST", "accounts", {}, False),
 ])

@@ -116,6 +116,9 @@ def cacheable(req: ApiRequest) -> bool:
     """Whether a request's answer depends on nothing but the key (and may be kept)."""
     if req.method != "GET" or not SET_PATH_RE.match(req.path) or "fetchXml" in req.args:
         return False
+    # An entity set's name, not EntityDefinitions or WhoAmI (which look the same).
+    if all(e.entitysetname != req.path for e in req.org.entities().values()):
+        return False
     return all(CLOCK_MARK not in value.lower() for value in req.args.getlist("$filter"))
 
 
