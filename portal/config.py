@@ -61,6 +61,11 @@ SETTINGS = (
             "largest request body of the sync web service (/rest/v1/), bytes"),
     Setting("ALLOW_PRIVATE_SERVERS", bool, False,
             "allow server URLs on loopback, private and link-local addresses"),
+    Setting("PAGE_CACHE", bool, True,
+            "Org API and Dataverse root: pages of entity sets built once and served to every "
+            "caller asking for the same page of the same data (portal/web/page_cache.py)"),
+    Setting("PAGE_CACHE_MB", int, 64,
+            "page cache: most megabytes of pages kept per web worker process"),
     Setting("SYNC_PAGE_SIZE", int, 5000, "sync: records per downloaded page"),
     Setting("SYNC_STREAMS", int, 4,
             "sync: entities a connection's run downloads at once (at most what its server "

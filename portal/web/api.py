@@ -21,7 +21,7 @@ from portal.orgs import transactions
 from portal.orgs.store import orgs_path
 from portal.queue import enqueue_upload, get_redis
 from portal.sync.connections import ConnectionStatus, connection_of_org
-from portal.web import auth_throttle, service_protection
+from portal.web import auth_throttle, page_cache, service_protection
 from portal.web.odata import auth
 from portal.web.odata.connections import org_connection
 from portal.web.odata.dialect import ORG_API, Dialect
@@ -88,7 +88,7 @@ def _serve(dialect: Dialect, org: str, resource: str, user: dict[str, Any]) -> R
         error_codes=dialect.error_codes,
         dialect=dialect,
     )
-    answer = dispatch(req)
+    answer = page_cache.answer(req, dispatch)
     if request.method != "GET" and answer.status < 400 and transactions.is_client(req.org.db):
         _upload_now(org)
     return flask_response(answer)
