@@ -18,12 +18,14 @@ import pytest
 from redis import Redis
 
 from portal.orgs import records, store, transactions
+from portal.orgs.sync_state import server_key_id
 from tests.cap_server import running_cap_server
 from tests.fault_proxy import FaultProxy
 from tests.server_sides import (
     CapSide,
     ServerSide,
     assert_same,
+    client_snapshot,
     odatapy_side,
     salesforce_side,
 )
@@ -199,6 +201,82 @@ def test_servers_lookups_to_value_keyed_records_both_ways(
         assert len(list(b.db.table(source).rows)) == 3
         assert len(list(b.db.table(target).rows)) == 2
         assert_same(server, b, [source, target])
+
+
+def test_servers_lookups_to_composite_keyed_records_both_ways(
+        server: ServerSide, client: Side, redis: Redis) -> None:
+    """Budgets.period -> Periods(year, code): one lookup, its foreign keys the target's key.
+
+    Downloaded, changed on the client, pointing at a target made in the same run,
+    and dangling (its target on no side) as a single-key lookup's is: kept.
+    """
+    q1 = server.create("periods", {"year": 2026, "code": "Q1", "name": "First"})
+    server.create("periods", {"year": 2026, "code": "Q2", "name": "Second"})
+    first = server.create("budgets", {"name": "Travel", "period_year": 2026,
+                                      "period_code": "Q1"})
+    dangling = server.create("budgets", {"name": "Dangling", "period_year": 2030,
+                                         "period_code": "ZZ"})
+    server.create("budgets", {"name": "Unplanned"})  # no period
+    connection_id = _connect(server, client, redis)
+
+    with client.org("cli") as b:
+        budgets = b.entity("budgets")
+        lookup = budgets.attribute("period")
+        assert lookup is not None and (lookup.type, lookup.targets) == ("lookup", ["periods"])
+        # The foreign keys are the lookup, not attributes of their own.
+        assert budgets.attribute("period_year") is None
+        assert budgets.attribute("period_code") is None
+        periods = {(r["year"], r["code"]): r["periods_id"] for r in b.db.table("periods").rows}
+        rows = {r["name"]: r for r in b.db.table("budgets").rows}
+        assert rows["Travel"]["period"] == periods[(2026, "Q1")]
+        assert rows["Unplanned"]["period"] is None
+        # No record of that key on either side: the lookup keeps its derived GUID.
+        assert rows["Dangling"]["period"] == server_key_id(
+            "periods", DANGLING) and (2030, "ZZ") not in periods
+        _same_budgets(server, b)
+        # Client side: the lookup moved to Q2; a period and a budget pointing at it,
+        # made in one run; the dangling budget renamed (its lookup untouched).
+        records.update_record(b, "budgets", first, {"period": periods[(2026, "Q2")]})
+        made = records.create_record(b, "periods", {"year": 2027, "code": "P9",
+                                                    "name": "Made here"})
+        records.create_record(b, "budgets", {"name": "New", "amount": 12.5,
+                                             "period": made["periods_id"]})
+        records.update_record(b, "budgets", dangling, {"name": "Still dangling"})
+
+    client.sync_now(redis, connection_id)
+
+    on_server = {v["name"]: v["period"] for v in server.snapshot("budgets").values()}
+    assert on_server == {"Travel": '{"year":2026,"code":"Q2"}',
+                         "Still dangling": DANGLING,
+                         "Unplanned": None, "New": '{"year":2027,"code":"P9"}'}
+    assert set(server.snapshot("periods")) == {q1, '{"year":2026,"code":"Q2"}',
+                                               '{"year":2027,"code":"P9"}'}
+    with client.org("cli") as b:
+        rows = {r["name"]: r for r in b.db.table("budgets").rows}
+        assert rows["New"]["period"] == made["periods_id"]  # the client's own GUID
+        _same_budgets(server, b)
+        assert transactions.counts(b)["pending"] == 0
+
+    # Once more: nothing doubles on either side.
+    client.sync_now(redis, connection_id)
+    assert len(server.snapshot("budgets")) == 4 and len(server.snapshot("periods")) == 3
+    with client.org("cli") as b:
+        assert len(list(b.db.table("budgets").rows)) == 4
+        assert len(list(b.db.table("periods").rows)) == 3
+        _same_budgets(server, b)
+
+
+DANGLING = '{"year":2030,"code":"ZZ"}'
+
+
+def _same_budgets(server: ServerSide, org: store.OrgDb) -> None:
+    """Periods and budgets alike on both sides; a lookup to no record as its derived GUID."""
+    assert_same(server, org, ["periods"])
+    theirs = server.snapshot("budgets")
+    for values in theirs.values():
+        if values["period"] == DANGLING:  # the client knows no record of this key
+            values["period"] = "?" + server_key_id("periods", DANGLING)
+    assert theirs == client_snapshot(org, server.specs["budgets"])
 
 
 def _other(fields: dict[str, Any]) -> dict[str, Any]:
