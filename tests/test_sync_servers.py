@@ -467,15 +467,22 @@ def test_servers_lost_batch_answer_is_applied_once(proxied, client: Side, redis:
 
 
 @pytest.mark.parametrize("target_uploaded_before", [True, False])
+@pytest.mark.parametrize("key", ["single", "composite"])
 def test_servers_lost_create_answer_with_lookup_to_keyed_record_is_no_conflict(
-        proxied, client: Side, redis: Redis, target_uploaded_before: bool) -> None:
+        proxied, client: Side, redis: Redis, target_uploaded_before: bool, key: str) -> None:
     """A create's answer lost: its re-read record points at the target the client made.
 
-    The target's key is known before the run, or learnt in the same lost chunk.
+    The target's key is known before the run, or learnt in the same lost chunk; it
+    is a single key (value-keyed), or composite (Budgets.period -> Periods).
     """
     server, proxy = proxied
-    source, field, _, client_fields = server.keyed_lookup
-    target, target_fields, target_key = server.value_keyed
+    if key == "single":
+        source, field, _, client_fields = server.keyed_lookup
+        target, target_fields, target_key = server.value_keyed
+    else:
+        source, field, client_fields = "budgets", "period", {"name": "Lost budget"}
+        target, target_fields = "periods", {"year": 2028, "code": "L1", "name": "Lost"}
+        target_key = '{"year":2028,"code":"L1"}'
     connection_id = _connect(server, client, redis)
     with client.org("cli") as b:
         target_pk = b.entity(target).primaryidattribute
