@@ -506,6 +506,46 @@ def test_servers_lost_create_answer_with_lookup_to_keyed_record_is_no_conflict(
         assert_same(server, b, [source, target])
 
 
+@pytest.mark.parametrize("key", ["single", "composite"])
+def test_servers_conflict_won_by_the_server_keeps_its_lookup_to_a_record_made_here(
+        server: ServerSide, client: Side, redis: Redis, key: str) -> None:
+    """The server's record wins a conflict: its lookup, set there, to a record the client made.
+
+    The engine reads the record back (`get_record_references`) and maps each lookup
+    to the target's client GUID, not only the lookups the refused write set; the
+    download skips that record (its version is the one kept), so nothing else would.
+    """
+    if key == "single":
+        source, field, _, client_fields = server.keyed_lookup
+        target, target_fields, target_key = server.value_keyed
+        lookup, on_server = field.lower(), {field: target_key}
+    else:
+        source, lookup, client_fields = "budgets", "period", {"name": "Budget"}
+        target, target_fields = "periods", {"year": 2029, "code": "C1", "name": "Client's"}
+        on_server = {"period_year": 2029, "period_code": "C1"}
+    text = next(k for k, v in client_fields.items() if isinstance(v, str))
+    connection_id = _connect(server, client, redis)
+    with client.org("cli") as b:
+        target_pk = b.entity(target).primaryidattribute
+        made = records.create_record(b, target, target_fields)  # a random GUID, not derived
+        mine = records.create_record(b, source, client_fields)
+        pk = b.entity(source).primaryidattribute
+    client.sync_now(redis, connection_id)
+    (source_key,) = server.snapshot(source)
+    server.update(source, source_key, on_server)  # pointed there at the client's record
+    with client.org("cli") as b:
+        records.update_record(b, source, mine[pk], {text: "Changed on the client"})
+
+    client.sync_now(redis, connection_id)  # server-wins
+
+    with client.org("cli") as b:
+        (row,) = b.db.table(source).rows
+        assert row[text] == client_fields[text]  # the server's record won
+        assert row[lookup] == made[target_pk]
+        assert transactions.counts(b)["pending"] == 0
+        assert_same(server, b, [source, target])
+
+
 def test_servers_down_keeps_transactions_pending_then_goes_through(
         proxied, client: Side, redis: Redis) -> None:
     from portal.db import get_db

@@ -444,6 +444,17 @@ class ODataV4Backend(ODataBackend):
         emap = self.entity_map(entity)
         return self.read_record(entity, record_id, emap.path(record_id))
 
+    def get_record_references(self, entity: Entity, record_id: str
+                              ) -> tuple[dict[str, Any], str, dict[str, tuple[str, str]]] | None:
+        """One record with its ETag and its lookups to keyed sets (derived GUID -> target, key)."""
+        emap = self.entity_map(entity)
+        item = self.read_item(entity, record_id, emap.path(record_id))
+        if item is None:
+            return None
+        references: dict[str, tuple[str, str]] = {}
+        record = emap.from_server(item, references)
+        return record, str(item.get("@odata.etag") or ""), references
+
     # --- writes ------------------------------------------------------------
 
     def apply_writes(self, writes: list[Write]) -> list[WriteResult]:
