@@ -506,6 +506,41 @@ def test_servers_lost_create_answer_with_lookup_to_keyed_record_is_no_conflict(
         assert_same(server, b, [source, target])
 
 
+def test_cap_lost_create_answer_brings_the_lookup_the_server_set_itself(
+        client: Side, redis: Redis) -> None:
+    """CAP sets a product's currency ('EUR', the model's default) when a create leaves it out.
+
+    The create's answer is lost: the record read back holds a lookup the write never
+    set, to a currency the client made; the client ends with it, under that
+    currency's client GUID. (odatapy applies no defaults: CAP alone sets a lookup.)
+    """
+    with running_cap_server(max_page_size=7) as cap:
+        server = CapSide(cap)
+        proxy = FaultProxy(server.url)
+        server.url = proxy.url + urlsplit(server.url).path
+        try:
+            connection_id = _connect(server, client, redis)
+            with client.org("cli") as b:
+                euro = records.create_record(b, "currencies", {"code": "EUR", "name": "Euro"})
+            client.sync_now(redis, connection_id)
+            with client.org("cli") as b:
+                made = records.create_record(b, "products", {"id": 950, "name": "No currency"})
+
+            proxy.drop_batch_answers = 1
+            client.sync_now(redis, connection_id)
+
+            assert proxy.dropped == 1
+            assert [v["currency_code"] for v in server.snapshot("products").values()] == ["EUR"]
+            with client.org("cli") as b:
+                (row,) = b.db.table("products").rows
+                assert row["products_id"] == made["products_id"]
+                assert row["currency_code"] == euro["currencies_id"]
+                assert transactions.counts(b)["pending"] == 0
+                assert_same(server, b, ["products", "currencies"])
+        finally:
+            proxy.stop()
+
+
 @pytest.mark.parametrize("key", ["single", "composite"])
 def test_servers_conflict_won_by_the_server_keeps_its_lookup_to_a_record_made_here(
         server: ServerSide, client: Side, redis: Redis, key: str) -> None:

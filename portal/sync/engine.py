@@ -352,7 +352,10 @@ def _settle(run: Run, group: _Group, write: Write, answer: WriteResult,
             write = dataclasses.replace(write, server_key=answer.server_key)
         if server is not None and not group.deletes and _holds(server[0], write.values):
             # The server already has exactly our change: our earlier answer was lost.
-            _accepted(org, group, server[1], server[0], write.server_key)
+            # A create's record may hold values the service set itself (defaults, a
+            # lookup): no version is kept, so this run's download brings it whole.
+            version = None if group.created_here else server[1]
+            _accepted(org, group, version, server[0], write.server_key)
             counts.uploaded += 1
             return None
         return _upload_conflict(run, group, write, server)

@@ -8,7 +8,8 @@
 //   Contacts    cuid + managed: ID, firstName String(50), lastName String(100) not null,
 //               email String(255), account -> Accounts (a lookup; foreign key account_ID)
 //   Products    managed, Integer key ID (client-chosen), name String(100) not null,
-//               price Decimal(10,2), currency -> Currencies (foreign key currency_code)
+//               price Decimal(10,2), currency -> Currencies (foreign key currency_code,
+//               'EUR' when a create leaves it out: a lookup the server sets itself)
 //   Currencies  managed, String key code String(3) (client-chosen), name String(60),
 //               symbol String(5)
 //   Periods     managed, a composite key (year Integer, code String(10)), both
@@ -49,7 +50,7 @@ entity Products : managed {
   key ID   : Integer;
   name     : String(100) not null;
   price    : Decimal(10, 2);
-  currency : Association to Currencies;
+  currency : Association to Currencies default 'EUR'; // set by CAP when a create leaves it out
 }
 
 entity Currencies : managed {
