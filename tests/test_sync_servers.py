@@ -4,7 +4,9 @@ Each test runs once per server (`tests/server_sides.py`): odatapy's service with
 change tracking (delta links, tombstones as URLs), the same service without it
 (the modifiedAt watermark and id reconciliation), and a real SAP CAP server
 (no delta links: the watermark, keyset windows over its relative next links,
-If-Match on every change, Integer and String keys the client chooses). The client is portal B's org;
+If-Match on every change, Integer and String keys the client chooses). Both models have
+a composite key (Periods(year, code)) that a lookup (Budgets.period) points at. The
+client is portal B's org;
 jobs run on a real RQ worker against a real Redis.
 """
 
