@@ -11,7 +11,9 @@ every change (the model declares it Core.Computed), as a service would.
 
 The model: Accounts (Guid key), Contacts (Guid key, a lookup to Accounts by
 `account_ID`, an enum), Tickets (an Int32 key the server picks, a `clientId`
-for the client's GUID, a lookup to Countries by `country_code`), Countries (a String key).
+for the client's GUID, a lookup to Countries by `country_code`), Countries (a String key),
+Periods (a composite key: year Int32, code String), Budgets (a Guid key, a lookup to
+Periods by `period_year` and `period_code`).
 """
 
 import base64
@@ -32,7 +34,7 @@ from odatapy.server.inmemory import InMemoryDataStore, InMemoryProcessor
 from odatapy.server.processor import CustomETagSupport
 
 USER, PASSWORD = "alice", "alice-secret"
-SETS = ("Accounts", "Contacts", "Tickets", "Countries")
+SETS = ("Accounts", "Contacts", "Tickets", "Countries", "Periods", "Budgets")
 
 CHANGE_TRACKED = """<Annotation Term="Capabilities.ChangeTracking"><Record>
   <PropertyValue Property="Supported" Bool="true"/></Record></Annotation>"""
@@ -85,6 +87,24 @@ METADATA = f"""<?xml version="1.0" encoding="utf-8"?>
     <Property Name="name" Type="Edm.String" MaxLength="60"/>
     {MODIFIED}
    </EntityType>
+   <EntityType Name="Period"><Key><PropertyRef Name="year"/><PropertyRef Name="code"/></Key>
+    <Property Name="year" Type="Edm.Int32" Nullable="false"/>
+    <Property Name="code" Type="Edm.String" MaxLength="10" Nullable="false"/>
+    <Property Name="name" Type="Edm.String" MaxLength="60"/>
+    {MODIFIED}
+   </EntityType>
+   <EntityType Name="Budget"><Key><PropertyRef Name="ID"/></Key>
+    <Property Name="ID" Type="Edm.Guid" Nullable="false"/>
+    <Property Name="name" Type="Edm.String" MaxLength="100"/>
+    <Property Name="amount" Type="Edm.Decimal" Precision="12" Scale="2"/>
+    <Property Name="period_year" Type="Edm.Int32"/>
+    <Property Name="period_code" Type="Edm.String" MaxLength="10"/>
+    {MODIFIED}
+    <NavigationProperty Name="period" Type="crm.Period">
+     <ReferentialConstraint Property="period_year" ReferencedProperty="year"/>
+     <ReferentialConstraint Property="period_code" ReferencedProperty="code"/>
+    </NavigationProperty>
+   </EntityType>
    <EntityContainer Name="Service">
     <EntitySet Name="Accounts" EntityType="crm.Account">
      <NavigationPropertyBinding Path="contacts" Target="Contacts"/>{CHANGE_TRACKED}</EntitySet>
@@ -94,6 +114,9 @@ METADATA = f"""<?xml version="1.0" encoding="utf-8"?>
      <NavigationPropertyBinding Path="account" Target="Accounts"/>
      <NavigationPropertyBinding Path="country" Target="Countries"/>{CHANGE_TRACKED}</EntitySet>
     <EntitySet Name="Countries" EntityType="crm.Country">{CHANGE_TRACKED}</EntitySet>
+    <EntitySet Name="Periods" EntityType="crm.Period">{CHANGE_TRACKED}</EntitySet>
+    <EntitySet Name="Budgets" EntityType="crm.Budget">
+     <NavigationPropertyBinding Path="period" Target="Periods"/>{CHANGE_TRACKED}</EntitySet>
    </EntityContainer>
   </Schema>
  </edmx:DataServices>

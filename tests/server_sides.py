@@ -25,9 +25,11 @@ from pathlib import Path
 from typing import Any, Protocol
 from urllib.parse import quote
 
+import orjson
 import requests
 
 from portal.orgs import store
+from portal.orgs.sync_state import key_text
 from tests.portal_process import _die_with_parent, free_port
 
 ROOT = Path(__file__).resolve().parent.parent
@@ -46,6 +48,25 @@ class EntitySpec:
     # Server property -> the client entity it points to, where its values are server keys
     # (the client holds GUIDs: compared under the target's server keys).
     lookups: dict[str, str] = field(default_factory=dict)
+    # A composite key's properties in key order (`key` is then the first of them).
+    key_parts: tuple[str, ...] = ()
+    # Lookups to composite keys: client attribute -> (the target entity, own server
+    # property -> the target's key property); compared as the target's server key.
+    composite_lookups: dict[str, tuple[str, dict[str, str]]] = field(default_factory=dict)
+
+    def key_of(self, item: dict[str, Any]) -> str:
+        """A server record's key as the client's sync state keeps it (`sync_state.key_text`)."""
+        if self.key_parts:
+            return key_text({p: item[p] for p in self.key_parts})
+        return str(item[self.key]).lower() if self.key_kind == "guid" else str(item[self.key])
+
+    def values_of(self, item: dict[str, Any]) -> dict[str, Any]:
+        """A server record's fields as compared (composite lookups as their targets' keys)."""
+        values = {s: comparable(self, s, item.get(s)) for s in self.fields}
+        for name, (_, props) in self.composite_lookups.items():
+            parts = {theirs: item.get(own) for own, theirs in props.items()}
+            values[name] = None if None in parts.values() else key_text(parts)
+        return values
 
 
 @dataclass(frozen=True)
@@ -108,7 +129,8 @@ def client_snapshot(org: store.OrgDb, spec: EntitySpec) -> dict[str, dict[str, A
     entity = org.entity(spec.name)
     pk = entity.primaryidattribute
     keys = _server_keys(org, spec.name)
-    targets = {t: _server_keys(org, t) for t in spec.lookups.values()}
+    targets = {t: _server_keys(org, t) for t in [*spec.lookups.values(),
+                                                  *(t for t, _ in spec.composite_lookups.values())]}
     out: dict[str, dict[str, Any]] = {}
     for row in org.db.table(spec.name).rows:
         key = row[pk] if spec.key_kind == "guid" else (keys.get(row[pk]) or f"?{row[pk]}")
@@ -117,6 +139,10 @@ def client_snapshot(org: store.OrgDb, spec: EntitySpec) -> dict[str, dict[str, A
             if values.get(s) is not None:
                 values[s] = targets[target].get(values[s]) or f"?{values[s]}"
         out[str(key)] = {s: comparable(spec, s, v) for s, v in values.items()}
+        for name, (target, _) in spec.composite_lookups.items():
+            value = row.get(name)
+            out[str(key)][name] = None if value is None else (
+                targets[target].get(value) or f"?{value}")
     return out
 
 
@@ -156,6 +182,12 @@ class ODataSide:
         return list(self.specs)
 
     def _path(self, spec: EntitySpec, key: str) -> str:
+        if spec.key_parts:
+            parts = orjson.loads(key)
+            predicate = ",".join(f"{p}={v}" if isinstance(v, int) else
+                                 f"{p}='{str(v).replace(chr(39), chr(39) * 2)}'"
+                                 for p, v in parts.items())
+            return f"{self.url}{spec.entity_set}({quote(predicate, safe=chr(39) + '=,-')})"
         literal = key if spec.key_kind == "guid" or key.lstrip("-").isdigit() else \
             "'" + key.replace("'", "''") + "'"
         return f"{self.url}{spec.entity_set}({quote(literal, safe=chr(39) + '-')})"
@@ -177,9 +209,7 @@ class ODataSide:
         while url:
             payload = self._check(self.http.get(url)).json()
             for item in payload["value"]:
-                key = str(item[spec.key]).lower() if spec.key_kind == "guid" else str(
-                    item[spec.key])
-                out[key] = {s: comparable(spec, s, item.get(s)) for s in spec.fields}
+                out[spec.key_of(item)] = spec.values_of(item)
             link = payload.get("@odata.nextLink")
             url = requests.compat.urljoin(self.url, link) if link else None
         return out
@@ -191,7 +221,7 @@ class ODataSide:
         if spec.key_kind == "guid":
             body.setdefault(spec.key, str(uuid.uuid4()))
         answer = self._check(self.http.post(f"{self.url}{spec.entity_set}", json=body)).json()
-        return str(answer[spec.key]).lower() if spec.key_kind == "guid" else str(answer[spec.key])
+        return spec.key_of(answer)
 
     def update(self, entity: str, key: str, fields: dict[str, Any]) -> None:
         """PATCH with the record's ETag."""
@@ -231,6 +261,17 @@ class ODataSide:
         raise NotImplementedError
 
 
+# A composite key (both servers' models): Periods(year, code), and Budgets (a GUID
+# key) whose lookup `period` is the foreign keys period_year and period_code.
+COMPOSITE_SPECS = [
+    EntitySpec("periods", "Periods", "year", "value", {"year": "year", "code": "code",
+                                                       "name": "name"},
+               key_parts=("year", "code")),
+    EntitySpec("budgets", "Budgets", "ID", "guid", {"name": "name", "amount": "amount"},
+               composite_lookups={"period": ("periods", {"period_year": "year",
+                                                          "period_code": "code"})}),
+]
+
 # --- odatapy (tests/odatapy_server.py) ----------------------------------------
 
 ODATAPY_SPECS = [
@@ -243,6 +284,7 @@ ODATAPY_SPECS = [
                {"number": "number", "title": "title", "account_ID": "account_id",
                 "country_code": "country_code"}, lookups={"country_code": "countries"}),
     EntitySpec("countries", "Countries", "code", "value", {"code": "code", "name": "name"}),
+    *COMPOSITE_SPECS,
 ]
 
 
@@ -299,6 +341,7 @@ CAP_SPECS = [
                lookups={"currency_code": "currencies"}),
     EntitySpec("currencies", "Currencies", "code", "value",
                {"code": "code", "name": "name", "symbol": "symbol"}),
+    *COMPOSITE_SPECS,
 ]
 
 

@@ -118,11 +118,14 @@ def test_metadata_is_csdl_4_with_keys_facets_enum_values_and_referential_constra
     root = ET.fromstring(metadata_xml(cap, http), forbid_dtd=True)
     assert (root.tag, root.get("Version")) == (f"{EDMX}Edmx", "4.0")
     types = {t.get("Name"): t for t in root.iter(f"{EDM}EntityType")}
-    assert set(types) == {"Accounts", "Contacts", "Products", "Currencies"}
+    assert set(types) == {"Accounts", "Contacts", "Products", "Currencies", "Periods",
+                          "Budgets"}
     keys = {name: [(r.get("Name"), t.find(f"{EDM}Property[@Name='{r.get('Name')}']").get("Type"))
                    for r in t.iter(f"{EDM}PropertyRef")] for name, t in types.items()}
     assert keys == {"Accounts": [("ID", "Edm.Guid")], "Contacts": [("ID", "Edm.Guid")],
-                    "Products": [("ID", "Edm.Int32")], "Currencies": [("code", "Edm.String")]}
+                    "Products": [("ID", "Edm.Int32")], "Currencies": [("code", "Edm.String")],
+                    "Periods": [("year", "Edm.Int32"), ("code", "Edm.String")],
+                    "Budgets": [("ID", "Edm.Guid")]}
     accounts = {p.get("Name"): p.attrib for p in types["Accounts"].iter(f"{EDM}Property")}
     assert accounts["name"] == {"Name": "name", "Type": "Edm.String", "MaxLength": "100",
                                 "Nullable": "false"}
@@ -146,6 +149,10 @@ def test_metadata_is_csdl_4_with_keys_facets_enum_values_and_referential_constra
     currency = types["Products"].find(f"{EDM}NavigationProperty[@Name='currency']")
     assert [c.attrib for c in currency.iter(f"{EDM}ReferentialConstraint")] == [
         {"Property": "currency_code", "ReferencedProperty": "code"}]
+    period = types["Budgets"].find(f"{EDM}NavigationProperty[@Name='period']")
+    assert [c.attrib for c in period.iter(f"{EDM}ReferentialConstraint")] == [
+        {"Property": "period_year", "ReferencedProperty": "year"},
+        {"Property": "period_code", "ReferencedProperty": "code"}]
     computed = root.find(f".//{EDM}Annotations[@Target='{NS}.Accounts/modifiedAt']/"
                          f"{EDM}Annotation[@Term='Core.Computed']")
     assert computed is not None and computed.get("Bool") == "true"
@@ -163,7 +170,8 @@ def test_our_csdl_reader_reads_what_cap_declares(cap: CapServer, http: requests.
     service = read_csdl(metadata_xml(cap, http))
     assert service.version == "4.0"
     assert service.entity_sets == {name: f"{NS}.{name}" for name in
-                                   ("Accounts", "Contacts", "Products", "Currencies")}
+                                   ("Accounts", "Contacts", "Products", "Currencies",
+                                    "Periods", "Budgets")}
     accounts = service.entity_types[f"{NS}.Accounts"]
     assert accounts.keys == ["ID"]
     assert {p.name: p.type for p in accounts.properties} == {
@@ -185,6 +193,8 @@ def test_our_csdl_reader_reads_what_cap_declares(cap: CapServer, http: requests.
         CsdlLookup("account", f"{NS}.Accounts", {"account_ID": "ID"})]
     assert service.entity_types[f"{NS}.Products"].lookups == [
         CsdlLookup("currency", f"{NS}.Currencies", {"currency_code": "code"})]
+    assert service.entity_types[f"{NS}.Budgets"].lookups == [
+        CsdlLookup("period", f"{NS}.Periods", {"period_year": "year", "period_code": "code"})]
     assert accounts.lookups == []  # `contacts` is a collection: the other side of a lookup
     assert service.entity_types[f"{NS}.Products"].keys == ["ID"]
     assert service.entity_types[f"{NS}.Currencies"].keys == ["code"]

@@ -356,6 +356,88 @@ def test_odata_a_foreign_key_to_a_keyed_set_is_a_lookup_by_the_targets_key(
     backend.close()
 
 
+COMPOSITE_METADATA = """<?xml version="1.0"?>
+<edmx:Edmx xmlns:edmx="http://docs.oasis-open.org/odata/ns/edmx" Version="4.0">
+ <edmx:DataServices><Schema xmlns="http://docs.oasis-open.org/odata/ns/edm" Namespace="t">
+  <EntityType Name="Period"><Key><PropertyRef Name="year"/><PropertyRef Name="code"/></Key>
+   <Property Name="year" Type="Edm.Int32" Nullable="false"/>
+   <Property Name="code" Type="Edm.String" Nullable="false"/></EntityType>
+  <EntityType Name="Budget"><Key><PropertyRef Name="ID"/></Key>
+   <Property Name="ID" Type="Edm.Guid" Nullable="false"/>
+   <Property Name="name" Type="Edm.String"/>
+   <Property Name="period_year" Type="Edm.Int32"/>
+   <Property Name="period_code" Type="Edm.String"/>
+   <NavigationProperty Name="period" Type="t.Period">
+    <ReferentialConstraint Property="period_code" ReferencedProperty="code"/>
+    <ReferentialConstraint Property="period_year" ReferencedProperty="year"/>
+   </NavigationProperty></EntityType>
+  <EntityType Name="Line"><Key><PropertyRef Name="period_year"/>
+    <PropertyRef Name="period_code"/><PropertyRef Name="no"/></Key>
+   <Property Name="period_year" Type="Edm.Int32" Nullable="false"/>
+   <Property Name="period_code" Type="Edm.String" Nullable="false"/>
+   <Property Name="no" Type="Edm.Int32" Nullable="false"/>
+   <NavigationProperty Name="period" Type="t.Period">
+    <ReferentialConstraint Property="period_year" ReferencedProperty="year"/>
+    <ReferentialConstraint Property="period_code" ReferencedProperty="code"/>
+   </NavigationProperty></EntityType>
+  <EntityContainer Name="C"><EntitySet Name="Periods" EntityType="t.Period"/>
+   <EntitySet Name="Budgets" EntityType="t.Budget"/>
+   <EntitySet Name="Lines" EntityType="t.Line"/></EntityContainer>
+ </Schema></edmx:DataServices>
+</edmx:Edmx>"""
+
+
+def test_odata_a_navigation_filling_a_composite_key_is_one_lookup(service: Service) -> None:
+    """Budgets.period -> Periods(year, code): the foreign keys are the lookup's, both ways."""
+    import dataclasses
+
+    from portal.backends.base import Write
+    from portal.orgs.sync_state import server_key_id
+
+    service.routes["/svc/$metadata"] = _xml(COMPOSITE_METADATA)
+    backend = ODataV4Backend(service.url, "u", "p", allow_private=True)
+    entities = {e.logicalname: e for e in backend.read_metadata()}
+    budgets, lines = entities["budgets"], entities["lines"]
+    lookup = budgets.attribute("period")
+    assert lookup is not None and (lookup.type, lookup.targets) == ("lookup", ["periods"])
+    assert budgets.attribute("period_year") is None and budgets.attribute("period_code") is None
+    # Foreign keys that are the record's own key stay plain values: no lookup.
+    assert lines.attribute("period") is None
+    assert {lines.attribute(n).type for n in ("period_year", "period_code")} == {  # type: ignore[union-attr]
+        "integer", "string"}
+    emap = backend.entity_map(budgets)
+    key = '{"year":2026,"code":"Q1"}'  # the target's key order, not the constraint's
+    references: dict[str, tuple[str, str]] = {}
+    item = {"ID": "11111111-1111-4111-8111-111111111111", "name": "A", "period_year": 2026,
+            "period_code": "Q1"}
+    record = emap.from_server(item, references)
+    assert record["period"] == server_key_id("periods", key)
+    assert references == {record["period"]: ("periods", key)}
+    # A part missing is no reference.
+    assert emap.from_server({**item, "period_code": None})["period"] is None
+    client_guid = "33333333-3333-4333-8333-333333333333"
+    assert emap.to_server({"period": client_guid, "name": "B"}, creating=False, record_id="x",
+                          references={client_guid: key}) == {
+        "period_year": 2026, "period_code": "Q1", "name": "B"}
+    assert emap.to_server({"period": None}, creating=False, record_id="x") == {
+        "period_year": None, "period_code": None}
+    # A target whose key is not known: that write fails with the reason, nothing is sent.
+    (result,) = backend.apply_writes([Write(budgets, record["id"], "upsert",
+                                            {"period": client_guid}, if_match="*")])
+    assert result.status == "error" and "period: the record" in str(result.message)
+    assert "is not on the service (yet)" in str(result.message)
+    # An org connected when the foreign keys were plain values keeps them plain.
+    plain = dataclasses.replace(budgets, attributes=[
+        a for a in budgets.attributes if a.logicalname != "period"] + [
+        dataclasses.replace(budgets.attributes[0], logicalname=n, type=t)
+        for n, t in (("period_year", "integer"), ("period_code", "string"))])
+    assert backend.record_from_server(plain, item) == {
+        "id": item["ID"], "name": "A", "period_year": 2026, "period_code": "Q1"}
+    assert backend.entity_map(plain).to_server({"period_year": 2027}, creating=False,
+                                               record_id="x") == {"period_year": 2027}
+    backend.close()
+
+
 def _cap_maps(timestamp_property: str | None) -> dict[str, Any]:
     from portal.backends import odata_mapping
 

@@ -4,7 +4,9 @@ Each test runs once per server (`tests/server_sides.py`): odatapy's service with
 change tracking (delta links, tombstones as URLs), the same service without it
 (the modifiedAt watermark and id reconciliation), and a real SAP CAP server
 (no delta links: the watermark, keyset windows over its relative next links,
-If-Match on every change, Integer and String keys the client chooses). The client is portal B's org;
+If-Match on every change, Integer and String keys the client chooses). Both models have
+a composite key (Periods(year, code)) that a lookup (Budgets.period) points at. The
+client is portal B's org;
 jobs run on a real RQ worker against a real Redis.
 """
 
@@ -18,12 +20,14 @@ import pytest
 from redis import Redis
 
 from portal.orgs import records, store, transactions
+from portal.orgs.sync_state import server_key_id
 from tests.cap_server import running_cap_server
 from tests.fault_proxy import FaultProxy
 from tests.server_sides import (
     CapSide,
     ServerSide,
     assert_same,
+    client_snapshot,
     odatapy_side,
     salesforce_side,
 )
@@ -199,6 +203,82 @@ def test_servers_lookups_to_value_keyed_records_both_ways(
         assert len(list(b.db.table(source).rows)) == 3
         assert len(list(b.db.table(target).rows)) == 2
         assert_same(server, b, [source, target])
+
+
+def test_servers_lookups_to_composite_keyed_records_both_ways(
+        server: ServerSide, client: Side, redis: Redis) -> None:
+    """Budgets.period -> Periods(year, code): one lookup, its foreign keys the target's key.
+
+    Downloaded, changed on the client, pointing at a target made in the same run,
+    and dangling (its target on no side) as a single-key lookup's is: kept.
+    """
+    q1 = server.create("periods", {"year": 2026, "code": "Q1", "name": "First"})
+    server.create("periods", {"year": 2026, "code": "Q2", "name": "Second"})
+    first = server.create("budgets", {"name": "Travel", "period_year": 2026,
+                                      "period_code": "Q1"})
+    dangling = server.create("budgets", {"name": "Dangling", "period_year": 2030,
+                                         "period_code": "ZZ"})
+    server.create("budgets", {"name": "Unplanned"})  # no period
+    connection_id = _connect(server, client, redis)
+
+    with client.org("cli") as b:
+        budgets = b.entity("budgets")
+        lookup = budgets.attribute("period")
+        assert lookup is not None and (lookup.type, lookup.targets) == ("lookup", ["periods"])
+        # The foreign keys are the lookup, not attributes of their own.
+        assert budgets.attribute("period_year") is None
+        assert budgets.attribute("period_code") is None
+        periods = {(r["year"], r["code"]): r["periods_id"] for r in b.db.table("periods").rows}
+        rows = {r["name"]: r for r in b.db.table("budgets").rows}
+        assert rows["Travel"]["period"] == periods[(2026, "Q1")]
+        assert rows["Unplanned"]["period"] is None
+        # No record of that key on either side: the lookup keeps its derived GUID.
+        assert rows["Dangling"]["period"] == server_key_id(
+            "periods", DANGLING) and (2030, "ZZ") not in periods
+        _same_budgets(server, b)
+        # Client side: the lookup moved to Q2; a period and a budget pointing at it,
+        # made in one run; the dangling budget renamed (its lookup untouched).
+        records.update_record(b, "budgets", first, {"period": periods[(2026, "Q2")]})
+        made = records.create_record(b, "periods", {"year": 2027, "code": "P9",
+                                                    "name": "Made here"})
+        records.create_record(b, "budgets", {"name": "New", "amount": 12.5,
+                                             "period": made["periods_id"]})
+        records.update_record(b, "budgets", dangling, {"name": "Still dangling"})
+
+    client.sync_now(redis, connection_id)
+
+    on_server = {v["name"]: v["period"] for v in server.snapshot("budgets").values()}
+    assert on_server == {"Travel": '{"year":2026,"code":"Q2"}',
+                         "Still dangling": DANGLING,
+                         "Unplanned": None, "New": '{"year":2027,"code":"P9"}'}
+    assert set(server.snapshot("periods")) == {q1, '{"year":2026,"code":"Q2"}',
+                                               '{"year":2027,"code":"P9"}'}
+    with client.org("cli") as b:
+        rows = {r["name"]: r for r in b.db.table("budgets").rows}
+        assert rows["New"]["period"] == made["periods_id"]  # the client's own GUID
+        _same_budgets(server, b)
+        assert transactions.counts(b)["pending"] == 0
+
+    # Once more: nothing doubles on either side.
+    client.sync_now(redis, connection_id)
+    assert len(server.snapshot("budgets")) == 4 and len(server.snapshot("periods")) == 3
+    with client.org("cli") as b:
+        assert len(list(b.db.table("budgets").rows)) == 4
+        assert len(list(b.db.table("periods").rows)) == 3
+        _same_budgets(server, b)
+
+
+DANGLING = '{"year":2030,"code":"ZZ"}'
+
+
+def _same_budgets(server: ServerSide, org: store.OrgDb) -> None:
+    """Periods and budgets alike on both sides; a lookup to no record as its derived GUID."""
+    assert_same(server, org, ["periods"])
+    theirs = server.snapshot("budgets")
+    for values in theirs.values():
+        if values["period"] == DANGLING:  # the client knows no record of this key
+            values["period"] = "?" + server_key_id("periods", DANGLING)
+    assert theirs == client_snapshot(org, server.specs["budgets"])
 
 
 def _other(fields: dict[str, Any]) -> dict[str, Any]:
@@ -389,15 +469,22 @@ def test_servers_lost_batch_answer_is_applied_once(proxied, client: Side, redis:
 
 
 @pytest.mark.parametrize("target_uploaded_before", [True, False])
+@pytest.mark.parametrize("key", ["single", "composite"])
 def test_servers_lost_create_answer_with_lookup_to_keyed_record_is_no_conflict(
-        proxied, client: Side, redis: Redis, target_uploaded_before: bool) -> None:
+        proxied, client: Side, redis: Redis, target_uploaded_before: bool, key: str) -> None:
     """A create's answer lost: its re-read record points at the target the client made.
 
-    The target's key is known before the run, or learnt in the same lost chunk.
+    The target's key is known before the run, or learnt in the same lost chunk; it
+    is a single key (value-keyed), or composite (Budgets.period -> Periods).
     """
     server, proxy = proxied
-    source, field, _, client_fields = server.keyed_lookup
-    target, target_fields, target_key = server.value_keyed
+    if key == "single":
+        source, field, _, client_fields = server.keyed_lookup
+        target, target_fields, target_key = server.value_keyed
+    else:
+        source, field, client_fields = "budgets", "period", {"name": "Lost budget"}
+        target, target_fields = "periods", {"year": 2028, "code": "L1", "name": "Lost"}
+        target_key = '{"year":2028,"code":"L1"}'
     connection_id = _connect(server, client, redis)
     with client.org("cli") as b:
         target_pk = b.entity(target).primaryidattribute
@@ -417,6 +504,81 @@ def test_servers_lost_create_answer_with_lookup_to_keyed_record_is_no_conflict(
     with client.org("cli") as b:
         (row,) = b.db.table(source).rows
         assert row[pk] == pointing[pk] and row[ours] == made[target_pk]
+        assert transactions.counts(b)["pending"] == 0
+        assert_same(server, b, [source, target])
+
+
+def test_cap_lost_create_answer_brings_the_lookup_the_server_set_itself(
+        client: Side, redis: Redis) -> None:
+    """CAP sets a product's currency ('EUR', the model's default) when a create leaves it out.
+
+    The create's answer is lost: the record read back holds a lookup the write never
+    set, to a currency the client made; the client ends with it, under that
+    currency's client GUID. (odatapy applies no defaults: CAP alone sets a lookup.)
+    """
+    with running_cap_server(max_page_size=7) as cap:
+        server = CapSide(cap)
+        proxy = FaultProxy(server.url)
+        server.url = proxy.url + urlsplit(server.url).path
+        try:
+            connection_id = _connect(server, client, redis)
+            with client.org("cli") as b:
+                euro = records.create_record(b, "currencies", {"code": "EUR", "name": "Euro"})
+            client.sync_now(redis, connection_id)
+            with client.org("cli") as b:
+                made = records.create_record(b, "products", {"id": 950, "name": "No currency"})
+
+            proxy.drop_batch_answers = 1
+            client.sync_now(redis, connection_id)
+
+            assert proxy.dropped == 1
+            assert [v["currency_code"] for v in server.snapshot("products").values()] == ["EUR"]
+            with client.org("cli") as b:
+                (row,) = b.db.table("products").rows
+                assert row["products_id"] == made["products_id"]
+                assert row["currency_code"] == euro["currencies_id"]
+                assert transactions.counts(b)["pending"] == 0
+                assert_same(server, b, ["products", "currencies"])
+        finally:
+            proxy.stop()
+
+
+@pytest.mark.parametrize("key", ["single", "composite"])
+def test_servers_conflict_won_by_the_server_keeps_its_lookup_to_a_record_made_here(
+        server: ServerSide, client: Side, redis: Redis, key: str) -> None:
+    """The server's record wins a conflict: its lookup, set there, to a record the client made.
+
+    The engine reads the record back (`get_record_references`) and maps each lookup
+    to the target's client GUID, not only the lookups the refused write set; the
+    download skips that record (its version is the one kept), so nothing else would.
+    """
+    if key == "single":
+        source, field, _, client_fields = server.keyed_lookup
+        target, target_fields, target_key = server.value_keyed
+        lookup, on_server = field.lower(), {field: target_key}
+    else:
+        source, lookup, client_fields = "budgets", "period", {"name": "Budget"}
+        target, target_fields = "periods", {"year": 2029, "code": "C1", "name": "Client's"}
+        on_server = {"period_year": 2029, "period_code": "C1"}
+    text = next(k for k, v in client_fields.items() if isinstance(v, str))
+    connection_id = _connect(server, client, redis)
+    with client.org("cli") as b:
+        target_pk = b.entity(target).primaryidattribute
+        made = records.create_record(b, target, target_fields)  # a random GUID, not derived
+        mine = records.create_record(b, source, client_fields)
+        pk = b.entity(source).primaryidattribute
+    client.sync_now(redis, connection_id)
+    (source_key,) = server.snapshot(source)
+    server.update(source, source_key, on_server)  # pointed there at the client's record
+    with client.org("cli") as b:
+        records.update_record(b, source, mine[pk], {text: "Changed on the client"})
+
+    client.sync_now(redis, connection_id)  # server-wins
+
+    with client.org("cli") as b:
+        (row,) = b.db.table(source).rows
+        assert row[text] == client_fields[text]  # the server's record won
+        assert row[lookup] == made[target_pk]
         assert transactions.counts(b)["pending"] == 0
         assert_same(server, b, [source, target])
 

@@ -135,6 +135,16 @@ class Backend(ABC):
     def get_record(self, entity: Entity, record_id: str) -> tuple[dict[str, Any], str] | None:
         """One record and its version by id (server key, if `keyed`), or None when it has none."""
 
+    def get_record_references(self, entity: Entity, record_id: str
+                              ) -> tuple[dict[str, Any], str, dict[str, tuple[str, str]]] | None:
+        """`get_record`, with its lookups to keyed records as a page's `references`.
+
+        Backends whose lookups hold derived GUIDs override it (the engine maps them
+        to the client's GUIDs as for a downloaded page); others note none.
+        """
+        found = self.get_record(entity, record_id)
+        return None if found is None else (*found, {})
+
     @abstractmethod
     def apply_writes(self, writes: list[Write]) -> list[WriteResult]:
         """Apply writes in order; one result per write, in the same order."""

@@ -217,6 +217,14 @@ class ODataBackend(Backend):
     def read_record(self, entity: Entity, record_id: str,
                     path: str) -> tuple[dict[str, Any], str] | None:
         """The record at `path` (relative to the root) with its ETag, or None on 404."""
+        item = self.read_item(entity, record_id, path)
+        if item is None:
+            return None
+        etag = str(item.pop("@odata.etag", "") or "")
+        return self.record_from_server(entity, item), etag
+
+    def read_item(self, entity: Entity, record_id: str, path: str) -> dict[str, Any] | None:
+        """The server's JSON record at `path` as it sent it, or None on 404."""
         response = self.request("GET", path)
         if response.status_code == 404:
             return None
@@ -224,8 +232,7 @@ class ODataBackend(Backend):
             raise BackendError(f"reading {entity.logicalname} {record_id} answered "
                                f"{response.status_code}: {error_message(response)}")
         item = orjson.loads(response.content)
-        etag = str(item.pop("@odata.etag", "") or "")
-        return self.record_from_server(entity, item), etag
+        return item if isinstance(item, dict) else {}
 
     def apply_writes(self, writes: list[Write]) -> list[WriteResult]:
         """Send writes as independent requests of JSON $batch calls, in order."""

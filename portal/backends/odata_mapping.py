@@ -21,9 +21,17 @@ One `EntityMap` per entity set, made from the CSDL (`csdl_metadata`):
   is a lookup too: its values travel as the target's server keys and are the
   targets' GUIDs here (derived, noted in the page's `references`; on upload the
   engine's `Write.references` give the keys back);
+* a navigation property whose ReferentialConstraint fills every property of a
+  target's composite key (CAP's `period` -> `Periods(year, code)`, foreign keys
+  `period_year`, `period_code`) is a lookup named after the navigation property:
+  its foreign keys are no attributes of their own (the lookup is their one
+  place); on download they form the target's key (`key_text`), on upload the
+  target's key fills them. One whose foreign keys are keys of the record itself,
+  or belong to another lookup, stays plain values;
 * enums are picklists (member names on the wire, values here).
 """
 
+import dataclasses
 import re
 from dataclasses import dataclass, field
 from typing import Any
@@ -62,6 +70,27 @@ def _normal(name: str) -> str:
 
 
 @dataclass
+class CompositeLookup:
+    """A lookup to a set with a composite key: the foreign keys that hold its key."""
+
+    target: str  # the target's entity set (its logical name once all maps are made)
+    properties: dict[str, str]  # own server property -> the target's key property, key order
+    plain: dict[str, str]  # own server property -> our name were it a plain value
+
+    def key_of(self, item: dict[str, Any]) -> str | None:
+        """The target's key (`key_text`) in a server record, None unless every part is set."""
+        values = {theirs: item.get(own) for own, theirs in self.properties.items()}
+        if any(v is None for v in values.values()):
+            return None  # a part missing is no reference to any record
+        return key_text(values)
+
+    def values_of(self, key: str | None) -> dict[str, Any]:
+        """The foreign keys' values for a target's key (all null for none)."""
+        values = orjson.loads(key) if key is not None else {}
+        return {own: values.get(theirs) for own, theirs in self.properties.items()}
+
+
+@dataclass
 class EntityMap:
     """One entity set: its entity, its keys and how its properties are named and typed."""
 
@@ -80,6 +109,8 @@ class EntityMap:
     lookups: dict[str, str] = field(default_factory=dict)  # server property -> target set
     # Lookups to keyed sets: server property -> the target's logical name.
     keyed_lookups: dict[str, str] = field(default_factory=dict)
+    # Lookups to sets with composite keys, by our attribute name (the navigation's).
+    composite_lookups: dict[str, CompositeLookup] = field(default_factory=dict)
 
     @property
     def name(self) -> str:
@@ -90,6 +121,26 @@ class EntityMap:
     def computes_values(self) -> bool:
         """The service sets some synced attribute itself (a key it picks, a computed value)."""
         return any(self.properties[p].computed for p in self.to_logical)
+
+    @property
+    def keyed_lookup_names(self) -> set[str]:
+        """Our names of the lookups whose values travel as the targets' server keys."""
+        return {self.to_logical[p] for p in self.keyed_lookups} | set(self.composite_lookups)
+
+    def with_plain(self, names: set[str]) -> "EntityMap":
+        """This map with these composite lookups as their foreign keys' plain values.
+
+        An org connected before they were lookups keeps them plain.
+        """
+        if not names & set(self.composite_lookups):
+            return self
+        to_logical = dict(self.to_logical)
+        for name in names & set(self.composite_lookups):
+            to_logical.update(self.composite_lookups[name].plain)
+        return dataclasses.replace(
+            self, to_logical=to_logical, server_names={v: k for k, v in to_logical.items()},
+            composite_lookups={n: c for n, c in self.composite_lookups.items()
+                               if n not in names})
 
     @property
     def keyed(self) -> bool:
@@ -166,6 +217,13 @@ class EntityMap:
                 elif self.properties[server].type in ("uniqueidentifier", "lookup"):
                     value = str(value).lower()
             record[ours] = value
+        for ours, lookup in self.composite_lookups.items():
+            target_key = lookup.key_of(item)
+            record[ours] = None
+            if target_key is not None:
+                record[ours] = server_key_id(lookup.target, target_key)
+                if references is not None:
+                    references[record[ours]] = (lookup.target, target_key)
         if self.modified:
             record["modifiedon"] = item.get(self.modified)
         if self.created:
@@ -181,6 +239,10 @@ class EntityMap:
         """
         body: dict[str, Any] = {}
         for ours, value in values.items():
+            lookup = self.composite_lookups.get(ours)
+            if lookup is not None:
+                body.update(self._foreign_keys(ours, lookup, value, creating, references))
+                continue
             server = self.server_names.get(ours)
             if server is None:
                 continue  # system columns, the record id, attributes the server lacks
@@ -207,6 +269,20 @@ class EntityMap:
             elif self.client_id:
                 body[self.client_id] = record_id
         return body
+
+    def _foreign_keys(self, ours: str, lookup: CompositeLookup, value: Any, creating: bool,
+                      references: dict[str, str] | None) -> dict[str, Any]:
+        """A composite lookup's foreign keys in a body: the target's key, or all null."""
+        props = [self.properties[p] for p in lookup.properties]
+        if not all(p.insertable if creating else p.updatable for p in props):
+            return {}
+        key = None
+        if isinstance(value, str):
+            key = (references or {}).get(value)
+            if key is None:
+                raise InvalidInput(f"{ours}: the record {value} it points to is not on "
+                                   "the service (yet)", field=ours)
+        return lookup.values_of(key)
 
     def key_of_values(self, body: dict[str, Any]) -> str | None:
         """A value-keyed record's key from the body of its create, or None if incomplete."""
@@ -278,6 +354,8 @@ def entity_maps(service: CsdlService, *, timestamp_property: str | None = None,
     key_sets = {service.entity_sets[name]: (name, t.keys[0],
                                             (t.property(t.keys[0]) or _NONE).edm == "Edm.Guid")
                 for name, t in sets if len(t.keys) == 1}
+    composite_sets = {service.entity_sets[name]: (name, t.keys) for name, t in sets
+                      if len(t.keys) > 1}
     every, per_set = names_per_set(timestamp_property, "timestamp_property")
     for set_name, prop in per_set.items():
         if _timestamp(_named_set(service, set_name, "timestamp"), (), prop) is None:
@@ -297,7 +375,7 @@ def entity_maps(service: CsdlService, *, timestamp_property: str | None = None,
             name = name[:60] + "_2"
         used.add(name)
         maps[name] = _entity_map(service, name, set_name, entity_type, key_sets,
-                                 per_set.get(set_name, every),
+                                 composite_sets, per_set.get(set_name, every),
                                  client_ids.get(set_name, every_client_id))
     for m in maps.values():
         if m.entity_set in client_ids and m.key_kind != "server":
@@ -311,6 +389,8 @@ def entity_maps(service: CsdlService, *, timestamp_property: str | None = None,
                 attr.targets = [targets[t] for t in attr.targets]
         m.keyed_lookups = {p: targets[t] for p, t in m.lookups.items()
                            if maps[targets[t]].keyed}
+        for lookup in m.composite_lookups.values():
+            lookup.target = targets[lookup.target]
     return maps
 
 
@@ -327,8 +407,9 @@ def _named_set(service: CsdlService, set_name: str, option: str) -> CsdlEntityTy
 
 
 def _entity_map(service: CsdlService, name: str, set_name: str, entity_type: CsdlEntityType,
-                key_sets: dict[str, tuple[str, str, bool]], timestamp_property: str | None,
-                client_id_property: str | None) -> EntityMap:
+                key_sets: dict[str, tuple[str, str, bool]],
+                composite_sets: dict[str, tuple[str, list[str]]],
+                timestamp_property: str | None, client_id_property: str | None) -> EntityMap:
     keys = [entity_type.property(k) for k in entity_type.keys]
     if any(k is None or k.type is None for k in keys):
         raise BackendError(f"entity set {set_name}: its key ({', '.join(entity_type.keys)}) "
@@ -356,6 +437,8 @@ def _entity_map(service: CsdlService, name: str, set_name: str, entity_type: Csd
         if target[2] and prop.type == "uniqueidentifier" or not target[2] and \
                 referenced == target[1] and own not in entity_type.keys and prop.type:
             lookups[own] = target[0]
+    composites = _composite_lookups(entity_type, composite_sets, set(lookups))
+    foreign = {own for _, props in composites.values() for own in props}
     pk = logical(key_props[0].name) if kind == "guid" else f"{name[:60]}_id"
     entity = Entity(logicalname=name, displayname=set_name, labels={"1033": set_name},
                     primaryidattribute=pk, entitysetname=name)  # the client's own set name
@@ -366,13 +449,18 @@ def _entity_map(service: CsdlService, name: str, set_name: str, entity_type: Csd
     enums: dict[str, dict[str, int]] = {}
     client_id = client_id_property if kind == "server" and client_id_property and \
         (entity_type.property(client_id_property) or _NONE).edm == "Edm.String" else None
+    plain: dict[str, str] = {}  # composite lookups' foreign keys -> our names were they plain
     for prop in entity_type.properties:
         if prop.type is None or prop.name in (modified, created):
             continue
         ours = logical(prop.name)
-        if ours in SYSTEM_ATTRIBUTES or ours in to_logical.values() or (
-                ours == pk and kind != "guid"):
+        if ours in SYSTEM_ATTRIBUTES or ours in to_logical.values() or ours in plain.values() \
+                or (ours == pk and kind != "guid"):
             ours = f"{ours[:62]}_x"
+        if prop.name in foreign:  # held by its lookup, not an attribute of its own
+            plain[prop.name] = ours
+            properties[prop.name] = prop
+            continue
         kind_name = prop.type
         targets: list[str] = []
         if prop.name in lookups:
@@ -397,8 +485,44 @@ def _entity_map(service: CsdlService, name: str, set_name: str, entity_type: Csd
         properties[prop.name] = prop
         if not (is_key and kind == "guid"):
             to_logical[prop.name] = ours
+    composite_lookups: dict[str, CompositeLookup] = {}
+    for navigation, (target_set, props) in composites.items():
+        ours = logical(navigation)
+        while ours in SYSTEM_ATTRIBUTES or ours in to_logical.values() or \
+                ours in plain.values() or ours in composite_lookups or ours == pk:
+            ours = f"{ours[:62]}_x"
+        parts = [properties[p] for p in props]
+        entity.attributes.append(Attribute(
+            ours, "lookup", navigation, {"1033": navigation}, targets=[target_set],
+            required=any(not p.nullable and not p.computed for p in parts),
+            issystem=not all(p.updatable for p in parts)))
+        composite_lookups[ours] = CompositeLookup(target_set, props,
+                                                  {p: plain[p] for p in props})
     entity.primarynameattribute = next(
         (to_logical[p] for n in NAME_PROPERTIES for p in to_logical if _normal(p) == n), None)
     return EntityMap(entity, set_name, kind, key_props, properties, to_logical,
                      {v: k for k, v in to_logical.items()}, enums,
-                     service.capabilities_of(set_name), modified, created, client_id, lookups)
+                     service.capabilities_of(set_name), modified, created, client_id, lookups,
+                     composite_lookups=composite_lookups)
+
+
+def _composite_lookups(entity_type: CsdlEntityType,
+                       composite_sets: dict[str, tuple[str, list[str]]],
+                       claimed: set[str]) -> dict[str, tuple[str, dict[str, str]]]:
+    """Navigations filling a target's whole composite key: name -> (target set, own -> theirs).
+
+    Own properties that are keys of the record itself, of a type we do not keep, or
+    held by another lookup (`claimed`) leave that navigation plain values.
+    """
+    found: dict[str, tuple[str, dict[str, str]]] = {}
+    for c in entity_type.lookups:
+        target = composite_sets.get(c.target)
+        if target is None or sorted(c.properties.values()) != sorted(target[1]):
+            continue
+        if any(own in entity_type.keys or own in claimed
+               or (entity_type.property(own) or _NONE).type is None for own in c.properties):
+            continue
+        claimed.update(c.properties)
+        own_of = {theirs: own for own, theirs in c.properties.items()}
+        found[c.name] = (target[0], {own_of[k]: k for k in target[1]})  # the target's key order
+    return found

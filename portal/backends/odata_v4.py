@@ -212,12 +212,13 @@ class ODataV4Backend(ODataBackend):
                 f"the key of {found.entity_set} changed on the service ("
                 f"{', '.join(f'{k}: {ours.get(k)} -> {theirs.get(k)}' for k in changed) or 'id'}"
                 "): its records cannot be matched with the ones synced; reconnect to sync it")
+        # Connected when such foreign keys were plain values: they stay so.
         plain = {p for p, t in found.keyed_lookups.items()
                  if ours.get(found.to_logical[p], "lookup") != "lookup"}
-        if plain:  # connected when such foreign keys were plain values: they stay so
-            return dataclasses.replace(found, keyed_lookups={
+        if plain:
+            found = dataclasses.replace(found, keyed_lookups={
                 p: t for p, t in found.keyed_lookups.items() if p not in plain})
-        return found
+        return found.with_plain({n for n in found.composite_lookups if ours.get(n) != "lookup"})
 
     def is_keyed(self, entity: Entity) -> bool:
         """Entity sets keyed by one Edm.Guid keep it as the record id; others have server keys."""
@@ -444,6 +445,17 @@ class ODataV4Backend(ODataBackend):
         emap = self.entity_map(entity)
         return self.read_record(entity, record_id, emap.path(record_id))
 
+    def get_record_references(self, entity: Entity, record_id: str
+                              ) -> tuple[dict[str, Any], str, dict[str, tuple[str, str]]] | None:
+        """One record with its ETag and its lookups to keyed sets (derived GUID -> target, key)."""
+        emap = self.entity_map(entity)
+        item = self.read_item(entity, record_id, emap.path(record_id))
+        if item is None:
+            return None
+        references: dict[str, tuple[str, str]] = {}
+        record = emap.from_server(item, references)
+        return record, str(item.get("@odata.etag") or ""), references
+
     # --- writes ------------------------------------------------------------
 
     def apply_writes(self, writes: list[Write]) -> list[WriteResult]:
@@ -486,8 +498,7 @@ class ODataV4Backend(ODataBackend):
 
     def _keyed(self, write: Write) -> set[str]:
         """Our names of the write's lookups to keyed sets."""
-        emap = self.entity_map(write.entity)
-        return {emap.to_logical[p] for p in emap.keyed_lookups}
+        return self.entity_map(write.entity).keyed_lookup_names
 
     def _apply_writes(self, writes: list[Write], created: dict[str, str]) -> list[WriteResult]:
         """Creates found by their client id first; the rest in one $batch, or one by one.
@@ -690,8 +701,8 @@ class ODataV4Backend(ODataBackend):
             if record is not None:
                 record[emap.entity.primaryidattribute] = write.record_id
                 # The service took the keys we sent: its lookups are our targets' GUIDs.
-                record.update({emap.to_logical[p]: write.values[emap.to_logical[p]]
-                               for p in emap.keyed_lookups if emap.to_logical[p] in write.values})
+                record.update({n: write.values[n] for n in emap.keyed_lookup_names
+                               if n in write.values})
             if creating and (emap.computes_values or record is None or _differs(
                     record, write.values, emap.entity.primaryidattribute)):
                 # The service set values of its own (its key, defaults): the version is

@@ -610,6 +610,12 @@ class SalesforceBackend(Backend):
 
     def get_record(self, entity: Entity, record_id: str) -> tuple[dict[str, Any], str] | None:
         """One record by its Salesforce id, with its SystemModstamp; None if it has none."""
+        found = self.get_record_references(entity, record_id)
+        return None if found is None else found[:2]
+
+    def get_record_references(self, entity: Entity, record_id: str
+                              ) -> tuple[dict[str, Any], str, dict[str, tuple[str, str]]] | None:
+        """One record with its SystemModstamp and its lookups' targets (derived GUID -> key)."""
         obj = self.salesforce_object(entity)
         found = self._read(obj, [record_id], full=True)
         if record_id not in found:
@@ -618,7 +624,7 @@ class SalesforceBackend(Backend):
         self._rows(obj, {"done": True, "records": [found[record_id]]}, page, entity)
         if not page.upserts:
             return None
-        return page.upserts[0], page.versions[page.upserts[0]["id"]]
+        return page.upserts[0], page.versions[page.upserts[0]["id"]], page.references
 
     def _read(self, obj: sfm.SalesforceObject, keys: list[str], *, full: bool = False,
               by: str = "Id", also: Collection[str] = ()) -> dict[str, dict[str, Any]]:

@@ -240,7 +240,7 @@ def upload(run: Run) -> None:
         # taken: API writers of the client org must not wait on the network.
         created = {(w.entity.logicalname, w.record_id): a.server_key
                    for w, a in zip(writes, answers, strict=True) if a.server_key}
-        servers = {n: _server_record(backend, w, a, created)
+        servers = {n: _server_record(org, backend, w, a, created)
                    for n, (w, a) in enumerate(zip(writes, answers, strict=True))
                    if _needs_server_record(w, a)}
         retry: list[tuple[_Group, Write]] = []
@@ -295,34 +295,30 @@ def _reference_keys(org: OrgDb, backend: Backend, entities: dict[str, Entity],
                             if isinstance(v, str) and v in found}
 
 
-def _server_record(backend: Backend, write: Write, answer: WriteResult,
+def _server_record(org: OrgDb, backend: Backend, write: Write, answer: WriteResult,
                    created: dict[tuple[str, str], str]) -> tuple[dict[str, Any], str] | None:
     """The server's record of a write, under the client's ids (a keyed server's by its key).
 
     A refused create of a keyed record names the key it collided with in its answer.
     `created`: the keys this chunk's creates got, (entity, client GUID) -> key.
     """
-    if not backend.is_keyed(write.entity):
-        return backend.get_record(write.entity, write.record_id)
-    key = write.server_key or answer.server_key
+    keyed = backend.is_keyed(write.entity)
+    key = (write.server_key or answer.server_key) if keyed else write.record_id
     if key is None:
         return None  # the server never told us this record's key: it has no such record
-    found = backend.get_record(write.entity, key)
+    found = backend.get_record_references(write.entity, key)
     if found is None:
         return None
-    record = {**found[0], write.entity.primaryidattribute: write.record_id}
-    # Its lookups come under their targets' derived GUIDs: where one is the key the
-    # write pointed at, it is the write's own (client) GUID, as a download maps it.
-    for attr in write.entity.attributes:
-        value = write.values.get(attr.logicalname)
-        if attr.type != "lookup" or not isinstance(value, str):
-            continue
-        for target in attr.targets:
-            target_key = write.references.get(value) or created.get((target, value))
-            if target_key and record.get(attr.logicalname) == sync_state.server_key_id(
-                    target, target_key):
-                record[attr.logicalname] = value
-    return record, found[1]
+    record, version, references = found
+    record = {**record, write.entity.primaryidattribute: write.record_id}
+    # Its lookups to keyed records come under their targets' derived GUIDs: each
+    # is the client's GUID of that key, as a download maps it; the keys this chunk's
+    # creates got are not stored yet.
+    made = {(target, k): guid for (target, guid), k in created.items()}
+    refs = _client_references(org, references, made)
+    swapped = {a.logicalname: refs[record[a.logicalname]] for a in write.entity.attributes
+               if a.type == "lookup" and record.get(a.logicalname) in refs}
+    return {**record, **swapped}, version
 
 
 def _needs_server_record(write: Write, answer: WriteResult) -> bool:
@@ -356,7 +352,10 @@ def _settle(run: Run, group: _Group, write: Write, answer: WriteResult,
             write = dataclasses.replace(write, server_key=answer.server_key)
         if server is not None and not group.deletes and _holds(server[0], write.values):
             # The server already has exactly our change: our earlier answer was lost.
-            _accepted(org, group, server[1], server[0], write.server_key)
+            # A create's record may hold values the service set itself (defaults, a
+            # lookup): no version is kept, so this run's download brings it whole.
+            version = None if group.created_here else server[1]
+            _accepted(org, group, version, server[0], write.server_key)
             counts.uploaded += 1
             return None
         return _upload_conflict(run, group, write, server)
@@ -582,12 +581,7 @@ def _client_ids(org: OrgDb, entity: Entity, page: ChangesPage, derive: bool) -> 
         return page
     ids = sync_state.ids_for_keys(org.db, entity.logicalname, page.keys.values(), derive)
     moved = {i: ids[k] for i, k in page.keys.items() if ids[k] != i}
-    # Lookups to records created on the client: their stored GUIDs, not the derived ones.
-    refs: dict[str, str] = {}
-    for target in {t for t, _ in page.references.values()}:
-        wanted = {g: k for g, (t, k) in page.references.items() if t == target}
-        stored = sync_state.ids_for_keys(org.db, target, wanted.values())
-        refs.update({g: stored[k] for g, k in wanted.items() if stored[k] != g})
+    refs = _client_references(org, page.references)
     if not moved and not refs:
         return page
     pk = entity.primaryidattribute
@@ -605,6 +599,23 @@ def _client_ids(org: OrgDb, entity: Entity, page: ChangesPage, derive: bool) -> 
         versions={moved.get(i, i): v for i, v in page.versions.items()},
         deleted=[moved.get(i, i) for i in page.deleted],
         keys={moved.get(i, i): k for i, k in page.keys.items()})
+
+
+def _client_references(org: OrgDb, references: dict[str, tuple[str, str]],
+                       made: dict[tuple[str, str], str] | None = None) -> dict[str, str]:
+    """Derived GUIDs of lookups' targets -> the client's GUIDs, where they differ.
+
+    A target created on the client keeps its random GUID, stored with its key
+    (`made`: (target, key) -> client GUID, for keys learnt but not stored yet).
+    """
+    made = made or {}
+    refs: dict[str, str] = {}
+    for target in {t for t, _ in references.values()}:
+        wanted = {g: k for g, (t, k) in references.items() if t == target}
+        stored = sync_state.ids_for_keys(org.db, target, wanted.values())
+        stored.update({k: made[(target, k)] for k in wanted.values() if (target, k) in made})
+        refs.update({g: stored[k] for g, k in wanted.items() if stored[k] != g})
+    return refs
 
 
 def _page_writes(run: Run, entity: Entity, names: set[str], rule: filters.Filter | None,
