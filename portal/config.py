@@ -156,15 +156,26 @@ def instance_secret(instance_path: str | Path, name: str, make: Callable[[], byt
     path = Path(instance_path) / name
     if not path.exists():
         path.parent.mkdir(parents=True, exist_ok=True)
-        # O_EXCL: two processes starting at once agree on one secret.
+        # Written whole into a file of this process, then linked to its name, which
+        # fails if another process got there first: processes starting at once (the
+        # web workers) agree on one secret, and none reads a file still being written.
+        draft = path.with_name(f".{name}.{os.getpid()}.{secrets.token_hex(4)}")
+        fd = os.open(draft, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o600)
         try:
-            fd = os.open(path, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o600)
-        except FileExistsError:
-            pass
-        else:
             with os.fdopen(fd, "wb") as f:
                 f.write(make())
-    return path.read_bytes().strip()
+                f.flush()
+                os.fsync(f.fileno())
+            os.link(draft, path)
+        except FileExistsError:
+            pass
+        finally:
+            draft.unlink()
+    secret = path.read_bytes().strip()
+    if not secret:
+        raise RuntimeError(f"{path} is empty (a start stopped while writing it?): delete it, "
+                           "and a new one is made")
+    return secret
 
 
 def load_secret_key(instance_path: str) -> str:

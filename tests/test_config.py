@@ -70,3 +70,36 @@ def test_readme_lists_every_declared_setting() -> None:
     table = readme[readme.index("## Configuration"):readme.index("## Production")]
     listed = set(re.findall(r"^\| `PORTAL_([A-Z_]+)` \|", table, re.MULTILINE))  # not (env)
     assert listed == {s.name for s in SETTINGS}
+
+
+def _slow_secret() -> bytes:
+    """A secret that takes a while to make: the time in which other processes look."""
+    import secrets
+    import time
+
+    time.sleep(0.3)
+    return secrets.token_hex(32).encode()
+
+
+def _read_secret(folder: str) -> bytes:
+    from portal.config import instance_secret
+
+    return instance_secret(folder, "secret_key", _slow_secret)
+
+
+def test_processes_starting_at_once_agree_on_one_whole_secret(tmp_path: Path) -> None:
+    """Web workers booting together: none reads the file before it is written whole."""
+    import multiprocessing
+
+    with multiprocessing.get_context("fork").Pool(6) as pool:
+        seen = pool.map(_read_secret, [str(tmp_path)] * 6)
+    assert len(set(seen)) == 1 and len(seen[0]) == 64
+    assert [p.name for p in tmp_path.iterdir()] == ["secret_key"]  # no drafts left
+
+
+def test_an_empty_secret_file_stops_the_start_naming_it(tmp_path: Path) -> None:
+    from portal.config import load_secret_key
+
+    (tmp_path / "secret_key").write_bytes(b"")
+    with pytest.raises(RuntimeError, match="secret_key is empty"):
+        load_secret_key(str(tmp_path))
