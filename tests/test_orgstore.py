@@ -157,6 +157,58 @@ def test_save_records_bulk_upserts_with_new_versions(sales_org: store.OrgDb) -> 
     assert sales_org.db.table("competitor").count == 40
 
 
+def test_save_records_in_many_statements_writes_every_value_and_empties_columns(
+        sales_org: store.OrgDb) -> None:
+    # More rows than one statement takes; websiteurl is empty in every row of the second
+    # batch (a NULL in the statement, not bound), and must still empty the stored values.
+    count = records.ROWS_PER_STATEMENT * 2 + 7
+    rows = [{"competitorid": f"00000000-0000-4000-8000-{i:012d}", "name": f"n{i}",
+             "websiteurl": f"https://n{i}.example", "strengths": None if i % 3 else f"s{i}"}
+            for i in range(count)]
+    assert records.save_records(sales_org, "competitor", rows) == count
+    stored = {r["competitorid"]: r for r in sales_org.db.table("competitor").rows}
+    assert len(stored) == count
+    assert all(stored[r["competitorid"]][k] == r[k] for r in rows for k in r)
+    emptied = [{**r, "name": f"m{n}", "websiteurl": None} for n, r in enumerate(rows)]
+    records.save_records(sales_org, "competitor", emptied)
+    stored = {r["competitorid"]: r for r in sales_org.db.table("competitor").rows}
+    assert all(stored[r["competitorid"]][k] == r[k] for r in emptied for k in r)
+    versions = sorted(r["versionnumber"] for r in stored.values())
+    assert versions == list(range(versions[0], versions[0] + count))  # one each, none lost
+
+
+def test_check_records_projects_a_servers_extra_attributes_only_when_asked(
+        sales_org: store.OrgDb) -> None:
+    c = records.codec(sales_org, "competitor")
+    rows = [{"competitorid": "00000000-0000-4000-8000-000000000001", "name": "a",
+             "serveronly": 1}]
+    with pytest.raises(InvalidInput) as refused:
+        records.check_records(c, rows)
+    assert refused.value.field == "serveronly"
+    checked = records.check_records(c, rows, project=True)
+    assert checked.names == ["competitorid", "name"] and len(checked) == 1
+    assert checked.without({0}).columns == [[], []]
+    records.save_checked(sales_org, checked)
+    assert records.get_record(sales_org, "competitor", rows[0]["competitorid"])["name"] == "a"  # type: ignore[index]
+
+
+def test_server_versions_keep_a_known_key_when_a_later_save_brings_none(
+        sales_org: store.OrgDb) -> None:
+    from portal.db import immediate
+    from portal.orgs import sync_state
+
+    ids = [f"00000000-0000-4000-8000-00000000000{n}" for n in range(3)]
+    with immediate(sales_org.db):
+        sync_state.save_server_versions(sales_org.db, "account", dict.fromkeys(ids, "1"),
+                                        {ids[0]: "KEY-0", ids[1]: "KEY-1", "other": "KEY-9"})
+        sync_state.save_server_versions(sales_org.db, "account", {ids[0]: "2", ids[2]: "2"})
+    assert sync_state.server_versions(sales_org, "account", ids) == {
+        ids[0]: "2", ids[1]: "1", ids[2]: "2"}
+    assert sorted(sales_org.db.execute(
+        "SELECT id, server_key FROM _server_versions ORDER BY id").fetchall()) == [
+        (ids[0], "KEY-0"), (ids[1], "KEY-1"), (ids[2], None)]  # no row for a key alone
+
+
 GOOD = {"accountid": "00000000-0000-4000-8000-000000000001", "name": "Good"}
 
 

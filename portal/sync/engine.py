@@ -412,8 +412,8 @@ def _upload_conflict(run: Run, group: _Group, write: Write,
         records.delete_records(org, name, [record_id], from_server=True)
         _remember(org, name, record_id, None, deleted=True)
     else:
-        records.save_records(org, name, [_project(_names(org.entity(name)), server[0])],
-                             from_server=True)
+        records.save_checked(org, records.check_records(records.codec(org, name), [server[0]],
+                                                        project=True), from_server=True)
         _remember(org, name, record_id, server[1], server_key=write.server_key)
     return None
 
@@ -426,18 +426,6 @@ def _remember(org: OrgDb, entity: str, record_id: str, version: str | None,
     else:
         sync_state.save_server_versions(org.db, entity, {record_id: version or ""},
                                         {record_id: server_key} if server_key else None)
-
-
-def _names(entity: Entity) -> set[str]:
-    """The attributes a downloaded record may bring to the client entity."""
-    return {a.logicalname for a in entity.attributes}  # save_records leaves versionnumber out
-
-
-def _project(names: set[str], record: dict[str, Any]) -> dict[str, Any]:
-    """The server record's values of the attributes the client entity has."""
-    if record.keys() <= names:
-        return record  # the common case: the server has no attribute the client lacks
-    return {k: v for k, v in record.items() if k in names}
 
 
 # --- download ----------------------------------------------------------------
@@ -477,6 +465,16 @@ def download_entity(run: Run, setting: EntitySettings, total: int | None = None)
     entity_download.finish()
 
 
+@dataclass(frozen=True)
+class _ReadPage:
+    """A page as read, with what can be made of it without the client's database."""
+
+    page: ChangesPage
+    upserts: list[dict[str, Any]]  # the page's records inside the sync filter
+    leaving: list[str]  # ids of the page's records outside it
+    checked: records.CheckedRecords  # `upserts` checked against the client's entity
+
+
 class _EntityDownload:
     """One entity's download in a run: where it starts, each page written, how it ends."""
 
@@ -484,7 +482,7 @@ class _EntityDownload:
         self.run, self.setting, self.total = run, setting, total
         self.name = setting.entity
         self.entity = run.org.entity(self.name)
-        self.names = _names(self.entity)
+        self.codec = records.codec(run.org, self.name)
         self.rule = filters.parse_filter(setting.filter).check(self.entity) \
             if setting.filter else None
         point = sync_state.checkpoint(run.org, self.name)
@@ -502,33 +500,54 @@ class _EntityDownload:
         # run ends by reconciling against the same filtered listing: Sync Deletion on.
         self.sent = self.rule if setting.sync_deletion else None
 
-    def pages(self) -> Generator[ChangesPage, None, None]:
-        """The backend's pages of this entity's changes since its checkpoint."""
-        return self.run.backend.read_changes(self.entity, self.link,
-                                             page_size=self.run.plan.page_size,
-                                             filter=self.sent)
+    def pages(self) -> Generator[_ReadPage, None, None]:
+        """The backend's pages of this entity's changes since its checkpoint, each `read`.
 
-    def write(self, page: ChangesPage) -> None:
+        Iterated by the thread reading them (under `interleaved`), so filtering and
+        type checks run there, beside the writer committing the page before.
+        """
+        for page in self.run.backend.read_changes(self.entity, self.link,
+                                                  page_size=self.run.plan.page_size,
+                                                  filter=self.sent):
+            yield self.read(page)
+
+    def read(self, page: ChangesPage) -> _ReadPage:
+        """Filter and check a page's records (no database: the reading thread may do it)."""
+        pk = self.entity.primaryidattribute
+        upserts, leaving = page.upserts, []
+        if self.rule is not None:
+            upserts = []
+            for record in page.upserts:
+                if filters.matches(self.rule, record):
+                    upserts.append(record)
+                else:
+                    leaving.append(record[pk])
+        return _ReadPage(page, upserts, leaving,
+                         records.check_records(self.codec, upserts, project=True))
+
+    def write(self, read: _ReadPage) -> None:
         """Write one page with its server versions and the entity's checkpoint, atomically."""
         run, org, name, setting = self.run, self.run.org, self.name, self.setting
+        page = read.page
         self.delta_link = page.link
         self.reconcile = self.reconcile or page.reconcile
         if page.note:
             run.reporter.log("info", page.note, name)
         with immediate(org.db):
-            page = _client_ids(org, self.entity, page, run.backend.is_keyed(self.entity))
+            mapped = _client_ids(org, self.entity, page, run.backend.is_keyed(self.entity))
+            if mapped is not page:  # records under the client's GUIDs: checked again
+                read = self.read(mapped)
             waiting = transactions.pending_records(org, name)
-            rows, leaving, versions = _page_writes(run, self.entity, self.names, self.rule,
-                                                   page, waiting)
-            deleted = [i for i in page.deleted if i not in waiting] \
+            checked, versions = _page_writes(run, self.entity, read, waiting)
+            deleted = [i for i in read.page.deleted if i not in waiting] \
                 if setting.sync_deletion else []
-            records.save_records(org, name, rows, from_server=True)
-            gone = records.delete_records(org, name, deleted + leaving, from_server=True)
-            sync_state.save_server_versions(org.db, name, versions, page.keys)
-            sync_state.forget_server_versions(org.db, name, deleted + leaving)
+            records.save_checked(org, checked, from_server=True)
+            gone = records.delete_records(org, name, deleted + read.leaving, from_server=True)
+            sync_state.save_server_versions(org.db, name, versions, read.page.keys)
+            sync_state.forget_server_versions(org.db, name, deleted + read.leaving)
             sync_state.save_checkpoint(org.db, sync_state.Checkpoint(
                 name, page.link, page.complete, setting.filter))
-        self.counts.downloaded += len(rows)
+        self.counts.downloaded += len(checked)
         self.counts.deleted += gone
         self.done += len(page.upserts) + len(page.deleted)
         run.reporter.progress("download", name, self.done, self.total)
@@ -618,22 +637,13 @@ def _client_references(org: OrgDb, references: dict[str, tuple[str, str]],
     return refs
 
 
-def _page_writes(run: Run, entity: Entity, names: set[str], rule: filters.Filter | None,
-                 page: ChangesPage,
-                 waiting: set[str]) -> tuple[list[dict[str, Any]], list[str], dict[str, str]]:
-    """A page's records to write, ids leaving the filter, and server versions to keep.
+def _page_writes(run: Run, entity: Entity, read: _ReadPage,
+                 waiting: set[str]) -> tuple[records.CheckedRecords, dict[str, str]]:
+    """A page's records to write, and the server versions to keep.
 
     Whole-page steps, so an initial download costs one pass over its records.
     """
-    pk = entity.primaryidattribute
-    upserts, leaving = page.upserts, []
-    if rule is not None:
-        upserts = []
-        for record in page.upserts:
-            if filters.matches(rule, record):
-                upserts.append(record)
-            else:
-                leaving.append(record[pk])
+    pk, page, upserts = entity.primaryidattribute, read.page, read.upserts
     known = sync_state.server_versions(run.org, entity.logicalname, [r[pk] for r in upserts])
     # Our own upload coming back, or a page read twice: the server has the version we hold.
     skip = {i for i, v in known.items() if v and page.versions.get(i) == v}
@@ -642,14 +652,13 @@ def _page_writes(run: Run, entity: Entity, names: set[str], rule: filters.Filter
             # The client's change wins: not written here; its version is kept so the
             # upload may now overwrite the server's record.
             skip.add(record[pk])
-    kept = [r for r in upserts if r[pk] not in skip] if skip else upserts
-    # One test for the whole page: most servers send no attribute the client lacks.
-    rows = kept if set().union(*kept) <= names else [_project(names, r) for r in kept]
+    checked = read.checked.without({n for n, r in enumerate(upserts) if r[pk] in skip}) \
+        if skip else read.checked
     if upserts is page.upserts and len(page.versions) == len(upserts):
         versions = page.versions  # the common case: every record came with its version
     else:  # records leaving the filter are forgotten; one without a version is known by ""
         versions = {r[pk]: page.versions.get(r[pk], "") for r in upserts}
-    return rows, leaving, versions
+    return checked, versions
 
 
 def _download_conflict(run: Run, entity: Entity, server_record: dict[str, Any]) -> Side:
