@@ -135,7 +135,9 @@ def main() -> None:
     http_rate = args.records / page_s
     sqlite_rate = args.records / baseline
     print(f"odata paging read : {args.records} records (all 22 attributes) in {page_s:.2f} s = "
-          f"{http_rate:,.0f} records/s (median of {RUNS}, pages of 1,000, gunicorn 2 workers)")
+          f"{http_rate:,.0f} records/s (median of {', '.join(f'{t:.2f}' for t in paging)} s, "
+          "pages of 1,000, gunicorn 2 workers; a later read may get pages the worker that "
+          "serves it kept from an earlier one, PAGE_CACHE)")
     select_s = statistics.median(selected)
     print(f"odata paging read with $select of the 10 filled attributes: {args.records} records "
           f"in {select_s:.2f} s = {args.records / select_s:,.0f} records/s")
