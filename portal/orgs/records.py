@@ -381,6 +381,7 @@ def _upsert(db: Database, entity_name: str, names: list[str], updates: str, pk: 
         values = chain.from_iterable(zip(*(c[start:start + rows] for c in bound), strict=True))
         db.conn.execute(head + ", ".join([row] * rows) + tail, list(values))
 
+
 def _columns(rows: list[dict[str, Any]], names: list[str], complete: bool) -> list[list[Any]]:
     """The rows' values as one list per name (None where a row lacks the name)."""
     if complete and len(names) > 1:
