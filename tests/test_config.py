@@ -87,11 +87,24 @@ def _read_secret(folder: str) -> bytes:
     return instance_secret(folder, "secret_key", _slow_secret)
 
 
+def _default_signals() -> None:
+    """A pool child's SIGTERM as a process's own: it ends the child.
+
+    An RQ worker run in this test process (SimpleWorker.work) leaves its SIGTERM handler
+    installed, and forked children inherit it: the pool's terminate() then raised
+    StopRequested in them instead of ending them, and one hung the test in CI.
+    """
+    import signal
+
+    signal.signal(signal.SIGTERM, signal.SIG_DFL)
+    signal.signal(signal.SIGINT, signal.SIG_DFL)
+
+
 def test_processes_starting_at_once_agree_on_one_whole_secret(tmp_path: Path) -> None:
     """Web workers booting together: none reads the file before it is written whole."""
     import multiprocessing
 
-    with multiprocessing.get_context("fork").Pool(6) as pool:
+    with multiprocessing.get_context("fork").Pool(6, initializer=_default_signals) as pool:
         seen = pool.map(_read_secret, [str(tmp_path)] * 6)
     assert len(set(seen)) == 1 and len(seen[0]) == 64
     assert [p.name for p in tmp_path.iterdir()] == ["secret_key"]  # no drafts left
